@@ -1,0 +1,395 @@
+"""The segmenter process: consume, decide, write, publish, commit.
+
+One loop turn is one micro-batch, in this order:
+
+1. consume up to ``batch_max_events`` messages (or what arrives within ``batch_timeout_s``);
+2. decode each; bad ones become dead letters (values, never exceptions);
+3. read the batch's users' states from Redis (one round trip);
+4. :func:`stream.batch.process_batch`: features, scaling, K-Means, hysteresis, changes;
+5. produce dead letters and segment changes, then **flush** the producer (they are durable);
+6. write user states, segments, membership and applied offsets to Redis (one round trip);
+7. **commit** the consumer offsets of the batch, synchronously.
+
+Messages are produced before Redis is written because Redis holds the applied offsets: a
+crash after step 6 replays the batch, finds its offsets applied and skips it, so the
+messages must already be out. A crash between 5 and 6 re-produces the same messages with the
+same change ids (at least once, de-duplicable); nothing is counted twice in Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from threading import Event as StopFlag
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from consumers import topics
+from consumers.http import Health, serve
+from consumers.metrics import Metrics
+from state.redis_store import RedisStore
+from stream.batch import BatchResult, SegmentNames, process_batch
+from stream.errors import BrokerError, RedisError
+from stream.events import DeadLetter, Event, Limits, decode
+from stream.model import SegmentModel
+from stream.naming import profiles
+from stream.settings import Settings
+
+log = logging.getLogger("segmenter")
+
+_E2E_SAMPLES = 100
+
+
+@dataclass
+class RunStats:
+    """Totals of one run, for the CLI and tests."""
+
+    messages: int = 0
+    events_applied: int = 0
+    dead_letters: int = 0
+    changes: int = 0
+    batches: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        # range assigns partition N of every subscribed topic to the same member: with
+        # co-partitioned inputs, all of a user's clicks and purchases reach one process.
+        "partition.assignment.strategy": "range",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "fetch.min.bytes": 1,
+        "statistics.interval.ms": 5000,
+        "isolation.level": "read_committed",
+        **settings.extra,
+    }
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+        **settings.extra,
+    }
+
+
+class Segmenter:
+    """One member of the consumer group, wired to Redis, the producer and metrics."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.health = Health()
+        self.limits = Limits(
+            max_event_bytes=settings.max_event_bytes,
+            max_future_skew_ms=int(settings.max_future_skew_s * 1000),
+            min_ts_ms=int(time.mktime((settings.min_event_year, 1, 1, 0, 0, 0, 0, 0, 0)) * 1000),
+        )
+        self.store = RedisStore(settings.redis_url, settings.redis_prefix)
+        self.model = SegmentModel(
+            settings.n_clusters, settings.kmeans_halflife, settings.warmup_users, settings.seed
+        )
+        self.names = SegmentNames()
+        self.stats = RunStats()
+        self._delivery_errors: list[str] = []
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._last_catalogue = 0.0
+        self._last_checkpoint = time.monotonic()
+        self._checkpointed_updates = 0
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check Redis and the topics, restore the model, and subscribe."""
+        s = self.settings
+        self.store.ping()
+        admin = topics.admin_client(s)
+        counts = topics.partition_counts(admin, s.kafka_bootstrap)
+        partitions = topics.check_input_topics(counts, s)
+        created = topics.ensure_output_topics(admin, counts, s, partitions)
+        if created:
+            log.info("created output topics: %s", ", ".join(created))
+        checkpoint = self.store.load_model()
+        if checkpoint is not None:
+            self.model = SegmentModel.from_dict(checkpoint, s.warmup_users)
+            self._checkpointed_updates = self.model.updates
+            self.names.refresh(self.model)
+            log.info("restored model version %d", self.model.version)
+        self.metrics.model_version.set(self.model.version)
+        self.metrics.model_ready.set(1 if self.model.ready else 0)
+        self._producer = Producer({**producer_config(s), "error_cb": self._on_kafka_error})
+        self._consumer = Consumer(
+            {**consumer_config(s), "stats_cb": self._on_stats, "error_cb": self._on_kafka_error}
+        )
+        self._consumer.subscribe(
+            [s.clicks_topic, s.purchases_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
+        self.health.started = True
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        log.warning("kafka: %s", err.str())
+
+    def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self.metrics.assigned_partitions.set(len(parts))
+        log.info("assigned %s", _fmt_parts(parts))
+
+    def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        # Batches are committed before the next poll, so nothing is in flight to drop.
+        self.metrics.assigned_partitions.set(0)
+        for tp in parts:
+            with contextlib.suppress(KeyError):
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        log.info("revoked %s", _fmt_parts(parts))
+
+    def _on_stats(self, raw: str) -> None:
+        stats = orjson.loads(raw)
+        for tname, t in stats.get("topics", {}).items():
+            for pid, p in t.get("partitions", {}).items():
+                lag = p.get("consumer_lag", -1)
+                if pid != "-1" and lag >= 0:
+                    self.metrics.consumer_lag.labels(tname, pid).set(lag)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, stop: StopFlag, idle_exit_s: float | None = None) -> RunStats:
+        """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
+        assert self._consumer is not None, "call start() first"
+        s = self.settings
+        last_data = time.monotonic()
+        while not stop.is_set():
+            self.health.beat()
+            msgs = self._consumer.consume(s.batch_max_events, s.batch_timeout_s)
+            if msgs:
+                self.handle(msgs)
+                last_data = time.monotonic()
+            elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
+                break
+            self._housekeeping()
+        self.checkpoint()
+        self.refresh_catalogue()
+        return self.stats
+
+    def handle(self, msgs: list[Message]) -> BatchResult:
+        """Process one batch of messages end to end, then commit their offsets."""
+        started = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        by_user: dict[str, list[Event]] = defaultdict(list)
+        dead: list[DeadLetter] = []
+        positions: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", err.str())
+                continue
+            topic, part, off = m.topic(), m.partition(), m.offset()
+            positions[(topic, part)] = max(positions.get((topic, part), -1), off)
+            r = decode(m.value(), m.key(), topic, part, off, now_ms, self.limits)
+            if isinstance(r, DeadLetter):
+                dead.append(r)
+            else:
+                by_user[r.user_id].append(r)
+        if not positions:
+            return BatchResult()
+
+        states = self._redis_retry(lambda: self.store.load_states(list(by_user)))
+        result = process_batch(
+            by_user,
+            states,
+            self.model,
+            self.names,
+            self.settings.hysteresis_margin,
+            self.settings.dedupe_window,
+            now_ms,
+        )
+        self._publish(dead, result)
+        self._redis_retry(
+            lambda: self.store.write_updates(result.updates, self.model.version, now_ms)
+        )
+        self._commit(positions)
+        self._record(msgs, dead, result, by_user, started)
+        return result
+
+    def _publish(self, dead: list[DeadLetter], result: BatchResult) -> None:
+        assert self._producer is not None
+        p, s = self._producer, self.settings
+        self._delivery_errors.clear()
+        for d in dead:
+            headers = [
+                ("reason", d.reason.encode()),
+                ("detail", d.detail.encode()),
+                ("source_topic", d.topic.encode()),
+                ("source_partition", str(d.partition).encode()),
+                ("source_offset", str(d.offset).encode()),
+            ]
+            self._produce(s.deadletter_topic, d.key, d.value, headers)
+        for u in result.updates:
+            if u.change is not None:
+                value = u.change.to_json()
+                key = u.user_id.encode()
+                headers = [("change_id", u.change.change_id.encode())]
+                self._produce(s.changes_topic, key, value, headers)
+                self._produce(s.current_topic, key, value, headers)
+        remaining = p.flush(60)
+        if remaining or self._delivery_errors:
+            raise BrokerError(
+                f"{remaining} messages undelivered after 60s and {len(self._delivery_errors)} "
+                f"failed ({'; '.join(self._delivery_errors[:3])}); offsets not committed, "
+                "the batch will be replayed on restart"
+            )
+
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_dr)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _on_dr(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
+            self.metrics.produce_errors.labels(msg.topic()).inc()
+
+    def _redis_retry(self, fn: Any, attempts: int = 8) -> Any:
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except RedisError as exc:
+                self.metrics.redis_errors.inc()
+                if attempt == attempts - 1:
+                    raise
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
+        assert self._consumer is not None
+        offsets = [TopicPartition(t, p, off + 1) for (t, p), off in positions.items()]
+        self._consumer.commit(offsets=offsets, asynchronous=False)
+
+    def _record(
+        self,
+        msgs: list[Message],
+        dead: list[DeadLetter],
+        result: BatchResult,
+        by_user: dict[str, list[Event]],
+        started: float,
+    ) -> None:
+        m = self.metrics
+        done = time.time()
+        m.batch_duration.observe(time.monotonic() - started)
+        m.batch_size.observe(len(msgs))
+        m.last_batch_time.set(done)
+        step = max(1, len(msgs) // _E2E_SAMPLES)
+        for msg in msgs[::step]:
+            kind, ts = msg.timestamp()
+            if kind != 0 and ts > 0:
+                m.end_to_end.observe(max(0.0, done - ts / 1000))
+        for d in dead:
+            m.dead_letters.labels(d.reason).inc()
+            m.events.labels(d.topic, "unknown", "dead_letter").inc()
+        for (topic, etype), n in result.applied.items():
+            m.events.labels(topic, etype, "processed").inc(n)
+        for outcome, n in (
+            ("duplicate", result.duplicates),
+            ("replayed", result.replayed),
+            ("late", result.late),
+        ):
+            if n:
+                m.events.labels("all", "all", outcome).inc(n)
+        changes = sum(1 for u in result.updates if u.change is not None)
+        m.segment_changes.inc(changes)
+        m.users_updated.inc(len(result.updates))
+        m.model_ready.set(1 if self.model.ready else 0)
+        m.model_version.set(self.model.version)
+        st = self.stats
+        st.messages += len(msgs)
+        st.events_applied += sum(result.applied.values())
+        st.dead_letters += len(dead)
+        st.changes += changes
+        st.batches += 1
+
+    # -- periodic work ---------------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_catalogue >= self.settings.catalogue_interval_s:
+            self.refresh_catalogue()
+        if now - self._last_checkpoint >= self.settings.checkpoint_interval_s:
+            self.checkpoint()
+
+    def refresh_catalogue(self) -> None:
+        """Rename segments from their current profiles and publish sizes to ``seg:segments``."""
+        self._last_catalogue = time.monotonic()
+        if not self.model.ready:
+            return
+        self.names.refresh(self.model)
+        profs = profiles(self.model.centres(), self.model.scaler)
+        try:
+            sizes = self.store.segment_sizes(self.model.n_clusters)
+            self.store.write_catalogue(profs, sizes)
+        except RedisError as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("catalogue not refreshed: %s", exc)
+            return
+        for p, size in zip(profs, sizes, strict=True):
+            self.metrics.segment_users.labels(str(p.segment), p.name).set(size)
+
+    def checkpoint(self) -> None:
+        """Save the model to Redis when it learned anything since the last checkpoint."""
+        self._last_checkpoint = time.monotonic()
+        if self.model.updates == self._checkpointed_updates:
+            return
+        if self.model.ready:
+            self.model.version += 1
+        try:
+            self.store.save_model(self.model.to_dict())
+            self._checkpointed_updates = self.model.updates
+        except RedisError as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("model not checkpointed: %s", exc)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+        self.store.close()
+
+    def serve_http(self) -> Any:
+        _, stop = serve(
+            self.settings.metrics_host, self.settings.metrics_port, self.registry, self.health
+        )
+        return stop
+
+
+def _fmt_parts(parts: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in parts) or "nothing"

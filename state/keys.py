@@ -1,0 +1,42 @@
+"""The Redis key layout: the contract campaign engines read.
+
+Braces are literal: they make Redis Cluster hash tags, so each user's keys live in one
+hash slot, and each segment's membership set in one slot of its own.
+
+>>> k = Keys("seg:")
+>>> k.user("u1"), k.members(3), k.segments, k.model
+('seg:user:{u1}', 'seg:segment:{3}:members', 'seg:segments', 'seg:model')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every key under one prefix (default ``seg:``)."""
+
+    prefix: str = "seg:"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}user:{{{user_id}}}"
+
+    def members(self, segment: int) -> str:
+        return f"{self.prefix}segment:{{{segment}}}:members"
+
+    @property
+    def segments(self) -> str:
+        return f"{self.prefix}segments"
+
+    @property
+    def model(self) -> str:
+        return f"{self.prefix}model"
+
+    @property
+    def model_versions(self) -> str:
+        return f"{self.prefix}model:versions"
+
+
+#: Field of the user hash holding the internal state (windows, offsets, de-dup ring).
+STATE_FIELD = "_state"

@@ -1,0 +1,175 @@
+"""Reads and writes of segmenter state in Redis, batched into one round trip each.
+
+A user's state, features, current segment and the input offsets that produced them are
+written with one ``HSET`` on the user's own hash, which Redis applies atomically; so a
+replay after a crash finds the offsets beside the state they produced and skips what was
+already applied. Membership sets are updated in the same pipeline, after the hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+import redis
+
+from state.keys import STATE_FIELD, Keys
+from stream.batch import UserUpdate
+from stream.errors import ModelError, RedisError
+from stream.features import UserState
+from stream.messages import iso_ms
+from stream.naming import SegmentProfile
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return ""
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(round(float(value), 4))
+
+
+def user_hash(update: UserUpdate, model_version: int, updated_at_ms: int) -> dict[str, str]:
+    """The fields of ``seg:user:{id}`` for one update (pure)."""
+    s = update.state
+    fields: dict[str, str] = {
+        STATE_FIELD: orjson.dumps(s.to_dict()).decode(),
+        "last_event_time": iso_ms(s.last_event_ms),
+        "updated_at": iso_ms(updated_at_ms),
+        "model_version": str(model_version),
+    }
+    if s.segment is not None:
+        fields["segment"] = str(s.segment)
+        fields["segment_name"] = s.segment_name or ""
+        fields["segment_since"] = iso_ms(s.segment_since_ms or s.last_event_ms)
+    for name, value in update.features.items():
+        fields[name] = _fmt(value)
+    return fields
+
+
+class RedisStore:
+    """The segmenter's Redis: user states, membership, catalogue, model checkpoint."""
+
+    def __init__(self, url: str, prefix: str = "seg:", socket_timeout: float = 10.0) -> None:
+        self.url = url
+        self.keys = Keys(prefix)
+        self._r = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout, socket_connect_timeout=5.0
+        )
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._r
+
+    def ping(self) -> None:
+        """Check Redis answers; raise a readable :class:`RedisError` if not."""
+        try:
+            self._r.ping()
+        except redis.RedisError as exc:
+            raise RedisError(
+                f"cannot reach Redis at {_safe(self.url)} ({exc}). Start Redis "
+                "(segmenter devstack up) or point SEGMENTER_REDIS_URL at a running server."
+            ) from None
+
+    def load_states(self, user_ids: Sequence[str]) -> dict[str, UserState | None]:
+        """Every listed user's stored state (``None`` for users never seen): one round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for uid in user_ids:
+            pipe.hget(self.keys.user(uid), STATE_FIELD)
+        raw = _run(pipe, "read user states")
+        return {
+            uid: None if blob is None else UserState.from_dict(orjson.loads(blob))
+            for uid, blob in zip(user_ids, raw, strict=True)
+        }
+
+    def write_updates(self, updates: Iterable[UserUpdate], model_version: int, now_ms: int) -> int:
+        """Write user hashes and membership moves in one pipelined round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        n = 0
+        for u in updates:
+            pipe.hset(self.keys.user(u.user_id), mapping=user_hash(u, model_version, now_ms))
+            seg = u.state.segment
+            if seg is not None and seg != u.previous_segment:
+                if u.previous_segment is not None:
+                    pipe.srem(self.keys.members(u.previous_segment), u.user_id)
+                pipe.sadd(self.keys.members(seg), u.user_id)
+            n += 1
+        if n:
+            _run(pipe, "write user states")
+        return n
+
+    def segment_sizes(self, n_segments: int) -> list[int]:
+        pipe = self._r.pipeline(transaction=False)
+        for i in range(n_segments):
+            pipe.scard(self.keys.members(i))
+        return [int(x) for x in _run(pipe, "count segment members")]
+
+    def write_catalogue(self, profiles: Sequence[SegmentProfile], sizes: Sequence[int]) -> None:
+        entries = {
+            str(p.segment): orjson.dumps(
+                {
+                    "segment": p.segment,
+                    "name": p.name,
+                    "description": p.description,
+                    "size": size,
+                    "profile": p.centroid,
+                }
+            )
+            for p, size in zip(profiles, sizes, strict=True)
+        }
+        pipe = self._r.pipeline(transaction=False)
+        pipe.hset(self.keys.segments, mapping=entries)  # type: ignore[arg-type]
+        _run(pipe, "write the segment catalogue")
+
+    def read_catalogue(self) -> list[dict[str, Any]]:
+        raw = _call(lambda: self._r.hgetall(self.keys.segments), "read the segment catalogue")
+        return sorted((orjson.loads(v) for v in raw.values()), key=lambda e: e["segment"])
+
+    def read_user(self, user_id: str) -> dict[str, str] | None:
+        raw = _call(lambda: self._r.hgetall(self.keys.user(user_id)), "read a user")
+        if not raw:
+            return None
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def members(self, segment: int, count: int = 100) -> list[str]:
+        it = self._r.sscan_iter(self.keys.members(segment), count=count)
+        return [m.decode() for m, _ in zip(it, range(count), strict=False)]
+
+    def save_model(self, checkpoint: dict[str, object]) -> None:
+        blob = orjson.dumps(checkpoint, option=orjson.OPT_SERIALIZE_NUMPY)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self.keys.model, blob)
+        pipe.hset(self.keys.model_versions, str(checkpoint["version"]), blob)
+        _run(pipe, "save the model checkpoint")
+
+    def load_model(self) -> dict[str, object] | None:
+        blob = _call(lambda: self._r.get(self.keys.model), "load the model checkpoint")
+        if blob is None:
+            return None
+        try:
+            doc = orjson.loads(blob)
+        except orjson.JSONDecodeError:
+            raise ModelError(
+                f"{self.keys.model} does not hold a model checkpoint; delete it to start fresh"
+            ) from None
+        return doc  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def _safe(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
+def _run(pipe: Any, what: str) -> list[Any]:
+    return _call(pipe.execute, what)  # type: ignore[no-any-return]
+
+
+def _call(fn: Any, what: str) -> Any:
+    try:
+        return fn()
+    except redis.RedisError as exc:
+        raise RedisError(f"Redis failed to {what}: {exc}") from exc

@@ -1,0 +1,154 @@
+"""One micro-batch through the logic: events -> features -> segment -> changes.
+
+:func:`process_batch` takes the batch's events grouped by user and those users' stored
+states, and returns the new states and the segment changes to publish. It does no I/O;
+the only thing it changes in place is the learning model it is handed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from stream.decision import Decision, decide
+from stream.events import Event
+from stream.features import UserState, apply_events, compute_features
+from stream.messages import SegmentChange, change_id
+from stream.model import SegmentModel
+from stream.naming import profiles
+from stream.scaling import to_vector
+
+#: Features carried on every segment-change message (the full set is in Redis).
+MESSAGE_FEATURES: tuple[str, ...] = (
+    "events_30d",
+    "purchases_30d",
+    "spend_30d",
+    "days_since_last_purchase",
+    "avg_order_value",
+    "conversion_rate_30d",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UserUpdate:
+    """A user's new state, to be written, and the change to publish, if any."""
+
+    user_id: str
+    state: UserState
+    features: dict[str, float | None]
+    previous_segment: int | None
+    change: SegmentChange | None
+    decision: Decision | None
+
+
+@dataclass
+class BatchResult:
+    """Everything a batch produced, plus counts for metrics."""
+
+    updates: list[UserUpdate] = field(default_factory=list)
+    applied: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, type) -> n
+    replayed: int = 0
+    duplicates: int = 0
+    late: int = 0
+
+
+@dataclass
+class SegmentNames:
+    """Current segment names, refreshed from the model's profiles when asked."""
+
+    names: dict[int, str] = field(default_factory=dict)
+
+    def refresh(self, model: SegmentModel) -> None:
+        if model.ready:
+            self.names = {p.segment: p.name for p in profiles(model.centres(), model.scaler)}
+
+    def get(self, segment: int) -> str:
+        return self.names.get(segment, f"segment_{segment}")
+
+
+def process_batch(
+    events_by_user: Mapping[str, Sequence[Event]],
+    states: Mapping[str, UserState | None],
+    model: SegmentModel,
+    names: SegmentNames,
+    margin: float,
+    dedupe_window: int,
+    emitted_at_ms: int,
+) -> BatchResult:
+    """Fold a batch into user states, assign segments, and learn.
+
+    Users are learned from once per batch, however many events they sent, so very active
+    users do not dominate the centres. Decisions use the centres as they were before this
+    batch's learning (predict, then learn).
+    """
+    result = BatchResult()
+    # (user id, new state, features, model-space vector, previous segment, triggering event)
+    pending: list[
+        tuple[str, UserState, dict[str, float | None], np.ndarray, int | None, Event]
+    ] = []
+    for user_id, events in events_by_user.items():
+        before = states.get(user_id)
+        applied = apply_events(before, events, dedupe_window)
+        result.replayed += applied.replayed
+        result.duplicates += applied.duplicates
+        result.late += applied.late
+        for ev in applied.applied:
+            result.applied[(ev.topic, ev.type)] += 1
+        if not applied.applied:
+            if applied.duplicates or applied.late:
+                # Offsets moved: the state must still be written so a replay skips them.
+                features = compute_features(applied.state)
+                result.updates.append(
+                    UserUpdate(user_id, applied.state, features, applied.state.segment, None, None)
+                )
+            continue
+        features = compute_features(applied.state)
+        raw = to_vector(features)
+        model.observe(raw)
+        trigger = applied.applied[-1]
+        pending.append((user_id, applied.state, features, raw, applied.state.segment, trigger))
+
+    if not pending:
+        return result
+    if not model.ready:
+        for user_id, state, features, _, prev, _ in pending:
+            result.updates.append(UserUpdate(user_id, state, features, prev, None, None))
+        return result
+
+    if not names.names:
+        names.refresh(model)
+    raws = np.stack([p[3] for p in pending])
+    zs = model.scale(raws)
+    centres = model.centres()
+    dists = model.distances(zs)
+    for (user_id, state, features, _, prev, trigger), z, d in zip(pending, zs, dists, strict=True):
+        decision = decide(prev, z, centres, d, margin, model.features)
+        change = None
+        if decision.changed:
+            state.segment = decision.segment
+            state.segment_name = names.get(decision.segment)
+            state.segment_since_ms = state.last_event_ms
+            change = SegmentChange(
+                change_id=change_id(user_id, trigger.event_id, prev, decision.segment),
+                user_id=user_id,
+                previous_segment=prev,
+                previous_segment_name=None if prev is None else names.get(prev),
+                segment=decision.segment,
+                segment_name=state.segment_name,
+                model_version=model.version,
+                event_time_ms=trigger.ts_ms,
+                emitted_at_ms=emitted_at_ms,
+                distance_margin=decision.margin,
+                runner_up_segment=decision.runner_up,
+                top_features=decision.top_features,
+                features={k: features[k] for k in MESSAGE_FEATURES},
+            )
+        else:
+            state.segment_name = names.get(decision.segment)
+        result.updates.append(UserUpdate(user_id, state, features, prev, change, decision))
+    for z in zs:
+        model.learn(z)
+    return result

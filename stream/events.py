@@ -1,0 +1,247 @@
+"""Input events: the frozen :class:`Event`, the :class:`DeadLetter`, and :func:`decode`.
+
+Bad messages are values, not exceptions: :func:`decode` returns either an ``Event`` or a
+``DeadLetter`` carrying the original bytes and a machine-readable reason, so one poison
+message can never stop a partition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+#: Event types accepted on the input topics, in the order feature vectors count them.
+EVENT_TYPES: tuple[str, ...] = (
+    "view",
+    "click",
+    "add_to_cart",
+    "remove_from_cart",
+    "purchase",
+    "search",
+)
+TYPE_INDEX: dict[str, int] = {t: i for i, t in enumerate(EVENT_TYPES)}
+
+_MAX_ID_LEN = 256
+_MAX_TEXT_LEN = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What :func:`decode` accepts; built from the settings once."""
+
+    max_event_bytes: int = 65536
+    max_future_skew_ms: int = 3_600_000
+    min_ts_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated shop event, with the Kafka position it was read from."""
+
+    event_id: str
+    user_id: str
+    type: str
+    ts_ms: int
+    topic: str
+    partition: int
+    offset: int
+    session_id: str | None = None
+    product_id: str | None = None
+    category: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    amount: float | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not become an :class:`Event`, with why.
+
+    ``reason`` is a short machine-readable code (``not_json``, ``missing_field`` ...);
+    ``detail`` says which field or value, for people.
+    """
+
+    reason: str
+    detail: str
+    value: bytes | None
+    key: bytes | None
+    topic: str
+    partition: int
+    offset: int
+
+
+class _Invalid(Exception):
+    """Internal control flow of :func:`decode`; never leaves this module."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_timestamp(raw: object) -> int:
+    """Return epoch milliseconds from epoch milliseconds or an ISO-8601 string.
+
+    Naive ISO-8601 times are taken as UTC.
+
+    Examples
+    --------
+    >>> parse_timestamp(1700000000000)
+    1700000000000
+    >>> parse_timestamp("2023-11-14T22:13:20Z")
+    1700000000000
+    """
+    if isinstance(raw, bool):
+        raise _Invalid("bad_timestamp", "ts is a boolean")
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float):
+        if not math.isfinite(raw):
+            raise _Invalid("bad_timestamp", "ts is not finite")
+        return int(raw)
+    if isinstance(raw, str):
+        try:
+            dt = datetime.fromisoformat(raw)
+        except ValueError:
+            raise _Invalid("bad_timestamp", "ts is neither epoch ms nor ISO-8601") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp() * 1000)
+    raise _Invalid("bad_timestamp", f"ts has type {type(raw).__name__}")
+
+
+def _text(doc: dict[str, object], name: str, required: bool, max_len: int) -> str | None:
+    value = doc.get(name)
+    if value is None:
+        if required:
+            raise _Invalid("missing_field", name)
+        return None
+    if not isinstance(value, str):
+        raise _Invalid("bad_type", f"{name} must be a string")
+    if required and not value:
+        raise _Invalid("bad_value", f"{name} is empty")
+    if len(value) > max_len:
+        raise _Invalid("bad_value", f"{name} longer than {max_len}")
+    return value
+
+
+def _number(doc: dict[str, object], name: str) -> float | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid("bad_type", f"{name} must be a number")
+    if not math.isfinite(value):
+        raise _Invalid("bad_value", f"{name} is not finite")
+    if value < 0:
+        raise _Invalid("negative_value", f"{name} is negative")
+    return float(value)
+
+
+def _validate(
+    doc: object,
+    key: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    limits: Limits,
+    now_ms: int,
+) -> Event:
+    if not isinstance(doc, dict):
+        raise _Invalid("not_object", f"top level is a JSON {type(doc).__name__}")
+    event_id = _text(doc, "event_id", True, _MAX_ID_LEN)
+    user_id = _text(doc, "user_id", True, _MAX_ID_LEN)
+    etype = _text(doc, "type", True, _MAX_TEXT_LEN)
+    assert event_id is not None and user_id is not None and etype is not None
+    if etype not in TYPE_INDEX:
+        allowed = ", ".join(EVENT_TYPES)
+        raise _Invalid("unknown_type", f"type {etype[:40]!r} is not one of {allowed}")
+    if "ts" not in doc:
+        raise _Invalid("missing_field", "ts")
+    ts_ms = parse_timestamp(doc["ts"])
+    if ts_ms < limits.min_ts_ms or ts_ms > now_ms + limits.max_future_skew_ms:
+        raise _Invalid("timestamp_out_of_range", f"ts {ts_ms} is before 2000 or in the future")
+    if key is not None and key != user_id.encode():
+        # Co-partitioning of the input topics rests on key == user_id.
+        raise _Invalid("key_mismatch", "the Kafka key differs from user_id")
+    amount = _number(doc, "amount")
+    if etype == "purchase" and amount is None:
+        raise _Invalid("missing_field", "amount (required for purchase)")
+    price = _number(doc, "price")
+    qty_raw = doc.get("quantity")
+    quantity: int | None = None
+    if qty_raw is not None:
+        if isinstance(qty_raw, bool) or not isinstance(qty_raw, int):
+            raise _Invalid("bad_type", "quantity must be an integer")
+        if qty_raw < 0:
+            raise _Invalid("negative_value", "quantity is negative")
+        quantity = qty_raw
+    return Event(
+        event_id=event_id,
+        user_id=user_id,
+        type=etype,
+        ts_ms=ts_ms,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        session_id=_text(doc, "session_id", False, _MAX_ID_LEN),
+        product_id=_text(doc, "product_id", False, _MAX_ID_LEN),
+        category=_text(doc, "category", False, _MAX_TEXT_LEN),
+        price=price,
+        quantity=quantity,
+        amount=amount,
+        currency=_text(doc, "currency", False, 8),
+    )
+
+
+def decode(
+    value: bytes | None,
+    key: bytes | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    now_ms: int,
+    limits: Limits = Limits(),
+) -> Event | DeadLetter:
+    """Decode and validate one Kafka message.
+
+    Parameters
+    ----------
+    value, key
+        The raw message value and key.
+    topic, partition, offset
+        Where the message was read; kept on the result for offsets and dead letters.
+    now_ms
+        Wall-clock time, only to reject timestamps absurdly far in the future.
+    limits
+        Size and time bounds.
+
+    Returns
+    -------
+    Event or DeadLetter
+
+    Examples
+    --------
+    >>> raw = b'{"event_id":"e1","user_id":"u1","type":"view","ts":1700000000000}'
+    >>> decode(raw, b"u1", "shop.clicks", 0, 7, now_ms=1700000000000).type
+    'view'
+    >>> decode(b"{oops", b"u1", "shop.clicks", 0, 8, now_ms=1700000000000).reason
+    'not_json'
+    """
+    try:
+        if value is None:
+            raise _Invalid("empty", "message has no value")
+        if len(value) > limits.max_event_bytes:
+            raise _Invalid("oversized", f"{len(value)} bytes > {limits.max_event_bytes}")
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            if "utf-8" in str(exc).lower():
+                raise _Invalid("not_utf8", "value is not valid UTF-8") from None
+            raise _Invalid("not_json", str(exc)[:120]) from None
+        return _validate(doc, key, topic, partition, offset, limits, now_ms)
+    except _Invalid as bad:
+        return DeadLetter(bad.reason, bad.detail, value, key, topic, partition, offset)

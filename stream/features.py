@@ -1,0 +1,295 @@
+"""Per-user rolling features in event time.
+
+A user's state is a plain, serialisable :class:`UserState`. :func:`apply_events` folds a
+batch of that user's events into a copy of it and :func:`compute_features` reads the
+features in human units off it. Both are pure.
+
+Windows are kept as sparse count buckets at three grains: minutes for the 1 h window,
+hours for 24 h, days for 7 d and 30 d. A window is exact to its grain (the 24 h window
+counts the current hour and the 23 before it). The clock is the user's latest event time,
+never the wall clock, so replaying history yields what the live run did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from stream.events import EVENT_TYPES, TYPE_INDEX, Event
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+#: Events older than this, relative to the user's latest event, are late and ignored.
+RETENTION_MS = 30 * DAY_MS
+#: How many distinct categories a user's state remembers (oldest seen are evicted).
+MAX_CATEGORIES = 32
+
+_N_TYPES = len(EVENT_TYPES)
+_SPEND = _N_TYPES  # column of a bucket row that holds purchase amounts
+_ROW = _N_TYPES + 1
+_PURCHASE = TYPE_INDEX["purchase"]
+_VIEW = TYPE_INDEX["view"]
+_ADD = TYPE_INDEX["add_to_cart"]
+
+# (window name, grain in ms, how many grains the window spans)
+WINDOWS: tuple[tuple[str, int, int], ...] = (
+    ("1h", MINUTE_MS, 60),
+    ("24h", HOUR_MS, 24),
+    ("7d", DAY_MS, 7),
+    ("30d", DAY_MS, 30),
+)
+_TYPE_NAMES = ("views", "clicks", "add_to_cart", "remove_from_cart", "purchases", "searches")
+
+
+def event_key(event_id: str) -> int:
+    """A stable 63-bit digest of an event id, for the bounded de-duplication ring."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest()) >> 1
+
+
+@dataclass
+class UserState:
+    """Everything the segmenter keeps about one user, as plain values.
+
+    Bucket maps go from bucket index (``ts // grain``) to a row of per-type counts followed
+    by the purchase amount total.
+    """
+
+    first_seen_ms: int = 0
+    last_event_ms: int = 0
+    minutes: dict[int, list[float]] = field(default_factory=dict)
+    hours: dict[int, list[float]] = field(default_factory=dict)
+    days: dict[int, list[float]] = field(default_factory=dict)
+    lifetime: list[float] = field(default_factory=lambda: [0.0] * _ROW)
+    last_purchase_ms: int | None = None
+    categories: dict[str, int] = field(default_factory=dict)
+    recent_events: list[int] = field(default_factory=list)
+    offsets: dict[str, int] = field(default_factory=dict)
+    segment: int | None = None
+    segment_name: str | None = None
+    segment_since_ms: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The state as JSON-ready plain values (the inverse of :meth:`from_dict`)."""
+        return {
+            "f": self.first_seen_ms,
+            "l": self.last_event_ms,
+            "m": [[k, *v] for k, v in self.minutes.items()],
+            "h": [[k, *v] for k, v in self.hours.items()],
+            "d": [[k, *v] for k, v in self.days.items()],
+            "t": self.lifetime,
+            "p": self.last_purchase_ms,
+            "c": self.categories,
+            "r": self.recent_events,
+            "o": self.offsets,
+            "s": self.segment,
+            "sn": self.segment_name,
+            "ss": self.segment_since_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> UserState:
+        """Rebuild a state from :meth:`to_dict` output."""
+
+        def rows(raw: object) -> dict[int, list[float]]:
+            return {int(r[0]): list(r[1:]) for r in raw}  # type: ignore[attr-defined]
+
+        return cls(
+            first_seen_ms=int(d["f"]),  # type: ignore[call-overload]
+            last_event_ms=int(d["l"]),  # type: ignore[call-overload]
+            minutes=rows(d["m"]),
+            hours=rows(d["h"]),
+            days=rows(d["d"]),
+            lifetime=list(d["t"]),  # type: ignore[call-overload]
+            last_purchase_ms=d["p"],  # type: ignore[arg-type]
+            categories=dict(d["c"]),  # type: ignore[call-overload]
+            recent_events=list(d["r"]),  # type: ignore[call-overload]
+            offsets=dict(d["o"]),  # type: ignore[call-overload]
+            segment=d.get("s"),  # type: ignore[arg-type]
+            segment_name=d.get("sn"),  # type: ignore[arg-type]
+            segment_since_ms=d.get("ss"),  # type: ignore[arg-type]
+        )
+
+    def copy(self) -> UserState:
+        """A deep copy, so that callers' states are never mutated."""
+        return UserState(
+            first_seen_ms=self.first_seen_ms,
+            last_event_ms=self.last_event_ms,
+            minutes={k: list(v) for k, v in self.minutes.items()},
+            hours={k: list(v) for k, v in self.hours.items()},
+            days={k: list(v) for k, v in self.days.items()},
+            lifetime=list(self.lifetime),
+            last_purchase_ms=self.last_purchase_ms,
+            categories=dict(self.categories),
+            recent_events=list(self.recent_events),
+            offsets=dict(self.offsets),
+            segment=self.segment,
+            segment_name=self.segment_name,
+            segment_since_ms=self.segment_since_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What :func:`apply_events` did with a user's events."""
+
+    state: UserState
+    applied: tuple[Event, ...]
+    replayed: int
+    duplicates: int
+    late: int
+
+
+def _position(event: Event) -> str:
+    return f"{event.topic}:{event.partition}"
+
+
+def _add(buckets: dict[int, list[float]], index: int, type_idx: int, spend: float) -> None:
+    row = buckets.get(index)
+    if row is None:
+        row = [0.0] * _ROW
+        buckets[index] = row
+    row[type_idx] += 1
+    row[_SPEND] += spend
+
+
+def _prune(state: UserState) -> None:
+    now = state.last_event_ms
+    for buckets, grain, span in (
+        (state.minutes, MINUTE_MS, 60),
+        (state.hours, HOUR_MS, 24),
+        (state.days, DAY_MS, 30),
+    ):
+        oldest = now // grain - span + 1
+        for k in [k for k in buckets if k < oldest]:
+            del buckets[k]
+    cutoff = now - RETENTION_MS
+    cats = state.categories
+    for c in [c for c, seen in cats.items() if seen <= cutoff]:
+        del cats[c]
+
+
+def apply_events(
+    state: UserState | None, events: Iterable[Event], dedupe_window: int = 32
+) -> ApplyResult:
+    """Fold one user's events into a copy of their state.
+
+    An event is skipped as *replayed* when its Kafka offset is at or below the offset
+    already applied for its topic-partition (the state records it), as a *duplicate* when
+    its ``event_id`` is among the user's last ``dedupe_window`` applied events, and as
+    *late* when it is older than the 30-day retention relative to the user's latest event.
+
+    Examples
+    --------
+    >>> from stream.events import Event
+    >>> e = Event("e1", "u1", "purchase", 1_700_000_000_000, "shop.purchases", 0, 5, amount=20.0)
+    >>> r = apply_events(None, [e, e])
+    >>> (len(r.applied), r.replayed, r.state.lifetime[4], r.state.lifetime[6])
+    (1, 1, 1.0, 20.0)
+    """
+    s = UserState() if state is None else state.copy()
+    applied: list[Event] = []
+    replayed = duplicates = late = 0
+    recent = s.recent_events
+    seen = set(recent)
+    for ev in events:
+        pos = _position(ev)
+        if ev.offset <= s.offsets.get(pos, -1):
+            replayed += 1
+            continue
+        s.offsets[pos] = ev.offset
+        key = event_key(ev.event_id)
+        if key in seen:
+            duplicates += 1
+            continue
+        if s.last_event_ms and ev.ts_ms <= s.last_event_ms - RETENTION_MS:
+            late += 1
+            continue
+        seen.add(key)
+        recent.append(key)
+        if s.first_seen_ms == 0 or ev.ts_ms < s.first_seen_ms:
+            s.first_seen_ms = ev.ts_ms
+        if ev.ts_ms > s.last_event_ms:
+            s.last_event_ms = ev.ts_ms
+        t = TYPE_INDEX[ev.type]
+        spend = (ev.amount or 0.0) if t == _PURCHASE else 0.0
+        _add(s.minutes, ev.ts_ms // MINUTE_MS, t, spend)
+        _add(s.hours, ev.ts_ms // HOUR_MS, t, spend)
+        _add(s.days, ev.ts_ms // DAY_MS, t, spend)
+        s.lifetime[t] += 1
+        s.lifetime[_SPEND] += spend
+        if t == _PURCHASE and (s.last_purchase_ms is None or ev.ts_ms > s.last_purchase_ms):
+            s.last_purchase_ms = ev.ts_ms
+        if ev.category:
+            cats = s.categories
+            if ev.ts_ms > cats.get(ev.category, -1):
+                cats[ev.category] = ev.ts_ms
+            if len(cats) > MAX_CATEGORIES:
+                del cats[min(cats, key=cats.__getitem__)]
+        applied.append(ev)
+    if len(recent) > dedupe_window:
+        del recent[: len(recent) - dedupe_window]
+    if applied:
+        _prune(s)
+    return ApplyResult(s, tuple(applied), replayed, duplicates, late)
+
+
+def _window_sum(buckets: dict[int, list[float]], now_index: int, span: int) -> list[float]:
+    total = [0.0] * _ROW
+    oldest = now_index - span + 1
+    for k, row in buckets.items():
+        if oldest <= k <= now_index:
+            for i in range(_ROW):
+                total[i] += row[i]
+    return total
+
+
+def compute_features(state: UserState) -> dict[str, float | None]:
+    """The user's features in human units, as of their latest event.
+
+    Counts per event type per window (``views_1h`` ... ``searches_30d``), ``spend_7d``
+    and ``spend_30d`` in order currency, and the derived RFM and behaviour features.
+
+    Examples
+    --------
+    >>> from stream.events import Event
+    >>> evs = [Event("a", "u", "view", 0 + 1_700_000_000_000, "c", 0, 1),
+    ...        Event("b", "u", "purchase", 1_700_000_060_000, "p", 0, 1, amount=30.0)]
+    >>> f = compute_features(apply_events(None, evs).state)
+    >>> (f["views_1h"], f["purchases_30d"], f["conversion_rate_30d"], f["avg_order_value"])
+    (1.0, 1.0, 1.0, 30.0)
+    """
+    now = state.last_event_ms
+    out: dict[str, float | None] = {}
+    sums: dict[str, list[float]] = {}
+    for name, grain, span in WINDOWS:
+        buckets = {MINUTE_MS: state.minutes, HOUR_MS: state.hours}.get(grain, state.days)
+        row = _window_sum(buckets, now // grain, span)
+        sums[name] = row
+        for tname, count in zip(_TYPE_NAMES, row, strict=False):
+            out[f"{tname}_{name}"] = count
+        out[f"events_{name}"] = sum(row[:_N_TYPES])
+    m = sums["30d"]
+    out["spend_7d"] = round(sums["7d"][_SPEND], 2)
+    out["spend_30d"] = round(m[_SPEND], 2)
+    life_purchases = state.lifetime[_PURCHASE]
+    out["avg_order_value"] = (
+        round(state.lifetime[_SPEND] / life_purchases, 2) if life_purchases else 0.0
+    )
+    out["days_since_last_purchase"] = (
+        None
+        if state.last_purchase_ms is None
+        else round((now - state.last_purchase_ms) / DAY_MS, 3)
+    )
+    views, purchases, adds = m[_VIEW], m[_PURCHASE], m[_ADD]
+    if views:
+        out["conversion_rate_30d"] = min(1.0, purchases / views)
+    else:
+        out["conversion_rate_30d"] = 1.0 if purchases else 0.0
+    out["cart_abandonment_30d"] = max(0.0, 1.0 - purchases / adds) if adds else 0.0
+    cutoff = now - RETENTION_MS
+    out["category_diversity_30d"] = float(sum(1 for t in state.categories.values() if t > cutoff))
+    out["tenure_days"] = round((now - state.first_seen_ms) / DAY_MS, 3)
+    return out

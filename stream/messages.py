@@ -1,0 +1,78 @@
+"""Messages the segmenter publishes, as frozen values serialised only at the boundary.
+
+The JSON shape of :class:`SegmentChange` is the contract of the ``segments.changes``
+topic, published as a JSON Schema in ``schemas/segment_change.schema.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """Epoch milliseconds as an ISO-8601 UTC string with millisecond precision.
+
+    >>> iso_ms(1700000000123)
+    '2023-11-14T22:13:20.123Z'
+    """
+    return (
+        datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    )
+
+
+def change_id(user_id: str, event_id: str, previous: int | None, segment: int) -> str:
+    """An id for a segment change that replays of the same events reproduce.
+
+    >>> change_id("u1", "e9", None, 2) == change_id("u1", "e9", None, 2)
+    True
+    """
+    text = f"{user_id}\x1f{event_id}\x1f{previous}\x1f{segment}".encode()
+    return hashlib.sha256(text).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentChange:
+    """One user moving into a segment (``previous_segment`` is None for a new user)."""
+
+    change_id: str
+    user_id: str
+    previous_segment: int | None
+    previous_segment_name: str | None
+    segment: int
+    segment_name: str
+    model_version: int
+    event_time_ms: int
+    emitted_at_ms: int
+    distance_margin: float
+    runner_up_segment: int
+    top_features: tuple[str, ...]
+    features: dict[str, float | None]
+
+    def to_json(self) -> bytes:
+        """The message value for ``segments.changes`` and ``segments.current``."""
+        return orjson.dumps(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "change_id": self.change_id,
+                "user_id": self.user_id,
+                "previous_segment": self.previous_segment,
+                "previous_segment_name": self.previous_segment_name,
+                "segment": self.segment,
+                "segment_name": self.segment_name,
+                "model_version": self.model_version,
+                "event_time": iso_ms(self.event_time_ms),
+                "emitted_at": iso_ms(self.emitted_at_ms),
+                "explanation": {
+                    "distance_margin": self.distance_margin,
+                    "runner_up_segment": self.runner_up_segment,
+                    "top_features": list(self.top_features),
+                },
+                "features": self.features,
+            }
+        )

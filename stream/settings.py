@@ -1,0 +1,226 @@
+"""The one settings object, built once at start-up and passed down.
+
+Values come from defaults, then an optional TOML file, then ``SEGMENTER_*`` environment
+variables (highest precedence). Parsing is a pure function of the mapping and the file's
+text, so it is tested without touching the real environment; only the CLI reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from stream.errors import ConfigError
+
+ENV_PREFIX = "SEGMENTER_"
+#: The environment variable naming the optional TOML settings file.
+CONFIG_FILE_VAR = "SEGMENTER_CONFIG"
+
+# Settings that hold secrets are never printed: ``Settings.describe()`` masks them.
+_SECRET_MARKERS = ("password", "secret", "sasl")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every tunable of the segmenter.
+
+    Each field maps to an environment variable ``SEGMENTER_<FIELD NAME IN CAPITALS>`` and
+    to the same key, in lower case, in the TOML file.
+    """
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    group_id: str = "segmenter"
+    clicks_topic: str = "shop.clicks"
+    purchases_topic: str = "shop.purchases"
+    changes_topic: str = "segments.changes"
+    current_topic: str = "segments.current"
+    deadletter_topic: str = "segments.deadletter"
+    create_output_topics: bool = True
+    kafka_sasl_password: str = ""
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "seg:"
+    # Batching
+    batch_max_events: int = 5000
+    batch_timeout_s: float = 0.1
+    # Input validation
+    max_event_bytes: int = 65536
+    max_future_skew_s: float = 3600.0
+    min_event_year: int = 2000
+    dedupe_window: int = 32
+    # Model
+    n_clusters: int = 5
+    kmeans_halflife: float = 0.05
+    warmup_users: int = 200
+    seed: int = 42
+    hysteresis_margin: float = 0.15
+    checkpoint_interval_s: float = 30.0
+    catalogue_interval_s: float = 5.0
+    # Metrics and health
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9400
+    log_level: str = "INFO"
+
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "batch_max_events", "batch_timeout_s", "max_event_bytes")
+        _check_positive(self, "dedupe_window", "warmup_users", "checkpoint_interval_s")
+        _check_positive(self, "catalogue_interval_s")
+        if not 2 <= self.n_clusters <= 64:
+            raise ConfigError("n_clusters", f"must be between 2 and 64, got {self.n_clusters}")
+        if not 0.0 < self.kmeans_halflife <= 1.0:
+            raise ConfigError("kmeans_halflife", f"must be in (0, 1], got {self.kmeans_halflife}")
+        if not 0.0 <= self.hysteresis_margin < 1.0:
+            raise ConfigError(
+                "hysteresis_margin", f"must be in [0, 1), got {self.hysteresis_margin}"
+            )
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("metrics_port", f"must be a TCP port, got {self.metrics_port}")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                "redis_url", "must start with redis://, rediss:// or unix:// (see README)"
+            )
+        if self.clicks_topic == self.purchases_topic:
+            raise ConfigError("purchases_topic", "must differ from clicks_topic")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError("log_level", "must be one of DEBUG, INFO, WARNING, ERROR")
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied (and validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as a dict fit for printing, with secrets masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if any(m in f.name for m in _SECRET_MARKERS) and value:
+                value = "***"
+            elif f.name == "redis_url":
+                value = _mask_url_password(value)
+            out[f.name] = value
+        return out
+
+
+def _check_positive(settings: Settings, *names: str) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if value <= 0:
+            raise ConfigError(name, f"must be greater than 0, got {value}")
+
+
+def _mask_url_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def _coerce(key: str, raw: Any, kind: type) -> Any:
+    """Turn a raw env or file value into ``kind``, naming ``key`` when it cannot."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, f"expected true or false, got {raw!r}")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"expected an integer, got {raw!r}")
+        try:
+            return int(str(raw).strip())
+        except ValueError:
+            raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"expected a number, got {raw!r}")
+        try:
+            return float(str(raw).strip())
+        except ValueError:
+            raise ConfigError(key, f"expected a number, got {raw!r}") from None
+    if not isinstance(raw, str | int | float):
+        raise ConfigError(key, f"expected a string, got {raw!r}")
+    return str(raw)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+}
+
+
+def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Settings:
+    """Build :class:`Settings` from environment variables and an optional TOML text.
+
+    Parameters
+    ----------
+    env
+        The process environment (only ``SEGMENTER_*`` keys are read).
+    file_text
+        The content of the TOML settings file, if one was given.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first key that is unknown or has a bad value.
+
+    Examples
+    --------
+    >>> s = load_settings({"SEGMENTER_N_CLUSTERS": "6"}, 'group_id = "g1"')
+    >>> (s.n_clusters, s.group_id)
+    (6, 'g1')
+    >>> load_settings({"SEGMENTER_N_CLUSTERS": "six"})
+    Traceback (most recent call last):
+    ...
+    stream.errors.ConfigError: config SEGMENTER_N_CLUSTERS: expected an integer, got 'six'
+    """
+    known = {f.name: _FIELD_TYPES[str(f.type)] for f in fields(Settings) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    extra: dict[str, str] = {}
+    if file_text is not None:
+        try:
+            doc = tomllib.loads(file_text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("<settings file>", f"is not valid TOML: {exc}") from None
+        for key, raw in doc.items():
+            if key == "kafka" and isinstance(raw, dict):
+                # [kafka] table: extra librdkafka properties passed through as they are.
+                extra.update({str(k): str(v) for k, v in raw.items()})
+                continue
+            if key not in known:
+                raise ConfigError(key, "is not a known setting (see README, Configuration)")
+            values[key] = _coerce(key, raw, known[key])
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_FILE_VAR:
+            continue
+        name = var[len(ENV_PREFIX) :].lower()
+        if name.startswith("kafka__"):
+            # SEGMENTER_KAFKA__SECURITY__PROTOCOL -> security.protocol
+            extra[name[len("kafka__") :].replace("__", ".")] = raw
+            continue
+        if name not in known:
+            raise ConfigError(var, "is not a known setting (see README, Configuration)")
+        values[name] = _coerce(var, raw, known[name])
+    try:
+        return Settings(**values, extra=extra)
+    except ConfigError as exc:
+        # Name the variable the user actually set, when it came from the environment.
+        env_name = ENV_PREFIX + exc.key.upper()
+        if env_name in env:
+            raise ConfigError(env_name, str(exc).split(": ", 1)[1]) from None
+        raise
