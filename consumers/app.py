@@ -56,11 +56,12 @@ class RunStats:
     changes: int = 0
     batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None  # monotonic time the first batch arrived
+    last_batch_at: float | None = None  # monotonic time the last batch was committed
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": settings.group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -73,19 +74,18 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "fetch.min.bytes": 1,
         "statistics.interval.ms": 5000,
         "isolation.level": "read_committed",
-        **settings.extra,
+        **settings.kafka_client_config(),
     }
 
 
 def producer_config(settings: Settings) -> dict[str, Any]:
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,
-        **settings.extra,
+        **settings.kafka_client_config(),
     }
 
 
@@ -192,6 +192,8 @@ class Segmenter:
     def handle(self, msgs: list[Message]) -> BatchResult:
         """Process one batch of messages end to end, then commit their offsets."""
         started = time.monotonic()
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = started
         now_ms = int(time.time() * 1000)
         by_user: dict[str, list[Event]] = defaultdict(list)
         dead: list[DeadLetter] = []
@@ -334,6 +336,7 @@ class Segmenter:
         st.dead_letters += len(dead)
         st.changes += changes
         st.batches += 1
+        st.last_batch_at = time.monotonic()
 
     # -- periodic work ---------------------------------------------------------------------
 

@@ -139,7 +139,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
         days=args.days,
         ground_truth_path=args.ground_truth,
         bad_ratio=args.bad_ratio,
-        extra_producer_config=settings.extra,
+        extra_producer_config=settings.kafka_client_config(),
     )
     print(
         f"sent {report.events_sent} events ({report.bad_sent} malformed) "
@@ -191,19 +191,23 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     if user is None:
         print(f"no state for user {args.user!r}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    import orjson
+
     print(f"{store.keys.user(args.user)}")
     for k in sorted(user):
-        if k != STATE_FIELD:
+        if k not in (STATE_FIELD, "features"):
             print(f"  {k:28} {user[k]}")
+    print("  features:")
+    for k, v in orjson.loads(user.get("features", "{}")).items():
+        print(f"    {k:26} {'never' if v is None else v}")
     return EXIT_OK
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Local stack up, shopper traffic in, the segmenter over it, and what it found."""
-    from loadtest.generator import produce_events
-
     from consumers.app import Segmenter
     from consumers.devstack import install, servers, stack
+    from loadtest.generator import produce_events
 
     root = Path(args.dir)
     print("== 1/4 local stack")

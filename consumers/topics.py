@@ -15,7 +15,7 @@ from stream.settings import Settings
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **settings.extra})
+    return AdminClient(settings.kafka_client_config())
 
 
 def partition_counts(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:

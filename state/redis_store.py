@@ -22,14 +22,6 @@ from stream.messages import iso_ms
 from stream.naming import SegmentProfile
 
 
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return ""
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(round(float(value), 4))
-
-
 def user_hash(update: UserUpdate, model_version: int, updated_at_ms: int) -> dict[str, str]:
     """The fields of ``seg:user:{id}`` for one update (pure)."""
     s = update.state
@@ -43,8 +35,9 @@ def user_hash(update: UserUpdate, model_version: int, updated_at_ms: int) -> dic
         fields["segment"] = str(s.segment)
         fields["segment_name"] = s.segment_name or ""
         fields["segment_since"] = iso_ms(s.segment_since_ms or s.last_event_ms)
-    for name, value in update.features.items():
-        fields[name] = _fmt(value)
+    # Features go in one JSON field: one HGETALL still reads everything, and a write packs
+    # eight fields instead of fifty.
+    fields["features"] = orjson.dumps(update.features).decode()
     return fields
 
 

@@ -95,6 +95,14 @@ class Settings:
         """Return a copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka properties shared by every Kafka client: bootstrap, pass-through
+        ``[kafka]`` / ``SEGMENTER_KAFKA__*`` properties, and the SASL password."""
+        conf = {"bootstrap.servers": self.kafka_bootstrap, **self.extra}
+        if self.kafka_sasl_password:
+            conf["sasl.password"] = self.kafka_sasl_password
+        return conf
+
     def describe(self) -> dict[str, Any]:
         """The settings as a dict fit for printing, with secrets masked."""
         out: dict[str, Any] = {}

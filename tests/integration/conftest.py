@@ -1,0 +1,151 @@
+"""Real servers for integration tests: a Kafka-protocol broker and Redis, started by this
+test session on free loopback ports and stopped by PID at the end.
+
+``SEGMENTER_TEST_BROKER`` picks the broker: ``auto`` (default: Apache Kafka when Java 17
+and its jars are available, else Tansu), ``kafka`` or ``tansu``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from confluent_kafka import Producer
+
+from consumers import topics
+from consumers.app import RunStats, Segmenter
+from consumers.devstack import servers
+from consumers.devstack.servers import Server
+from stream.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = servers.start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    prefer = os.environ.get("SEGMENTER_TEST_BROKER", "auto")
+    server = servers.start_broker(tmp_path_factory.mktemp("broker"), prefer=prefer)
+    print(f"\nbroker under test: {server.kind} on {server.address}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(broker: Server, redis_server: Server) -> Settings:
+    """Settings with topics, group and Redis prefix of this test's own; input topics made."""
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(
+        kafka_bootstrap=broker.address,
+        redis_url=f"redis://{redis_server.address}/0",
+        redis_prefix=f"t{tag}:",
+        group_id=f"g-{tag}",
+        clicks_topic=f"clicks-{tag}",
+        purchases_topic=f"purchases-{tag}",
+        changes_topic=f"changes-{tag}",
+        current_topic=f"current-{tag}",
+        deadletter_topic=f"deadletter-{tag}",
+        warmup_users=40,
+        n_clusters=4,
+        metrics_port=servers.free_port(),
+        metrics_host="127.0.0.1",
+        batch_max_events=2000,
+    )
+    admin = topics.admin_client(s)
+    topics.create_topics(admin, {s.clicks_topic: (4, {}), s.purchases_topic: (4, {})})
+    return s
+
+
+@pytest.fixture
+def rds(redis_server: Server) -> Iterator[redis.Redis]:
+    client = redis.Redis(host=servers.HOST, port=redis_server.port, decode_responses=True)
+    yield client
+    client.close()
+
+
+def produce(
+    settings: Settings, messages: list[tuple[str, bytes | None, bytes]]
+) -> dict[tuple[str, int], int]:
+    """Produce (topic, key, value) messages, wait until every one is acknowledged, and
+    return the next offset of every (topic, partition) written to."""
+    errors: list[str] = []
+    ends: dict[tuple[str, int], int] = {}
+
+    def on_delivery(err: object, msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+            return
+        key = (msg.topic(), msg.partition())
+        ends[key] = max(ends.get(key, 0), msg.offset() + 1)
+
+    p = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    for topic, key, value in messages:
+        p.produce(topic, value, key, on_delivery=on_delivery)
+        p.poll(0)
+    assert p.flush(30) == 0
+    assert errors == []
+    return ends
+
+
+@dataclass
+class Running:
+    segmenter: Segmenter
+    stop: threading.Event
+    thread: threading.Thread
+    result: dict[str, RunStats]
+
+    def wait(self, done: Callable[[RunStats], bool], timeout: float = 90.0) -> RunStats:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.thread.is_alive():
+                raise AssertionError("the segmenter stopped on its own")
+            if done(self.segmenter.stats):
+                return self.segmenter.stats
+            time.sleep(0.1)
+        raise AssertionError(f"timed out; stats so far: {self.segmenter.stats}")
+
+    def finish(self) -> RunStats:
+        self.stop.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        self.segmenter.close()
+        return self.result["stats"]
+
+
+@pytest.fixture
+def run_segmenter() -> Iterator[Callable[[Settings], Running]]:
+    """Start a Segmenter on a thread; stopped (and closed) at the end of the test."""
+    started: list[Running] = []
+
+    def start(settings: Settings) -> Running:
+        seg = Segmenter(settings)
+        seg.start()
+        stop = threading.Event()
+        result: dict[str, RunStats] = {}
+        thread = threading.Thread(
+            target=lambda: result.setdefault("stats", seg.run(stop)), daemon=True
+        )
+        thread.start()
+        r = Running(seg, stop, thread, result)
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        if r.thread.is_alive():
+            r.stop.set()
+            r.thread.join(60)
+            r.segmenter.close()
