@@ -250,7 +250,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         seg.close()
         stop_http()
-    busy = max(time.monotonic() - stats.started_at - args.idle_exit, 1e-9)
+    first, last = stats.first_batch_at or 0.0, stats.last_batch_at or 0.0
+    busy = max(last - first, 1e-9)
     print(
         f"processed {stats.messages} messages in {busy:.1f}s ({stats.messages / busy:.0f}/s): "
         f"{stats.dead_letters} dead letters, {stats.changes} segment changes"

@@ -2,7 +2,9 @@
 
 A segment's profile is its centroid mapped back to human units (orders, spend, days).
 Its name comes from the first rule, in order, that the profile satisfies, compared with
-the population's typical user (the scaler's mean, mapped back the same way).
+the population's typical user: the scaler's mean mapped back the same way, which for the
+log-compressed features is a geometric mean (a typical user, not one pulled up by a few
+big spenders).
 """
 
 from __future__ import annotations
@@ -34,28 +36,31 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         lambda p, pop: p["tenure_days"] < 3,
     ),
     NamingRule(
-        "high_value",
-        "Buy often and spend well above the typical customer.",
-        lambda p, pop: (
-            p["spend_30d"] >= 2 * max(pop["spend_30d"], 1.0) and p["purchases_30d"] >= 1.5
-        ),
-    ),
-    NamingRule(
         "window_shopper",
         "Browse a lot but rarely buy.",
         lambda p, pop: p["purchases_30d"] < 0.5 and p["events_30d"] >= pop["events_30d"],
     ),
     NamingRule(
-        "at_risk",
-        "Bought before, but not for two weeks or more.",
-        lambda p, pop: p["days_since_last_purchase"] >= 14 and p["avg_order_value"] > 1,
+        "high_value",
+        "Buy often, in large baskets, and spend well above the typical customer.",
+        lambda p, pop: p["spend_30d"] >= 2 * max(pop["spend_30d"], 1.0)
+        and p["avg_order_value"] >= 2 * pop["avg_order_value"]
+        and p["purchases_30d"] >= 1.5,
     ),
     NamingRule(
         "bargain_hunter",
-        "Fill and empty carts, compare widely, buy small baskets.",
-        lambda p, pop: (
-            p["cart_abandonment_30d"] >= 0.3 and p["avg_order_value"] <= pop["avg_order_value"]
+        "Buy small baskets after filling and emptying carts across many categories.",
+        lambda p, pop: p["purchases_30d"] >= 1
+        and p["avg_order_value"] < 2 * pop["avg_order_value"]
+        and (
+            p["cart_abandonment_30d"] >= 0.3
+            or p["category_diversity_30d"] >= pop["category_diversity_30d"]
         ),
+    ),
+    NamingRule(
+        "at_risk",
+        "Bought before, but not for two weeks or more.",
+        lambda p, pop: p["days_since_last_purchase"] >= 14 and p["avg_order_value"] > 1,
     ),
     NamingRule(
         "dormant",

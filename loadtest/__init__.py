@@ -1,0 +1,1 @@
+"""Traffic generator with ground-truth personas, benchmarks and quality reports."""
