@@ -37,7 +37,7 @@ def mutate(rng: random.Random) -> tuple[bytes, bytes | None]:
         elif action < 0.8:
             doc[field] = rng.choice(WEIRD_VALUES)
         else:
-            doc[field] = rng.choice(EVENT_TYPES + ("teleport", "VIEW"))
+            doc[field] = rng.choice((*EVENT_TYPES, "teleport", "VIEW"))
     try:
         raw = orjson.dumps(doc)
     except (TypeError, orjson.JSONEncodeError):
