@@ -43,18 +43,22 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
     NamingRule(
         "high_value",
         "Buy often, in large baskets, and spend well above the typical customer.",
-        lambda p, pop: p["spend_30d"] >= 2 * max(pop["spend_30d"], 1.0)
-        and p["avg_order_value"] >= 2 * pop["avg_order_value"]
-        and p["purchases_30d"] >= 1.5,
+        lambda p, pop: (
+            p["spend_30d"] >= 2 * max(pop["spend_30d"], 1.0)
+            and p["avg_order_value"] >= 2 * pop["avg_order_value"]
+            and p["purchases_30d"] >= 1.5
+        ),
     ),
     NamingRule(
         "bargain_hunter",
         "Buy small baskets after filling and emptying carts across many categories.",
-        lambda p, pop: p["purchases_30d"] >= 1
-        and p["avg_order_value"] < 2 * pop["avg_order_value"]
-        and (
-            p["cart_abandonment_30d"] >= 0.3
-            or p["category_diversity_30d"] >= pop["category_diversity_30d"]
+        lambda p, pop: (
+            p["purchases_30d"] >= 1
+            and p["avg_order_value"] < 2 * pop["avg_order_value"]
+            and (
+                p["cart_abandonment_30d"] >= 0.3
+                or p["category_diversity_30d"] >= pop["category_diversity_30d"]
+            )
         ),
     ),
     NamingRule(
