@@ -22,6 +22,7 @@ demo: setup
 lint: $(BIN)/segmenter
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy stream state consumers loadtest
 
 test: setup lint
 	$(BIN)/pytest

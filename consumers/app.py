@@ -204,7 +204,7 @@ class Segmenter:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", err.str())
                 continue
-            topic, part, off = m.topic(), m.partition(), m.offset()
+            topic, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
             positions[(topic, part)] = max(positions.get((topic, part), -1), off)
             r = decode(m.value(), m.key(), topic, part, off, now_ms, self.limits)
             if isinstance(r, DeadLetter):
@@ -237,7 +237,7 @@ class Segmenter:
         p, s = self._producer, self.settings
         self._delivery_errors.clear()
         for d in dead:
-            headers = [
+            headers: list[tuple[str, str | bytes | None]] = [
                 ("reason", d.reason.encode()),
                 ("detail", d.detail.encode()),
                 ("source_topic", d.topic.encode()),
@@ -249,7 +249,7 @@ class Segmenter:
             if u.change is not None:
                 value = u.change.to_json()
                 key = u.user_id.encode()
-                headers = [("change_id", u.change.change_id.encode())]
+                headers = [("change_id", u.change.change_id)]
                 self._produce(s.changes_topic, key, value, headers)
                 self._produce(s.current_topic, key, value, headers)
         remaining = p.flush(60)
@@ -261,7 +261,11 @@ class Segmenter:
             )
 
     def _produce(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, str | bytes | None]],
     ) -> None:
         assert self._producer is not None
         while True:

@@ -15,7 +15,7 @@ from stream.settings import Settings
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_client_config())
+    return AdminClient(dict(settings.kafka_client_config()))
 
 
 def partition_counts(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:

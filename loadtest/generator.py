@@ -48,7 +48,7 @@ def produce_events(
     days: float,
     ground_truth_path: str | None,
     bad_ratio: float = 0.0,
-    extra_producer_config: Mapping[str, str] | None = None,
+    extra_producer_config: Mapping[str, str | int | float | bool] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> GenerateReport:
     """Produce ``n_events`` events of ``n_users`` shoppers over the last ``days`` days.

@@ -22,10 +22,12 @@ from stream.messages import iso_ms
 from stream.naming import SegmentProfile
 
 
-def user_hash(update: UserUpdate, model_version: int, updated_at_ms: int) -> dict[str, str]:
+def user_hash(
+    update: UserUpdate, model_version: int, updated_at_ms: int
+) -> dict[str | bytes, str | bytes]:
     """The fields of ``seg:user:{id}`` for one update (pure)."""
     s = update.state
-    fields: dict[str, str] = {
+    fields: dict[str | bytes, str | bytes] = {
         STATE_FIELD: orjson.dumps(s.to_dict()).decode(),
         "last_event_time": iso_ms(s.last_event_ms),
         "updated_at": iso_ms(updated_at_ms),
@@ -81,7 +83,8 @@ class RedisStore:
         pipe = self._r.pipeline(transaction=False)
         n = 0
         for u in updates:
-            pipe.hset(self.keys.user(u.user_id), mapping=user_hash(u, model_version, now_ms))
+            fields = user_hash(u, model_version, now_ms)
+            pipe.hset(self.keys.user(u.user_id), mapping=fields)  # type: ignore[arg-type]
             seg = u.state.segment
             if seg is not None and seg != u.previous_segment:
                 if u.previous_segment is not None:
@@ -146,7 +149,7 @@ class RedisStore:
             raise ModelError(
                 f"{self.keys.model} does not hold a model checkpoint; delete it to start fresh"
             ) from None
-        return doc  # type: ignore[no-any-return]
+        return doc
 
     def close(self) -> None:
         self._r.close()
@@ -158,7 +161,7 @@ def _safe(url: str) -> str:
 
 
 def _run(pipe: Any, what: str) -> list[Any]:
-    return _call(pipe.execute, what)  # type: ignore[no-any-return]
+    return _call(pipe.execute, what)
 
 
 def _call(fn: Any, what: str) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream.events import EVENT_TYPES, TYPE_INDEX, Event
 
@@ -90,26 +91,26 @@ class UserState:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> UserState:
+    def from_dict(cls, d: dict[str, Any]) -> UserState:
         """Rebuild a state from :meth:`to_dict` output."""
 
-        def rows(raw: object) -> dict[int, list[float]]:
-            return {int(r[0]): list(r[1:]) for r in raw}  # type: ignore[attr-defined]
+        def rows(raw: list[list[float]]) -> dict[int, list[float]]:
+            return {int(r[0]): list(r[1:]) for r in raw}
 
         return cls(
-            first_seen_ms=int(d["f"]),  # type: ignore[call-overload]
-            last_event_ms=int(d["l"]),  # type: ignore[call-overload]
+            first_seen_ms=int(d["f"]),
+            last_event_ms=int(d["l"]),
             minutes=rows(d["m"]),
             hours=rows(d["h"]),
             days=rows(d["d"]),
-            lifetime=list(d["t"]),  # type: ignore[call-overload]
-            last_purchase_ms=d["p"],  # type: ignore[arg-type]
-            categories=dict(d["c"]),  # type: ignore[call-overload]
-            recent_events=list(d["r"]),  # type: ignore[call-overload]
-            offsets=dict(d["o"]),  # type: ignore[call-overload]
-            segment=d.get("s"),  # type: ignore[arg-type]
-            segment_name=d.get("sn"),  # type: ignore[arg-type]
-            segment_since_ms=d.get("ss"),  # type: ignore[arg-type]
+            lifetime=list(d["t"]),
+            last_purchase_ms=d["p"],
+            categories=dict(d["c"]),
+            recent_events=list(d["r"]),
+            offsets=dict(d["o"]),
+            segment=d.get("s"),
+            segment_name=d.get("sn"),
+            segment_since_ms=d.get("ss"),
         )
 
     def copy(self) -> UserState:

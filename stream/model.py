@@ -9,6 +9,8 @@ checkpoints as plain values.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from river import cluster
 
@@ -155,7 +157,7 @@ class SegmentModel:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object], warmup_users: int) -> SegmentModel:
+    def from_dict(cls, d: dict[str, Any], warmup_users: int) -> SegmentModel:
         """Restore a checkpoint written by :meth:`to_dict`."""
         if d.get("format") != CHECKPOINT_FORMAT or list(d.get("features", [])) != list(
             MODEL_FEATURES
@@ -164,11 +166,11 @@ class SegmentModel:
                 "the model checkpoint in Redis was written for other features or by another "
                 "format; delete the seg:model key to start a fresh model"
             )
-        m = cls(int(d["n_clusters"]), float(d["halflife"]), warmup_users, int(d["seed"]))  # type: ignore[call-overload, arg-type]
-        m.scaler = OnlineScaler.from_dict(d["scaler"])  # type: ignore[arg-type]
-        m.version = int(d["version"])  # type: ignore[call-overload]
-        m.updates = int(d["updates"])  # type: ignore[call-overload]
-        m.reservoir = [np.array(r, float) for r in d["reservoir"]]  # type: ignore[attr-defined]
+        m = cls(int(d["n_clusters"]), float(d["halflife"]), warmup_users, int(d["seed"]))
+        m.scaler = OnlineScaler.from_dict(d["scaler"])
+        m.version = int(d["version"])
+        m.updates = int(d["updates"])
+        m.reservoir = [np.array(r, float) for r in d["reservoir"]]
         if d["ready"]:
             m._set_centres(np.array(d["centres"], float))
             m.ready = True

@@ -8,6 +8,7 @@ standardising; rates in [0, 1] are used as they are. Means and variances are lea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -98,5 +99,5 @@ class OnlineScaler:
         return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> OnlineScaler:
-        return cls(int(d["count"]), np.array(d["mean"], float), np.array(d["m2"], float))  # type: ignore[call-overload]
+    def from_dict(cls, d: dict[str, Any]) -> OnlineScaler:
+        return cls(int(d["count"]), np.array(d["mean"], float), np.array(d["m2"], float))

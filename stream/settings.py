@@ -95,10 +95,13 @@ class Settings:
         """Return a copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
 
-    def kafka_client_config(self) -> dict[str, str]:
+    def kafka_client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties shared by every Kafka client: bootstrap, pass-through
         ``[kafka]`` / ``SEGMENTER_KAFKA__*`` properties, and the SASL password."""
-        conf = {"bootstrap.servers": self.kafka_bootstrap, **self.extra}
+        conf: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            **self.extra,
+        }
         if self.kafka_sasl_password:
             conf["sasl.password"] = self.kafka_sasl_password
         return conf

