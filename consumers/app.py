@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,7 +28,14 @@ from threading import Event as StopFlag
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry
 
 from consumers import topics
@@ -35,7 +43,7 @@ from consumers.http import Health, serve
 from consumers.metrics import Metrics
 from state.redis_store import RedisStore
 from stream.batch import BatchResult, SegmentNames, process_batch
-from stream.errors import BrokerError, RedisError
+from stream.errors import BrokerError, RedisError, SegmenterError
 from stream.events import DeadLetter, Event, Limits, decode
 from stream.model import SegmentModel
 from stream.naming import profiles
@@ -78,8 +86,21 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def transactional_id(settings: Settings) -> str:
+    """Stable across restarts of one process slot, so a restart fences its predecessor."""
+    instance = settings.instance_id or f"{socket.gethostname()}-{settings.metrics_port}"
+    return f"segmenter-{settings.group_id}-{instance}"
+
+
 def producer_config(settings: Settings) -> dict[str, Any]:
+    txn: dict[str, Any] = {}
+    if settings.transactional:
+        txn = {
+            "transactional.id": transactional_id(settings),
+            "transaction.timeout.ms": 15000,
+        }
     return {
+        **txn,
         "enable.idempotence": True,
         "acks": "all",
         "linger.ms": 5,
@@ -114,6 +135,8 @@ class Segmenter:
         self._last_catalogue = 0.0
         self._last_checkpoint = time.monotonic()
         self._checkpointed_updates = 0
+        self._failures = 0
+        self._stop = StopFlag()
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -136,6 +159,15 @@ class Segmenter:
         self.metrics.model_version.set(self.model.version)
         self.metrics.model_ready.set(1 if self.model.ready else 0)
         self._producer = Producer({**producer_config(s), "error_cb": self._on_kafka_error})
+        if s.transactional:
+            try:
+                # Aborts whatever a previous incarnation with this id left open.
+                self._producer.init_transactions(30)
+            except KafkaException as exc:
+                raise BrokerError(
+                    f"could not start Kafka transactions ({exc.args[0].str()}); a broker "
+                    "without transaction support needs SEGMENTER_TRANSACTIONAL=false"
+                ) from None
         self._consumer = Consumer(
             {**consumer_config(s), "stats_cb": self._on_stats, "error_cb": self._on_kafka_error}
         )
@@ -174,6 +206,7 @@ class Segmenter:
     def run(self, stop: StopFlag, idle_exit_s: float | None = None) -> RunStats:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
         assert self._consumer is not None, "call start() first"
+        self._stop = stop
         s = self.settings
         last_data = time.monotonic()
         while not stop.is_set():
@@ -190,14 +223,21 @@ class Segmenter:
         return self.stats
 
     def handle(self, msgs: list[Message]) -> BatchResult:
-        """Process one batch of messages end to end, then commit their offsets."""
+        """Process one batch of messages end to end, then commit their offsets.
+
+        If any step fails (Redis or the broker away, a delivery refused, a transaction
+        fenced), nothing is committed: the transaction is aborted, the consumer is rewound
+        to the batch's first offsets, and the batch is consumed again after a backoff.
+        Replaying is safe, so recovery needs no special path.
+        """
         started = time.monotonic()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
         now_ms = int(time.time() * 1000)
         by_user: dict[str, list[Event]] = defaultdict(list)
         dead: list[DeadLetter] = []
-        positions: dict[tuple[str, int], int] = {}
+        first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -205,16 +245,36 @@ class Segmenter:
                     log.warning("consume error: %s", err.str())
                 continue
             topic, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
-            positions[(topic, part)] = max(positions.get((topic, part), -1), off)
+            first.setdefault((topic, part), off)
+            last[(topic, part)] = off
             r = decode(m.value(), m.key(), topic, part, off, now_ms, self.limits)
             if isinstance(r, DeadLetter):
                 dead.append(r)
             else:
                 by_user[r.user_id].append(r)
-        if not positions:
+        if not last:
             return BatchResult()
+        try:
+            result = self._apply(by_user, dead, last, now_ms)
+        except (SegmenterError, KafkaException) as exc:
+            self._recover(exc, first)
+            return BatchResult()
+        self._failures = 0
+        self._record(msgs, dead, result, started)
+        return result
 
-        states = self._redis_retry(lambda: self.store.load_states(list(by_user)))
+    def _apply(
+        self,
+        by_user: dict[str, list[Event]],
+        dead: list[DeadLetter],
+        last: dict[tuple[str, int], int],
+        now_ms: int,
+    ) -> BatchResult:
+        assert self._producer is not None and self._consumer is not None
+        txn = self.settings.transactional
+        if txn:
+            self._producer.begin_transaction()
+        states = self.store.load_states(list(by_user))
         result = process_batch(
             by_user,
             states,
@@ -225,16 +285,49 @@ class Segmenter:
             now_ms,
         )
         self._publish(dead, result)
-        self._redis_retry(
-            lambda: self.store.write_updates(result.updates, self.model.version, now_ms)
-        )
-        self._commit(positions)
-        self._record(msgs, dead, result, by_user, started)
+        if not txn:
+            self._flush()
+        written = self.store.write_updates(result.updates, self.model.version, now_ms)
+        if written.fenced:
+            self.metrics.fenced_writes.inc(written.fenced)
+            log.warning("%d user writes fenced off: newer state exists", written.fenced)
+        offsets = [TopicPartition(t, p, off + 1) for (t, p), off in last.items()]
+        if txn:
+            self._producer.send_offsets_to_transaction(
+                offsets, self._consumer.consumer_group_metadata(), 30
+            )
+            self._producer.commit_transaction(60)
+            if self._delivery_errors:
+                raise BrokerError(f"delivery failed: {'; '.join(self._delivery_errors[:3])}")
+        else:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
         return result
 
+    def _recover(self, exc: Exception, first: dict[tuple[str, int], int]) -> None:
+        """Abort what the failed batch started, rewind, and back off before retrying."""
+        assert self._producer is not None and self._consumer is not None
+        self._failures += 1
+        self.metrics.batch_failures.inc()
+        if isinstance(exc, RedisError):
+            self.metrics.redis_errors.inc()
+        if self.settings.transactional:
+            try:
+                self._producer.abort_transaction(30)
+            except KafkaException as abort_exc:
+                if abort_exc.args[0].fatal():
+                    raise BrokerError(
+                        f"the producer was fenced or failed fatally ({abort_exc.args[0].str()}):"
+                        " another process took over this transactional id; exiting"
+                    ) from None
+        for (topic, part), off in first.items():
+            with contextlib.suppress(KafkaException):
+                self._consumer.seek(TopicPartition(topic, part, off))
+        delay = min(0.2 * 2 ** (self._failures - 1), 5.0)
+        log.warning("batch not committed (%s); replaying it in %.1fs", exc, delay)
+        self._stop.wait(delay)
+
     def _publish(self, dead: list[DeadLetter], result: BatchResult) -> None:
-        assert self._producer is not None
-        p, s = self._producer, self.settings
+        s = self.settings
         self._delivery_errors.clear()
         for d in dead:
             headers: list[tuple[str, str | bytes | None]] = [
@@ -246,18 +339,24 @@ class Segmenter:
             ]
             self._produce(s.deadletter_topic, d.key, d.value, headers)
         for u in result.updates:
+            key = u.user_id.encode()
+            if u.republish is not None:
+                cid = orjson.loads(u.republish)["change_id"]
+                self._produce(s.changes_topic, key, u.republish, [("change_id", cid)])
+                self._produce(s.current_topic, key, u.republish, [("change_id", cid)])
             if u.change is not None:
                 value = u.change.to_json()
-                key = u.user_id.encode()
                 headers = [("change_id", u.change.change_id)]
                 self._produce(s.changes_topic, key, value, headers)
                 self._produce(s.current_topic, key, value, headers)
-        remaining = p.flush(60)
+
+    def _flush(self) -> None:
+        assert self._producer is not None
+        remaining = self._producer.flush(60)
         if remaining or self._delivery_errors:
             raise BrokerError(
                 f"{remaining} messages undelivered after 60s and {len(self._delivery_errors)} "
-                f"failed ({'; '.join(self._delivery_errors[:3])}); offsets not committed, "
-                "the batch will be replayed on restart"
+                f"failed ({'; '.join(self._delivery_errors[:3])})"
             )
 
     def _produce(
@@ -280,32 +379,8 @@ class Segmenter:
             self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
             self.metrics.produce_errors.labels(msg.topic()).inc()
 
-    def _redis_retry(self, fn: Any, attempts: int = 8) -> Any:
-        delay = 0.1
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except RedisError as exc:
-                self.metrics.redis_errors.inc()
-                if attempt == attempts - 1:
-                    raise
-                log.warning("%s; retrying in %.1fs", exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")
-
-    def _commit(self, positions: dict[tuple[str, int], int]) -> None:
-        assert self._consumer is not None
-        offsets = [TopicPartition(t, p, off + 1) for (t, p), off in positions.items()]
-        self._consumer.commit(offsets=offsets, asynchronous=False)
-
     def _record(
-        self,
-        msgs: list[Message],
-        dead: list[DeadLetter],
-        result: BatchResult,
-        by_user: dict[str, list[Event]],
-        started: float,
+        self, msgs: list[Message], dead: list[DeadLetter], result: BatchResult, started: float
     ) -> None:
         m = self.metrics
         done = time.time()
@@ -330,8 +405,9 @@ class Segmenter:
             if n:
                 m.events.labels("all", "all", outcome).inc(n)
         changes = sum(1 for u in result.updates if u.change is not None)
+        m.republished_changes.inc(sum(1 for u in result.updates if u.republish is not None))
         m.segment_changes.inc(changes)
-        m.users_updated.inc(len(result.updates))
+        m.users_updated.inc(sum(1 for u in result.updates if u.write))
         m.model_ready.set(1 if self.model.ready else 0)
         m.model_version.set(self.model.version)
         st = self.stats

@@ -81,6 +81,21 @@ class Metrics:
             ["topic"],
             registry=registry,
         )
+        self.batch_failures = Counter(
+            "segmenter_batch_failures_total",
+            "Batches aborted and replayed (Redis or broker unavailable, delivery refused).",
+            registry=registry,
+        )
+        self.fenced_writes = Counter(
+            "segmenter_fenced_writes_total",
+            "User writes refused because Redis held newer state (after a rebalance).",
+            registry=registry,
+        )
+        self.republished_changes = Counter(
+            "segmenter_republished_changes_total",
+            "Segment changes published again because their commit was in doubt.",
+            registry=registry,
+        )
         self.model_version = Gauge(
             "segmenter_model_version", "Version of the model in use.", registry=registry
         )

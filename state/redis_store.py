@@ -8,7 +8,8 @@ already applied. Membership sets are updated in the same pipeline, after the has
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -43,6 +44,34 @@ def user_hash(
     return fields
 
 
+#: Prefix of the user-hash fields holding the last applied offset per input partition.
+OFFSET_FIELD_PREFIX = "_o:"
+
+#: HSET a user's hash unless a stored input offset is newer than the one written.
+#: ARGV: number of offset pairs, the (field, offset) pairs, then the other field/value
+#: pairs; the offset pairs are written too. Returns 1 when written, 0 when fenced off.
+FENCED_HSET = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[2 + 2 * i])
+  if cur and tonumber(cur) > tonumber(ARGV[3 + 2 * i]) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a batch write did: users written, users fenced off, membership moves."""
+
+    written: int
+    fenced: int
+    moves: int
+
+
 class RedisStore:
     """The segmenter's Redis: user states, membership, catalogue, model checkpoint."""
 
@@ -52,6 +81,7 @@ class RedisStore:
         self._r = redis.Redis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=5.0
         )
+        self._fenced_hset = self._r.register_script(FENCED_HSET)
 
     @property
     def client(self) -> redis.Redis:
@@ -78,22 +108,47 @@ class RedisStore:
             for uid, blob in zip(user_ids, raw, strict=True)
         }
 
-    def write_updates(self, updates: Iterable[UserUpdate], model_version: int, now_ms: int) -> int:
-        """Write user hashes and membership moves in one pipelined round trip."""
+    def write_updates(
+        self, updates: Sequence[UserUpdate], model_version: int, now_ms: int
+    ) -> WriteResult:
+        """Write the batch's user hashes, then the membership moves of those written.
+
+        Each user hash is written by :data:`FENCED_HSET`, atomically with the input offsets
+        that produced it, and only if no stored offset is newer: a process that lost a
+        partition in a rebalance cannot overwrite what the new owner wrote. Two pipelined
+        round trips in all, whatever the batch size.
+        """
         pipe = self._r.pipeline(transaction=False)
-        n = 0
+        written: list[UserUpdate] = []
         for u in updates:
-            fields = user_hash(u, model_version, now_ms)
-            pipe.hset(self.keys.user(u.user_id), mapping=fields)  # type: ignore[arg-type]
-            seg = u.state.segment
-            if seg is not None and seg != u.previous_segment:
-                if u.previous_segment is not None:
-                    pipe.srem(self.keys.members(u.previous_segment), u.user_id)
-                pipe.sadd(self.keys.members(seg), u.user_id)
-            n += 1
-        if n:
-            _run(pipe, "write user states")
-        return n
+            if not u.write:
+                continue
+            offsets = u.state.offsets
+            args: list[str | bytes] = [str(len(offsets))]
+            for pos, off in offsets.items():
+                args += [OFFSET_FIELD_PREFIX + pos, str(off)]
+            for k, v in user_hash(u, model_version, now_ms).items():
+                args += [k, v]
+            self._fenced_hset(keys=[self.keys.user(u.user_id)], args=args, client=pipe)
+            written.append(u)
+        accepted = _run(pipe, "write user states") if written else []
+        fenced = {u.user_id for u, ok in zip(written, accepted, strict=True) if not ok}
+
+        pipe = self._r.pipeline(transaction=False)
+        moves = 0
+        for u in updates:
+            if u.user_id in fenced:
+                continue
+            seg = u.republish_segment if not u.write else u.state.segment
+            if seg is None or seg == u.previous_segment:
+                continue
+            if u.previous_segment is not None:
+                pipe.srem(self.keys.members(u.previous_segment), u.user_id)
+            pipe.sadd(self.keys.members(seg), u.user_id)
+            moves += 1
+        if moves:
+            _run(pipe, "update segment membership")
+        return WriteResult(written=len(written) - len(fenced), fenced=len(fenced), moves=moves)
 
     def segment_sizes(self, n_segments: int) -> list[int]:
         pipe = self._r.pipeline(transaction=False)

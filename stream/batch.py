@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 
 from stream.decision import Decision, decide
 from stream.events import Event
@@ -42,6 +43,12 @@ class UserUpdate:
     previous_segment: int | None
     change: SegmentChange | None
     decision: Decision | None
+    #: A change published before whose commit is in doubt, to publish again as it was,
+    #: and the segment it moved the user into (membership is re-applied with it).
+    republish: bytes | None = None
+    republish_segment: int | None = None
+    #: False when only ``republish`` is to be done: the stored state is already current.
+    write: bool = True
 
 
 @dataclass
@@ -67,6 +74,25 @@ class SegmentNames:
 
     def get(self, segment: int) -> str:
         return self.names.get(segment, f"segment_{segment}")
+
+
+def _in_doubt_change(
+    before: UserState | None, events: Sequence[Event]
+) -> tuple[int | None, int, bytes] | None:
+    """The stored last change, if this batch replays the event that triggered it.
+
+    Offsets are committed only after a batch's changes are; so seeing the triggering event
+    again means that commit did not happen, and readers may never have seen the change.
+    """
+    if before is None or before.last_change is None:
+        return None
+    lc = before.last_change
+    pos, offset = lc["pos"], lc["offset"]
+    if not any(e.offset == offset and f"{e.topic}:{e.partition}" == pos for e in events):
+        return None
+    value = str(lc["value"]).encode()
+    msg = orjson.loads(value)
+    return msg["previous_segment"], msg["segment"], value
 
 
 def process_batch(
@@ -97,6 +123,12 @@ def process_batch(
         result.late += applied.late
         for ev in applied.applied:
             result.applied[(ev.topic, ev.type)] += 1
+        republish = _in_doubt_change(before, events)
+        if republish is not None:
+            prev, seg, value = republish
+            result.updates.append(
+                UserUpdate(user_id, applied.state, {}, prev, None, None, value, seg, write=False)
+            )
         if not applied.applied:
             if applied.duplicates or applied.late:
                 # Offsets moved: the state must still be written so a replay skips them.
@@ -146,6 +178,11 @@ def process_batch(
                 top_features=decision.top_features,
                 features={k: features[k] for k in MESSAGE_FEATURES},
             )
+            state.last_change = {
+                "pos": f"{trigger.topic}:{trigger.partition}",
+                "offset": trigger.offset,
+                "value": change.to_json().decode(),
+            }
         else:
             state.segment_name = names.get(decision.segment)
         result.updates.append(UserUpdate(user_id, state, features, prev, change, decision))

@@ -71,6 +71,11 @@ class UserState:
     segment: int | None = None
     segment_name: str | None = None
     segment_since_ms: int | None = None
+    #: The last segment change published for this user and the input position of the
+    #: event that triggered it: {"pos": "topic:partition", "offset": n, "value": json}.
+    #: A replay of that very event means the change may not have been committed, so it is
+    #: published again, byte for byte.
+    last_change: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The state as JSON-ready plain values (the inverse of :meth:`from_dict`)."""
@@ -88,6 +93,7 @@ class UserState:
             "s": self.segment,
             "sn": self.segment_name,
             "ss": self.segment_since_ms,
+            "lc": self.last_change,
         }
 
     @classmethod
@@ -111,6 +117,7 @@ class UserState:
             segment=d.get("s"),
             segment_name=d.get("sn"),
             segment_since_ms=d.get("ss"),
+            last_change=d.get("lc"),
         )
 
     def copy(self) -> UserState:
@@ -129,6 +136,7 @@ class UserState:
             segment=self.segment,
             segment_name=self.segment_name,
             segment_since_ms=self.segment_since_ms,
+            last_change=None if self.last_change is None else dict(self.last_change),
         )
 
 

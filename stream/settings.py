@@ -41,6 +41,8 @@ class Settings:
     current_topic: str = "segments.current"
     deadletter_topic: str = "segments.deadletter"
     create_output_topics: bool = True
+    transactional: bool = True
+    instance_id: str = ""
     kafka_sasl_password: str = ""
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"

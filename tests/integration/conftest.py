@@ -63,6 +63,8 @@ def settings(broker: Server, redis_server: Server) -> Settings:
         metrics_port=servers.free_port(),
         metrics_host="127.0.0.1",
         batch_max_events=2000,
+        # Tansu delivers aborted transactional records to read_committed consumers.
+        transactional=broker.kind == "kafka",
     )
     admin = topics.admin_client(s)
     topics.create_topics(admin, {s.clicks_topic: (4, {}), s.purchases_topic: (4, {})})

@@ -47,10 +47,12 @@ def read_topic(
             batch = c.consume(1000, 0.2)
             if batch:
                 quiet_since = time.monotonic()
+            for tp in c.position([TopicPartition(topic, p) for p in parts]):
+                if tp.offset >= 0:  # past transaction markers too, unlike offset + 1
+                    pos[tp.partition] = tp.offset
             for m in batch:
                 if m.error():
                     continue
-                pos[m.partition()] = m.offset() + 1
                 out.append(
                     Record(m.key(), m.value(), dict(m.headers() or []), m.partition(), m.offset())
                 )
