@@ -421,11 +421,54 @@ class Segmenter:
     # -- periodic work ---------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
+        if self.model.ready and self.model.unassigned:
+            self.assign_warmup_users()
         now = time.monotonic()
         if now - self._last_catalogue >= self.settings.catalogue_interval_s:
             self.refresh_catalogue()
         if now - self._last_checkpoint >= self.settings.checkpoint_interval_s:
             self.checkpoint()
+
+    def assign_warmup_users(self) -> None:
+        """Give their first segment to the users seen before the model was seeded.
+
+        Runs like a batch without input: in one transaction, then a checkpoint, so the
+        list of users still to assign survives a crash with the model.
+        """
+        assert self._producer is not None
+        users = list(self.model.unassigned)
+        now_ms = int(time.time() * 1000)
+        txn = self.settings.transactional
+        try:
+            if txn:
+                self._producer.begin_transaction()
+            states = self.store.load_states(users)
+            result = process_batch(
+                {},
+                states,
+                self.model,
+                self.names,
+                self.settings.hysteresis_margin,
+                self.settings.dedupe_window,
+                now_ms,
+                reassess=users,
+            )
+            self._publish([], result)
+            if not txn:
+                self._flush()
+            self.store.write_updates(result.updates, self.model.version, now_ms)
+            if txn:
+                self._producer.commit_transaction(60)
+        except (SegmenterError, KafkaException) as exc:
+            self._recover(exc, {})
+            return
+        self.model.unassigned = [u for u in self.model.unassigned if u not in set(users)]
+        changes = sum(1 for u in result.updates if u.change is not None)
+        self.metrics.segment_changes.inc(changes)
+        self.stats.changes += changes
+        log.info("gave %d users seen during warm-up their first segment", changes)
+        self._checkpointed_updates = -1  # force the checkpoint
+        self.checkpoint()
 
     def refresh_catalogue(self) -> None:
         """Rename segments from their current profiles and publish sizes to ``seg:segments``."""

@@ -49,6 +49,7 @@ def _stop_on_signals() -> StopFlag:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.app import Segmenter
 
+    stop = _stop_on_signals()  # first: a signal during start-up must also end cleanly
     seg = Segmenter(settings)
     seg.start()
     stop_http = seg.serve_http()
@@ -60,7 +61,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         settings.metrics_port,
     )
     try:
-        stats = seg.run(_stop_on_signals(), idle_exit_s=args.idle_exit)
+        stats = seg.run(stop, idle_exit_s=args.idle_exit)
     finally:
         seg.close()
         stop_http()

@@ -1,1 +1,1 @@
-"""Traffic generator with ground-truth personas, benchmarks and quality reports."""
+"""Traffic generator, benchmarks and quality reports."""

@@ -1,40 +1,84 @@
 """Produce the simulator's shoppers to Kafka at a chosen rate, and write the ground truth.
 
+Purchases go to the purchases topic and every other event type to the clicks topic, both
+keyed by user id so that one user's events share a partition number on both topics.
+
     python -m loadtest.generator --bootstrap 127.0.0.1:9092 --users 1000 --events 100000 \\
-        --rate 5000 --seed 7 --days 30 --ground-truth gt.json --bad-ratio 0.01
+        --rate 5000 --seed 7 --days 30 --ground-truth gt.json --bad-ratio 0.01 \\
+        --clicks-topic shop.clicks --purchases-topic shop.purchases
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from loadtest.personas import ShopperSimulator, malformed_event
+from loadtest.personas import MALFORMED_KINDS, ShopperSimulator, malformed_event
 
 DAY_MS = 86_400_000
-_CHUNK = 1000  # messages between pacing checks
+_MAX_CHUNK = 1000  # messages between pacing checks and delivery-report polls
+_CHUNK_SECONDS = 0.01  # at a set rate, pace in bursts this long at most
+_FLUSH_TIMEOUT_S = 120.0
+_KEPT_ERRORS = 5
 
 
 class GeneratorError(RuntimeError):
-    """Some messages could not be delivered."""
+    """Some messages could not be delivered to Kafka."""
 
 
 @dataclass(frozen=True, slots=True)
 class GenerateReport:
+    """What one :func:`produce_events` run sent.
+
+    Attributes
+    ----------
+    events_sent
+        Messages delivered, malformed ones included.
+    bad_sent
+        Of those, deliberately malformed payloads.
+    purchases
+        Valid purchase events (sent to the purchases topic).
+    elapsed_s
+        Wall time from the first message to the end of the final flush.
+    events_per_s
+        ``events_sent / elapsed_s``.
+    users_per_persona
+        Persona name -> number of users (whether or not they got events).
+    """
+
     events_sent: int
     bad_sent: int
     purchases: int
     elapsed_s: float
     events_per_s: float
     users_per_persona: dict[str, int]
+
+
+def write_ground_truth(path: str | os.PathLike[str], seed: int, truth: Mapping[str, str]) -> None:
+    """Write ``{"seed", "n_users", "personas": {user_id: persona}}`` as JSON.
+
+    Written to a temporary file first and renamed, so a reader never sees half a file.
+    """
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(
+        orjson.dumps(
+            {"seed": seed, "n_users": len(truth), "personas": dict(truth)},
+            option=orjson.OPT_SORT_KEYS,
+        )
+    )
+    os.replace(tmp, target)
 
 
 def produce_events(
@@ -53,46 +97,89 @@ def produce_events(
 ) -> GenerateReport:
     """Produce ``n_events`` events of ``n_users`` shoppers over the last ``days`` days.
 
-    Purchases go to ``purchases_topic``, everything else to ``clicks_topic``, keyed by
-    user id. ``rate`` is in events per second (``None``: as fast as possible). With
-    ``bad_ratio`` > 0, that share of messages is replaced by malformed payloads.
+    Parameters
+    ----------
+    bootstrap
+        Kafka bootstrap servers.
+    clicks_topic, purchases_topic
+        Where non-purchase and purchase events go.
+    n_users, n_events, seed
+        Passed to :class:`~loadtest.personas.ShopperSimulator`.
+    rate
+        Events per second; ``None`` sends as fast as the producer takes them.
+    days
+        Length of the simulated span, which ends at the current wall time.
+    ground_truth_path
+        If given, where to write the user -> persona JSON before producing.
+    bad_ratio
+        Share of messages replaced by malformed payloads (cycling through
+        :data:`~loadtest.personas.MALFORMED_KINDS`), sent to ``clicks_topic`` keyed by
+        the user of the replaced event.
+    extra_producer_config
+        librdkafka properties (security settings, for example) merged over the
+        defaults.
+    progress
+        Called with the number of messages produced so far, about every thousand.
+
+    Returns
+    -------
+    GenerateReport
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range.
+    GeneratorError
+        If any message failed delivery or was still undelivered after the final flush.
     """
+    if n_events < 0:
+        raise ValueError(f"n_events must be >= 0, got {n_events}")
+    if not days > 0:
+        raise ValueError(f"days must be positive, got {days}")
     if not 0.0 <= bad_ratio < 1.0:
         raise ValueError(f"bad_ratio must be in [0, 1), got {bad_ratio}")
-    if rate is not None and rate <= 0:
-        raise ValueError(f"rate must be positive, got {rate}")
-    end = int(time.time() * 1000)
-    sim = ShopperSimulator(n_users, seed, end - int(days * DAY_MS), end)
+    if rate is not None and not rate > 0:
+        raise ValueError(f"rate must be positive or None, got {rate}")
+    end_ms = int(time.time() * 1000)
+    sim = ShopperSimulator(n_users, seed, end_ms - int(days * DAY_MS), end_ms)
     truth = sim.ground_truth()
     if ground_truth_path:
-        Path(ground_truth_path).write_bytes(
-            orjson.dumps({"seed": seed, "n_users": n_users, "personas": truth})
-        )
-    failures: list[str] = []
+        write_ground_truth(ground_truth_path, seed, truth)
+
+    failed = 0
+    errors: list[str] = []
 
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
+        nonlocal failed
         if err is not None:
-            failures.append(f"{msg.topic()}: {err.str()}")
+            failed += 1
+            if len(errors) < _KEPT_ERRORS:
+                errors.append(f"{msg.topic()}: {err.str()}")
 
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 20,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 2_000_000,
-            "queue.buffering.max.kbytes": 1_048_576,
-            **(extra_producer_config or {}),
-            "on_delivery": on_delivery,
-        }
-    )
-    rng = random.Random(seed ^ 0x5EED)
+    config: dict[str, str | int | float | bool] = {
+        "enable.idempotence": True,  # broker retries must not duplicate events
+        "linger.ms": 20,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+    }
+    config.update(extra_producer_config or {})
+    config["bootstrap.servers"] = bootstrap
+    producer = Producer({**config, "on_delivery": on_delivery})
+
+    # A separate stream for the bad-message draws, so that the good events stay the
+    # same whatever the bad ratio.
+    bad_rng = random.Random(seed ^ 0x5EED)
+    chunk = _MAX_CHUNK if rate is None else max(1, min(_MAX_CHUNK, int(rate * _CHUNK_SECONDS)))
+    produce = producer.produce
     sent = bad = purchases = 0
     started = time.monotonic()
     for event in sim.events(n_events):
         user = str(event["user_id"])
-        if bad_ratio and rng.random() < bad_ratio:
-            _, value = malformed_event(rng, user)
+        key = user.encode()
+        if bad_ratio and bad_rng.random() < bad_ratio:
+            kind = MALFORMED_KINDS[bad % len(MALFORMED_KINDS)]
+            _, value = malformed_event(bad_rng, user, kind=kind, ts_ms=cast(int, event["ts"]))
             topic = clicks_topic
             bad += 1
         else:
@@ -104,63 +191,109 @@ def produce_events(
                 topic = clicks_topic
         while True:
             try:
-                producer.produce(topic, value, user.encode())
+                produce(topic, value, key)
                 break
             except BufferError:
-                producer.poll(0.05)  # queue full: let deliveries drain, never drop
+                # Local queue full: serve delivery reports until there is room, never drop.
+                producer.poll(0.05)
         sent += 1
-        if sent % _CHUNK == 0:
+        if sent % chunk == 0:
             producer.poll(0)
-            if progress:
+            if progress is not None and sent % _MAX_CHUNK < chunk:
                 progress(sent)
             if rate is not None:
                 ahead = sent / rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
-    remaining = producer.flush(120)
+    deadline = time.monotonic() + _FLUSH_TIMEOUT_S
+    remaining = producer.flush(_FLUSH_TIMEOUT_S)
+    while remaining and time.monotonic() < deadline:
+        remaining = producer.flush(max(0.0, deadline - time.monotonic()))
     elapsed = time.monotonic() - started
-    if remaining or failures:
-        raise GeneratorError(
-            f"{remaining} messages undelivered and {len(failures)} failed: {failures[:3]}"
-        )
+    if progress is not None:
+        progress(sent)
+    if remaining or failed:
+        problems = []
+        if failed:
+            problems.append(f"{failed} of {sent} messages failed delivery ({'; '.join(errors)})")
+        if remaining:
+            problems.append(f"{remaining} still undelivered after {_FLUSH_TIMEOUT_S:.0f}s")
+        raise GeneratorError(" and ".join(problems))
     return GenerateReport(
         events_sent=sent,
         bad_sent=bad,
         purchases=purchases,
         elapsed_s=elapsed,
         events_per_s=sent / elapsed if elapsed > 0 else float("inf"),
-        users_per_persona=dict(Counter(truth.values())),
+        users_per_persona=dict(sorted(Counter(truth.values()).items())),
     )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Produce synthetic shopper events to Kafka.")
-    ap.add_argument("--bootstrap", default="127.0.0.1:9092")
+    """Command-line entry point; returns the process exit code."""
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtest.generator",
+        description="Produce synthetic shopper events with known personas to Kafka.",
+    )
+    ap.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap servers")
     ap.add_argument("--clicks-topic", default="shop.clicks")
     ap.add_argument("--purchases-topic", default="shop.purchases")
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--rate", type=float, default=None, help="events/s (default: max)")
+    ap.add_argument("--users", type=_positive_int, default=1000)
+    ap.add_argument("--events", type=_non_negative_int, default=100_000)
+    ap.add_argument("--rate", type=_positive_float, default=None, help="events/s (default: max)")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--days", type=float, default=30.0)
-    ap.add_argument("--ground-truth", default=None)
-    ap.add_argument("--bad-ratio", type=float, default=0.0)
-    a = ap.parse_args(argv)
-    r = produce_events(
-        a.bootstrap,
-        a.clicks_topic,
-        a.purchases_topic,
-        a.users,
-        a.events,
-        a.seed,
-        a.rate,
-        a.days,
-        a.ground_truth,
-        a.bad_ratio,
-    )
+    ap.add_argument("--days", type=_positive_float, default=30.0, help="simulated span")
+    ap.add_argument("--ground-truth", default=None, help="write user -> persona JSON here")
+    ap.add_argument("--bad-ratio", type=_ratio, default=0.0, help="share of malformed messages")
+    args = ap.parse_args(argv)
+    try:
+        r = produce_events(
+            bootstrap=args.bootstrap,
+            clicks_topic=args.clicks_topic,
+            purchases_topic=args.purchases_topic,
+            n_users=args.users,
+            n_events=args.events,
+            seed=args.seed,
+            rate=args.rate,
+            days=args.days,
+            ground_truth_path=args.ground_truth,
+            bad_ratio=args.bad_ratio,
+        )
+    except GeneratorError as exc:
+        print(f"generator: {exc}", file=sys.stderr)
+        return 1
+    personas = ", ".join(f"{name} {n}" for name, n in r.users_per_persona.items())
     print(
-        f"sent {r.events_sent} events ({r.bad_sent} malformed, {r.purchases} purchases) in "
-        f"{r.elapsed_s:.1f}s = {r.events_per_s:.0f}/s; personas {r.users_per_persona}"
+        f"sent {r.events_sent} events ({r.bad_sent} malformed, {r.purchases} purchases) "
+        f"in {r.elapsed_s:.1f}s = {r.events_per_s:.0f} events/s; users: {personas}"
     )
     return 0
 

@@ -1,135 +1,316 @@
 """Synthetic shoppers with known ground truth: pure logic, no I/O, no clock reads.
 
-Each user belongs to one persona. Events come from shopping sessions (search, view,
-click, add to cart, remove, purchase) whose shape depends on the persona, spread over a
-span of event time in non-decreasing order: a 30-day span is emitted in however long the
-producer takes (time compression).
+Every user belongs to one :class:`Persona`. A persona says how often its users shop, in
+which part of the simulated span, and what a shopping session of theirs looks like:
+searches, product views, clicks, add-to-cart and remove-from-cart, and whether the session
+ends in a purchase. :class:`ShopperSimulator` turns that into a stream of event dicts in
+non-decreasing event time over ``[start_ms, end_ms]``. The span is compressed: 30 days of
+event time are emitted in however long the consumer of the iterator takes.
+
+What the stream looks like:
+
+* Products come from a fixed catalogue (:data:`CATEGORIES`, a few hundred products each),
+  so one product always has the same category and price.
+* Sessions are coherent: a product is viewed before it is clicked or added to the cart,
+  only cart items are removed, and a purchase is either the checkout of what is left in
+  the cart (amount = sum of price x quantity) or a quick re-order with a drawn total.
+* Time is not uniform: total traffic follows a daily cycle (quiet at night, busiest in the
+  evening, UTC) and the number of users active at that moment, so users' own shopping
+  rates stay the same whoever else is around.
+
+Examples
+--------
+>>> sim = ShopperSimulator(50, seed=1, start_ms=0, end_ms=7 * 86_400_000)
+>>> events = list(sim.events(200))
+>>> len(events), events[0]["event_id"], sorted(set(sim.ground_truth().values()))[0]
+(200, '1-1', 'bargain_hunter')
+>>> all(a["ts"] <= b["ts"] for a, b in zip(events, events[1:]))
+True
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-CATEGORIES: tuple[str, ...] = (
-    "electronics",
-    "books",
-    "fashion",
-    "home",
-    "beauty",
-    "toys",
-    "sports",
-    "grocery",
-    "garden",
-    "music",
-    "movies",
-    "games",
-    "pets",
-    "baby",
-    "automotive",
-    "office",
-    "health",
-    "jewelry",
-    "shoes",
-    "outdoor",
-)
+import orjson
+
+#: The shop's product categories, with the median item price (EUR) of each.
+CATEGORY_MEDIAN_PRICE: dict[str, float] = {
+    "electronics": 180.0,
+    "books": 14.0,
+    "fashion": 45.0,
+    "home": 40.0,
+    "beauty": 22.0,
+    "toys": 25.0,
+    "sports": 50.0,
+    "grocery": 6.0,
+    "garden": 35.0,
+    "music": 15.0,
+    "movies": 12.0,
+    "games": 40.0,
+    "pets": 18.0,
+    "baby": 25.0,
+    "automotive": 60.0,
+    "office": 20.0,
+    "health": 16.0,
+    "jewelry": 120.0,
+    "shoes": 70.0,
+    "outdoor": 80.0,
+}
+CATEGORIES: tuple[str, ...] = tuple(CATEGORY_MEDIAN_PRICE)
+PRODUCTS_PER_CATEGORY = 500
+CURRENCY = "EUR"
+
+#: Size limit the consumer enforces on one message; the oversized bad payload exceeds it.
+MAX_EVENT_BYTES = 65_536
+
+DAY_MS = 86_400_000
+_SESSION_TARGET_MS = 20 * 60_000  # how long a session should last in event time
+_BUCKET_MS = 10 * 60_000  # resolution of the traffic curve
+_MAX_BUCKETS = 200_000
+_MIN_PRICE_CHOICES = 8  # products a persona can pick from in any category
+_YEAR_2300_MS = 10_413_792_000_000  # 2300-01-01T00:00:00Z
 
 
 @dataclass(frozen=True, slots=True)
 class Persona:
-    """How one kind of shopper behaves.
+    """How one kind of shopper behaves; all fractions of the span run from 0 to 1.
 
-    ``active`` is the part of the span, as fractions from 0 (start) to 1 (end), in which
-    the persona shops at full ``activity``; outside it they shop at ``residual`` of it.
+    Parameters
+    ----------
+    name
+        Ground-truth label.
+    share
+        Default share of the user population.
+    activity
+        Relative rate of shopping sessions of one user while active.
+    arrival
+        Range of span fractions from which each user's first activity is drawn
+        uniformly; ``(0, 0)`` means already a customer when the span starts.
+    departure
+        Range from which each user's lapse is drawn; ``(1, 1)`` means never lapses.
+    residual
+        Share of ``activity`` left after the lapse.
+    searches, views
+        Inclusive ranges of searches and product views per session.
+    p_click, p_add
+        Probability that a viewed product is clicked, and added to the cart.
+    p_remove
+        Probability that an added item is removed again later in the session.
+    p_checkout
+        Probability that a session with a non-empty cart ends in its purchase.
+    p_reorder
+        Probability that a session is a quick re-order: a view or two and a purchase of
+        a drawn order total (a saved basket), without cart events.
+    price
+        Range of item prices (EUR) the persona looks at.
+    order_total
+        Median (EUR) and log-normal sigma of re-order totals.
+    n_categories
+        Number of preferred categories per user.
+    p_explore
+        Probability that one step of a session leaves the preferred categories.
+    max_purchases
+        Cap on purchases per user in one simulated span; ``None`` for no cap.
     """
 
     name: str
+    share: float
     activity: float
-    active: tuple[float, float]
+    arrival: tuple[float, float]
+    departure: tuple[float, float]
     residual: float
+    searches: tuple[int, int]
     views: tuple[int, int]
-    p_search: float
     p_click: float
     p_add: float
     p_remove: float
-    p_buy: float
+    p_checkout: float
+    p_reorder: float
     price: tuple[float, float]
+    order_total: tuple[float, float]
     n_categories: int
+    p_explore: float
+    max_purchases: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name.startswith("p_") or f.name == "residual":
+                value = getattr(self, f.name)
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{f.name} must be a probability, got {value}")
+        if not self.share >= 0 or not self.activity > 0:
+            raise ValueError(f"share must be >= 0 and activity > 0 in persona {self.name!r}")
+        a_lo, a_hi = self.arrival
+        d_lo, d_hi = self.departure
+        if not 0.0 <= a_lo <= a_hi < 1.0 or not a_hi <= d_lo <= d_hi <= 1.0:
+            raise ValueError(
+                f"arrival and departure must satisfy 0 <= arrival <= departure <= 1, "
+                f"got {self.arrival} and {self.departure}"
+            )
+        if not 0 <= self.searches[0] <= self.searches[1]:
+            raise ValueError(f"searches must be an ordered range, got {self.searches}")
+        if not 1 <= self.views[0] <= self.views[1]:
+            raise ValueError(f"views must be an ordered range from 1, got {self.views}")
+        if not 0 < self.price[0] <= self.price[1]:
+            raise ValueError(f"price must be a positive ordered range, got {self.price}")
+        if not self.order_total[0] > 0 or not self.order_total[1] >= 0:
+            raise ValueError(
+                f"order_total must be (median > 0, sigma >= 0), got {self.order_total}"
+            )
+        if not 1 <= self.n_categories <= len(CATEGORIES):
+            raise ValueError(f"n_categories must be in 1..{len(CATEGORIES)}")
+        if self.max_purchases is not None and self.max_purchases < 0:
+            raise ValueError(f"max_purchases must be >= 0, got {self.max_purchases}")
 
 
 PERSONAS: dict[str, Persona] = {
     p.name: p
     for p in (
+        # Hunts deals across many categories: browses a lot, fills and empties the cart
+        # comparing prices, and buys cheap things often.
         Persona(
-            "bargain_hunter",
-            1.6,
-            (0.0, 1.0),
-            1.0,
-            (4, 10),
-            0.9,
-            0.6,
-            0.55,
-            0.45,
-            0.6,
-            (2.0, 20.0),
-            10,
+            name="bargain_hunter",
+            share=0.2,
+            activity=1.4,
+            arrival=(0.0, 0.0),
+            departure=(1.0, 1.0),
+            residual=0.0,
+            searches=(1, 4),
+            views=(5, 14),
+            p_click=0.45,
+            p_add=0.35,
+            p_remove=0.5,
+            p_checkout=0.6,
+            p_reorder=0.05,
+            price=(1.0, 20.0),
+            order_total=(15.0, 0.5),
+            n_categories=10,
+            p_explore=0.25,
         ),
+        # Knows what they want in a couple of categories; few views, big baskets, high
+        # conversion, and regular re-orders.
         Persona(
-            "loyal_high_spender",
-            1.0,
-            (0.0, 1.0),
-            1.0,
-            (1, 4),
-            0.2,
-            0.4,
-            0.8,
-            0.05,
-            0.9,
-            (60.0, 350.0),
-            2,
+            name="loyal_high_spender",
+            share=0.2,
+            activity=0.7,
+            arrival=(0.0, 0.0),
+            departure=(1.0, 1.0),
+            residual=0.0,
+            searches=(0, 1),
+            views=(1, 5),
+            p_click=0.5,
+            p_add=0.65,
+            p_remove=0.05,
+            p_checkout=0.85,
+            p_reorder=0.25,
+            price=(40.0, 800.0),
+            order_total=(220.0, 0.45),
+            n_categories=2,
+            p_explore=0.03,
         ),
+        # Looks at everything, almost never puts anything in the cart, hardly ever buys.
         Persona(
-            "window_shopper",
-            1.6,
-            (0.0, 1.0),
-            1.0,
-            (6, 16),
-            0.7,
-            0.7,
-            0.06,
-            0.6,
-            0.03,
-            (15.0, 250.0),
-            6,
+            name="window_shopper",
+            share=0.2,
+            activity=1.3,
+            arrival=(0.0, 0.0),
+            departure=(1.0, 1.0),
+            residual=0.0,
+            searches=(1, 4),
+            views=(6, 18),
+            p_click=0.7,
+            p_add=0.02,
+            p_remove=0.5,
+            p_checkout=0.1,
+            p_reorder=0.0,
+            price=(10.0, 400.0),
+            order_total=(40.0, 0.5),
+            n_categories=6,
+            p_explore=0.1,
         ),
+        # Signs up in the last day or so: a burst of curious sessions, at most one order.
         Persona(
-            "new_user", 3.0, (0.94, 1.0), 0.0, (2, 6), 0.5, 0.5, 0.35, 0.1, 0.35, (10.0, 80.0), 3
+            name="new_user",
+            share=0.2,
+            activity=8.0,
+            arrival=(0.95, 0.99),
+            departure=(1.0, 1.0),
+            residual=0.0,
+            searches=(0, 2),
+            views=(1, 5),
+            p_click=0.5,
+            p_add=0.3,
+            p_remove=0.2,
+            p_checkout=0.5,
+            p_reorder=0.0,
+            price=(5.0, 120.0),
+            order_total=(40.0, 0.5),
+            n_categories=3,
+            p_explore=0.3,
+            max_purchases=1,
         ),
+        # Bought regularly early on, then lapses somewhere in the first third of the span
+        # and is hardly seen again.
         Persona(
-            "lapsing_customer",
-            1.3,
-            (0.0, 0.33),
-            0.03,
-            (2, 5),
-            0.3,
-            0.4,
-            0.6,
-            0.1,
-            0.7,
-            (25.0, 150.0),
-            3,
+            name="lapsing_customer",
+            share=0.2,
+            activity=1.0,
+            arrival=(0.0, 0.0),
+            departure=(0.2, 0.33),
+            residual=0.02,
+            searches=(0, 2),
+            views=(2, 6),
+            p_click=0.4,
+            p_add=0.55,
+            p_remove=0.1,
+            p_checkout=0.75,
+            p_reorder=0.1,
+            price=(15.0, 180.0),
+            order_total=(60.0, 0.5),
+            n_categories=3,
+            p_explore=0.1,
         ),
     )
 }
-DEFAULT_SHARES: dict[str, float] = {name: 0.2 for name in PERSONAS}
+DEFAULT_SHARES: dict[str, float] = {name: p.share for name, p in PERSONAS.items()}
 
 
-@dataclass(slots=True)
-class _Session:
-    user: str
-    events: list[tuple[str, dict[str, object]]]  # (type, fields) still to emit
-    session_id: str
+class _Group:
+    """Users of one persona in one state (active or lapsed), with O(1) removal."""
+
+    __slots__ = ("index", "users", "weight_per_user")
+
+    def __init__(self, weight_per_user: float) -> None:
+        self.users: list[str] = []
+        self.index: dict[str, int] = {}
+        self.weight_per_user = weight_per_user
+
+    def add(self, user: str) -> None:
+        self.index[user] = len(self.users)
+        self.users.append(user)
+
+    def remove(self, user: str) -> None:
+        i = self.index.pop(user)
+        last = self.users.pop()
+        if last != user:
+            self.users[i] = last
+            self.index[last] = i
+
+
+def _apportion(n: int, shares: Mapping[str, float]) -> dict[str, int]:
+    """Split ``n`` by ``shares`` with the largest-remainder method (exact total)."""
+    total = sum(shares.values())
+    quotas = {name: n * s / total for name, s in shares.items()}
+    counts = {name: int(q) for name, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda name: (counts[name] - quotas[name], name))
+    for name in by_remainder[: n - sum(counts.values())]:
+        counts[name] += 1
+    return counts
 
 
 class ShopperSimulator:
@@ -138,20 +319,19 @@ class ShopperSimulator:
     Parameters
     ----------
     n_users
-        How many users.
+        Number of users, ids ``u000001`` upwards.
     seed
-        Seed of everything random.
+        Seed of everything random: the same seed gives the same users and events.
     start_ms, end_ms
-        The span of event time (epoch milliseconds).
+        The span of event time, epoch milliseconds.
     shares
-        Persona name -> share of users (normalised); default 20 % each.
+        Persona name -> share of the users (normalised; missing personas get none).
+        Defaults to :data:`DEFAULT_SHARES`.
 
-    Examples
-    --------
-    >>> sim = ShopperSimulator(10, seed=1, start_ms=0, end_ms=86_400_000)
-    >>> evs = list(sim.events(50))
-    >>> len(evs), all(a["ts"] <= b["ts"] for a, b in zip(evs, evs[1:]))
-    (50, True)
+    Raises
+    ------
+    ValueError
+        If an argument is out of range; the message names it.
     """
 
     def __init__(
@@ -162,143 +342,458 @@ class ShopperSimulator:
         end_ms: int,
         shares: Mapping[str, float] | None = None,
     ) -> None:
-        if n_users < 1:
-            raise ValueError(f"n_users must be at least 1, got {n_users}")
+        if isinstance(n_users, bool) or not isinstance(n_users, int) or n_users < 1:
+            raise ValueError(f"n_users must be an integer >= 1, got {n_users!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        for name, value in (("start_ms", start_ms), ("end_ms", end_ms)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         if end_ms <= start_ms:
             raise ValueError(f"end_ms must be after start_ms, got {start_ms}..{end_ms}")
         shares = dict(DEFAULT_SHARES if shares is None else shares)
-        unknown = set(shares) - set(PERSONAS)
+        unknown = sorted(set(shares) - set(PERSONAS))
         if unknown:
-            raise ValueError(f"shares names unknown personas: {sorted(unknown)}")
-        if any(v < 0 for v in shares.values()) or sum(shares.values()) <= 0:
-            raise ValueError("shares must be non-negative and not all zero")
+            raise ValueError(f"shares names unknown personas {unknown}; known: {sorted(PERSONAS)}")
+        if any(
+            not (isinstance(v, int | float) and math.isfinite(v) and v >= 0)
+            for v in shares.values()
+        ):
+            raise ValueError(f"shares must be finite and non-negative, got {shares}")
+        if sum(shares.values()) <= 0:
+            raise ValueError("shares must not all be zero")
+
+        self.n_users = n_users
         self.seed = seed
         self.start_ms = start_ms
         self.end_ms = end_ms
+        self.shares = {name: shares.get(name, 0.0) for name in PERSONAS}
         self._rng = random.Random(seed)
-        total = sum(shares.values())
-        names = sorted(shares)
-        counts = {n: int(n_users * shares[n] / total) for n in names}
-        for n in names[: n_users - sum(counts.values())]:
-            counts[n] += 1
-        assigned = [n for n in names for _ in range(counts[n])]
-        self._rng.shuffle(assigned)
-        self._truth = {f"u{i + 1:06d}": p for i, p in enumerate(assigned)}
-        self._members: dict[str, list[str]] = {n: [] for n in names}
-        for uid, p in self._truth.items():
-            self._members[p].append(uid)
-        self._favourites = {
-            uid: self._rng.sample(CATEGORIES, PERSONAS[p].n_categories)
-            for uid, p in self._truth.items()
+        self._event_counter = 0
+        self._session_counter = 0
+        self._build_catalogue()
+
+        rng = self._rng
+        counts = _apportion(n_users, self.shares)
+        assigned = [name for name in PERSONAS for _ in range(counts[name])]
+        rng.shuffle(assigned)  # so that ids say nothing about personas
+        self._truth: dict[str, str] = {f"u{i + 1:06d}": p for i, p in enumerate(assigned)}
+        self._favourites: dict[str, list[str]] = {}
+        self._arrival: dict[str, float] = {}
+        self._departure: dict[str, float] = {}
+        for user, name in self._truth.items():
+            p = PERSONAS[name]
+            self._favourites[user] = self._draw_favourites(p)
+            self._arrival[user] = rng.uniform(*p.arrival) if p.arrival[1] > 0 else 0.0
+            self._departure[user] = rng.uniform(*p.departure) if p.departure[0] < 1 else 1.0
+        # Events per session of each persona, to turn session rates into traffic; drawn
+        # from a private generator so that it does not depend on the seed.
+        probe = random.Random(0x5E55)
+        self._mean_length = {
+            name: sum(
+                len(self._session(probe, "probe", p, [CATEGORIES[0]], True)) for _ in range(400)
+            )
+            / 400
+            for name, p in PERSONAS.items()
         }
-        self._counter = 0
+        self._session_counter = 0
+
+    # -- set-up -------------------------------------------------------------------------
+
+    def _build_catalogue(self) -> None:
+        """Products per category with log-normal prices, sorted by price."""
+        rng = self._rng
+        self._products: dict[str, list[str]] = {}
+        self._prices: dict[str, list[float]] = {}
+        for ci, (category, median) in enumerate(CATEGORY_MEDIAN_PRICE.items()):
+            prices = sorted(
+                round(min(5000.0, max(0.5, median * math.exp(rng.gauss(0.0, 0.9)))), 2)
+                for _ in range(PRODUCTS_PER_CATEGORY)
+            )
+            self._prices[category] = prices
+            self._products[category] = [f"p{ci:02d}{k:04d}" for k in range(len(prices))]
+        # Which products of each category a persona looks at: those in its price range,
+        # and at least a few nearest ones where the category has hardly any.
+        self._price_window: dict[tuple[str, str], tuple[int, int]] = {}
+        self._category_cum_weights: dict[str, list[float]] = {}
+        n = PRODUCTS_PER_CATEGORY
+        for name, p in PERSONAS.items():
+            cum = 0.0
+            cum_weights = []
+            for category in CATEGORIES:
+                prices = self._prices[category]
+                a = bisect.bisect_left(prices, p.price[0])
+                b = bisect.bisect_right(prices, p.price[1])
+                # Shoppers favour categories where they find things at their price.
+                cum += (b - a) / n + 0.05
+                cum_weights.append(cum)
+                if b - a < _MIN_PRICE_CHOICES:
+                    mid = (a + b) // 2
+                    a = max(0, min(mid - _MIN_PRICE_CHOICES // 2, n - _MIN_PRICE_CHOICES))
+                    b = a + _MIN_PRICE_CHOICES
+                self._price_window[name, category] = (a, b)
+            self._category_cum_weights[name] = cum_weights
+
+    def _draw_favourites(self, p: Persona) -> list[str]:
+        """``p.n_categories`` distinct categories, weighted by the persona's taste."""
+        rng = self._rng
+        cum_weights = self._category_cum_weights[p.name]
+        chosen: dict[str, None] = {}
+        while len(chosen) < p.n_categories:
+            for c in rng.choices(CATEGORIES, cum_weights=cum_weights, k=2 * p.n_categories):
+                chosen[c] = None
+                if len(chosen) == p.n_categories:
+                    break
+        return list(chosen)
 
     def ground_truth(self) -> dict[str, str]:
-        """user id -> persona name."""
+        """Return user id -> persona name for every user, with or without events."""
         return dict(self._truth)
 
-    def _pick_user(self, frac: float) -> str:
-        weights = []
-        names = []
-        for name, members in self._members.items():
-            if not members:
-                continue
-            p = PERSONAS[name]
-            lo, hi = p.active
-            w = p.activity * (1.0 if lo <= frac <= hi else p.residual) * len(members)
-            if w > 0:
-                names.append(name)
-                weights.append(w)
-        name = self._rng.choices(names, weights)[0]
-        return self._rng.choice(self._members[name])
+    # -- sessions -----------------------------------------------------------------------
 
-    def _session(self, user: str) -> _Session:
-        rng = self._rng
-        p = PERSONAS[self._truth[user]]
-        self._counter += 1
-        sid = f"s{self.seed}-{self._counter}"
-        events: list[tuple[str, dict[str, object]]] = []
-        favourites = self._favourites[user]
-        if rng.random() < p.p_search:
-            events.append(("search", {"category": rng.choice(favourites)}))
-        cart: list[tuple[str, str, float, int]] = []
-        for _ in range(rng.randint(*p.views)):
-            product = f"p{rng.randrange(5000):05d}"
-            category = rng.choice(favourites)
-            price = round(rng.uniform(*p.price), 2)
-            fields = {"product_id": product, "category": category, "price": price}
-            events.append(("view", fields))
-            if rng.random() < p.p_click:
-                events.append(("click", fields))
-            if rng.random() < p.p_add:
-                qty = 1 if rng.random() < 0.8 else rng.randint(2, 3)
-                events.append(("add_to_cart", {**fields, "quantity": qty}))
-                cart.append((product, category, price, qty))
-        kept = []
-        for item in cart:
-            if rng.random() < p.p_remove:
-                product, category, price, qty = item
-                events.append(
-                    (
-                        "remove_from_cart",
-                        {
-                            "product_id": product,
-                            "category": category,
-                            "price": price,
-                            "quantity": qty,
-                        },
-                    )
-                )
-            else:
-                kept.append(item)
-        if kept and rng.random() < p.p_buy:
-            amount = round(sum(price * qty for _, _, price, qty in kept), 2)
-            events.append(
-                (
+    def _session(
+        self,
+        rng: random.Random,
+        user: str,
+        p: Persona,
+        favourites: list[str],
+        may_buy: bool,
+    ) -> list[dict[str, object]]:
+        """Events of one session in order, without ``event_id`` and ``ts`` filled in.
+
+        Each dict is created with placeholder ``event_id`` and ``ts`` so that the emitted
+        events keep the schema's key order.
+        """
+        self._session_counter += 1
+        sid = f"s{self.seed}-{self._session_counter}"
+        out: list[dict[str, object]] = []
+        rand = rng.random
+        n_cat = len(CATEGORIES)
+        window = self._price_window
+        name = p.name
+
+        def category() -> str:
+            if rand() < p.p_explore:
+                return CATEGORIES[int(rand() * n_cat)]
+            return favourites[int(rand() * len(favourites))]
+
+        def product(cat: str) -> tuple[str, float]:
+            a, b = window[name, cat]
+            k = a + int(rand() * (b - a))
+            return self._products[cat][k], self._prices[cat][k]
+
+        def event(etype: str, **extra: object) -> dict[str, object]:
+            ev: dict[str, object] = {
+                "event_id": "",
+                "user_id": user,
+                "type": etype,
+                "ts": 0,
+                "session_id": sid,
+            }
+            ev.update(extra)
+            return ev
+
+        if may_buy and rand() < p.p_reorder:
+            # A saved basket bought again: look at a product or two, then pay.
+            cat = favourites[int(rand() * len(favourites))]
+            for _ in range(1 + (rand() < 0.4)):
+                pid, price = product(cat)
+                out.append(event("view", product_id=pid, category=cat, price=price))
+            median, sigma = p.order_total
+            amount = round(median * math.exp(rng.gauss(0.0, sigma)), 2)
+            out.append(
+                event(
                     "purchase",
-                    {
-                        "amount": amount,
-                        "currency": "EUR",
-                        "category": kept[0][1],
-                        "quantity": sum(q for *_, q in kept),
-                    },
+                    category=cat,
+                    quantity=rng.randint(1, 4),
+                    amount=amount,
+                    currency=CURRENCY,
                 )
             )
-        events.reverse()  # popped from the end
-        return _Session(user, events, sid)
+            return out
+
+        n_views = rng.randint(*p.views)
+        searches_left = rng.randint(*p.searches)
+        cart: dict[str, tuple[str, float, int]] = {}  # product -> (category, price, qty)
+        removals: dict[int, list[str]] = {}  # view step -> products removed before it
+        cat = ""
+        for step in range(n_views):
+            for pid in removals.pop(step, ()):
+                c, price, qty = cart.pop(pid)
+                out.append(
+                    event("remove_from_cart", product_id=pid, category=c, price=price, quantity=qty)
+                )
+            # Spread the searches over the session: each starts a run of views in the
+            # searched category; without one, views drift between categories.
+            if searches_left and (not cat or rand() < searches_left / (n_views - step)):
+                cat = category()
+                searches_left -= 1
+                out.append(event("search", category=cat))
+            elif not cat or rand() < 0.3:
+                cat = category()
+            pid, price = product(cat)
+            out.append(event("view", product_id=pid, category=cat, price=price))
+            if rand() < p.p_click:
+                out.append(event("click", product_id=pid, category=cat, price=price))
+            if pid not in cart and rand() < p.p_add:
+                qty = 1 if rand() < 0.8 else rng.randint(2, 3)
+                cart[pid] = (cat, price, qty)
+                out.append(
+                    event("add_to_cart", product_id=pid, category=cat, price=price, quantity=qty)
+                )
+                if rand() < p.p_remove:
+                    removals.setdefault(rng.randint(step + 1, n_views), []).append(pid)
+        for pid in removals.pop(n_views, ()):
+            c, price, qty = cart.pop(pid)
+            out.append(
+                event("remove_from_cart", product_id=pid, category=c, price=price, quantity=qty)
+            )
+        # Searches that found nothing worth a look.
+        for _ in range(searches_left):
+            out.append(event("search", category=category()))
+        if cart and may_buy and rand() < p.p_checkout:
+            lines = list(cart.items())
+            amount = round(sum(price * qty for _, (_, price, qty) in lines), 2)
+            top_pid, (top_cat, _, _) = max(lines, key=lambda line: line[1][1] * line[1][2])
+            extra: dict[str, object] = {"category": top_cat}
+            if len(lines) == 1:
+                extra["product_id"] = top_pid
+            out.append(
+                event(
+                    "purchase",
+                    **extra,
+                    quantity=sum(qty for _, (_, _, qty) in lines),
+                    amount=amount,
+                    currency=CURRENCY,
+                )
+            )
+        return out
+
+    # -- traffic ------------------------------------------------------------------------
+
+    def _transitions(self) -> list[tuple[float, int, str]]:
+        """(span fraction, 0 = arrives / 1 = lapses, user), in time order."""
+        out = []
+        for user in self._truth:
+            if self._arrival[user] > 0.0:
+                out.append((self._arrival[user], 0, user))
+            if self._departure[user] < 1.0:
+                out.append((self._departure[user], 1, user))
+        out.sort()
+        return out
+
+    def _initial_groups(self) -> dict[str, tuple[_Group, _Group]]:
+        """Per persona, the (active, lapsed) users at the start of the span."""
+        groups = {
+            name: (_Group(p.activity), _Group(p.activity * p.residual))
+            for name, p in PERSONAS.items()
+        }
+        for user, name in self._truth.items():
+            if self._arrival[user] <= 0.0:
+                groups[name][0].add(user)
+        return groups
+
+    def _traffic_curve(self) -> tuple[list[int], list[float]]:
+        """Bucket edges (ms) and cumulative expected events at each edge.
+
+        Traffic in a bucket is the users' session rates at its middle, times events per
+        session, times the time of day.
+        """
+        span = self.end_ms - self.start_ms
+        n_buckets = max(1, min(_MAX_BUCKETS, math.ceil(span / _BUCKET_MS)))
+        width = span / n_buckets
+        edges = [self.start_ms + round(k * width) for k in range(n_buckets)] + [self.end_ms]
+        groups = self._initial_groups()
+        transitions = self._transitions()
+        t = 0
+        cumulative = [0.0]
+        for k in range(n_buckets):
+            mid_ms = (edges[k] + edges[k + 1]) / 2
+            frac = (mid_ms - self.start_ms) / span
+            while t < len(transitions) and transitions[t][0] <= frac:
+                self._apply(groups, transitions[t])
+                t += 1
+            rate = sum(
+                self._mean_length[name]
+                * (a.weight_per_user * len(a.users) + lapsed.weight_per_user * len(lapsed.users))
+                for name, (a, lapsed) in groups.items()
+            )
+            cumulative.append(
+                cumulative[-1] + rate * _time_of_day(mid_ms) * (edges[k + 1] - edges[k])
+            )
+        if cumulative[-1] <= 0.0:
+            # Nobody active at any bucket's middle (a tiny span of late arrivals only):
+            # spread the events evenly instead.
+            cumulative = [float(e - self.start_ms) for e in edges]
+        return edges, cumulative
+
+    def _apply(self, groups: dict[str, tuple[_Group, _Group]], tr: tuple[float, int, str]) -> None:
+        _, kind, user = tr
+        active, lapsed = groups[self._truth[user]]
+        if kind == 0:
+            active.add(user)
+        else:
+            active.remove(user)
+            lapsed.add(user)
+
+    def _concurrency(self, n_events: int) -> int:
+        """Open sessions to interleave so that one lasts about ``_SESSION_TARGET_MS``."""
+        weights = {
+            name: PERSONAS[name].activity * count
+            for name, count in _apportion(self.n_users, self.shares).items()
+        }
+        mean_length = sum(self._mean_length[n] * w for n, w in weights.items()) / sum(
+            weights.values()
+        )
+        ms_per_event = (self.end_ms - self.start_ms) / n_events
+        wanted = round(_SESSION_TARGET_MS / (mean_length * ms_per_event))
+        return max(1, min(wanted, 256, self.n_users // 4))
 
     def events(self, n_events: int) -> Iterator[dict[str, object]]:
-        """Yield ``n_events`` events in non-decreasing event time across the span."""
-        if n_events < 0:
-            raise ValueError(f"n_events must be >= 0, got {n_events}")
+        """Yield ``n_events`` events in non-decreasing event time across the span.
+
+        Each call simulates the whole span afresh (event and session ids keep counting,
+        so they stay unique across calls).
+
+        Parameters
+        ----------
+        n_events
+            How many events to yield.
+
+        Yields
+        ------
+        dict
+            ``event_id``, ``user_id``, ``type``, ``ts`` and ``session_id``, plus the
+            optional schema keys that apply to the type; every purchase has ``amount``.
+        """
+        # Checked here rather than in the generator body, so that a bad count fails at
+        # the call and not at the first next().
+        if isinstance(n_events, bool) or not isinstance(n_events, int) or n_events < 0:
+            raise ValueError(f"n_events must be an integer >= 0, got {n_events!r}")
+        return self._generate(n_events)
+
+    def _generate(self, n_events: int) -> Iterator[dict[str, object]]:
+        if n_events == 0:
+            return
+        edges, cumulative = self._traffic_curve()
+        groups = self._initial_groups()
+        transitions = self._transitions()
+        n_transitions = len(transitions)
         rng = self._rng
+        rand = rng.random
         span = self.end_ms - self.start_ms
-        open_sessions: list[_Session] = []
-        concurrent = max(1, min(64, len(self._truth) // 4))
-        for i in range(n_events):
-            frac = i / max(n_events - 1, 1)
-            ts = self.start_ms + int(span * frac)
-            while len(open_sessions) < concurrent:
-                s = self._session(self._pick_user(frac))
-                if s.events:
-                    open_sessions.append(s)
-            j = rng.randrange(len(open_sessions))
-            session = open_sessions[j]
-            etype, fields = session.events.pop()
-            if not session.events:
-                open_sessions[j] = open_sessions[-1]
-                open_sessions.pop()
-            self._counter += 1
-            yield {
-                "event_id": f"{self.seed}-{self._counter}",
-                "user_id": session.user,
-                "type": etype,
-                "ts": ts,
-                "session_id": session.session_id,
-                **fields,
-            }
+        concurrent = self._concurrency(n_events)
+        caps = {
+            name: p.max_purchases for name, p in PERSONAS.items() if p.max_purchases is not None
+        }
+        bought: dict[str, int] = {}
+        truth = self._truth
+
+        pickable: list[tuple[_Group, float]] = []
+        total_weight = 0.0
+        dirty = True
+
+        def refresh() -> None:
+            nonlocal total_weight, dirty
+            pickable.clear()
+            total_weight = 0.0
+            for active, lapsed in groups.values():
+                for g in (active, lapsed):
+                    w = g.weight_per_user * len(g.users)
+                    if w > 0:
+                        pickable.append((g, w))
+                        total_weight += w
+            dirty = False
+
+        open_sessions: list[list[dict[str, object]]] = []  # each reversed: pop() is next
+        open_users: list[str] = []
+        busy: set[str] = set()
+        step = cumulative[-1] / n_events
+        bucket = 0
+        t = 0
+        seed = self.seed
+        counter = self._event_counter
+        try:
+            for i in range(n_events):
+                # The i-th event sits at the (i + 1/2)-th n-quantile of the traffic curve.
+                mass = (i + 0.5) * step
+                while bucket < len(edges) - 2 and cumulative[bucket + 1] < mass:
+                    bucket += 1
+                lo, hi = edges[bucket], edges[bucket + 1]
+                in_bucket = cumulative[bucket + 1] - cumulative[bucket]
+                ts = (
+                    lo + int((mass - cumulative[bucket]) / in_bucket * (hi - lo))
+                    if in_bucket
+                    else lo
+                )
+                ts = min(ts, hi)
+                frac = (ts - self.start_ms) / span
+                while t < n_transitions and transitions[t][0] <= frac:
+                    self._apply(groups, transitions[t])
+                    t += 1
+                    dirty = True
+                attempts = 0
+                while len(open_sessions) < concurrent and attempts < 8:
+                    attempts += 1
+                    if dirty:
+                        refresh()
+                    while total_weight <= 0.0 and t < n_transitions:
+                        # Nobody active yet (possible within a bucket): bring the next
+                        # arrival forward.
+                        self._apply(groups, transitions[t])
+                        t += 1
+                        refresh()
+                    if total_weight <= 0.0:
+                        # Everyone has lapsed for good: the last to go shops once more.
+                        user = transitions[t - 1][2]
+                    else:
+                        r = rand() * total_weight
+                        chosen = pickable[-1][0]  # if rounding leaves r just above 0
+                        for g, w in pickable:
+                            r -= w
+                            if r < 0.0:
+                                chosen = g
+                                break
+                        user = chosen.users[int(rand() * len(chosen.users))]
+                    if user in busy:
+                        continue  # one session per user at a time
+                    name = truth[user]
+                    cap = caps.get(name)
+                    may_buy = cap is None or bought.get(user, 0) < cap
+                    session = self._session(
+                        rng, user, PERSONAS[name], self._favourites[user], may_buy
+                    )
+                    if cap is not None and session[-1]["type"] == "purchase":
+                        bought[user] = bought.get(user, 0) + 1
+                    session.reverse()
+                    open_sessions.append(session)
+                    open_users.append(user)
+                    busy.add(user)
+                j = int(rand() * len(open_sessions))
+                session = open_sessions[j]
+                ev = session.pop()
+                if not session:
+                    busy.discard(open_users[j])
+                    open_sessions[j] = open_sessions[-1]
+                    open_users[j] = open_users[-1]
+                    open_sessions.pop()
+                    open_users.pop()
+                counter += 1
+                ev["event_id"] = f"{seed}-{counter}"
+                ev["ts"] = ts
+                yield ev
+        finally:
+            self._event_counter = counter
 
 
+def _time_of_day(ms: float) -> float:
+    """Relative shop traffic at an instant: lowest before dawn, highest at 20:30 UTC."""
+    hour = (ms % DAY_MS) / 3_600_000
+    return 1.0 + 0.6 * math.cos(2 * math.pi * (hour - 20.5) / 24)
+
+
+#: Kinds of deliberately bad payloads, in the order the generator cycles through them.
 MALFORMED_KINDS: tuple[str, ...] = (
     "not_json",
     "json_array",
@@ -313,21 +808,76 @@ MALFORMED_KINDS: tuple[str, ...] = (
 )
 
 
-def malformed_event(rng: random.Random, user_id: str = "u000001") -> tuple[str, bytes]:
-    """A deliberately bad payload and its kind, drawn from :data:`MALFORMED_KINDS`."""
-    kind = rng.choice(MALFORMED_KINDS)
-    eid = f"bad-{rng.getrandbits(48):012x}"
-    base = f'"event_id":"{eid}","user_id":"{user_id}"'
-    payloads = {
-        "not_json": b"{this is not json",
-        "json_array": b'["view", 1700000000000]',
-        "missing_user_id": f'{{"event_id":"{eid}","type":"view","ts":1700000000000}}'.encode(),
-        "negative_amount": f'{{{base},"type":"purchase","ts":1700000000000,"amount":-3}}'.encode(),
-        "purchase_without_amount": f'{{{base},"type":"purchase","ts":1700000000000}}'.encode(),
-        "unknown_type": f'{{{base},"type":"teleport","ts":1700000000000}}'.encode(),
-        "nonsense_ts": f'{{{base},"type":"view","ts":"yesterday-ish"}}'.encode(),
-        "far_future_ts": f'{{{base},"type":"view","ts":"2300-01-01T00:00:00Z"}}'.encode(),
-        "oversized": b'{"pad":"' + b"z" * 70_000 + b'"}',
-        "not_utf8": b"\xff\xfe\xfa{}",
+def malformed_event(
+    rng: random.Random,
+    user_id: str = "u000001",
+    *,
+    kind: str | None = None,
+    ts_ms: int = 1_700_000_000_000,
+) -> tuple[str, bytes]:
+    """Return a deliberately bad payload and its kind.
+
+    Apart from its one defect each payload is a plausible event of ``user_id`` at
+    ``ts_ms``, so that a consumer rejecting it must have caught that defect.
+
+    Parameters
+    ----------
+    rng
+        Source of randomness (ids, values), so that runs are reproducible.
+    user_id
+        The user the payload claims to be from (the Kafka key to send it with).
+    kind
+        One of :data:`MALFORMED_KINDS`; ``None`` draws one at random.
+    ts_ms
+        Event time of the otherwise valid fields.
+
+    Returns
+    -------
+    tuple of (str, bytes)
+        The kind and the payload.
+
+    Examples
+    --------
+    >>> kind, payload = malformed_event(random.Random(1), kind="json_array")
+    >>> kind, payload[:1]
+    ('json_array', b'[')
+    """
+    if kind is None:
+        kind = MALFORMED_KINDS[rng.randrange(len(MALFORMED_KINDS))]
+    elif kind not in MALFORMED_KINDS:
+        raise ValueError(f"kind must be one of {MALFORMED_KINDS}, got {kind!r}")
+    good: dict[str, object] = {
+        "event_id": f"bad-{rng.getrandbits(48):012x}",
+        "user_id": user_id,
+        "type": "view",
+        "ts": ts_ms,
+        "category": CATEGORIES[rng.randrange(len(CATEGORIES))],
     }
-    return kind, payloads[kind]
+    purchase = {**good, "type": "purchase", "currency": CURRENCY}
+    if kind == "not_json":
+        raw = orjson.dumps(good)
+        return kind, raw[: rng.randrange(1, len(raw) - 1)]  # cut off: never valid JSON
+    if kind == "json_array":
+        return kind, orjson.dumps([good])
+    if kind == "missing_user_id":
+        del good["user_id"]
+        return kind, orjson.dumps(good)
+    if kind == "negative_amount":
+        return kind, orjson.dumps({**purchase, "amount": -round(rng.uniform(0.01, 500.0), 2)})
+    if kind == "purchase_without_amount":
+        return kind, orjson.dumps(purchase)
+    if kind == "unknown_type":
+        etype = ("teleport", "wishlist_add", "refund", "login")[rng.randrange(4)]
+        return kind, orjson.dumps({**good, "type": etype})
+    if kind == "nonsense_ts":
+        ts = ("yesterday-ish", "soon", "not a time", "32/13/2023 25:61")[rng.randrange(4)]
+        return kind, orjson.dumps({**good, "ts": ts})
+    if kind == "far_future_ts":
+        return kind, orjson.dumps({**good, "ts": _YEAR_2300_MS + rng.randrange(DAY_MS)})
+    if kind == "oversized":
+        pad = "x" * (MAX_EVENT_BYTES + rng.randrange(1, 8192))
+        return kind, orjson.dumps({**good, "note": pad})
+    # not_utf8: valid JSON structure, but the user id carries bytes that are not UTF-8.
+    raw = orjson.dumps(good)
+    quoted = orjson.dumps(user_id)
+    return kind, raw.replace(quoted, quoted[:-1] + b"\xff\xfe" + quoted[-1:], 1)

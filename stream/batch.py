@@ -95,6 +95,26 @@ def _in_doubt_change(
     return msg["previous_segment"], msg["segment"], value
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A user awaiting a decision in this batch, and what triggered it."""
+
+    user_id: str
+    state: UserState
+    features: dict[str, float | None]
+    raw: np.ndarray
+    previous: int | None
+    trigger_key: str  # event id, or a stable key for a warm-up assignment
+    trigger_pos: str  # "topic:partition", or ASSIGN_POS
+    trigger_offset: int
+    trigger_ts: int
+    learn: bool
+
+
+#: Trigger position of the first segment given to a user seen before the model was ready.
+ASSIGN_POS = "assign"
+
+
 def process_batch(
     events_by_user: Mapping[str, Sequence[Event]],
     states: Mapping[str, UserState | None],
@@ -103,18 +123,18 @@ def process_batch(
     margin: float,
     dedupe_window: int,
     emitted_at_ms: int,
+    reassess: Sequence[str] = (),
 ) -> BatchResult:
     """Fold a batch into user states, assign segments, and learn.
 
     Users are learned from once per batch, however many events they sent, so very active
     users do not dominate the centres. Decisions use the centres as they were before this
-    batch's learning (predict, then learn).
+    batch's learning (predict, then learn). Users seen before the model was ready are
+    remembered in ``model.unassigned``; pass them as ``reassess`` (with their states and
+    no events) once it is, and they get their first segment without being learned twice.
     """
     result = BatchResult()
-    # (user id, new state, features, model-space vector, previous segment, triggering event)
-    pending: list[
-        tuple[str, UserState, dict[str, float | None], np.ndarray, int | None, Event]
-    ] = []
+    pending: list[_Pending] = []
     for user_id, events in events_by_user.items():
         before = states.get(user_id)
         applied = apply_events(before, events, dedupe_window)
@@ -140,23 +160,79 @@ def process_batch(
         features = compute_features(applied.state)
         raw = to_vector(features)
         model.observe(raw)
-        trigger = applied.applied[-1]
-        pending.append((user_id, applied.state, features, raw, applied.state.segment, trigger))
+        t = applied.applied[-1]
+        pending.append(
+            _Pending(
+                user_id,
+                applied.state,
+                features,
+                raw,
+                applied.state.segment,
+                t.event_id,
+                f"{t.topic}:{t.partition}",
+                t.offset,
+                t.ts_ms,
+                learn=True,
+            )
+        )
+    for user_id in reassess:
+        state = states.get(user_id)
+        if state is None or user_id in events_by_user:
+            continue
+        if state.segment is not None:
+            lc = state.last_change
+            if lc is not None and lc["pos"] == ASSIGN_POS:
+                # Assigned before, but the commit of that assignment is in doubt.
+                value = str(lc["value"]).encode()
+                msg = orjson.loads(value)
+                result.updates.append(
+                    UserUpdate(
+                        user_id,
+                        state,
+                        {},
+                        msg["previous_segment"],
+                        None,
+                        None,
+                        value,
+                        msg["segment"],
+                        write=False,
+                    )
+                )
+            continue
+        features = compute_features(state)
+        pending.append(
+            _Pending(
+                user_id,
+                state.copy(),
+                features,
+                to_vector(features),
+                None,
+                f"{ASSIGN_POS}:{state.last_event_ms}",
+                ASSIGN_POS,
+                -1,
+                state.last_event_ms,
+                learn=False,
+            )
+        )
 
     if not pending:
         return result
     if not model.ready:
-        for user_id, state, features, _, prev, _ in pending:
-            result.updates.append(UserUpdate(user_id, state, features, prev, None, None))
+        for p in pending:
+            if p.user_id not in model.unassigned:
+                model.unassigned.append(p.user_id)
+            result.updates.append(
+                UserUpdate(p.user_id, p.state, p.features, p.previous, None, None)
+            )
         return result
 
     if not names.names:
         names.refresh(model)
-    raws = np.stack([p[3] for p in pending])
-    zs = model.scale(raws)
+    zs = model.scale(np.stack([p.raw for p in pending]))
     centres = model.centres()
     dists = model.distances(zs)
-    for (user_id, state, features, _, prev, trigger), z, d in zip(pending, zs, dists, strict=True):
+    for p, z, d in zip(pending, zs, dists, strict=True):
+        state, prev = p.state, p.previous
         decision = decide(prev, z, centres, d, margin, model.features)
         change = None
         if decision.changed:
@@ -164,28 +240,29 @@ def process_batch(
             state.segment_name = names.get(decision.segment)
             state.segment_since_ms = state.last_event_ms
             change = SegmentChange(
-                change_id=change_id(user_id, trigger.event_id, prev, decision.segment),
-                user_id=user_id,
+                change_id=change_id(p.user_id, p.trigger_key, prev, decision.segment),
+                user_id=p.user_id,
                 previous_segment=prev,
                 previous_segment_name=None if prev is None else names.get(prev),
                 segment=decision.segment,
                 segment_name=state.segment_name,
                 model_version=model.version,
-                event_time_ms=trigger.ts_ms,
+                event_time_ms=p.trigger_ts,
                 emitted_at_ms=emitted_at_ms,
                 distance_margin=decision.margin,
                 runner_up_segment=decision.runner_up,
                 top_features=decision.top_features,
-                features={k: features[k] for k in MESSAGE_FEATURES},
+                features={k: p.features[k] for k in MESSAGE_FEATURES},
             )
             state.last_change = {
-                "pos": f"{trigger.topic}:{trigger.partition}",
-                "offset": trigger.offset,
+                "pos": p.trigger_pos,
+                "offset": p.trigger_offset,
                 "value": change.to_json().decode(),
             }
         else:
             state.segment_name = names.get(decision.segment)
-        result.updates.append(UserUpdate(user_id, state, features, prev, change, decision))
-    for z in zs:
-        model.learn(z)
+        result.updates.append(UserUpdate(p.user_id, state, p.features, prev, change, decision))
+    for p, z in zip(pending, zs, strict=True):
+        if p.learn:
+            model.learn(z)
     return result

@@ -88,6 +88,8 @@ class SegmentModel:
         self.scaler = OnlineScaler.empty(len(MODEL_FEATURES))
         self.kmeans = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
         self.reservoir: list[np.ndarray] = []
+        #: Users seen before the centres were seeded, still to get a first segment.
+        self.unassigned: list[str] = []
         self.ready = False
         self.version = 0
         self.updates = 0
@@ -154,6 +156,7 @@ class SegmentModel:
             "scaler": self.scaler.to_dict(),
             "centres": self.centres().tolist() if self.ready else None,
             "reservoir": [r.tolist() for r in self.reservoir],
+            "unassigned": list(self.unassigned),
         }
 
     @classmethod
@@ -171,6 +174,7 @@ class SegmentModel:
         m.version = int(d["version"])
         m.updates = int(d["updates"])
         m.reservoir = [np.array(r, float) for r in d["reservoir"]]
+        m.unassigned = list(d.get("unassigned", []))
         if d["ready"]:
             m._set_centres(np.array(d["centres"], float))
             m.ready = True

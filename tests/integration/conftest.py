@@ -8,6 +8,8 @@ and its jars are available, else Tansu), ``kafka`` or ``tansu``.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -100,6 +102,26 @@ def produce(
     assert p.flush(30) == 0
     assert errors == []
     return ends
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    """The environment that makes `segmenter run` use ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
+    for name, value in settings.describe().items():
+        if name != "kafka_sasl_password":
+            env[f"SEGMENTER_{name.upper()}"] = str(value)
+    return env
+
+
+def spawn(settings: Settings, log_path: str | None = None) -> subprocess.Popen[bytes]:
+    """Start `segmenter run` as its own process, as an operator would."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "consumers.cli", "run"],
+        env=env_of(settings),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @dataclass

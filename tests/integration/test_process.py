@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,19 +11,11 @@ import pytest
 import redis
 
 from stream.settings import Settings
-from tests.integration.conftest import produce
+from tests.integration.conftest import env_of, produce
 from tests.integration.kafka_read import committed
 from tests.integration.shoppers import make_events
 
 pytestmark = pytest.mark.integration
-
-
-def env_of(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
-    for name, value in settings.describe().items():
-        if name != "kafka_sasl_password":
-            env[f"SEGMENTER_{name.upper()}"] = str(value)
-    return env
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -1,0 +1,199 @@
+"""Fault injection on the real broker and Redis: every event counts exactly once.
+
+Each test produces a known backlog, hurts the segmenter while it works through it, lets
+it finish, and then checks every user's counts against what was produced, and every
+change id on segments.changes for duplicates.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from consumers.devstack import servers
+from consumers.devstack.servers import Server
+from stream.settings import Settings
+from tests.integration.conftest import produce, spawn
+from tests.integration.kafka_read import committed, read_topic
+from tests.integration.shoppers import Expected, make_events
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TYPE_FIELDS = {
+    "view": "views_30d",
+    "click": "clicks_30d",
+    "add_to_cart": "add_to_cart_30d",
+    "remove_from_cart": "remove_from_cart_30d",
+    "purchase": "purchases_30d",
+    "search": "searches_30d",
+}
+
+
+@pytest.fixture
+def txn_settings(settings: Settings, broker: Server) -> Settings:
+    if broker.kind != "kafka":
+        pytest.skip("needs Kafka transactions: Tansu delivers aborted records")
+    # Small batches: many commits, so kills land at every step of a batch.
+    return settings.replace(batch_max_events=300, checkpoint_interval_s=2.0)
+
+
+def wait_committed(
+    settings: Settings, ends: dict[tuple[str, int], int], timeout: float = 120
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = True
+        for topic in (settings.clicks_topic, settings.purchases_topic):
+            want = {p: ends.get((topic, p), -1001) for p in range(4)}
+            if committed(settings.kafka_bootstrap, settings.group_id, topic, 4) != want:
+                done = False
+        if done:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the segmenter did not commit the whole backlog in time")
+
+
+def check_exact(
+    settings: Settings, rds: redis.Redis, expected: dict[str, Expected]
+) -> dict[str, int]:
+    """Assert exact per-user counts, membership and unique change ids; return figures."""
+    p = settings.redis_prefix
+    counted = 0
+    for uid, exp in expected.items():
+        h = rds.hgetall(f"{p}user:{{{uid}}}")
+        f = orjson.loads(h["features"])
+        for etype, field in TYPE_FIELDS.items():
+            assert f[field] == exp.counts[etype], (uid, field, f[field], exp.counts[etype])
+        assert f["spend_30d"] == pytest.approx(exp.spend, abs=0.01), uid
+        counted += int(f["events_30d"])
+        seg = h["segment"]
+        member_of = [
+            i
+            for i in range(settings.n_clusters)
+            if rds.sismember(f"{p}segment:{{{i}}}:members", uid)
+        ]
+        assert member_of == [int(seg)], (uid, seg, member_of)
+    changes = read_topic(settings.kafka_bootstrap, settings.changes_topic)
+    ids = Counter(orjson.loads(r.value)["change_id"] for r in changes)
+    duplicates = sum(n - 1 for n in ids.values())
+    assert duplicates == 0, [cid for cid, n in ids.items() if n > 1][:5]
+    last: dict[str, dict[str, object]] = {}
+    firsts: Counter[str] = Counter()
+    for r in sorted(changes, key=lambda r: (r.partition, r.offset)):
+        msg = orjson.loads(r.value)
+        if msg["previous_segment"] is None:
+            firsts[msg["user_id"]] += 1
+        last[msg["user_id"]] = msg
+    assert set(firsts) == set(expected) and set(firsts.values()) == {1}
+    for uid, msg in last.items():
+        assert str(msg["segment"]) == rds.hget(f"{p}user:{{{uid}}}", "segment"), uid
+    return {"counted": counted, "changes": len(changes), "duplicates": duplicates}
+
+
+def test_kill_minus_nine_at_random_points(
+    txn_settings: Settings, rds: redis.Redis, tmp_path: Path
+) -> None:
+    s = txn_settings
+    messages, expected = make_events(s, n_users=1200, seed=11)
+    ends = produce(s, messages)
+    rng = random.Random(7)
+    kills = 0
+    for _ in range(4):
+        proc = spawn(s, str(tmp_path / "segmenter.log"))
+        time.sleep(rng.uniform(2.0, 4.5))  # start-up takes ~1.5 s; kill somewhere in the work
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        kills += 1
+    final = spawn(s, str(tmp_path / "segmenter.log"))
+    try:
+        wait_committed(s, ends)
+    finally:
+        final.send_signal(signal.SIGTERM)
+        assert final.wait(30) == 0
+    figures = check_exact(s, rds, expected)
+    print(
+        f"\nkill -9 x{kills}: produced {len(messages)}, counted {figures['counted']}, "
+        f"changes {figures['changes']}, duplicate change ids {figures['duplicates']}"
+    )
+    assert figures["counted"] == len(messages)
+
+
+def test_two_processes_one_killed_and_restarted(
+    txn_settings: Settings, rds: redis.Redis, tmp_path: Path
+) -> None:
+    s = txn_settings
+    messages, expected = make_events(s, n_users=1200, seed=12)
+    ends = produce(s, messages)
+    a_settings = s.replace(instance_id="a", metrics_port=servers.free_port())
+    b_settings = s.replace(instance_id="b", metrics_port=servers.free_port())
+    a = spawn(a_settings, str(tmp_path / "a.log"))
+    b = spawn(b_settings, str(tmp_path / "b.log"))
+    procs: list[subprocess.Popen[bytes]] = [a, b]
+    try:
+        time.sleep(4.0)
+        b.send_signal(signal.SIGKILL)  # a takes over b's partitions ...
+        b.wait(10)
+        time.sleep(3.0)
+        b = spawn(b_settings, str(tmp_path / "b.log"))  # ... and gives some back
+        procs.append(b)
+        wait_committed(s, ends)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(30) == 0
+    figures = check_exact(s, rds, expected)
+    print(
+        f"\ntwo processes, one killed: produced {len(messages)}, counted {figures['counted']}, "
+        f"changes {figures['changes']}, duplicate change ids {figures['duplicates']}"
+    )
+    assert figures["counted"] == len(messages)
+
+
+def test_redis_stopped_mid_load_and_started_again(txn_settings: Settings, tmp_path: Path) -> None:
+    # A Redis of its own, with an append-only file, so a restart keeps what was written.
+    workdir = tmp_path / "redis"
+    aof = ("--appendonly", "yes", "--appendfsync", "always")
+    own = servers.start_redis(workdir, extra_args=aof)
+    s = txn_settings.replace(redis_url=f"redis://{own.address}/0")
+    rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
+    messages, expected = make_events(s, n_users=1200, seed=13)
+    ends = produce(s, messages)
+    proc = spawn(s, str(tmp_path / "segmenter.log"))
+    try:
+        time.sleep(3.0)
+        assert own.stop()
+        time.sleep(5.0)  # Redis is gone for several seconds
+        assert proc.poll() is None, "the segmenter exited while Redis was away"
+        own = servers.start_redis(workdir, own.port, extra_args=aof)
+        wait_committed(s, ends)
+        failures = _metric(tmp_path / "segmenter.log")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        rds.close()
+    rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
+    try:
+        figures = check_exact(s, rds, expected)
+    finally:
+        rds.close()
+        own.stop()
+    print(
+        f"\nRedis down 5 s: produced {len(messages)}, counted {figures['counted']}, "
+        f"changes {figures['changes']}, duplicate change ids {figures['duplicates']}, "
+        f"batches replayed {failures}"
+    )
+    assert figures["counted"] == len(messages)
+    assert failures > 0
+
+
+def _metric(log: Path) -> int:
+    return log.read_text().count("batch not committed")

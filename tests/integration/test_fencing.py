@@ -1,0 +1,48 @@
+"""Per-user writes are fenced by input offsets: stale state never overwrites newer."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import redis
+
+from consumers.devstack.servers import Server
+from state.redis_store import RedisStore
+from stream.batch import UserUpdate
+from stream.events import Event
+from stream.features import apply_events, compute_features
+
+pytestmark = pytest.mark.integration
+
+
+def update(offsets: range, segment: int, previous: int | None) -> UserUpdate:
+    events = [Event(f"e{o}", "u1", "view", 1_700_000_000_000 + o, "clicks", 3, o) for o in offsets]
+    state = apply_events(None, events).state
+    state.segment = segment
+    return UserUpdate("u1", state, compute_features(state), previous, None, None)
+
+
+def test_an_older_write_is_refused_and_a_newer_one_accepted(redis_server: Server) -> None:
+    store = RedisStore(f"redis://{redis_server.address}/0", prefix="fence:")
+    rds = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    try:
+        newer = store.write_updates([update(range(0, 10), 1, None)], 1, 0)
+        assert (newer.written, newer.fenced, newer.moves) == (1, 0, 1)
+        # A process that lost the partition comes back with state up to offset 5 only.
+        stale = store.write_updates([update(range(0, 6), 2, None)], 1, 0)
+        assert (stale.written, stale.fenced, stale.moves) == (0, 1, 0)
+        h = rds.hgetall("fence:user:{u1}")
+        assert h["_o:clicks:3"] == "9"
+        assert orjson.loads(h["features"])["views_30d"] == 10
+        assert h["segment"] == "1"
+        assert rds.smembers("fence:segment:{1}:members") == {"u1"}
+        assert not rds.exists("fence:segment:{2}:members")
+        # The rightful owner moves on.
+        moved = store.write_updates([update(range(0, 12), 2, 1)], 1, 0)
+        assert (moved.written, moved.fenced, moved.moves) == (1, 0, 1)
+        assert rds.hget("fence:user:{u1}", "_o:clicks:3") == "11"
+        assert rds.smembers("fence:segment:{2}:members") == {"u1"}
+        assert not rds.smembers("fence:segment:{1}:members")
+    finally:
+        store.close()
+        rds.close()
