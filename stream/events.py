@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
@@ -24,6 +24,7 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 TYPE_INDEX: dict[str, int] = {t: i for i, t in enumerate(EVENT_TYPES)}
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ID_LEN = 256
 _MAX_TEXT_LEN = 256
 
@@ -109,7 +110,8 @@ def parse_timestamp(raw: object) -> int:
             raise _Invalid("bad_timestamp", "ts is neither epoch ms nor ISO-8601") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp() * 1000)
+        # Exact integer arithmetic: float seconds * 1000 can land a millisecond short.
+        return (dt - _EPOCH) // timedelta(milliseconds=1)
     raise _Invalid("bad_timestamp", f"ts has type {type(raw).__name__}")
 
 
@@ -232,7 +234,7 @@ def decode(
     'not_json'
     """
     try:
-        if value is None:
+        if not value:
             raise _Invalid("empty", "message has no value")
         if len(value) > limits.max_event_bytes:
             raise _Invalid("oversized", f"{len(value)} bytes > {limits.max_event_bytes}")

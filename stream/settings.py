@@ -74,6 +74,14 @@ class Settings:
         _check_positive(self, "batch_max_events", "batch_timeout_s", "max_event_bytes")
         _check_positive(self, "dedupe_window", "warmup_users", "checkpoint_interval_s")
         _check_positive(self, "catalogue_interval_s")
+        if not self.max_future_skew_s >= 0:
+            raise ConfigError(
+                "max_future_skew_s", f"must be 0 or more, got {self.max_future_skew_s}"
+            )
+        if not 1970 <= self.min_event_year <= 9999:
+            raise ConfigError(
+                "min_event_year", f"must be a year from 1970, got {self.min_event_year}"
+            )
         if not 2 <= self.n_clusters <= 64:
             raise ConfigError("n_clusters", f"must be between 2 and 64, got {self.n_clusters}")
         if not 0.0 < self.kmeans_halflife <= 1.0:
@@ -126,17 +134,37 @@ class Settings:
 def _check_positive(settings: Settings, *names: str) -> None:
     for name in names:
         value = getattr(settings, name)
-        if value <= 0:
+        if not value > 0:  # written so that NaN fails too
             raise ConfigError(name, f"must be greater than 0, got {value}")
 
 
 def _mask_url_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
+    """Mask the password of a Redis URL, in the user-info part and in ``?password=``."""
+    base, qmark, query = url.partition("?")
+    if qmark:
+        params = [
+            "password=***" if p.split("=", 1)[0].lower() == "password" else p
+            for p in query.split("&")
+        ]
+        query = "&".join(params)
+    scheme, sep, rest = base.partition("://")
     creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+    if at and ":" in creds:
+        base = f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+    return base + qmark + query
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, name + "."))
+        elif isinstance(v, bool):
+            out[name] = "true" if v else "false"
+        else:
+            out[name] = str(v)
+    return out
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Any:
@@ -213,7 +241,9 @@ def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Setti
         for key, raw in doc.items():
             if key == "kafka" and isinstance(raw, dict):
                 # [kafka] table: extra librdkafka properties passed through as they are.
-                extra.update({str(k): str(v) for k, v in raw.items()})
+                # An unquoted dotted key (security.protocol = ...) is a nested table in
+                # TOML: flatten it back to the dotted property name.
+                extra.update(_flatten(raw))
                 continue
             if key not in known:
                 raise ConfigError(key, "is not a known setting (see README, Configuration)")

@@ -1,0 +1,106 @@
+"""user_hash: the fields of seg:user:{id}, computed without a server."""
+
+from __future__ import annotations
+
+import orjson
+
+from state.keys import STATE_FIELD
+from state.redis_store import user_hash
+from stream.batch import UserUpdate
+from stream.events import Event
+from stream.features import DAY_MS, HOUR_MS, UserState, apply_events, compute_features
+
+T = 1_700_000_000_000  # 2023-11-14T22:13:20.000Z
+
+
+def make_update(segment: int | None, name: str | None, since: int | None) -> UserUpdate:
+    evs = [
+        Event("e1", "u42", "view", T - 3 * DAY_MS, "shop.clicks", 0, 7, category="books"),
+        Event("e2", "u42", "add_to_cart", T - HOUR_MS, "shop.clicks", 0, 8),
+        Event("e3", "u42", "purchase", T, "shop.purchases", 2, 19, amount=42.5),
+    ]
+    state = apply_events(None, evs).state
+    state.segment, state.segment_name, state.segment_since_ms = segment, name, since
+    return UserUpdate("u42", state, compute_features(state), None, None, None)
+
+
+def test_fields_of_a_segmented_user() -> None:
+    u = make_update(2, "high_value", T - HOUR_MS)
+    h = user_hash(u, model_version=4, updated_at_ms=T + 1234)
+    assert set(h) == {
+        STATE_FIELD,
+        "last_event_time",
+        "updated_at",
+        "model_version",
+        "segment",
+        "segment_name",
+        "segment_since",
+        "features",
+    }
+    assert h["segment"] == "2"
+    assert h["segment_name"] == "high_value"
+    assert h["segment_since"] == "2023-11-14T21:13:20.000Z"
+    assert h["last_event_time"] == "2023-11-14T22:13:20.000Z"
+    assert h["updated_at"] == "2023-11-14T22:13:21.234Z"
+    assert h["model_version"] == "4"
+    assert all(isinstance(v, str) for v in h.values())
+
+
+def test_features_in_human_units() -> None:
+    u = make_update(2, "high_value", T)
+    features = orjson.loads(user_hash(u, 1, T)["features"])
+    assert features == u.features
+    assert features["purchases_30d"] == 1.0
+    assert features["spend_30d"] == 42.5
+    assert features["avg_order_value"] == 42.5
+    assert features["days_since_last_purchase"] == 0.0
+    assert features["views_7d"] == 1.0
+    assert features["cart_abandonment_30d"] == 0.0
+    assert features["category_diversity_30d"] == 1.0
+    assert features["tenure_days"] == 3.0
+
+
+def test_never_bought_is_null_in_the_features() -> None:
+    state = apply_events(None, [Event("v", "u1", "view", T, "shop.clicks", 0, 1)]).state
+    u = UserUpdate("u1", state, compute_features(state), None, None, None)
+    text = user_hash(u, 1, T)["features"]
+    assert isinstance(text, str)
+    assert '"days_since_last_purchase":null' in text
+    assert orjson.loads(text)["days_since_last_purchase"] is None
+
+
+def test_missing_segment_name_is_written_empty() -> None:
+    h = user_hash(make_update(0, None, T - HOUR_MS), 1, T)
+    assert h["segment"] == "0"
+    assert h["segment_name"] == ""
+
+
+def test_missing_segment_since_falls_back_to_the_last_event() -> None:
+    h = user_hash(make_update(1, "regular", None), 1, T)
+    assert h["segment_since"] == h["last_event_time"] == "2023-11-14T22:13:20.000Z"
+
+
+def test_no_segment_fields_without_a_segment() -> None:
+    h = user_hash(make_update(None, None, None), 0, T)
+    assert set(h) == {STATE_FIELD, "last_event_time", "updated_at", "model_version", "features"}
+    assert h["model_version"] == "0"
+
+
+def test_state_round_trips() -> None:
+    u = make_update(3, "at_risk", T - DAY_MS)
+    u.state.last_change = {"pos": "shop.purchases:2", "offset": 19, "value": '{"segment":3}'}
+    blob = user_hash(u, 2, T)[STATE_FIELD]
+    back = UserState.from_dict(orjson.loads(blob))
+    assert back == u.state
+    assert back.offsets == {"shop.clicks:0": 8, "shop.purchases:2": 19}
+    assert back.segment == 3 and back.segment_name == "at_risk"
+    assert compute_features(back) == u.features
+
+
+def test_user_hash_does_not_change_the_update() -> None:
+    u = make_update(1, "regular", T)
+    before = orjson.dumps(u.state.to_dict())
+    features = dict(u.features)
+    user_hash(u, 1, T)
+    assert orjson.dumps(u.state.to_dict()) == before
+    assert u.features == features

@@ -1,0 +1,353 @@
+"""process_batch: one micro-batch from events to states, segments and changes."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+import pytest
+
+from stream.batch import MESSAGE_FEATURES, BatchResult, SegmentNames, process_batch
+from stream.events import Event
+from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState, apply_events, compute_features
+from stream.messages import change_id
+from stream.model import SegmentModel
+from stream.scaling import to_vector
+
+T = 1_700_000_000_000
+EMITTED = T + 5_000
+MARGIN = 0.15
+WINDOW = 32
+
+
+class Shop:
+    """Hands out events with per-partition offsets, as one consumer would read them."""
+
+    def __init__(self) -> None:
+        self.offsets = {"shop.clicks": itertools.count(100), "shop.purchases": itertools.count(500)}
+        self.ids = itertools.count(1)
+
+    def ev(
+        self, user: str, etype: str, ts: int, event_id: str | None = None, **kw: object
+    ) -> Event:
+        topic = "shop.purchases" if etype == "purchase" else "shop.clicks"
+        if etype == "purchase":
+            kw.setdefault("amount", 10.0)
+        return Event(
+            event_id=event_id or f"{user}-e{next(self.ids)}",
+            user_id=user,
+            type=etype,
+            ts_ms=ts,
+            topic=topic,
+            partition=0,
+            offset=next(self.offsets[topic]),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def buyer(self, user: str, amount: float) -> list[Event]:
+        evs = [self.ev(user, "view", T - 20 * DAY_MS, category="tv")]
+        evs += [self.ev(user, "view", T - d * DAY_MS, category=f"c{d}") for d in (9, 5, 2)]
+        evs += [self.ev(user, "add_to_cart", T - d * DAY_MS - HOUR_MS) for d in (9, 5, 2)]
+        evs += [self.ev(user, "purchase", T - d * DAY_MS, amount=amount) for d in (9, 5, 2)]
+        return evs
+
+    def browser(self, user: str) -> list[Event]:
+        evs = [
+            self.ev(user, "view", T - d * HOUR_MS - m * MINUTE_MS)
+            for d in (3, 30)
+            for m in (1, 2, 3)
+        ]
+        evs.append(self.ev(user, "search", T - 15 * DAY_MS))
+        evs.append(self.ev(user, "add_to_cart", T - 2 * HOUR_MS))
+        return evs
+
+
+def run(
+    batch: dict[str, Sequence[Event]],
+    states: dict[str, UserState | None],
+    model: SegmentModel,
+    names: SegmentNames,
+) -> BatchResult:
+    return process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED)
+
+
+def small_model() -> SegmentModel:
+    return SegmentModel(n_clusters=2, halflife=0.2, warmup_users=4, seed=3)
+
+
+@pytest.fixture
+def world() -> tuple[Shop, SegmentModel, SegmentNames]:
+    return Shop(), small_model(), SegmentNames()
+
+
+def test_before_warmup_no_segments_and_no_changes(world) -> None:
+    shop, model, names = world
+    batch = {"u1": shop.buyer("u1", 300.0), "u2": shop.browser("u2")}
+    r = run(batch, {}, model, names)
+    assert not model.ready
+    assert model.updates == 2
+    assert [u.user_id for u in r.updates] == ["u1", "u2"]
+    for u in r.updates:
+        assert u.change is None and u.decision is None
+        assert u.previous_segment is None
+        assert u.state.segment is None and u.state.segment_name is None
+        assert u.write is True and u.republish is None
+        assert u.features == compute_features(apply_events(None, batch[u.user_id]).state)
+    assert (r.replayed, r.duplicates, r.late) == (0, 0, 0)
+    assert r.applied == Counter(
+        {
+            ("shop.clicks", "view"): 4 + 6,
+            ("shop.clicks", "add_to_cart"): 3 + 1,
+            ("shop.purchases", "purchase"): 3,
+            ("shop.clicks", "search"): 1,
+        }
+    )
+    assert names.names == {}
+
+
+def warm_up(shop: Shop, model: SegmentModel, names: SegmentNames):
+    batch1 = {"u1": shop.buyer("u1", 300.0), "u2": shop.browser("u2")}
+    r1 = run(batch1, {}, model, names)
+    states = {u.user_id: u.state for u in r1.updates}
+    batch2 = {
+        "u3": shop.buyer("u3", 250.0),
+        "u4": shop.browser("u4"),
+        "u5": shop.buyer("u5", 400.0),
+        "u6": shop.browser("u6"),
+    }
+    r2 = run(batch2, states, model, names)
+    return states, batch2, r2
+
+
+def test_after_warmup_every_user_gets_a_segment_and_a_change(world) -> None:
+    shop, model, names = world
+    _, batch2, r = warm_up(shop, model, names)
+    assert model.ready and model.version == 1
+    assert model.updates == 6
+    assert len(names.names) == 2
+    assert [u.user_id for u in r.updates] == ["u3", "u4", "u5", "u6"]
+    for u in r.updates:
+        c, d, s = u.change, u.decision, u.state
+        assert c is not None and d is not None
+        trigger = batch2[u.user_id][-1]
+        assert u.previous_segment is None and c.previous_segment is None
+        assert c.previous_segment_name is None
+        assert s.segment == c.segment == d.segment in (0, 1)
+        assert s.segment_name == c.segment_name == names.get(c.segment)
+        assert s.segment_since_ms == s.last_event_ms
+        assert c.change_id == change_id(u.user_id, trigger.event_id, None, c.segment)
+        assert c.user_id == u.user_id
+        assert c.event_time_ms == trigger.ts_ms
+        assert c.emitted_at_ms == EMITTED
+        assert c.model_version == 1
+        assert c.runner_up_segment == 1 - c.segment
+        assert c.distance_margin == d.margin >= 0
+        assert c.top_features == d.top_features
+        assert c.features == {k: u.features[k] for k in MESSAGE_FEATURES}
+        assert s.last_change == {
+            "pos": f"{trigger.topic}:{trigger.partition}",
+            "offset": trigger.offset,
+            "value": c.to_json().decode(),
+        }
+        assert u.write is True and u.republish is None
+    # Buyers and browsers are told apart.
+    seg = {u.user_id: u.state.segment for u in r.updates}
+    assert seg["u3"] == seg["u5"] != seg["u4"] == seg["u6"]
+
+
+def test_replayed_batch_applies_nothing_and_decides_nothing(world) -> None:
+    shop, model, names = world
+    _, batch2, r2 = warm_up(shop, model, names)
+    states = {u.user_id: u.state for u in r2.updates}
+    snapshot = {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()}
+    centres = model.centres().copy()
+    updates = model.updates
+
+    r3 = run(batch2, states, model, names)
+
+    assert r3.replayed == sum(len(evs) for evs in batch2.values())
+    assert (r3.duplicates, r3.late, r3.applied) == (0, 0, Counter())
+    assert model.updates == updates
+    np.testing.assert_array_equal(model.centres(), centres)
+    assert {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()} == snapshot
+    # No new change, no state to write ...
+    assert all(u.change is None and u.decision is None for u in r3.updates)
+    assert not [u for u in r3.updates if u.write]
+    # ... only the changes whose commit is in doubt, republished byte for byte.
+    first = {u.user_id: u.change for u in r2.updates}
+    assert [u.user_id for u in r3.updates] == ["u3", "u4", "u5", "u6"]
+    for u in r3.updates:
+        c = first[u.user_id]
+        assert c is not None
+        assert u.republish == c.to_json()
+        assert u.republish_segment == c.segment
+        assert u.previous_segment is None
+
+
+def test_replay_of_events_other_than_the_trigger_publishes_nothing(world) -> None:
+    shop, model, names = world
+    _, batch2, r2 = warm_up(shop, model, names)
+    states = {u.user_id: u.state for u in r2.updates}
+    without_trigger = {uid: evs[:-1] for uid, evs in batch2.items()}
+    r = run(without_trigger, states, model, names)
+    assert r.updates == []
+    assert r.replayed == sum(len(evs) for evs in without_trigger.values())
+
+
+def test_duplicates_by_event_id_are_counted_and_written_without_learning(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    # u1's first two events (ids u1-e1, u1-e2) delivered again at new offsets.
+    again = [shop.ev("u1", "view", T, event_id="u1-e1"), shop.ev("u1", "view", T, event_id="u1-e2")]
+    updates = model.updates
+    r = run({"u1": again}, states, model, names)
+    assert (r.duplicates, r.replayed, r.late) == (2, 0, 0)
+    assert model.updates == updates
+    (u,) = r.updates
+    assert u.change is None and u.decision is None and u.write
+    assert u.state.offsets["shop.clicks:0"] == again[-1].offset
+    assert u.features == compute_features(states["u1"])  # type: ignore[arg-type]
+
+
+def test_late_only_users_are_written_without_learning(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    updates = model.updates
+    r = run({"u2": [shop.ev("u2", "click", T - 45 * DAY_MS)]}, states, model, names)
+    assert r.late == 1
+    assert model.updates == updates
+    (u,) = r.updates
+    assert u.change is None and u.write
+
+
+def test_learning_is_once_per_user_and_after_deciding(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    batch = {
+        "u1": [shop.ev("u1", "purchase", T + i * MINUTE_MS, amount=90.0) for i in range(5)],
+        "u2": [shop.ev("u2", "view", T + i * MINUTE_MS) for i in range(3)],
+    }
+    before = model.centres().copy()
+    updates = model.updates
+    r = run(batch, states, model, names)
+    assert model.updates == updates + 2  # two users, eight events
+    assert sum(r.applied.values()) == 8
+    # Decisions used the centres from before the batch's learning.
+    raws = np.stack([to_vector(u.features) for u in r.updates])
+    zs = model.scale(raws)
+    for u, z in zip(r.updates, zs, strict=True):
+        assert u.decision is not None
+        assert u.decision.segment == int(np.argmin(np.linalg.norm(before - z, axis=1)))
+        assert u.previous_segment is None  # they arrived before the warm start
+        assert u.change is not None and u.change.previous_segment is None
+    # Then each user moved its nearest centre once, in order (River's update).
+    expected = before.copy()
+    for z in zs:
+        j = int(np.argmin(np.linalg.norm(expected - z, axis=1)))
+        expected[j] += model.halflife * (z - expected[j])
+    np.testing.assert_allclose(model.centres(), expected, rtol=1e-12)
+
+
+def test_a_user_with_a_segment_keeps_it_under_hysteresis(world) -> None:
+    shop, model, names = world
+    _, _, r2 = warm_up(shop, model, names)
+    states = {u.user_id: u.state for u in r2.updates}
+    seg = states["u3"].segment
+    r = run({"u3": [shop.ev("u3", "view", T + MINUTE_MS)]}, states, model, names)
+    (u,) = r.updates
+    assert u.previous_segment == seg
+    assert u.decision is not None and not u.decision.changed
+    assert u.change is None
+    assert u.state.segment == seg
+    assert u.state.segment_name == names.get(seg)  # type: ignore[arg-type]
+    assert u.state.last_change == states["u3"].last_change
+
+
+def test_input_states_are_not_mutated(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    snapshot = {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()}
+    run({"u1": [shop.ev("u1", "purchase", T + HOUR_MS)]}, states, model, names)
+    assert {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()} == snapshot
+
+
+def test_empty_batch() -> None:
+    model = small_model()
+    r = run({}, {}, model, SegmentNames())
+    assert r.updates == [] and model.updates == 0
+
+
+def test_segment_names_fall_back_and_refresh() -> None:
+    names = SegmentNames()
+    assert names.get(3) == "segment_3"
+    model = small_model()
+    names.refresh(model)  # not ready: nothing to name
+    assert names.names == {}
+    for v in np.random.default_rng(0).normal(size=(4, 9)):
+        model.observe(v)
+    names.refresh(model)
+    assert set(names.names) == {0, 1}
+    assert all(isinstance(n, str) and n for n in names.names.values())
+
+
+def test_users_seen_before_warmup_are_remembered(world) -> None:
+    shop, model, names = world
+    warm_up(shop, model, names)
+    # u1 and u2 arrived before the warm start; u3..u6 were decided in the batch that
+    # completed it.
+    assert model.unassigned == ["u1", "u2"]
+
+
+def test_reassess_gives_a_first_segment_without_learning(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    snapshot = {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()}
+    centres = model.centres().copy()
+    updates = model.updates
+    r = process_batch(
+        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1", "u2", "nobody"]
+    )
+    assert model.updates == updates
+    np.testing.assert_array_equal(model.centres(), centres)
+    assert {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()} == snapshot
+    assert [u.user_id for u in r.updates] == ["u1", "u2"]
+    for u in r.updates:
+        c, s = u.change, u.state
+        assert c is not None and u.decision is not None
+        last = states[u.user_id].last_event_ms  # type: ignore[union-attr]
+        assert c.previous_segment is None
+        assert s.segment == c.segment
+        assert c.change_id == change_id(u.user_id, f"assign:{last}", None, c.segment)
+        assert c.event_time_ms == last
+        assert s.last_change == {"pos": "assign", "offset": -1, "value": c.to_json().decode()}
+    # Reassessed again (its commit in doubt), the assignment is republished as it was.
+    assigned = {u.user_id: u.state for u in r.updates}
+    again = process_batch(
+        {}, assigned, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1", "u2"]
+    )
+    first = {u.user_id: u.change for u in r.updates}
+    assert [(u.user_id, u.write, u.change) for u in again.updates] == [
+        ("u1", False, None),
+        ("u2", False, None),
+    ]
+    for u in again.updates:
+        c = first[u.user_id]
+        assert c is not None
+        assert u.republish == c.to_json()
+        assert u.republish_segment == c.segment
+
+
+def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    updates = model.updates
+    batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
+    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"])
+    assert [u.user_id for u in r.updates] == ["u1"]
+    assert model.updates == updates + 1  # learned once, from its events
+    (u,) = r.updates
+    assert u.change is not None
+    assert u.state.last_change is not None and u.state.last_change["pos"] == "shop.clicks:0"

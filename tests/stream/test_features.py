@@ -1,0 +1,480 @@
+"""Per-user features: event-time windows exact to their grain, de-duplication, replays,
+late events, and the state's serialisation."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.events import Event
+from stream.features import (
+    DAY_MS,
+    HOUR_MS,
+    MAX_CATEGORIES,
+    MINUTE_MS,
+    RETENTION_MS,
+    UserState,
+    apply_events,
+    compute_features,
+    event_key,
+)
+
+# An instant aligned to a day, so grain offsets below are easy to read.
+DAY0 = 19_700 * DAY_MS  # 2023-12-09T00:00:00Z
+NOW = DAY0 + 10 * HOUR_MS + 30 * MINUTE_MS + 30_000  # 10:30:30 that day
+
+
+class Feed:
+    """Builds events with increasing offsets, as Kafka would deliver them."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self.n = 0
+
+    def __call__(self, etype: str, ts: int, **kw: Any) -> Event:
+        self.n += 1
+        self.offset += 1
+        kw.setdefault("event_id", f"e{self.n}")
+        topic = "shop.purchases" if etype == "purchase" else "shop.clicks"
+        if etype == "purchase":
+            kw.setdefault("amount", 10.0)
+        return Event(
+            user_id="u1", type=etype, ts_ms=ts, topic=topic, partition=0, offset=self.offset, **kw
+        )
+
+
+def features_of(events: list[Event]) -> dict[str, float | None]:
+    return compute_features(apply_events(None, events).state)
+
+
+@pytest.mark.parametrize(
+    ("window", "age_ms", "expected"),
+    [
+        ("1h", 59 * MINUTE_MS, 1.0),
+        ("1h", 61 * MINUTE_MS, 0.0),
+        ("1h", 60 * MINUTE_MS + 30_000, 0.0),
+        ("24h", 23 * HOUR_MS, 1.0),
+        ("24h", 25 * HOUR_MS, 0.0),
+        ("7d", 6 * DAY_MS, 1.0),
+        ("7d", 8 * DAY_MS, 0.0),
+        ("30d", 29 * DAY_MS, 1.0),
+        ("30d", 31 * DAY_MS, 0.0),
+    ],
+)
+def test_window_edges(window: str, age_ms: int, expected: float) -> None:
+    feed = Feed()
+    # The old view first (in order, so it is not late), then the latest event.
+    f = features_of([feed("view", NOW - age_ms), feed("search", NOW)])
+    assert f[f"views_{window}"] == expected
+    assert f[f"searches_{window}"] == 1.0
+    assert f[f"events_{window}"] == 1.0 + expected
+
+
+@pytest.mark.parametrize(
+    ("window", "inside", "outside"),
+    [
+        # NOW is 30 s into its minute: the 1 h window starts 59 min 30 s before NOW.
+        ("1h", 59 * MINUTE_MS + 30_000, 59 * MINUTE_MS + 31_000),
+        # NOW is 30 min 30 s into its hour: the 24 h window starts 23 h 30 min 30 s before.
+        ("24h", 23 * HOUR_MS + 30 * MINUTE_MS + 30_000, 23 * HOUR_MS + 30 * MINUTE_MS + 31_000),
+        # NOW is 10:30:30 into its day: the 7 d window starts 6 d 10:30:30 before.
+        ("7d", 6 * DAY_MS + NOW - DAY0, 6 * DAY_MS + NOW - DAY0 + 1),
+        ("30d", 29 * DAY_MS + NOW - DAY0, 29 * DAY_MS + NOW - DAY0 + 1),
+    ],
+)
+def test_windows_are_exact_to_their_grain(window: str, inside: int, outside: int) -> None:
+    feed = Feed()
+    f = features_of([feed("click", NOW - inside), feed("click", NOW - outside), feed("view", NOW)])
+    assert f[f"clicks_{window}"] == 1.0
+
+
+def test_counts_per_type_in_every_window() -> None:
+    feed = Feed()
+    evs = [
+        feed("view", NOW - 20 * DAY_MS),
+        feed("view", NOW - 3 * DAY_MS),
+        feed("click", NOW - 5 * HOUR_MS),
+        feed("add_to_cart", NOW - 30 * MINUTE_MS),
+        feed("remove_from_cart", NOW - 20 * MINUTE_MS),
+        feed("search", NOW - 10 * MINUTE_MS),
+        feed("view", NOW),
+    ]
+    f = features_of(evs)
+    assert (f["views_1h"], f["views_24h"], f["views_7d"], f["views_30d"]) == (1, 1, 2, 3)
+    assert (f["clicks_1h"], f["clicks_24h"], f["clicks_7d"]) == (0, 1, 1)
+    assert (f["add_to_cart_1h"], f["remove_from_cart_1h"], f["searches_1h"]) == (1, 1, 1)
+    assert (f["events_1h"], f["events_24h"], f["events_7d"], f["events_30d"]) == (4, 5, 6, 7)
+    assert f["purchases_30d"] == 0.0
+
+
+def test_spend_order_value_and_recency() -> None:
+    feed = Feed()
+    evs = [
+        feed("purchase", NOW - 40 * DAY_MS, amount=100.0),  # lifetime only
+        feed("purchase", NOW - 29 * DAY_MS, amount=40.0),
+        feed("purchase", NOW - 10 * DAY_MS, amount=30.25),
+        feed("purchase", NOW - 6 * DAY_MS, amount=20.5),
+        feed("purchase", NOW - 36 * HOUR_MS, amount=10.0),
+        feed("view", NOW),
+    ]
+    f = features_of(evs)
+    assert f["spend_7d"] == 30.5
+    assert f["spend_30d"] == 100.75
+    assert f["purchases_7d"] == 2.0
+    assert f["purchases_30d"] == 4.0
+    assert f["avg_order_value"] == round(200.75 / 5, 2) == 40.15
+    assert f["days_since_last_purchase"] == 1.5
+    assert f["tenure_days"] == 40.0
+
+
+def test_spend_is_rounded_to_cents() -> None:
+    feed = Feed()
+    f = features_of([feed("purchase", NOW, amount=0.1), feed("purchase", NOW, amount=0.2)])
+    assert f["spend_30d"] == 0.3
+    assert f["avg_order_value"] == 0.15
+
+
+def test_no_purchase() -> None:
+    feed = Feed()
+    f = features_of([feed("view", NOW - HOUR_MS), feed("add_to_cart", NOW)])
+    assert f["days_since_last_purchase"] is None
+    assert f["avg_order_value"] == 0.0
+    assert f["spend_30d"] == 0.0
+    assert f["conversion_rate_30d"] == 0.0
+    assert f["cart_abandonment_30d"] == 1.0
+
+
+def test_recency_uses_the_latest_purchase_even_if_it_arrives_first() -> None:
+    feed = Feed()
+    evs = [
+        feed("purchase", NOW - DAY_MS),
+        feed("purchase", NOW - 5 * DAY_MS),
+        feed("view", NOW),
+    ]
+    assert features_of(evs)["days_since_last_purchase"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("views", "adds", "purchases", "conversion", "abandonment"),
+    [
+        (10, 4, 3, 0.3, 0.25),
+        (4, 4, 1, 0.25, 0.75),
+        (1, 2, 3, 1.0, 0.0),  # conversion capped at 1, abandonment floored at 0
+        (0, 0, 2, 1.0, 0.0),  # bought without views
+        (0, 0, 0, 0.0, 0.0),
+        (5, 0, 0, 0.0, 0.0),
+        (0, 3, 0, 0.0, 1.0),
+    ],
+)
+def test_conversion_and_cart_abandonment(
+    views: int, adds: int, purchases: int, conversion: float, abandonment: float
+) -> None:
+    feed = Feed()
+    evs = [feed("view", NOW - i * MINUTE_MS) for i in range(views)]
+    evs += [feed("add_to_cart", NOW - i * MINUTE_MS) for i in range(adds)]
+    evs += [feed("purchase", NOW - i * MINUTE_MS) for i in range(purchases)]
+    evs.append(feed("search", NOW))
+    f = features_of(evs)
+    assert f["conversion_rate_30d"] == pytest.approx(conversion)
+    assert f["cart_abandonment_30d"] == pytest.approx(abandonment)
+
+
+def test_conversion_counts_only_the_30_day_window() -> None:
+    feed = Feed()
+    evs = [feed("purchase", NOW - 35 * DAY_MS)]  # outside the window
+    evs += [feed("view", NOW - i * HOUR_MS) for i in range(4)]
+    evs.append(feed("purchase", NOW))
+    assert features_of(evs)["conversion_rate_30d"] == 0.25
+
+
+def test_category_diversity() -> None:
+    feed = Feed()
+    evs = [
+        feed("view", NOW - 40 * DAY_MS, category="old"),  # older than 30 days
+        feed("view", NOW - 3 * DAY_MS, category="books"),
+        feed("view", NOW - 2 * DAY_MS, category="books"),
+        feed("click", NOW - DAY_MS, category="toys"),
+        feed("purchase", NOW - HOUR_MS, category="garden"),
+        feed("view", NOW, category=""),  # empty category is no category
+        feed("view", NOW),
+    ]
+    r = apply_events(None, evs)
+    assert compute_features(r.state)["category_diversity_30d"] == 3.0
+    assert r.state.categories == {
+        "books": NOW - 2 * DAY_MS,
+        "toys": NOW - DAY_MS,
+        "garden": NOW - HOUR_MS,
+    }
+
+
+def test_category_keeps_its_latest_time_when_an_older_event_arrives_later() -> None:
+    feed = Feed()
+    first = apply_events(None, [feed("view", NOW, category="books")]).state
+    r = apply_events(first, [feed("view", NOW - 29 * DAY_MS, category="books")])
+    assert len(r.applied) == 1
+    assert r.state.categories == {"books": NOW}
+    # Later, 31 days on, "books" still counts from its latest sighting, not the older one.
+    later = apply_events(r.state, [feed("view", NOW + 2 * DAY_MS)]).state
+    assert compute_features(later)["category_diversity_30d"] == 1.0
+
+
+def test_category_diversity_is_bounded_and_keeps_the_newest() -> None:
+    feed = Feed()
+    n = MAX_CATEGORIES + 8
+    evs = [feed("view", NOW - (n - i) * MINUTE_MS, category=f"c{i}") for i in range(n)]
+    random.Random(7).shuffle(evs)
+    evs = [Event(**{**_fields(e), "offset": k}) for k, e in enumerate(evs, 1)]
+    r = apply_events(None, evs)
+    assert MAX_CATEGORIES == 32
+    assert compute_features(r.state)["category_diversity_30d"] == 32.0
+    assert set(r.state.categories) == {f"c{i}" for i in range(8, n)}
+
+
+def _fields(e: Event) -> dict[str, Any]:
+    return {name: getattr(e, name) for name in Event.__slots__}
+
+
+def test_out_of_order_events_land_in_their_buckets() -> None:
+    feed = Feed()
+    late_view = NOW - 3 * HOUR_MS - 5 * MINUTE_MS
+    evs = [
+        feed("view", NOW),
+        feed("purchase", NOW - 2 * DAY_MS, amount=7.0),
+        feed("view", late_view),
+        feed("click", NOW - 10 * MINUTE_MS),
+    ]
+    r = apply_events(None, evs)
+    s = r.state
+    assert len(r.applied) == 4 and r.late == 0
+    assert s.first_seen_ms == NOW - 2 * DAY_MS
+    assert s.last_event_ms == NOW
+    # Minute buckets older than the 1 h window are pruned; hour and day buckets kept.
+    assert set(s.minutes) == {NOW // MINUTE_MS, (NOW - 10 * MINUTE_MS) // MINUTE_MS}
+    assert s.hours[late_view // HOUR_MS][0] == 1.0
+    assert s.days[(NOW - 2 * DAY_MS) // DAY_MS][4:] == [1.0, 0.0, 7.0]
+    assert s.days[NOW // DAY_MS][:2] == [2.0, 1.0]
+    f = compute_features(s)
+    assert (f["views_1h"], f["views_24h"], f["clicks_1h"], f["spend_7d"]) == (1, 2, 1, 7.0)
+
+
+def _random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    types = ("view", "view", "view", "click", "add_to_cart", "remove_from_cart", "search")
+    specs: list[dict[str, Any]] = [{"etype": "view", "ts": NOW, "category": "latest"}]
+    for _ in range(n):
+        age = rng.choice((rng.randrange(HOUR_MS), rng.randrange(2 * DAY_MS)))
+        age = rng.choice((age, rng.randrange(RETENTION_MS - DAY_MS)))
+        spec: dict[str, Any] = {"etype": rng.choice(types), "ts": NOW - age}
+        if rng.random() < 0.15:
+            spec["etype"] = "purchase"
+            spec["amount"] = round(rng.uniform(1, 300), 2)
+        if rng.random() < 0.5:
+            spec["category"] = f"cat{rng.randrange(40)}"
+        specs.append(spec)
+    return specs
+
+
+def _feed(specs: list[dict[str, Any]]) -> list[Event]:
+    feed = Feed()
+    return [
+        feed(s["etype"], s["ts"], **{k: v for k, v in s.items() if k not in ("etype", "ts")})
+        for s in specs
+    ]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_shuffle_within_the_window_gives_the_same_features(seed: int) -> None:
+    rng = random.Random(seed)
+    specs = _random_events(rng, 80)
+    # Give every event a distinct time, so "newest category" has no ties.
+    for i, s in enumerate(specs):
+        s["ts"] -= i
+    in_order = sorted(specs, key=lambda s: s["ts"])
+    shuffled = list(specs)
+    rng.shuffle(shuffled)
+    expected = features_of(_feed(in_order))
+    assert features_of(_feed(shuffled)) == expected
+    # Split into several batches, threading the state through, gives the same too.
+    events = _feed(shuffled)
+    state: UserState | None = None
+    for lo in range(0, len(events), 17):
+        state = apply_events(state, events[lo : lo + 17]).state
+    assert state is not None
+    assert compute_features(state) == expected
+
+
+def test_late_events_are_counted_and_ignored() -> None:
+    feed = Feed()
+    first = apply_events(None, [feed("view", NOW, category="a")]).state
+    before = compute_features(first)
+    late = [
+        feed("purchase", NOW - RETENTION_MS, amount=99.0),  # exactly 30 days: late
+        feed("view", NOW - RETENTION_MS - 1, category="z"),
+        feed("click", NOW - 60 * DAY_MS),
+    ]
+    r = apply_events(first, late)
+    assert (r.late, r.duplicates, r.replayed, r.applied) == (3, 0, 0, ())
+    assert compute_features(r.state) == before
+    assert r.state.lifetime == first.lifetime
+    assert r.state.last_purchase_ms is None
+    assert r.state.first_seen_ms == NOW
+    # Their offsets are recorded, so a replay of them is skipped without counting as late.
+    assert r.state.offsets == {"shop.clicks:0": 4, "shop.purchases:0": 2}
+    again = apply_events(r.state, late)
+    assert (again.late, again.replayed) == (0, 3)
+
+
+def test_an_event_just_inside_retention_is_applied() -> None:
+    feed = Feed()
+    first = apply_events(None, [feed("view", NOW)]).state
+    r = apply_events(first, [feed("purchase", NOW - RETENTION_MS + 1, amount=5.0)])
+    assert r.late == 0
+    assert len(r.applied) == 1
+    assert r.state.lifetime[4:] == [1.0, 0.0, 5.0]
+
+
+def test_duplicates_by_event_id_are_counted_and_skipped() -> None:
+    feed = Feed()
+    evs = [
+        feed("purchase", NOW, event_id="p1", amount=20.0),
+        feed("purchase", NOW, event_id="p1", amount=20.0),  # redelivered at a new offset
+        feed("view", NOW, event_id="v1"),
+    ]
+    r = apply_events(None, evs)
+    assert (r.duplicates, r.replayed, r.late) == (1, 0, 0)
+    assert [e.event_id for e in r.applied] == ["p1", "v1"]
+    assert r.state.lifetime[4] == 1.0
+    assert compute_features(r.state)["spend_30d"] == 20.0
+    # Also across batches, through the state's ring.
+    r2 = apply_events(r.state, [feed("view", NOW, event_id="v1")])
+    assert (r2.duplicates, r2.applied) == (1, ())
+    assert r2.state.offsets["shop.clicks:0"] == 4  # the offset still moves
+
+
+def test_replays_by_offset_are_counted_and_not_applied() -> None:
+    feed = Feed()
+    evs = [feed("view", NOW - MINUTE_MS), feed("purchase", NOW), feed("click", NOW)]
+    first = apply_events(None, evs)
+    assert first.state.offsets == {"shop.clicks:0": 3, "shop.purchases:0": 2}
+    again = apply_events(first.state, evs)
+    assert (again.replayed, again.duplicates, again.late, again.applied) == (3, 0, 0, ())
+    assert again.state == first.state
+
+
+def test_replay_detection_is_per_topic_partition() -> None:
+    base = Event("a", "u1", "view", NOW, "shop.clicks", 0, 10)
+    state = apply_events(None, [base]).state
+    same_offset_other_partition = Event("b", "u1", "view", NOW, "shop.clicks", 1, 10)
+    same_offset_other_topic = Event("c", "u1", "purchase", NOW, "shop.purchases", 0, 10, amount=1.0)
+    lower_offset = Event("d", "u1", "view", NOW, "shop.clicks", 0, 9)
+    r = apply_events(state, [same_offset_other_partition, same_offset_other_topic, lower_offset])
+    assert r.replayed == 1
+    assert [e.event_id for e in r.applied] == ["b", "c"]
+    assert r.state.offsets == {"shop.clicks:0": 10, "shop.clicks:1": 10, "shop.purchases:0": 10}
+
+
+def test_dedupe_ring_is_bounded_by_the_window() -> None:
+    feed = Feed()
+    evs = [feed("view", NOW, event_id=f"x{i}") for i in range(6)]
+    r = apply_events(None, evs, dedupe_window=4)
+    assert r.state.recent_events == [event_key(f"x{i}") for i in range(2, 6)]
+    # x0 fell out of the ring: a redelivery is applied again; x5 is still remembered.
+    r2 = apply_events(
+        r.state,
+        [feed("view", NOW, event_id="x0"), feed("view", NOW, event_id="x5")],
+        dedupe_window=4,
+    )
+    assert [e.event_id for e in r2.applied] == ["x0"]
+    assert r2.duplicates == 1
+    assert len(r2.state.recent_events) == 4
+    assert r2.state.recent_events[-1] == event_key("x0")
+
+
+def test_dedupe_within_one_batch_is_not_limited_by_the_window() -> None:
+    feed = Feed()
+    evs = [feed("view", NOW, event_id=f"x{i}") for i in range(6)]
+    evs.append(feed("view", NOW, event_id="x0"))
+    r = apply_events(None, evs, dedupe_window=2)
+    assert r.duplicates == 1
+    assert len(r.applied) == 6
+    assert len(r.state.recent_events) == 2
+
+
+def test_event_key_is_a_stable_63_bit_digest() -> None:
+    import hashlib
+
+    digest = hashlib.blake2b(b"evt-42", digest_size=8).digest()
+    assert event_key("evt-42") == int.from_bytes(digest) >> 1
+    assert 0 <= event_key("evt-42") < 2**63
+    assert event_key("evt-42") != event_key("evt-43")
+
+
+def _rich_state() -> UserState:
+    feed = Feed()
+    evs = [
+        feed("view", NOW - 3 * DAY_MS, category="books"),
+        feed("purchase", NOW - DAY_MS, amount=12.34, category="toys"),
+        feed("add_to_cart", NOW - 5 * MINUTE_MS),
+        feed("view", NOW),
+    ]
+    s = apply_events(None, evs).state
+    s.segment, s.segment_name, s.segment_since_ms = 3, "high_value", NOW - HOUR_MS
+    s.last_change = {"pos": "shop.purchases:0", "offset": 2, "value": '{"segment":3}'}
+    return s
+
+
+def test_state_round_trips_through_orjson() -> None:
+    s = _rich_state()
+    blob = orjson.dumps(s.to_dict())
+    back = UserState.from_dict(orjson.loads(blob))
+    assert back == s
+    assert compute_features(back) == compute_features(s)
+    assert all(isinstance(k, int) for k in back.minutes)
+    assert orjson.dumps(back.to_dict()) == blob
+
+
+def test_empty_state_round_trips() -> None:
+    s = UserState()
+    back = UserState.from_dict(orjson.loads(orjson.dumps(s.to_dict())))
+    assert back == s
+    assert back.segment is None and back.last_purchase_ms is None
+
+
+def test_state_dict_layout() -> None:
+    s = _rich_state()
+    d = s.to_dict()
+    assert set(d) == {"f", "l", "m", "h", "d", "t", "p", "c", "r", "o", "s", "sn", "ss", "lc"}
+    assert d["l"] == NOW and d["p"] == NOW - DAY_MS
+    assert [NOW // DAY_MS, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0] in d["d"]  # view, add_to_cart
+
+
+def test_apply_events_does_not_mutate_its_input() -> None:
+    s = _rich_state()
+    snapshot = orjson.dumps(s.to_dict())
+    feed = Feed()
+    feed.offset, feed.n = 100, 100
+    evs = [
+        feed("purchase", NOW + DAY_MS, amount=50.0, category="new"),
+        feed("view", NOW + DAY_MS, event_id="e1"),  # a duplicate of one in s's ring
+    ]
+    r = apply_events(s, evs)
+    assert r.state is not s
+    assert len(r.applied) == 1
+    assert orjson.dumps(s.to_dict()) == snapshot
+    # A state from replayed events only is still a copy.
+    r2 = apply_events(s, [])
+    assert r2.state is not s and r2.state == s
+
+
+def test_apply_result_counts_are_consistent() -> None:
+    feed = Feed()
+    first = apply_events(None, [feed("view", NOW, event_id="d")]).state
+    evs = [
+        feed("view", NOW, event_id="d"),  # duplicate
+        feed("view", NOW - 31 * DAY_MS),  # late
+        feed("click", NOW - HOUR_MS),  # applied
+    ]
+    r = apply_events(first, evs + evs[:1])  # last one replayed by offset
+    assert (len(r.applied), r.duplicates, r.late, r.replayed) == (1, 1, 1, 1)

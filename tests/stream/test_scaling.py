@@ -1,0 +1,140 @@
+"""Online scaling: Welford statistics against numpy, and the human <-> model-space maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stream.scaling import DAYS_CAP, LOG_FEATURES, MODEL_FEATURES, OnlineScaler, to_human, to_vector
+
+HUMAN: dict[str, float | None] = {
+    "events_30d": 41.0,
+    "purchases_30d": 6.0,
+    "spend_30d": 912.4,
+    "days_since_last_purchase": 2.5,
+    "avg_order_value": 152.07,
+    "conversion_rate_30d": 0.4,
+    "cart_abandonment_30d": 0.25,
+    "category_diversity_30d": 7.0,
+    "tenure_days": 33.125,
+}
+
+
+def test_model_features() -> None:
+    assert MODEL_FEATURES == (
+        "events_30d",
+        "purchases_30d",
+        "spend_30d",
+        "days_since_last_purchase",
+        "avg_order_value",
+        "conversion_rate_30d",
+        "cart_abandonment_30d",
+        "category_diversity_30d",
+        "tenure_days",
+    )
+    assert set(MODEL_FEATURES) - LOG_FEATURES == {"conversion_rate_30d", "cart_abandonment_30d"}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scaler_matches_numpy(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = rng.normal(loc=[0.0, 100.0, -5.0], scale=[1.0, 30.0, 0.01], size=(500, 3))
+    s = OnlineScaler.empty(3)
+    for row in data:
+        s.learn(row)
+    assert s.count == 500
+    np.testing.assert_allclose(s.mean, data.mean(axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s.std, data.std(axis=0), rtol=1e-10)
+    z = s.transform(data)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(z.std(axis=0), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(s.inverse(z), data, rtol=1e-12, atol=1e-9)
+
+
+def test_scaler_before_two_observations_uses_unit_std() -> None:
+    s = OnlineScaler.empty(2)
+    np.testing.assert_array_equal(s.std, [1.0, 1.0])
+    s.learn(np.array([3.0, -2.0]))
+    np.testing.assert_array_equal(s.mean, [3.0, -2.0])
+    np.testing.assert_array_equal(s.std, [1.0, 1.0])
+    np.testing.assert_array_equal(s.transform(np.array([4.0, 0.0])), [1.0, 2.0])
+
+
+def test_constant_dimension_is_floored() -> None:
+    s = OnlineScaler.empty(2)
+    for x in ([1.0, 5.0], [3.0, 5.0], [5.0, 5.0]):
+        s.learn(np.array(x))
+    assert s.std[1] == pytest.approx(1e-3)  # sqrt of the 1e-6 variance floor
+    assert s.std[0] == pytest.approx(math.sqrt(8 / 3))
+    assert np.all(np.isfinite(s.transform(np.array([0.0, 6.0]))))
+    assert s.transform(np.array([0.0, 5.001]))[1] == pytest.approx(1.0)
+
+
+def test_scaler_round_trips_as_plain_values() -> None:
+    s = OnlineScaler.empty(3)
+    for x in np.random.default_rng(5).normal(size=(10, 3)):
+        s.learn(x)
+    d = s.to_dict()
+    assert d["count"] == 10 and isinstance(d["mean"], list)
+    back = OnlineScaler.from_dict(d)
+    assert back.count == 10
+    np.testing.assert_array_equal(back.mean, s.mean)
+    np.testing.assert_array_equal(back.m2, s.m2)
+    np.testing.assert_array_equal(back.std, s.std)
+
+
+def test_to_vector_values() -> None:
+    v = to_vector(HUMAN)
+    assert v.shape == (len(MODEL_FEATURES),)
+    expected = [
+        math.log1p(41.0),
+        math.log1p(6.0),
+        math.log1p(912.4),
+        math.log1p(2.5),
+        math.log1p(152.07),
+        0.4,
+        0.25,
+        math.log1p(7.0),
+        math.log1p(33.125),
+    ]
+    np.testing.assert_allclose(v, expected, rtol=1e-15)
+
+
+def test_to_human_inverts_to_vector() -> None:
+    expected = {k: round(v, 3) for k, v in HUMAN.items() if v is not None}
+    assert to_human(to_vector(HUMAN)) == expected
+
+
+def test_none_recency_is_the_cap() -> None:
+    never = to_vector({**HUMAN, "days_since_last_purchase": None})
+    assert DAYS_CAP == 60.0
+    assert never[3] == pytest.approx(math.log1p(60.0))
+    assert to_human(never)["days_since_last_purchase"] == 60.0
+
+
+def test_days_are_capped() -> None:
+    v = to_vector({**HUMAN, "days_since_last_purchase": 400.0, "tenure_days": 90.0})
+    assert v[3] == pytest.approx(math.log1p(60.0))
+    assert v[8] == pytest.approx(math.log1p(60.0))
+    # Only recency and tenure are capped.
+    assert to_vector({**HUMAN, "events_30d": 400.0})[0] == pytest.approx(math.log1p(400.0))
+
+
+def test_missing_and_none_features_are_zero() -> None:
+    v = to_vector({"tenure_days": None})
+    assert v[8] == pytest.approx(math.log1p(60.0))  # tenure None is capped like recency
+    np.testing.assert_array_equal(v[[0, 1, 2, 4, 5, 6, 7]], 0.0)
+    assert v[3] == pytest.approx(math.log1p(60.0))
+
+
+def test_to_human_clips_impossible_values() -> None:
+    v = np.array([-1.0, -0.5, 0.0, 1.0, 2.0, -0.3, 1.7, 0.5, 3.0])
+    h = to_human(v)
+    assert h["events_30d"] == 0.0 and h["purchases_30d"] == 0.0
+    assert h["conversion_rate_30d"] == 0.0
+    assert h["cart_abandonment_30d"] == 1.0
+    assert h["days_since_last_purchase"] == round(math.e - 1, 3)
+    assert h["tenure_days"] == round(math.expm1(3.0), 3)
+    assert v[0] == -1.0  # the input is not modified

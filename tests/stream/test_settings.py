@@ -1,0 +1,324 @@
+"""load_settings: defaults, file and environment, and errors that name the key."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from stream.errors import ConfigError
+from stream.settings import Settings, load_settings
+
+DEFAULTS = {
+    "kafka_bootstrap": "127.0.0.1:9092",
+    "group_id": "segmenter",
+    "clicks_topic": "shop.clicks",
+    "purchases_topic": "shop.purchases",
+    "changes_topic": "segments.changes",
+    "current_topic": "segments.current",
+    "deadletter_topic": "segments.deadletter",
+    "create_output_topics": True,
+    "transactional": True,
+    "instance_id": "",
+    "kafka_sasl_password": "",
+    "redis_url": "redis://127.0.0.1:6379/0",
+    "redis_prefix": "seg:",
+    "batch_max_events": 5000,
+    "batch_timeout_s": 0.1,
+    "max_event_bytes": 65536,
+    "max_future_skew_s": 3600.0,
+    "min_event_year": 2000,
+    "dedupe_window": 32,
+    "n_clusters": 5,
+    "kmeans_halflife": 0.05,
+    "warmup_users": 200,
+    "seed": 42,
+    "hysteresis_margin": 0.15,
+    "checkpoint_interval_s": 30.0,
+    "catalogue_interval_s": 5.0,
+    "metrics_host": "0.0.0.0",
+    "metrics_port": 9400,
+    "log_level": "INFO",
+}
+
+
+def key_of(env: dict[str, str], text: str | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, text)
+    assert str(info.value).startswith(f"config {info.value.key}: ")
+    return info.value.key
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    described = s.describe()
+    assert {k: described[k] for k in DEFAULTS} == DEFAULTS
+    assert s == Settings()
+    assert dict(s.extra) == {}
+    assert {f.name for f in fields(Settings)} >= {*DEFAULTS, "extra"}
+    assert set(described) == {f.name for f in fields(Settings)} - {"extra"}
+
+
+def test_other_environment_variables_are_ignored() -> None:
+    s = load_settings({"PATH": "/bin", "SEGMENTER": "x", "segmenter_n_clusters": "9"})
+    assert s == Settings()
+
+
+def test_config_file_variable_is_not_a_setting() -> None:
+    assert load_settings({"SEGMENTER_CONFIG": "/etc/segmenter.toml"}) == Settings()
+
+
+def test_environment_values_of_every_type() -> None:
+    s = load_settings(
+        {
+            "SEGMENTER_GROUP_ID": "g2",
+            "SEGMENTER_N_CLUSTERS": " 7 ",
+            "SEGMENTER_KMEANS_HALFLIFE": "0.5",
+            "SEGMENTER_CREATE_OUTPUT_TOPICS": "no",
+            "SEGMENTER_BATCH_TIMEOUT_S": "2",
+            "SEGMENTER_LOG_LEVEL": "debug",
+        }
+    )
+    assert (s.group_id, s.n_clusters, s.kmeans_halflife) == ("g2", 7, 0.5)
+    assert s.create_output_topics is False
+    assert s.batch_timeout_s == 2.0 and isinstance(s.batch_timeout_s, float)
+    assert s.log_level == "debug"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        ("On", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
+def test_booleans(text: str, value: bool) -> None:
+    assert load_settings({"SEGMENTER_CREATE_OUTPUT_TOPICS": text}).create_output_topics is value
+
+
+def test_file_values() -> None:
+    text = """
+group_id = "from-file"
+n_clusters = 8
+kmeans_halflife = 1
+create_output_topics = false
+redis_url = "rediss://cache:6380/2"
+metrics_port = 0
+"""
+    s = load_settings({}, text)
+    assert (s.group_id, s.n_clusters, s.kmeans_halflife) == ("from-file", 8, 1.0)
+    assert s.create_output_topics is False
+    assert s.redis_url == "rediss://cache:6380/2"
+    assert s.metrics_port == 0
+
+
+def test_environment_overrides_the_file() -> None:
+    text = 'group_id = "from-file"\nn_clusters = 8\nseed = 1\n'
+    s = load_settings({"SEGMENTER_N_CLUSTERS": "3", "SEGMENTER_GROUP_ID": "from-env"}, text)
+    assert (s.group_id, s.n_clusters, s.seed) == ("from-env", 3, 1)
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("SEGMENTER_N_CLUSTERS", "six"),
+        ("SEGMENTER_N_CLUSTERS", "5.0"),
+        ("SEGMENTER_N_CLUSTERS", ""),
+        ("SEGMENTER_BATCH_TIMEOUT_S", "fast"),
+        ("SEGMENTER_CREATE_OUTPUT_TOPICS", "maybe"),
+        ("SEGMENTER_N_CLUSTERS", "1"),
+        ("SEGMENTER_N_CLUSTERS", "65"),
+        ("SEGMENTER_KMEANS_HALFLIFE", "0"),
+        ("SEGMENTER_KMEANS_HALFLIFE", "1.5"),
+        ("SEGMENTER_HYSTERESIS_MARGIN", "1"),
+        ("SEGMENTER_HYSTERESIS_MARGIN", "-0.1"),
+        ("SEGMENTER_METRICS_PORT", "65536"),
+        ("SEGMENTER_METRICS_PORT", "-1"),
+        ("SEGMENTER_REDIS_URL", "http://127.0.0.1:6379"),
+        ("SEGMENTER_REDIS_URL", "127.0.0.1:6379"),
+        ("SEGMENTER_LOG_LEVEL", "verbose"),
+        ("SEGMENTER_BATCH_MAX_EVENTS", "0"),
+        ("SEGMENTER_BATCH_TIMEOUT_S", "-0.5"),
+        ("SEGMENTER_MAX_EVENT_BYTES", "0"),
+        ("SEGMENTER_DEDUPE_WINDOW", "0"),
+        ("SEGMENTER_WARMUP_USERS", "-3"),
+        ("SEGMENTER_CHECKPOINT_INTERVAL_S", "0"),
+        ("SEGMENTER_CATALOGUE_INTERVAL_S", "0.0"),
+        ("SEGMENTER_PURCHASES_TOPIC", "shop.clicks"),
+    ],
+)
+def test_bad_environment_values_name_the_variable(var: str, value: str) -> None:
+    assert key_of({var: value}) == var
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('n_clusters = "six"', "n_clusters"),
+        ("n_clusters = 5.5", "n_clusters"),
+        ("n_clusters = true", "n_clusters"),
+        ("n_clusters = 1", "n_clusters"),
+        ("batch_timeout_s = false", "batch_timeout_s"),
+        ('batch_timeout_s = "soon"', "batch_timeout_s"),
+        ('create_output_topics = "sometimes"', "create_output_topics"),
+        ("create_output_topics = 2", "create_output_topics"),
+        ('group_id = ["a", "b"]', "group_id"),
+        ("group_id = { a = 1 }", "group_id"),
+        ("kmeans_halflife = 0", "kmeans_halflife"),
+        ("hysteresis_margin = 1.0", "hysteresis_margin"),
+        ("metrics_port = 70000", "metrics_port"),
+        ('redis_url = "tcp://x"', "redis_url"),
+        ('log_level = "trace"', "log_level"),
+        ("dedupe_window = 0", "dedupe_window"),
+        ('purchases_topic = "shop.clicks"', "purchases_topic"),
+    ],
+)
+def test_bad_file_values_name_the_key(line: str, key: str) -> None:
+    assert key_of({}, line + "\n") == key
+
+
+def test_a_validation_error_names_the_file_key_when_the_env_did_not_set_it() -> None:
+    assert key_of({"SEGMENTER_GROUP_ID": "g"}, "n_clusters = 100\n") == "n_clusters"
+
+
+def test_a_validation_error_names_the_env_var_when_it_overrode_the_file() -> None:
+    assert key_of({"SEGMENTER_N_CLUSTERS": "100"}, "n_clusters = 4\n") == "SEGMENTER_N_CLUSTERS"
+
+
+def test_message_says_what_was_wrong() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^config SEGMENTER_N_CLUSTERS: must be between 2 and 64"
+    ):
+        load_settings({"SEGMENTER_N_CLUSTERS": "99"})
+    with pytest.raises(ConfigError, match="expected an integer, got 'six'"):
+        load_settings({"SEGMENTER_N_CLUSTERS": "six"})
+
+
+def test_invalid_toml() -> None:
+    with pytest.raises(ConfigError, match="is not valid TOML") as info:
+        load_settings({}, "n_clusters = = 3")
+    assert info.value.key == "<settings file>"
+
+
+def test_unknown_environment_variable() -> None:
+    assert key_of({"SEGMENTER_N_CLUSTER": "5"}) == "SEGMENTER_N_CLUSTER"
+    assert key_of({"SEGMENTER_EXTRA": "x"}) == "SEGMENTER_EXTRA"
+    with pytest.raises(ConfigError, match="is not a known setting"):
+        load_settings({"SEGMENTER_FOO": "1"})
+
+
+def test_unknown_file_key() -> None:
+    assert key_of({}, "n_cluster = 5\n") == "n_cluster"
+    assert key_of({}, 'extra = "x"\n') == "extra"
+    assert key_of({}, 'kafka = "not a table"\n') == "kafka"
+    assert key_of({}, "[redis]\nurl = 'redis://x'\n") == "redis"
+
+
+def test_kafka_properties_pass_through() -> None:
+    text = """
+[kafka]
+"security.protocol" = "SSL"
+"sasl.mechanism" = "PLAIN"
+"socket.timeout.ms" = 1000
+"""
+    env = {
+        "SEGMENTER_KAFKA__SECURITY__PROTOCOL": "SASL_SSL",
+        "SEGMENTER_KAFKA__SASL__USERNAME": "svc",
+    }
+    s = load_settings(env, text)
+    assert dict(s.extra) == {
+        "security.protocol": "SASL_SSL",  # the environment wins
+        "sasl.mechanism": "PLAIN",
+        "socket.timeout.ms": "1000",
+        "sasl.username": "svc",
+    }
+    conf = s.kafka_client_config()
+    assert conf["bootstrap.servers"] == "127.0.0.1:9092"
+    assert conf["security.protocol"] == "SASL_SSL"
+    assert "sasl.password" not in conf
+
+
+def test_kafka_bootstrap_is_a_setting_not_a_property() -> None:
+    s = load_settings({"SEGMENTER_KAFKA_BOOTSTRAP": "k1:9092,k2:9092"})
+    assert s.kafka_bootstrap == "k1:9092,k2:9092"
+    assert dict(s.extra) == {}
+
+
+def test_sasl_password_goes_to_the_client_config() -> None:
+    s = load_settings({"SEGMENTER_KAFKA_SASL_PASSWORD": "s3cret"})
+    assert s.kafka_client_config()["sasl.password"] == "s3cret"
+
+
+def test_kafka_table_with_dotted_keys() -> None:
+    s = load_settings({}, '[kafka]\nsecurity.protocol = "SASL_SSL"\n')
+    assert dict(s.extra) == {"security.protocol": "SASL_SSL"}
+
+
+def test_describe_masks_secrets() -> None:
+    s = load_settings(
+        {
+            "SEGMENTER_KAFKA_SASL_PASSWORD": "s3cret",
+            "SEGMENTER_REDIS_URL": "redis://app:hunter2@cache:6379/0",
+        }
+    )
+    d = s.describe()
+    assert d["kafka_sasl_password"] == "***"
+    assert d["redis_url"] == "redis://app:***@cache:6379/0"
+    assert "s3cret" not in repr(d) and "hunter2" not in repr(d)
+    assert "extra" not in d
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("rediss://u:p@ss@cache:6380", "rediss://u:***@cache:6380"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("redis://user@cache:6379", "redis://user@cache:6379"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_describe_masks_the_redis_url_password(url: str, shown: str) -> None:
+    assert load_settings({"SEGMENTER_REDIS_URL": url}).describe()["redis_url"] == shown
+
+
+@pytest.mark.parametrize(
+    "url", ["unix:///run/redis.sock?db=0&password=hunter2", "redis://cache:6379/0?password=hunter2"]
+)
+def test_describe_masks_a_password_in_the_query(url: str) -> None:
+    assert "hunter2" not in load_settings({"SEGMENTER_REDIS_URL": url}).describe()["redis_url"]
+
+
+def test_empty_sasl_password_is_shown_empty() -> None:
+    assert load_settings({}).describe()["kafka_sasl_password"] == ""
+
+
+def test_replace_validates() -> None:
+    s = Settings()
+    assert s.replace(n_clusters=9).n_clusters == 9
+    with pytest.raises(ConfigError) as info:
+        s.replace(n_clusters=0)
+    assert info.value.key == "n_clusters"
+
+
+@pytest.mark.parametrize(
+    "var",
+    [
+        "SEGMENTER_BATCH_TIMEOUT_S",
+        "SEGMENTER_CHECKPOINT_INTERVAL_S",
+        "SEGMENTER_CATALOGUE_INTERVAL_S",
+        "SEGMENTER_MAX_FUTURE_SKEW_S",
+    ],
+)
+def test_nan_is_rejected(var: str) -> None:
+    assert key_of({var: "nan"}) == var
+
+
+def test_negative_future_skew_is_rejected() -> None:
+    assert key_of({"SEGMENTER_MAX_FUTURE_SKEW_S": "-60"}) == "SEGMENTER_MAX_FUTURE_SKEW_S"
