@@ -123,7 +123,7 @@ class Segmenter:
             max_future_skew_ms=int(settings.max_future_skew_s * 1000),
             min_ts_ms=int(time.mktime((settings.min_event_year, 1, 1, 0, 0, 0, 0, 0, 0)) * 1000),
         )
-        self.store = RedisStore(settings.redis_url, settings.redis_prefix)
+        self.store = RedisStore.from_settings(settings)
         self.model = SegmentModel(
             settings.n_clusters, settings.kmeans_halflife, settings.warmup_users, settings.seed
         )

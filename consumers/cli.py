@@ -152,7 +152,7 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 def print_segments(settings: Settings) -> int:
     from state.redis_store import RedisStore
 
-    store = RedisStore(settings.redis_url, settings.redis_prefix)
+    store = RedisStore.from_settings(settings)
     store.ping()
     catalogue = store.read_catalogue()
     if not catalogue:
@@ -186,7 +186,7 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from state.keys import STATE_FIELD
     from state.redis_store import RedisStore
 
-    store = RedisStore(settings.redis_url, settings.redis_prefix)
+    store = RedisStore.from_settings(settings)
     store.ping()
     user = store.read_user(args.user)
     if user is None:

@@ -8,12 +8,14 @@ already applied. Membership sets are updated in the same pipeline, after the has
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from state.keys import STATE_FIELD, Keys
 from stream.batch import UserUpdate
@@ -21,6 +23,7 @@ from stream.errors import ModelError, RedisError
 from stream.features import UserState
 from stream.messages import iso_ms
 from stream.naming import SegmentProfile
+from stream.settings import Settings
 
 
 def user_hash(
@@ -75,16 +78,30 @@ class WriteResult:
 class RedisStore:
     """The segmenter's Redis: user states, membership, catalogue, model checkpoint."""
 
-    def __init__(self, url: str, prefix: str = "seg:", socket_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "seg:",
+        socket_timeout: float = 10.0,
+        cluster: bool = False,
+    ) -> None:
         self.url = url
         self.keys = Keys(prefix)
-        self._r = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout, socket_connect_timeout=5.0
+        self.cluster = cluster
+        opts = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5.0}
+        # Every write touches one user's keys (one hash slot) or one segment's set, so the
+        # same pipelines work on one server and on a Redis Cluster.
+        self._r: Any = (
+            RedisCluster.from_url(url, **opts) if cluster else redis.Redis.from_url(url, **opts)
         )
-        self._fenced_hset = self._r.register_script(FENCED_HSET)
+        self._script_sha = hashlib.sha1(FENCED_HSET.encode()).hexdigest()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        return cls(settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Any:
         return self._r
 
     def ping(self) -> None:
@@ -118,7 +135,7 @@ class RedisStore:
         partition in a rebalance cannot overwrite what the new owner wrote. Two pipelined
         round trips in all, whatever the batch size.
         """
-        pipe = self._r.pipeline(transaction=False)
+        calls: list[tuple[str, list[str | bytes]]] = []
         written: list[UserUpdate] = []
         for u in updates:
             if not u.write:
@@ -129,9 +146,9 @@ class RedisStore:
                 args += [OFFSET_FIELD_PREFIX + pos, str(off)]
             for k, v in user_hash(u, model_version, now_ms).items():
                 args += [k, v]
-            self._fenced_hset(keys=[self.keys.user(u.user_id)], args=args, client=pipe)
+            calls.append((self.keys.user(u.user_id), args))
             written.append(u)
-        accepted = _run(pipe, "write user states") if written else []
+        accepted = self._fenced_writes(calls) if calls else []
         fenced = {u.user_id for u, ok in zip(written, accepted, strict=True) if not ok}
 
         pipe = self._r.pipeline(transaction=False)
@@ -149,6 +166,27 @@ class RedisStore:
         if moves:
             _run(pipe, "update segment membership")
         return WriteResult(written=len(written) - len(fenced), fenced=len(fenced), moves=moves)
+
+    def _fenced_writes(self, calls: list[tuple[str, list[str | bytes]]]) -> list[Any]:
+        """Run :data:`FENCED_HSET` for every (key, args), pipelined; load it if missing.
+
+        EVALSHA is sent as a raw command: redis-py's cluster pipeline has no script
+        support, and a server that restarted has forgotten the script, so NOSCRIPT is
+        answered by loading it (on every primary) and running the pipeline once more.
+        """
+        for attempt in range(2):
+            pipe = self._r.pipeline(transaction=False)
+            for key, args in calls:
+                pipe.execute_command("EVALSHA", self._script_sha, 1, key, *args)
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                _call(lambda: self._r.script_load(FENCED_HSET), "load the write script")
+            except redis.RedisError as exc:
+                raise RedisError(f"Redis failed to write user states: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def segment_sizes(self, n_segments: int) -> list[int]:
         pipe = self._r.pipeline(transaction=False)
@@ -170,7 +208,7 @@ class RedisStore:
             for p, size in zip(profiles, sizes, strict=True)
         }
         pipe = self._r.pipeline(transaction=False)
-        pipe.hset(self.keys.segments, mapping=entries)  # type: ignore[arg-type]
+        pipe.hset(self.keys.segments, mapping=entries)
         _run(pipe, "write the segment catalogue")
 
     def read_catalogue(self) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ class Settings:
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "seg:"
+    redis_cluster: bool = False
     # Batching
     batch_max_events: int = 5000
     batch_timeout_s: float = 0.1

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -282,3 +284,85 @@ def start_broker(workdir: Path, port: int | None = None, prefer: str = "auto") -
             if prefer == "kafka":
                 raise
     return start_tansu(workdir, port)
+
+
+def _free_cluster_port() -> int:
+    """A free port P with P + 10000 free too (the cluster bus), P at most 55535."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 55535)
+        if not port_open(port) and not port_open(port + 10000):
+            with socket.socket() as a, socket.socket() as b:
+                try:
+                    a.bind((HOST, port))
+                    b.bind((HOST, port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise DevstackError("found no free port pair for a Redis Cluster node")
+
+
+def start_redis_cluster(workdir: Path, nodes: int = 3) -> list[Server]:
+    """Start a Redis Cluster of ``nodes`` primaries (no replicas) on loopback.
+
+    Slots are spread over the nodes with ``redis-cli --cluster create``; returns once every
+    node reports ``cluster_state:ok``. Stop it by stopping every returned server.
+    """
+    started: list[Server] = []
+    try:
+        for i in range(nodes):
+            port = _free_cluster_port()
+            started.append(
+                start_redis(
+                    workdir / f"node{i}",
+                    port,
+                    extra_args=(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"nodes-{port}.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ),
+                )
+            )
+        cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
+        if cli is None:
+            raise DevstackError("redis-cli is needed to create a Redis Cluster")
+        done = subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(s.address for s in started),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise DevstackError(f"redis-cli --cluster create failed:\n{done.stdout}{done.stderr}")
+        deadline = time.monotonic() + 30
+        for s in started:
+            while True:
+                info = subprocess.run(
+                    [cli, "-p", str(s.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    check=False,
+                ).stdout
+                if "cluster_state:ok" in info:
+                    break
+                if time.monotonic() > deadline:
+                    raise DevstackError(f"Redis Cluster node {s.address} is not ok:\n{info}")
+                time.sleep(0.2)
+        return started
+    except BaseException:
+        for s in started:
+            s.stop()
+        raise

@@ -8,10 +8,12 @@ and its jars are available, else Tansu), ``kafka`` or ``tansu``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,6 +76,14 @@ def settings(broker: Server, redis_server: Server) -> Settings:
 
 
 @pytest.fixture
+def txn_settings(settings: Settings, broker: Server) -> Settings:
+    if broker.kind != "kafka":
+        pytest.skip("needs Kafka transactions: Tansu delivers aborted records")
+    # Small batches: many commits, so kills land at every step of a batch.
+    return settings.replace(batch_max_events=300, checkpoint_interval_s=2.0)
+
+
+@pytest.fixture
 def rds(redis_server: Server) -> Iterator[redis.Redis]:
     client = redis.Redis(host=servers.HOST, port=redis_server.port, decode_responses=True)
     yield client
@@ -122,6 +132,22 @@ def spawn(settings: Settings, log_path: str | None = None) -> subprocess.Popen[b
         stdout=out,
         stderr=subprocess.STDOUT,
     )
+
+
+def stop_gracefully(settings: Settings, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    """Wait until `segmenter run` answers /readyz (its signal handlers are in place), then
+    SIGTERM it and return its exit code."""
+    url = f"http://127.0.0.1:{settings.metrics_port}/readyz"
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(30)
 
 
 @dataclass

@@ -19,9 +19,8 @@ import pytest
 import redis
 
 from consumers.devstack import servers
-from consumers.devstack.servers import Server
 from stream.settings import Settings
-from tests.integration.conftest import produce, spawn
+from tests.integration.conftest import produce, spawn, stop_gracefully
 from tests.integration.kafka_read import committed, read_topic
 from tests.integration.shoppers import Expected, make_events
 
@@ -35,14 +34,6 @@ TYPE_FIELDS = {
     "purchase": "purchases_30d",
     "search": "searches_30d",
 }
-
-
-@pytest.fixture
-def txn_settings(settings: Settings, broker: Server) -> Settings:
-    if broker.kind != "kafka":
-        pytest.skip("needs Kafka transactions: Tansu delivers aborted records")
-    # Small batches: many commits, so kills land at every step of a batch.
-    return settings.replace(batch_max_events=300, checkpoint_interval_s=2.0)
 
 
 def wait_committed(
@@ -116,8 +107,7 @@ def test_kill_minus_nine_at_random_points(
     try:
         wait_committed(s, ends)
     finally:
-        final.send_signal(signal.SIGTERM)
-        assert final.wait(30) == 0
+        assert stop_gracefully(s, final) == 0
     figures = check_exact(s, rds, expected)
     print(
         f"\nkill -9 x{kills}: produced {len(messages)}, counted {figures['counted']}, "
@@ -148,8 +138,8 @@ def test_two_processes_one_killed_and_restarted(
     finally:
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                assert proc.wait(30) == 0
+                own = a_settings if proc is a else b_settings
+                assert stop_gracefully(own, proc) == 0
     figures = check_exact(s, rds, expected)
     print(
         f"\ntwo processes, one killed: produced {len(messages)}, counted {figures['counted']}, "
@@ -166,19 +156,22 @@ def test_redis_stopped_mid_load_and_started_again(txn_settings: Settings, tmp_pa
     s = txn_settings.replace(redis_url=f"redis://{own.address}/0")
     rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
     messages, expected = make_events(s, n_users=1200, seed=13)
-    ends = produce(s, messages)
+    half = len(messages) // 2
+    ends = produce(s, messages[:half])
     proc = spawn(s, str(tmp_path / "segmenter.log"))
     try:
-        time.sleep(3.0)
+        wait_committed(s, ends)
         assert own.stop()
-        time.sleep(5.0)  # Redis is gone for several seconds
+        # The second half arrives while Redis is gone for several seconds.
+        for key, end in produce(s, messages[half:]).items():
+            ends[key] = max(ends.get(key, 0), end)
+        time.sleep(5.0)
         assert proc.poll() is None, "the segmenter exited while Redis was away"
         own = servers.start_redis(workdir, own.port, extra_args=aof)
         wait_committed(s, ends)
         failures = _metric(tmp_path / "segmenter.log")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert stop_gracefully(s, proc) == 0
         rds.close()
     rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
     try:

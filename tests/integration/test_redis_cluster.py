@@ -1,0 +1,65 @@
+"""The exact-count fault test once more, on a real three-node Redis Cluster."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.cluster import RedisCluster
+
+from consumers.devstack import servers
+from consumers.devstack.servers import Server
+from stream.settings import Settings
+from tests.integration.conftest import produce, spawn, stop_gracefully
+from tests.integration.shoppers import make_events
+from tests.integration.test_faults import check_exact, wait_committed
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
+    nodes = servers.start_redis_cluster(tmp_path_factory.mktemp("cluster"))
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def test_exact_counts_on_a_redis_cluster_through_kills(
+    txn_settings: Settings, cluster: list[Server], tmp_path: Path
+) -> None:
+    s = txn_settings.replace(redis_url=f"redis://{cluster[0].address}/0", redis_cluster=True)
+    rc = RedisCluster(host=servers.HOST, port=cluster[0].port, decode_responses=True)
+    try:
+        messages, expected = make_events(s, n_users=1200, seed=14)
+        ends = produce(s, messages)
+        rng = random.Random(9)
+        for _ in range(2):
+            proc = spawn(s, str(tmp_path / "segmenter.log"))
+            time.sleep(rng.uniform(2.5, 4.5))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        final = spawn(s, str(tmp_path / "segmenter.log"))
+        try:
+            wait_committed(s, ends)
+        finally:
+            assert stop_gracefully(s, final) == 0
+        # Users really are spread over the three nodes.
+        per_node = [
+            int(n.get("db0", {}).get("keys", 0))
+            for n in rc.info("keyspace", target_nodes=RedisCluster.PRIMARIES).values()
+        ]
+        assert len(per_node) == 3 and all(n > 100 for n in per_node), per_node
+        figures = check_exact(s, rc, expected)  # type: ignore[arg-type]
+    finally:
+        rc.close()
+    print(
+        f"\nRedis Cluster, kill -9 x2: produced {len(messages)}, counted {figures['counted']}, "
+        f"changes {figures['changes']}, duplicate change ids {figures['duplicates']}, "
+        f"keys per node {per_node}"
+    )
+    assert figures["counted"] == len(messages)
