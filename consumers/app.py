@@ -137,6 +137,8 @@ class Segmenter:
         self._checkpointed_updates = 0
         self._failures = 0
         self._stop = StopFlag()
+        self._renew_producer = False
+        self._last_kafka_error: int | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -158,16 +160,7 @@ class Segmenter:
             log.info("restored model version %d", self.model.version)
         self.metrics.model_version.set(self.model.version)
         self.metrics.model_ready.set(1 if self.model.ready else 0)
-        self._producer = Producer({**producer_config(s), "error_cb": self._on_kafka_error})
-        if s.transactional:
-            try:
-                # Aborts whatever a previous incarnation with this id left open.
-                self._producer.init_transactions(30)
-            except KafkaException as exc:
-                raise BrokerError(
-                    f"could not start Kafka transactions ({exc.args[0].str()}); a broker "
-                    "without transaction support needs SEGMENTER_TRANSACTIONAL=false"
-                ) from None
+        self._producer = self._new_producer()
         self._consumer = Consumer(
             {**consumer_config(s), "stats_cb": self._on_stats, "error_cb": self._on_kafka_error}
         )
@@ -179,7 +172,28 @@ class Segmenter:
         self.health.started = True
 
     def _on_kafka_error(self, err: KafkaError) -> None:
-        log.warning("kafka: %s", err.str())
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            # After the brokers come back, a transactional producer can keep a stale
+            # group coordinator and block in send_offsets_to_transaction past its timeout
+            # (librdkafka issues 5456 and 5511): start a fresh producer before the next
+            # batch. Its init_transactions fences the old one.
+            self._renew_producer = True
+        if err.code() != self._last_kafka_error:
+            log.warning("kafka: %s", err.str())
+        self._last_kafka_error = err.code()
+
+    def _new_producer(self) -> Producer:
+        producer = Producer({**producer_config(self.settings), "error_cb": self._on_kafka_error})
+        if self.settings.transactional:
+            try:
+                # Aborts whatever a previous incarnation with this id left open.
+                producer.init_transactions(30)
+            except KafkaException as exc:
+                raise BrokerError(
+                    f"could not start Kafka transactions ({exc.args[0].str()}); a broker "
+                    "without transaction support needs SEGMENTER_TRANSACTIONAL=false"
+                ) from None
+        return producer
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self.metrics.assigned_partitions.set(len(parts))
@@ -271,6 +285,10 @@ class Segmenter:
         now_ms: int,
     ) -> BatchResult:
         assert self._producer is not None and self._consumer is not None
+        if self._renew_producer:
+            self._renew_producer = False
+            self._producer = self._new_producer()
+            log.info("brokers were all down: started a fresh producer")
         txn = self.settings.transactional
         if txn:
             self._producer.begin_transaction()

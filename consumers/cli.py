@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,12 +35,29 @@ def build_settings(config: str | None) -> Settings:
     return load_settings(os.environ, text)
 
 
+#: After a stop signal, how long the batch in hand may take before the process gives up.
+SHUTDOWN_DEADLINE_S = 60.0
+
+
 def _stop_on_signals() -> StopFlag:
+    """SIGTERM/SIGINT: stop fetching, finish the batch in hand, commit, exit 0. A second
+    signal, or a batch still unfinished after SHUTDOWN_DEADLINE_S, exits at once with code
+    1 and commits nothing (the batch is replayed on restart; nothing is lost)."""
     stop = StopFlag()
+    log = logging.getLogger("segmenter")
+
+    def give_up() -> None:
+        log.error("shutdown did not finish in time: exiting without committing the batch")
+        os._exit(EXIT_ERROR)
 
     def handler(signum: int, frame: object) -> None:
-        logging.getLogger("segmenter").info("signal %d: finishing the batch in hand", signum)
+        if stop.is_set():
+            give_up()
+        log.info("signal %d: finishing the batch in hand", signum)
         stop.set()
+        timer = threading.Timer(SHUTDOWN_DEADLINE_S, give_up)
+        timer.daemon = True
+        timer.start()
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

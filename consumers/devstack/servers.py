@@ -170,16 +170,24 @@ def _cluster_id() -> str:
 
 
 def start_kafka(
-    workdir: Path, port: int | None = None, partitions: int = 4, heap_mb: int = 512
+    workdir: Path,
+    port: int | None = None,
+    partitions: int = 4,
+    heap_mb: int = 512,
+    controller_port: int | None = None,
 ) -> Server:
-    """Start a single-node Apache Kafka 4.x broker+controller in KRaft mode."""
+    """Start a single-node Apache Kafka 4.x broker+controller in KRaft mode.
+
+    Restarting on a ``workdir`` it ran in before keeps its data: pass the same ``port`` and
+    ``controller_port`` (the controller's address is part of the formatted metadata).
+    """
     java = install.java_bin()
     if java is None:
         raise DevstackError("Apache Kafka needs Java 17 or newer on PATH")
     libs = install.install_kafka()
     workdir = workdir.resolve()
     port = port or free_port()
-    controller = free_port()
+    controller = controller_port or free_port()
     if port_open(port):
         raise DevstackError(f"port {port} is already in use; stop what uses it or pick another")
     data = workdir / "kafka-data"

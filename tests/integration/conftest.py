@@ -120,6 +120,8 @@ def env_of(settings: Settings) -> dict[str, str]:
     for name, value in settings.describe().items():
         if name != "kafka_sasl_password":
             env[f"SEGMENTER_{name.upper()}"] = str(value)
+    for prop, value in settings.extra.items():
+        env[f"SEGMENTER_KAFKA__{prop.upper().replace('.', '__')}"] = str(value)
     return env
 
 
