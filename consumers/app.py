@@ -283,7 +283,9 @@ class Segmenter:
         dead: list[DeadLetter],
         last: dict[tuple[str, int], int],
         now_ms: int,
+        reassess: list[str] | None = None,
     ) -> BatchResult:
+        """One batch in one transaction: read, decide, publish, write, commit offsets."""
         assert self._producer is not None and self._consumer is not None
         if self._renew_producer:
             self._renew_producer = False
@@ -292,7 +294,7 @@ class Segmenter:
         txn = self.settings.transactional
         if txn:
             self._producer.begin_transaction()
-        states = self.store.load_states(list(by_user))
+        states = self.store.load_states([*by_user, *(reassess or [])])
         result = process_batch(
             by_user,
             states,
@@ -301,6 +303,7 @@ class Segmenter:
             self.settings.hysteresis_margin,
             self.settings.dedupe_window,
             now_ms,
+            reassess=reassess or [],
         )
         self._publish(dead, result)
         if not txn:
@@ -311,13 +314,14 @@ class Segmenter:
             log.warning("%d user writes fenced off: newer state exists", written.fenced)
         offsets = [TopicPartition(t, p, off + 1) for (t, p), off in last.items()]
         if txn:
-            self._producer.send_offsets_to_transaction(
-                offsets, self._consumer.consumer_group_metadata(), 30
-            )
+            if offsets:
+                self._producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), 30
+                )
             self._producer.commit_transaction(60)
             if self._delivery_errors:
                 raise BrokerError(f"delivery failed: {'; '.join(self._delivery_errors[:3])}")
-        else:
+        elif offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         return result
 
@@ -453,34 +457,14 @@ class Segmenter:
         Runs like a batch without input: in one transaction, then a checkpoint, so the
         list of users still to assign survives a crash with the model.
         """
-        assert self._producer is not None
         users = list(self.model.unassigned)
-        now_ms = int(time.time() * 1000)
-        txn = self.settings.transactional
         try:
-            if txn:
-                self._producer.begin_transaction()
-            states = self.store.load_states(users)
-            result = process_batch(
-                {},
-                states,
-                self.model,
-                self.names,
-                self.settings.hysteresis_margin,
-                self.settings.dedupe_window,
-                now_ms,
-                reassess=users,
-            )
-            self._publish([], result)
-            if not txn:
-                self._flush()
-            self.store.write_updates(result.updates, self.model.version, now_ms)
-            if txn:
-                self._producer.commit_transaction(60)
+            result = self._apply({}, [], {}, int(time.time() * 1000), reassess=users)
         except (SegmenterError, KafkaException) as exc:
             self._recover(exc, {})
             return
-        self.model.unassigned = [u for u in self.model.unassigned if u not in set(users)]
+        done = set(users)
+        self.model.unassigned = [u for u in self.model.unassigned if u not in done]
         changes = sum(1 for u in result.updates if u.change is not None)
         self.metrics.segment_changes.inc(changes)
         self.stats.changes += changes

@@ -12,6 +12,15 @@ import orjson
 from stream.settings import Settings
 
 BROWSE_TYPES = ("view", "click", "add_to_cart", "remove_from_cart", "search")
+#: The 30-day count feature of each event type.
+TYPE_FIELDS = {
+    "view": "views_30d",
+    "click": "clicks_30d",
+    "add_to_cart": "add_to_cart_30d",
+    "remove_from_cart": "remove_from_cart_30d",
+    "purchase": "purchases_30d",
+    "search": "searches_30d",
+}
 
 
 @dataclass

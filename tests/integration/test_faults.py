@@ -24,18 +24,9 @@ from consumers.devstack import servers
 from stream.settings import Settings
 from tests.integration.conftest import produce, spawn, stop_gracefully
 from tests.integration.kafka_read import committed, read_topic
-from tests.integration.shoppers import Expected, make_events
+from tests.integration.shoppers import TYPE_FIELDS, Expected, make_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-TYPE_FIELDS = {
-    "view": "views_30d",
-    "click": "clicks_30d",
-    "add_to_cart": "add_to_cart_30d",
-    "remove_from_cart": "remove_from_cart_30d",
-    "purchase": "purchases_30d",
-    "search": "searches_30d",
-}
 
 
 def wait_committed(

@@ -15,21 +15,13 @@ from consumers.app import Segmenter
 from stream.errors import TopicLayoutError
 from stream.settings import Settings
 from tests.integration.kafka_read import committed, read_topic
-from tests.integration.shoppers import make_events
+from tests.integration.shoppers import TYPE_FIELDS, make_events
 
 pytestmark = pytest.mark.integration
 
 SCHEMA = json.loads(
     (Path(__file__).parents[2] / "schemas" / "segment_change.schema.json").read_text()
 )
-TYPE_FIELDS = {
-    "view": "views_30d",
-    "click": "clicks_30d",
-    "add_to_cart": "add_to_cart_30d",
-    "remove_from_cart": "remove_from_cart_30d",
-    "purchase": "purchases_30d",
-    "search": "searches_30d",
-}
 
 
 def test_events_become_exact_redis_state_and_change_messages(
