@@ -222,6 +222,56 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
+    """Why a user is in their segment: distances to every centre and what drove it."""
+    import orjson
+
+    from state.redis_store import RedisStore
+    from stream.decision import decide
+    from stream.model import SegmentModel
+    from stream.scaling import MODEL_FEATURES, to_human, to_vector
+
+    store = RedisStore.from_settings(settings)
+    store.ping()
+    user = store.read_user(args.user)
+    if user is None:
+        print(f"no state for user {args.user!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    checkpoint = store.load_model()
+    if checkpoint is None:
+        print("no model checkpoint in Redis yet", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    model = SegmentModel.from_dict(checkpoint, settings.warmup_users)
+    if not model.ready:
+        print("the model is still warming up: no segments yet", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    names = {e["segment"]: e["name"] for e in store.read_catalogue()}
+    features = orjson.loads(user["features"])
+    z = model.scale(to_vector(features))
+    dist = model.distances(z)
+    current = int(user["segment"]) if user.get("segment") else None
+    d = decide(current, z, model.centres(), dist, settings.hysteresis_margin, model.features)
+    typical = to_human(model.scaler.mean)
+    print(
+        f"user {args.user}: segment {user.get('segment', '-')} "
+        f"({user.get('segment_name', '-')}), model version {model.version}"
+    )
+    print(f"\n  {'feature':26} {'user':>12} {'typical':>12}")
+    for name in MODEL_FEATURES:
+        value = features.get(name)
+        shown = "never" if value is None else f"{value:.2f}"
+        print(f"  {name:26} {shown:>12} {typical[name]:>12.2f}")
+    print(f"\n  {'segment':>7} {'name':18} {'distance':>9}")
+    for i in sorted(range(len(dist)), key=lambda i: dist[i]):
+        mark = "  <- current" if i == current else ""
+        print(f"  {i:>7} {names.get(i, '?'):18} {dist[i]:>9.3f}{mark}")
+    print(f"\n  margin to the runner-up ({d.runner_up}): {d.margin:.3f}")
+    print(f"  features that drove it: {', '.join(d.top_features) or 'none stands out'}")
+    if d.segment != current:
+        print(f"  with the current centres it would move to segment {d.segment} on its next event")
+    return EXIT_OK
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Local stack up, shopper traffic in, the segmenter over it, and what it found."""
     from consumers.app import Segmenter
@@ -340,6 +390,10 @@ def parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="a user's segment and features from Redis")
     ins.add_argument("user")
     ins.set_defaults(fn=cmd_inspect)
+
+    exp = sub.add_parser("explain", help="why a user is in their segment")
+    exp.add_argument("user")
+    exp.set_defaults(fn=cmd_explain)
 
     demo = sub.add_parser("demo", help="local stack + traffic + segmenter, then the segments")
     demo.add_argument("--users", type=int, default=2000)

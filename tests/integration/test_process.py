@@ -50,3 +50,39 @@ def test_signal_finishes_the_batch_commits_and_exits_zero(
         want = {p: ends.get((topic, p), -1001) for p in range(4)}
         assert committed(settings.kafka_bootstrap, settings.group_id, topic, 4) == want
     assert rds.exists(f"{settings.redis_prefix}model")
+
+
+def test_inspect_explain_and_segments_read_what_the_run_wrote(
+    settings: Settings, rds: redis.Redis, run_segmenter
+) -> None:
+    messages, _ = make_events(settings, n_users=80, seed=6)
+    produce(settings, messages)
+    running = run_segmenter(settings)
+    running.wait(lambda st: st.messages >= len(messages))
+    running.finish()
+    env = env_of(settings)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "consumers.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    segment = rds.hget(f"{settings.redis_prefix}user:{{user-0007}}", "segment")
+    explained = cli("explain", "user-0007")
+    assert explained.returncode == 0, explained.stderr
+    assert f"segment {segment} (" in explained.stdout
+    assert "<- current" in explained.stdout and "margin to the runner-up" in explained.stdout
+    inspected = cli("inspect", "user-0007")
+    assert inspected.returncode == 0 and f"segment                      {segment}" in (
+        inspected.stdout
+    )
+    listed = cli("segments")
+    assert listed.returncode == 0
+    assert len([ln for ln in listed.stdout.splitlines() if ln[:2].strip().isdigit()]) == 4
+    missing = cli("explain", "nobody")
+    assert missing.returncode == 3
