@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean down
+.PHONY: setup demo test lint bench quality clean down
 
 $(BIN)/segmenter: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python -m loadtest.bench_throughput
+
+quality: setup
+	$(BIN)/python -m loadtest.quality
 
 down: $(BIN)/segmenter
 	$(BIN)/segmenter devstack down
