@@ -18,6 +18,9 @@ from stream.errors import ModelError
 from stream.scaling import MODEL_FEATURES, OnlineScaler
 
 CHECKPOINT_FORMAT = 1
+_WIN_DECAY = 0.999  # recent wins forget with a horizon of about 1,000 user updates
+_RECENT_POINTS = 512
+_DEAD_CHECK_EVERY = 500
 
 
 def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -88,6 +91,14 @@ class SegmentModel:
         self.scaler = OnlineScaler.empty(len(MODEL_FEATURES))
         self.kmeans = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
         self.reservoir: list[np.ndarray] = []
+        #: User updates each centre has learned from (seeding points included).
+        self.counts = np.zeros(n_clusters)
+        #: Exponentially decayed wins per centre, to find centres that stopped winning.
+        self.recent_wins = np.zeros(n_clusters)
+        #: Recent scaled vectors, where a dead centre is re-seeded from (not checkpointed).
+        self._recent_points: list[np.ndarray] = []
+        #: What happened to segments: re-seeded centres, with the update count.
+        self.events: list[dict[str, int | str]] = []
         #: Users seen before the centres were seeded, still to get a first segment.
         self.unassigned: list[str] = []
         self.ready = False
@@ -111,6 +122,9 @@ class SegmentModel:
         points = self.scaler.transform(np.stack(self.reservoir))
         centres = kmeans_plus_plus(points, self.n_clusters, np.random.default_rng(self.seed))
         self._set_centres(centres)
+        nearest = np.argmin(((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2), axis=1)
+        self.counts = np.bincount(nearest, minlength=self.n_clusters).astype(float)
+        self.recent_wins = self.counts.copy()
         self.reservoir = []
         self.ready = True
         self.version = max(self.version, 1)
@@ -136,11 +150,53 @@ class SegmentModel:
         return np.sqrt(((z[:, None, :] - c[None, :, :]) ** 2).sum(axis=2))
 
     def learn(self, z: np.ndarray) -> None:
-        """Move the nearest centre toward scaled vector ``z`` (River's update)."""
+        """Move the nearest centre toward scaled vector ``z`` with River's update.
+
+        The step is ``max(1 / (n + 1), halflife)`` for a centre that has learned from ``n``
+        user updates: a running mean while a centre is young (River's fixed step would let
+        the last few users drag it about), and never less than ``halflife``, so centres
+        keep following drifting behaviour.
+        """
         if not self.ready:
             return
+        j = int(np.argmin(self.distances(z)))
+        self.kmeans.halflife = max(1.0 / (self.counts[j] + 1.0), self.halflife)
         self.kmeans.learn_one(dict(zip(self.features, map(float, z), strict=True)))
+        self.kmeans.halflife = self.halflife
         self._centres = None
+        self.counts[j] += 1
+        self.recent_wins *= _WIN_DECAY
+        self.recent_wins[j] += 1
+        self._recent_points.append(z)
+        if len(self._recent_points) > _RECENT_POINTS:
+            del self._recent_points[: len(self._recent_points) - _RECENT_POINTS]
+        if int(self.counts.sum()) % _DEAD_CHECK_EVERY == 0:
+            self._reseed_dead()
+
+    def _reseed_dead(self) -> None:
+        """Move a centre that stopped winning users to where users are worst served.
+
+        A centre is dead when its share of recent wins is below a tenth of a fair share.
+        It is re-seeded at the recent user farthest from every other centre, and the event
+        is recorded in ``events`` (the segment id then stands for a new group).
+        """
+        share = self.recent_wins / max(self.recent_wins.sum(), 1e-9)
+        dead = [j for j in range(self.n_clusters) if share[j] < 0.1 / self.n_clusters]
+        if not dead or len(self._recent_points) < 2 * self.n_clusters:
+            return
+        points = np.stack(self._recent_points)
+        for j in dead:
+            c = self.centres()
+            others = np.delete(c, j, axis=0)
+            gap = ((points[:, None, :] - others[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+            target = points[int(np.argmax(gap))]
+            self.kmeans.centers[j].update(zip(self.features, map(float, target), strict=True))
+            self._centres = None
+            self.counts[j] = 1.0
+            self.recent_wins[j] = self.recent_wins.sum() / self.n_clusters
+            self.events.append(
+                {"event": "reseeded", "segment": j, "at_update": int(self.counts.sum())}
+            )
 
     def to_dict(self) -> dict[str, object]:
         """A checkpoint as plain values."""
@@ -157,6 +213,9 @@ class SegmentModel:
             "centres": self.centres().tolist() if self.ready else None,
             "reservoir": [r.tolist() for r in self.reservoir],
             "unassigned": list(self.unassigned),
+            "counts": self.counts.tolist(),
+            "recent_wins": self.recent_wins.tolist(),
+            "events": list(self.events),
         }
 
     @classmethod
@@ -175,6 +234,9 @@ class SegmentModel:
         m.updates = int(d["updates"])
         m.reservoir = [np.array(r, float) for r in d["reservoir"]]
         m.unassigned = list(d.get("unassigned", []))
+        m.counts = np.array(d.get("counts", np.zeros(m.n_clusters)), float)
+        m.recent_wins = np.array(d.get("recent_wins", np.zeros(m.n_clusters)), float)
+        m.events = list(d.get("events", []))
         if d["ready"]:
             m._set_centres(np.array(d["centres"], float))
             m.ready = True

@@ -268,3 +268,40 @@ def test_constructor_accepts_the_bounds() -> None:
     assert not m.ready and m.updates == 0 and m.version == 0
     d = SegmentModel()
     assert (d.n_clusters, d.halflife, d.warmup_users, d.seed) == (5, 0.05, 200, 42)
+
+
+def test_a_young_centre_takes_running_mean_steps_an_old_one_the_floor() -> None:
+    m, _ = warm_model(n_clusters=3)
+    c = m.centres()
+    z = c[0] + 0.1
+    m.counts[:] = [0.0, 1000.0, 1000.0]
+    m.learn(z)  # no users yet: step 1, the centre jumps onto the user
+    np.testing.assert_allclose(m.centres()[0], z, rtol=1e-12)
+    before = m.centres()[1].copy()
+    z1 = before + 0.1
+    m.learn(z1)  # many users: the floor, halflife (0.25 here)
+    np.testing.assert_allclose(m.centres()[1], before + 0.25 * (z1 - before), rtol=1e-12)
+    assert m.kmeans.halflife == m.halflife  # River's own setting is left as configured
+    assert m.counts.tolist() == [1.0, 1001.0, 1000.0]
+
+
+def test_a_centre_that_stops_winning_is_reseeded_where_users_are() -> None:
+    m = SegmentModel(n_clusters=3, halflife=0.05, warmup_users=6, seed=2)
+    rng = np.random.default_rng(0)
+    # Seed from three groups; then only two groups keep coming.
+    groups = np.array([[-5.0] * DIM, [5.0] * DIM, [50.0] * DIM])
+    for g in groups:
+        for _ in range(2):
+            m.observe(g + rng.normal(0, 0.01, DIM))
+    assert m.ready
+    far = int(np.argmin(m.distances(m.scale(groups[2]))))
+    for i in range(3000):
+        m.learn(m.scale(groups[i % 2] + rng.normal(0, 0.5, DIM)))
+    assert [e["segment"] for e in m.events] == [far]
+    moved = m.centres()[far]
+    recent = np.stack([m.scale(g) for g in groups[:2]])
+    assert np.min(np.linalg.norm(recent - moved, axis=1)) < np.linalg.norm(
+        m.scale(groups[2]) - moved
+    )
+    back = SegmentModel.from_dict(orjson.loads(orjson.dumps(m.to_dict())), 6)
+    assert back.events == m.events and back.counts.tolist() == m.counts.tolist()
