@@ -7,6 +7,8 @@ checked here at start-up; the key is checked per message by the decoder.
 
 from __future__ import annotations
 
+import time
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -63,6 +65,12 @@ def create_topics(
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise BrokerError(f"could not create topic {name}: {exc.args[0].str()}") from None
+    # A created topic reaches the metadata a moment later; return once all of them have.
+    deadline = time.monotonic() + timeout
+    while not set(specs) <= set(partition_counts(admin, "the broker", timeout)):
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics {', '.join(specs)} were created but never appeared")
+        time.sleep(0.1)
     return created
 
 
