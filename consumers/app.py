@@ -497,7 +497,9 @@ class Segmenter:
         if self.model.ready:
             self.model.version += 1
         try:
-            self.store.save_model(self.model.to_dict())
+            checkpoint = self.model.to_dict()
+            checkpoint["saved_at_ms"] = int(time.time() * 1000)
+            self.store.save_model(checkpoint)
             self._checkpointed_updates = self.model.updates
         except RedisError as exc:
             self.metrics.redis_errors.inc()

@@ -272,6 +272,37 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
+    """List the kept model versions, or make an earlier one current again."""
+    from state.redis_store import RedisStore
+    from stream.messages import iso_ms
+
+    store = RedisStore.from_settings(settings)
+    store.ping()
+    if args.action == "rollback":
+        if args.version is None:
+            print("error: model rollback needs a VERSION", file=sys.stderr)
+            return EXIT_CONFIG
+        new = store.rollback_model(args.version, int(time.time() * 1000))
+        print(
+            f"version {args.version} is current again as version {new}; restart the "
+            "segmenter processes to use it"
+        )
+        return EXIT_OK
+    versions = store.model_versions()
+    if not versions:
+        print("no model versions yet")
+        return EXIT_NOT_FOUND
+    print(f"{'version':>7}  {'saved at':24}  {'updates':>9}  note")
+    for v in versions:
+        saved = iso_ms(v["saved_at_ms"]) if v["saved_at_ms"] else "-"
+        note = f"rollback of {v['rolled_back_from']}" if v["rolled_back_from"] else ""
+        if not v["ready"]:
+            note = "warming up"
+        print(f"{v['version']:>7}  {saved:24}  {v['updates']:>9}  {note}")
+    return EXIT_OK
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Local stack up, shopper traffic in, the segmenter over it, and what it found."""
     from consumers.app import Segmenter
@@ -394,6 +425,11 @@ def parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("explain", help="why a user is in their segment")
     exp.add_argument("user")
     exp.set_defaults(fn=cmd_explain)
+
+    mod = sub.add_parser("model", help="model versions, and rollback to one of them")
+    mod.add_argument("action", choices=("versions", "rollback"))
+    mod.add_argument("version", nargs="?", type=int, help="for rollback: the version")
+    mod.set_defaults(fn=cmd_model)
 
     demo = sub.add_parser("demo", help="local stack + traffic + segmenter, then the segments")
     demo.add_argument("--users", type=int, default=2000)

@@ -225,12 +225,51 @@ class RedisStore:
         it = self._r.sscan_iter(self.keys.members(segment), count=count)
         return [m.decode() for m, _ in zip(it, range(count), strict=False)]
 
-    def save_model(self, checkpoint: dict[str, object]) -> None:
+    def save_model(self, checkpoint: dict[str, Any], keep: int = 50) -> None:
+        """Save ``checkpoint`` as the current model and as a version; keep ``keep`` versions."""
         blob = orjson.dumps(checkpoint, option=orjson.OPT_SERIALIZE_NUMPY)
         pipe = self._r.pipeline(transaction=False)
         pipe.set(self.keys.model, blob)
         pipe.hset(self.keys.model_versions, str(checkpoint["version"]), blob)
-        _run(pipe, "save the model checkpoint")
+        pipe.hkeys(self.keys.model_versions)
+        versions = sorted(int(v) for v in _run(pipe, "save the model checkpoint")[-1])
+        if len(versions) > keep:
+            old = [str(v) for v in versions[: len(versions) - keep]]
+            _call(lambda: self._r.hdel(self.keys.model_versions, *old), "trim model versions")
+
+    def model_versions(self) -> list[dict[str, Any]]:
+        """Every kept version: version, when saved, updates learned, rolled back from."""
+        raw = _call(lambda: self._r.hgetall(self.keys.model_versions), "list model versions")
+        out = []
+        for blob in raw.values():
+            d = orjson.loads(blob)
+            out.append(
+                {
+                    "version": d["version"],
+                    "saved_at_ms": d.get("saved_at_ms"),
+                    "updates": d.get("updates"),
+                    "ready": d.get("ready"),
+                    "rolled_back_from": d.get("rolled_back_from"),
+                }
+            )
+        return sorted(out, key=lambda v: v["version"])
+
+    def rollback_model(self, version: int, now_ms: int) -> int:
+        """Make ``version`` current again, as a new version (history is never rewritten).
+
+        Returns the new version. Processes pick it up when they start: stop them, roll
+        back, start them (a running process would checkpoint over it).
+        """
+        blob = _call(
+            lambda: self._r.hget(self.keys.model_versions, str(version)), "read a model version"
+        )
+        if blob is None:
+            raise ModelError(f"there is no model version {version}; see: segmenter model versions")
+        checkpoint = orjson.loads(blob)
+        newest = max(v["version"] for v in self.model_versions())
+        checkpoint.update(version=newest + 1, rolled_back_from=version, saved_at_ms=now_ms)
+        self.save_model(checkpoint)
+        return int(checkpoint["version"])
 
     def load_model(self) -> dict[str, object] | None:
         blob = _call(lambda: self._r.get(self.keys.model), "load the model checkpoint")
