@@ -1,19 +1,23 @@
-"""The segmenter process: consume, decide, write, publish, commit.
+"""The segmenter process: consume, decide, publish, write, commit.
 
 One loop turn is one micro-batch, in this order:
 
 1. consume up to ``batch_max_events`` messages (or what arrives within ``batch_timeout_s``);
 2. decode each; bad ones become dead letters (values, never exceptions);
-3. read the batch's users' states from Redis (one round trip);
-4. :func:`stream.batch.process_batch`: features, scaling, K-Means, hysteresis, changes;
-5. produce dead letters and segment changes, then **flush** the producer (they are durable);
-6. write user states, segments, membership and applied offsets to Redis (one round trip);
-7. **commit** the consumer offsets of the batch, synchronously.
+3. begin a Kafka transaction;
+4. read the batch's users' states from Redis (one round trip);
+5. :func:`stream.batch.process_batch`: features, scaling, K-Means, hysteresis, changes;
+6. produce dead letters and segment changes (and republish changes whose commit is in
+   doubt);
+7. write user states with the input offsets that produced them, fenced by those offsets,
+   then the membership moves (two round trips);
+8. send the input offsets to the transaction and commit it.
 
-Messages are produced before Redis is written because Redis holds the applied offsets: a
-crash after step 6 replays the batch, finds its offsets applied and skips it, so the
-messages must already be out. A crash between 5 and 6 re-produces the same messages with the
-same change ids (at least once, de-duplicable); nothing is counted twice in Redis.
+A crash or failure anywhere before 8 leaves nothing visible to ``read_committed`` readers
+and nothing committed: the batch is consumed again, users already written skip the
+events they applied, and changes triggered by those events are republished as stored.
+Without transactions (``transactional=false``, for brokers without them) step 8 becomes a
+producer flush before 7 and a consumer commit after it.
 """
 
 from __future__ import annotations
