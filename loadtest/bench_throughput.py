@@ -50,6 +50,8 @@ def _bench(args: argparse.Namespace, broker: servers.Server, rds: servers.Server
         redis_url=f"redis://{rds.address}/0",
         batch_max_events=args.batch,
         metrics_port=servers.free_port(),
+        # Tansu delivers aborted transactional records: no transactions there.
+        transactional=broker.kind == "kafka",
     )
     admin = topics.admin_client(s)
     topics.create_topics(
