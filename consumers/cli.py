@@ -200,18 +200,26 @@ def cmd_segments(settings: Settings, args: argparse.Namespace) -> int:
     return print_segments(settings)
 
 
-def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    from state.keys import STATE_FIELD
+def _open_user(settings: Settings, user_id: str) -> tuple[Any, dict[str, str] | None]:
+    """The store and the user's hash (None, with a message, for an unknown user)."""
     from state.redis_store import RedisStore
 
     store = RedisStore.from_settings(settings)
     store.ping()
-    user = store.read_user(args.user)
+    user = store.read_user(user_id)
     if user is None:
-        print(f"no state for user {args.user!r}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        print(f"no state for user {user_id!r}", file=sys.stderr)
+    return store, user
+
+
+def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
+    from state.keys import STATE_FIELD
+
+    store, user = _open_user(settings, args.user)
+    if user is None:
+        return EXIT_NOT_FOUND
     print(f"{store.keys.user(args.user)}")
     for k in sorted(user):
         if k not in (STATE_FIELD, "features"):
@@ -226,16 +234,12 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     """Why a user is in their segment: distances to every centre and what drove it."""
     import orjson
 
-    from state.redis_store import RedisStore
     from stream.decision import decide
     from stream.model import SegmentModel
     from stream.scaling import MODEL_FEATURES, to_human, to_vector
 
-    store = RedisStore.from_settings(settings)
-    store.ping()
-    user = store.read_user(args.user)
+    store, user = _open_user(settings, args.user)
     if user is None:
-        print(f"no state for user {args.user!r}", file=sys.stderr)
         return EXIT_NOT_FOUND
     checkpoint = store.load_model()
     if checkpoint is None:
