@@ -1,0 +1,408 @@
+"""Choosing the number of segments and fitting their centres on a reservoir of user vectors.
+
+The shared reservoir holds scaled user vectors. For every candidate ``k`` the centres are
+fitted by batch k-means (k-means++ seeding, then Lloyd iterations, best of a few runs), and
+the candidates are compared by their mean silhouette on one random sample of the reservoir.
+The highest silhouette wins; a tie goes to the smaller ``k``, the simpler model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Most float64 values one block of pairwise differences may hold (32 MiB).
+_BLOCK_VALUES = 1 << 22
+
+
+def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick ``k`` initial centres from ``points`` by k-means++ (D² sampling).
+
+    The first centre is a uniform pick; each next one is a point drawn with probability
+    proportional to its squared distance to the nearest centre picked so far.
+
+    Parameters
+    ----------
+    points
+        The ``(n, n_features)`` points to pick from.
+    k
+        Number of centres.
+    rng
+        Source of the random picks.
+
+    Returns
+    -------
+    np.ndarray
+        ``(k, n_features)`` centres, each one of the points.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pts = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0]])
+    >>> c = kmeans_plus_plus(pts, 2, np.random.default_rng(0))
+    >>> sorted(round(float(x)) for x in c[:, 0])
+    [0, 10]
+    """
+    if points.ndim != 2 or len(points) == 0:
+        raise ValueError(f"points must be a non-empty 2-D array, got shape {points.shape}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    n = len(points)
+    centres = [points[rng.integers(n)]]
+    d2 = ((points - centres[0]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        total = d2.sum()
+        if total <= 0:
+            # Fewer distinct points than k: fall back to uniform picks.
+            idx = int(rng.integers(n))
+        else:
+            idx = int(rng.choice(n, p=d2 / total))
+        centres.append(points[idx])
+        d2 = np.minimum(d2, ((points - points[idx]) ** 2).sum(axis=1))
+    return np.array(centres)
+
+
+def _sq_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``(n, k)`` squared Euclidean distances from every point to every centre."""
+    return ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+
+
+def _assign(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Label every point with its nearest centre, then give every empty cluster a point.
+
+    An empty cluster is re-seeded (``centres`` is changed in place) at the point farthest
+    from its nearest centre, taken from a cluster that keeps at least one other point, so
+    re-seeding never empties another cluster. With at least as many points as centres such
+    a point always exists; with at least as many distinct points as centres it is never
+    one already sitting on a centre.
+    """
+    d2 = _sq_distances(points, centres)
+    labels = np.argmin(d2, axis=1)
+    nearest = d2[np.arange(len(points)), labels]
+    sizes = np.bincount(labels, minlength=len(centres))
+    for j in np.flatnonzero(sizes == 0):
+        gap = np.where(sizes[labels] > 1, nearest, -1.0)
+        i = int(np.argmax(gap))
+        sizes[labels[i]] -= 1
+        sizes[j] = 1
+        labels[i] = j
+        centres[j] = points[i]
+        nearest[i] = 0.0
+        # The next empty cluster is re-seeded with this centre in place.
+        nearest = np.minimum(nearest, ((points - points[i]) ** 2).sum(axis=1))
+    return labels
+
+
+def lloyd(
+    points: np.ndarray, centres: np.ndarray, max_iter: int = 50, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's k-means iterations from the given centres.
+
+    Each iteration labels every point with its nearest centre and moves every centre to the
+    mean of its points. A cluster that becomes empty is re-seeded at the point farthest from
+    its nearest centre, so ``k`` centres with at least one point each always come back.
+
+    Parameters
+    ----------
+    points
+        The ``(n, n_features)`` points.
+    centres
+        The ``(k, n_features)`` starting centres, ``1 <= k <= n``; not modified.
+    max_iter
+        Most iterations.
+    tol
+        Stop once no centre moves farther than this (Euclidean) in an iteration.
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        The ``(k, n_features)`` centres and the ``(n,)`` label of every point (its nearest
+        centre, except for a point a last-step re-seed moved to an empty cluster).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pts = np.array([[0.0, 0.0], [0.0, 1.0], [10.0, 0.0], [10.0, 1.0]])
+    >>> c, labels = lloyd(pts, np.array([[1.0, 0.0], [2.0, 0.0]]))
+    >>> c.tolist(), labels.tolist()
+    ([[0.0, 0.5], [10.0, 0.5]], [0, 0, 1, 1])
+
+    Two centres on the same spot: one is re-seeded rather than left empty.
+
+    >>> c, labels = lloyd(pts, np.array([[5.0, 0.5], [5.0, 0.5]]))
+    >>> sorted(c.tolist()), sorted(labels.tolist())
+    ([[0.0, 0.5], [10.0, 0.5]], [0, 0, 1, 1])
+    """
+    if points.ndim != 2:
+        raise ValueError(f"points must be a 2-D array, got shape {points.shape}")
+    if centres.ndim != 2 or centres.shape[1] != points.shape[1]:
+        raise ValueError(
+            f"centres must be a 2-D array with {points.shape[1]} columns like points, "
+            f"got shape {centres.shape}"
+        )
+    if not 1 <= len(centres) <= len(points):
+        raise ValueError(
+            f"centres must have between 1 and len(points) ({len(points)}) rows, got {len(centres)}"
+        )
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be non-negative, got {tol}")
+    k = len(centres)
+    c = np.array(centres, dtype=float)
+    for _ in range(max_iter):
+        labels = _assign(points, c)
+        sums = np.zeros_like(c)
+        np.add.at(sums, labels, points)
+        # Every cluster has a point after _assign, so no count is zero.
+        new = sums / np.bincount(labels, minlength=k)[:, None]
+        moved = float(np.sqrt(((new - c) ** 2).sum(axis=1)).max())
+        c = new
+        if moved <= tol:
+            break
+    # Label with the final centres, so labels and centres agree.
+    labels = _assign(points, c)
+    return c, labels
+
+
+def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette coefficient of a labelling, with Euclidean distances.
+
+    For a point, ``a`` is its mean distance to the other points of its cluster and ``b`` its
+    mean distance to the points of the nearest other cluster; its coefficient is
+    ``(b - a) / max(a, b)``, and 0 for a point alone in its cluster (or when ``a = b = 0``).
+    This is the definition of scikit-learn's ``silhouette_score``, computed exactly from all
+    pairwise distances (``O(n²)`` time, memory in bounded blocks).
+
+    Parameters
+    ----------
+    points
+        The ``(n, n_features)`` points.
+    labels
+        The ``(n,)`` cluster label of every point; between 2 and ``n - 1`` distinct values.
+
+    Returns
+    -------
+    float
+        The mean coefficient, in ``[-1, 1]``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pts = np.array([[0.0], [1.0], [10.0], [11.0]])
+    >>> round(silhouette(pts, np.array([0, 0, 1, 1])), 3)
+    0.9
+    >>> round(silhouette(pts, np.array([0, 1, 2, 2])), 3)  # the two singletons score 0
+    0.447
+    """
+    points = np.asarray(points, dtype=float)
+    labels = np.asarray(labels)
+    if points.ndim != 2:
+        raise ValueError(f"points must be a 2-D array, got shape {points.shape}")
+    n = len(points)
+    if labels.shape != (n,):
+        raise ValueError(f"labels must have one label per point, shape ({n},), got {labels.shape}")
+    names, inverse = np.unique(labels, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    n_labels = len(names)
+    if not 1 < n_labels < n:
+        raise ValueError(
+            f"labels must have between 2 and n - 1 ({n - 1}) distinct values, got {n_labels}"
+        )
+    members = np.zeros((n, n_labels))
+    members[np.arange(n), inverse] = 1.0
+    sizes = members.sum(axis=0)
+    # sums[i, c]: total distance from point i to the points of cluster c.
+    sums = np.empty((n, n_labels))
+    step = max(1, _BLOCK_VALUES // max(1, n * points.shape[1]))
+    for start in range(0, n, step):
+        block = points[start : start + step]
+        d = np.sqrt(((block[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+        sums[start : start + step] = d @ members
+    rows = np.arange(n)
+    own_size = sizes[inverse]
+    a = sums[rows, inverse] / np.maximum(own_size - 1.0, 1.0)
+    to_others = sums / sizes
+    to_others[rows, inverse] = np.inf
+    b = to_others.min(axis=1)
+    denom = np.maximum(a, b)
+    s = np.divide(b - a, denom, out=np.zeros(n), where=denom > 0)
+    s[own_size == 1] = 0.0
+    return float(s.mean())
+
+
+@dataclass(frozen=True, slots=True)
+class KChoice:
+    """The chosen number of segments, its fitted centres, and why it was chosen."""
+
+    #: The chosen number of segments.
+    k: int
+    #: The ``(k, n_features)`` fitted centres.
+    centres: np.ndarray
+    #: Silhouette of each candidate ``k`` that could be fitted and scored.
+    scores: dict[int, float]
+    #: Number of points the choice was made on.
+    n_points: int
+    #: One plain-English sentence saying why ``k`` was chosen.
+    reason: str
+
+
+def _fit(
+    points: np.ndarray, k: int, rng: np.random.Generator, n_init: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest-inertia of ``n_init`` k-means++ + Lloyd runs: (centres, labels)."""
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for _ in range(n_init):
+        centres, labels = lloyd(points, kmeans_plus_plus(points, k, rng))
+        inertia = float(((points - centres[labels]) ** 2).sum())
+        if best is None or inertia < best[0]:
+            best = (inertia, centres, labels)
+    assert best is not None
+    return best[1], best[2]
+
+
+def _ks(ks: list[int]) -> str:
+    return ", ".join(f"k={k}" for k in ks)
+
+
+def choose_k(
+    points: np.ndarray,
+    k_min: int,
+    k_max: int,
+    rng: np.random.Generator,
+    *,
+    sample_size: int = 1000,
+    n_init: int = 3,
+) -> KChoice:
+    """Fit k-means for every ``k`` in ``k_min..k_max`` and keep the best by silhouette.
+
+    For each ``k``, ``n_init`` runs of k-means++ then Lloyd are made on all the points and
+    the run with the lowest inertia is kept. It is scored by its silhouette on a random
+    sample of at most ``sample_size`` points, drawn once, so every ``k`` is judged on the
+    same users. The highest silhouette wins and ties go to the smaller ``k``.
+
+    A ``k`` larger than the number of distinct rows of ``points`` is skipped: it would need
+    two centres on the same spot. A ``k`` whose labels on the sample leave fewer than two
+    clusters (or only singletons) cannot be scored; if no ``k`` can be scored, the smallest
+    is kept. Skipped and unscored candidates are named in the reason.
+
+    Parameters
+    ----------
+    points
+        The ``(n, n_features)`` scaled user vectors; more than ``k_min`` rows, at least
+        ``k_min`` of them distinct, all finite.
+    k_min, k_max
+        Range of candidate segment counts, ``2 <= k_min <= k_max``. Equal values fix ``k``
+        (it is still fitted and scored).
+    rng
+        Source of the sample and of the k-means++ picks; the same seed gives the same
+        choice.
+    sample_size
+        Most points the silhouette is computed on (its cost grows with the square of this);
+        at least ``2 * k_max``, so every cluster can have a few points in the sample.
+    n_init
+        k-means runs per ``k``; at least 1.
+
+    Returns
+    -------
+    KChoice
+        The chosen ``k``, its centres, the score of every scored ``k`` and the reason.
+
+    Examples
+    --------
+    Three well-separated blobs:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> truth = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    >>> pts = np.concatenate([c + rng.normal(size=(60, 2)) for c in truth])
+    >>> choice = choose_k(pts, 2, 5, np.random.default_rng(1))
+    >>> choice.k, sorted(choice.scores), choice.centres.shape, choice.n_points
+    (3, [2, 3, 4, 5], (3, 2), 180)
+    >>> print(choice.reason)
+    k=3 has the highest silhouette (0.763) on 180 users; k=2 0.583, k=4 0.623, k=5 0.484
+    """
+    if k_min < 2:
+        raise ValueError(f"k_min must be at least 2, got {k_min}")
+    if k_max < k_min:
+        raise ValueError(f"k_max must be at least k_min ({k_min}), got {k_max}")
+    if sample_size < 2 * k_max:
+        raise ValueError(
+            f"sample_size must be at least twice k_max ({2 * k_max}), got {sample_size}"
+        )
+    if n_init < 1:
+        raise ValueError(f"n_init must be at least 1, got {n_init}")
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2:
+        raise ValueError(f"points must be a 2-D array, got shape {points.shape}")
+    n = len(points)
+    if n <= k_min:
+        raise ValueError(f"points must have more rows than k_min ({k_min}), got {n}")
+    if not np.isfinite(points).all():
+        raise ValueError("points must be finite (no NaN or infinity)")
+    distinct = len(np.unique(points, axis=0))
+    if distinct < k_min:
+        raise ValueError(f"points must have at least k_min ({k_min}) distinct rows, got {distinct}")
+
+    sample = np.sort(rng.choice(n, size=sample_size, replace=False)) if n > sample_size else None
+    scored_on = points if sample is None else points[sample]
+
+    fits: dict[int, np.ndarray] = {}
+    scores: dict[int, float] = {}
+    skipped: list[int] = []
+    unscored: list[int] = []
+    for k in range(k_min, k_max + 1):
+        if k > distinct:
+            skipped.append(k)
+            continue
+        centres, labels = _fit(points, k, rng, n_init)
+        fits[k] = centres
+        sample_labels = labels if sample is None else labels[sample]
+        if 1 < len(np.unique(sample_labels)) < len(sample_labels):
+            scores[k] = silhouette(scored_on, sample_labels)
+        else:
+            unscored.append(k)
+
+    # Strict comparison in increasing k: a tie keeps the smaller k.
+    best: int | None = None
+    for k, score in scores.items():
+        if best is None or score > scores[best]:
+            best = k
+
+    users = f"{n:,} users"
+    if sample is not None:
+        users += f" (scored on a sample of {len(sample):,})"
+    if best is None:
+        chosen = min(fits)
+        head = (
+            f"k={chosen} is fixed (k_min = k_max) but could not be scored by silhouette on {users}"
+            if k_min == k_max
+            else f"k={chosen} is the smallest candidate, as no k could be scored by "
+            f"silhouette on {users}"
+        )
+    else:
+        chosen = best
+        if k_min == k_max:
+            head = f"k={chosen} is fixed (k_min = k_max); its silhouette is "
+            head += f"{scores[chosen]:.3f} on {users}"
+        else:
+            head = f"k={chosen} has the highest silhouette ({scores[chosen]:.3f}) on {users}"
+            tied = [k for k, s in scores.items() if k != chosen and s == scores[chosen]]
+            if tied:
+                head += f", tied with {_ks(tied)} (ties go to the smaller k)"
+    parts = [head]
+    others = [f"k={k} {s:.3f}" for k, s in scores.items() if k != chosen]
+    if others:
+        parts.append(", ".join(others))
+    if skipped:
+        parts.append(f"{_ks(skipped)} skipped, as the points have only {distinct:,} distinct rows")
+    left = [k for k in unscored if k != chosen]
+    if left:
+        parts.append(
+            f"{_ks(left)} could not be scored, as the sample holds only one of its clusters "
+            "or only singletons"
+        )
+    return KChoice(
+        k=chosen, centres=fits[chosen], scores=scores, n_points=n, reason="; ".join(parts)
+    )
