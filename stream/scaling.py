@@ -95,6 +95,32 @@ class OnlineScaler:
     def inverse(self, z: np.ndarray) -> np.ndarray:
         return z * self.std + self.mean
 
+    def merged(self, other: OnlineScaler) -> OnlineScaler:
+        """The statistics of both sets of vectors together (Chan et al.'s pairwise update).
+
+        This is what lets every process learn the scaler on its own users and still share
+        one: the merge of two processes' statistics equals learning all their vectors.
+
+        >>> import numpy as np
+        >>> a, b, both = OnlineScaler.empty(1), OnlineScaler.empty(1), OnlineScaler.empty(1)
+        >>> for x in (1.0, 2.0):
+        ...     a.learn(np.array([x])); both.learn(np.array([x]))
+        >>> for x in (4.0, 9.0):
+        ...     b.learn(np.array([x])); both.learn(np.array([x]))
+        >>> m = a.merged(b)
+        >>> m.count, np.allclose(m.mean, both.mean), np.allclose(m.m2, both.m2)
+        (4, True, True)
+        """
+        n = self.count + other.count
+        if other.count == 0:
+            return OnlineScaler(self.count, self.mean.copy(), self.m2.copy())
+        if self.count == 0:
+            return OnlineScaler(other.count, other.mean.copy(), other.m2.copy())
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / n)
+        return OnlineScaler(n, mean, m2)
+
     def to_dict(self) -> dict[str, object]:
         return {"count": self.count, "mean": self.mean.tolist(), "m2": self.m2.tolist()}
 
