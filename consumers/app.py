@@ -13,6 +13,10 @@ One loop turn is one micro-batch, in this order:
    then the membership moves (two round trips);
 8. send the input offsets to the transaction and commit it.
 
+Between batches, every ``model_sync_interval_s``, the process merges what its model
+learned into the shared checkpoint in Redis and adopts the result
+(:mod:`stream.checkpoint`): all processes decide with the same centres and segment ids.
+
 A crash or failure anywhere before 8 leaves nothing visible to ``read_committed`` readers
 and nothing committed: the batch is consumed again, users already written skip the
 events they applied, and changes triggered by those events are republished as stored.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import socket
 import time
 from collections import defaultdict
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from threading import Event as StopFlag
 from typing import Any
 
+import numpy as np
 import orjson
 from confluent_kafka import (
     Consumer,
@@ -47,15 +53,21 @@ from consumers.http import Health, serve
 from consumers.metrics import Metrics
 from state.redis_store import RedisStore
 from stream.batch import BatchResult, SegmentNames, process_batch
-from stream.errors import BrokerError, RedisError, SegmenterError
+from stream.checkpoint import merge, retired_ids
+from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
 from stream.events import DeadLetter, Event, Limits, decode
 from stream.model import SegmentModel
 from stream.naming import profiles
+from stream.selection import silhouette
 from stream.settings import Settings
 
 log = logging.getLogger("segmenter")
 
 _E2E_SAMPLES = 100
+#: Reservoir vectors the live silhouette gauge is computed on (it is quadratic).
+_QUALITY_SAMPLE = 1000
+#: At shutdown, how long queued users may take to get their segment.
+_DRAIN_S = 20.0
 
 
 @dataclass
@@ -66,6 +78,8 @@ class RunStats:
     events_applied: int = 0
     dead_letters: int = 0
     changes: int = 0
+    moves: int = 0  # changes of users who already had a segment
+    users_updated: int = 0
     batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
     first_batch_at: float | None = None  # monotonic time the first batch arrived
@@ -128,17 +142,16 @@ class Segmenter:
             min_ts_ms=int(time.mktime((settings.min_event_year, 1, 1, 0, 0, 0, 0, 0, 0)) * 1000),
         )
         self.store = RedisStore.from_settings(settings)
-        self.model = SegmentModel(
-            settings.n_clusters, settings.kmeans_halflife, settings.warmup_users, settings.seed
-        )
+        self.model = SegmentModel(settings.model_params())
         self.names = SegmentNames()
         self.stats = RunStats()
         self._delivery_errors: list[str] = []
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._last_catalogue = 0.0
-        self._last_checkpoint = time.monotonic()
-        self._checkpointed_updates = 0
+        self._last_sync = time.monotonic()
+        self._reassess_pending = False
+        self._moves_at_refresh = (0, 0)
         self._failures = 0
         self._stop = StopFlag()
         self._renew_producer = False
@@ -158,12 +171,13 @@ class Segmenter:
             log.info("created output topics: %s", ", ".join(created))
         checkpoint = self.store.load_model()
         if checkpoint is not None:
-            self.model = SegmentModel.from_dict(checkpoint, s.warmup_users)
-            self._checkpointed_updates = self.model.updates
+            self.model.adopt(checkpoint)
             self.names.refresh(self.model)
-            log.info("restored model version %d", self.model.version)
-        self.metrics.model_version.set(self.model.version)
-        self.metrics.model_ready.set(1 if self.model.ready else 0)
+            self._reassess_pending = self.model.ready
+            log.info(
+                "adopted model version %d (%d segments)", self.model.version, self.model.n_clusters
+            )
+        self._model_gauges()
         self._producer = self._new_producer()
         self._consumer = Consumer(
             {**consumer_config(s), "stats_cb": self._on_stats, "error_cb": self._on_kafka_error}
@@ -236,7 +250,11 @@ class Segmenter:
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
             self._housekeeping()
-        self.checkpoint()
+        self.sync_model()
+        # Users queued for a segment (warm-up, retired segments) get it before exit.
+        deadline = time.monotonic() + _DRAIN_S
+        while self._reassess_pending and self.model.ready and time.monotonic() < deadline:
+            self.reassess_users()
         self.refresh_catalogue()
         return self.stats
 
@@ -310,6 +328,10 @@ class Segmenter:
             reassess=reassess or [],
         )
         self._publish(dead, result)
+        if self.model.unassigned:
+            # Queued with the batch, before its offsets commit: a crash cannot lose them.
+            self.store.add_reassess(self.model.unassigned)
+            self.model.unassigned = []
         if not txn:
             self._flush()
         written = self.store.write_updates(result.updates, self.model.version, now_ms)
@@ -431,83 +453,174 @@ class Segmenter:
             if n:
                 m.events.labels("all", "all", outcome).inc(n)
         changes = sum(1 for u in result.updates if u.change is not None)
+        moves = sum(
+            1 for u in result.updates if u.change is not None and u.previous_segment is not None
+        )
+        m.segment_moves.inc(moves)
         m.republished_changes.inc(sum(1 for u in result.updates if u.republish is not None))
         m.segment_changes.inc(changes)
         m.users_updated.inc(sum(1 for u in result.updates if u.write))
-        m.model_ready.set(1 if self.model.ready else 0)
-        m.model_version.set(self.model.version)
         st = self.stats
         st.messages += len(msgs)
         st.events_applied += sum(result.applied.values())
         st.dead_letters += len(dead)
         st.changes += changes
+        st.moves += moves
+        st.users_updated += sum(1 for u in result.updates if u.write)
         st.batches += 1
         st.last_batch_at = time.monotonic()
 
     # -- periodic work ---------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
-        if self.model.ready and self.model.unassigned:
-            self.assign_warmup_users()
         now = time.monotonic()
+        # Until the warm start, sync after every batch: the sooner the shared reservoir
+        # is full, the sooner users get segments.
+        warming = not self.model.ready and self.model.dirty
+        if warming or now - self._last_sync >= self.settings.model_sync_interval_s:
+            self.sync_model()
+        if self._reassess_pending and self.model.ready:
+            self.reassess_users()
         if now - self._last_catalogue >= self.settings.catalogue_interval_s:
             self.refresh_catalogue()
-        if now - self._last_checkpoint >= self.settings.checkpoint_interval_s:
-            self.checkpoint()
 
-    def assign_warmup_users(self) -> None:
-        """Give their first segment to the users seen before the model was seeded.
+    def sync_model(self) -> None:
+        """Merge what this process learned into the shared model, and adopt the result.
 
-        Runs like a batch without input: in one transaction, then a checkpoint, so the
-        list of users still to assign survives a crash with the model.
+        The merge runs under a version fence (:meth:`RedisStore.commit_model`), so when
+        several processes sync at once each merge sees the others' and none is lost. A
+        process with nothing new only adopts a newer version if there is one. If Redis is
+        away the local learning is kept and merged at the next sync.
         """
-        users = list(self.model.unassigned)
+        self._last_sync = time.monotonic()
+        model, s = self.model, self.settings
+        now_ms = int(time.time() * 1000)
         try:
+            if not model.dirty:
+                doc = self.store.load_model()
+                if doc is not None and int(doc["merges"]) != model.merges:
+                    self._adopt(doc, [])
+                return
+            stored = self.store.push_reservoir(model.take_samples(), s.reservoir_size)
+            delta = model.delta()
+            params = model.params
+
+            def build(
+                current: dict[str, Any] | None,
+            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                seeding = (current is None or not current["ready"]) and (
+                    stored >= params.warmup_users
+                )
+                reservoir = self.store.reservoir() if seeding else None
+                return merge(current, delta, reservoir, params, now_ms)
+
+            doc, events = self.store.commit_model(
+                build, int(s.checkpoint_interval_s * 1000), now_ms
+            )
+        except (RedisError, ModelError) as exc:
+            self.metrics.model_syncs.labels("failed").inc()
+            if isinstance(exc, RedisError):
+                self.metrics.redis_errors.inc()
+            log.warning("model not synced: %s", exc)
+            return
+        self.metrics.model_syncs.labels("merged").inc()
+        self._adopt(doc, events)
+
+    def _adopt(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        before = self.model.centres() if self.model.ready else None
+        ids = list(self.model.ids)
+        was_ready = self.model.ready
+        self.model.adopt(doc)
+        if before is not None and ids == self.model.ids:
+            drift = float(np.sqrt(((self.model.centres() - before) ** 2).sum(axis=1)).max())
+            self.metrics.model_sync_drift.set(drift)
+        for e in events:
+            self.metrics.lineage_events.labels(str(e["event"])).inc()
+            log.info(
+                "segment %s %s (%s)",
+                e.get("segment"),
+                e["event"],
+                ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("event", "segment")),
+            )
+        retired = retired_ids(events)
+        if retired:
+            n = self.store.queue_members(retired)
+            log.info("queued %d members of retired segments %s for a new segment", n, retired)
+        if self.model.ready and (not was_ready or ids != self.model.ids):
+            if not was_ready:
+                log.info("model seeded: %s", (doc.get("k_choice") or {}).get("reason", ""))
+            self._reassess_pending = True
+            self.refresh_catalogue()
+        self._model_gauges()
+
+    def _model_gauges(self) -> None:
+        m = self.metrics
+        m.model_version.set(self.model.version)
+        m.model_epoch.set(self.model.epoch)
+        m.model_ready.set(1 if self.model.ready else 0)
+        m.model_segments.set(self.model.n_clusters)
+
+    def reassess_users(self, batch: int = 1000) -> None:
+        """Give a segment to queued users: seen during warm-up, or in a retired segment.
+
+        Runs like a batch without input, in one transaction; users leave the queue only
+        after it committed, so a crash leaves them queued (and a replay republishes the
+        same change ids).
+        """
+        try:
+            users = self.store.reassess_batch(batch)
+            if not users:
+                self._reassess_pending = False
+                return
             result = self._apply({}, [], {}, int(time.time() * 1000), reassess=users)
+            self.store.done_reassess(users)
         except (SegmenterError, KafkaException) as exc:
             self._recover(exc, {})
             return
-        done = set(users)
-        self.model.unassigned = [u for u in self.model.unassigned if u not in done]
         changes = sum(1 for u in result.updates if u.change is not None)
         self.metrics.segment_changes.inc(changes)
+        moves = sum(
+            1 for u in result.updates if u.change is not None and u.previous_segment is not None
+        )
+        self.metrics.segment_moves.inc(moves)
         self.stats.changes += changes
-        log.info("gave %d users seen during warm-up their first segment", changes)
-        self._checkpointed_updates = -1  # force the checkpoint
-        self.checkpoint()
+        self.stats.moves += moves
+        log.info("assessed %d queued users: %d segment changes", len(users), changes)
 
     def refresh_catalogue(self) -> None:
-        """Rename segments from their current profiles and publish sizes to ``seg:segments``."""
+        """Rename segments from their profiles, publish sizes to ``seg:segments``, and
+        update the quality gauges."""
         self._last_catalogue = time.monotonic()
         if not self.model.ready:
             return
-        self.names.refresh(self.model)
-        profs = profiles(self.model.centres(), self.model.scaler)
+        model, m = self.model, self.metrics
+        self.names.refresh(model)
+        profs = profiles(model.centres(), model.scaler, model.ids)
         try:
-            sizes = self.store.segment_sizes(self.model.n_clusters)
+            sizes = self.store.segment_sizes(model.ids)
             self.store.write_catalogue(profs, sizes)
+            reservoir = self.store.reservoir()
         except RedisError as exc:
-            self.metrics.redis_errors.inc()
+            m.redis_errors.inc()
             log.warning("catalogue not refreshed: %s", exc)
             return
+        m.segment_users.clear()
         for p, size in zip(profs, sizes, strict=True):
-            self.metrics.segment_users.labels(str(p.segment), p.name).set(size)
-
-    def checkpoint(self) -> None:
-        """Save the model to Redis when it learned anything since the last checkpoint."""
-        self._last_checkpoint = time.monotonic()
-        if self.model.updates == self._checkpointed_updates:
-            return
-        if self.model.ready:
-            self.model.version += 1
-        try:
-            checkpoint = self.model.to_dict()
-            checkpoint["saved_at_ms"] = int(time.time() * 1000)
-            self.store.save_model(checkpoint)
-            self._checkpointed_updates = self.model.updates
-        except RedisError as exc:
-            self.metrics.redis_errors.inc()
-            log.warning("model not checkpointed: %s", exc)
+            m.segment_users.labels(str(p.segment), p.name).set(size)
+        total = sum(sizes)
+        if total and model.n_clusters > 1:
+            probs = [n / total for n in sizes if n]
+            m.size_entropy.set(-sum(p * math.log(p) for p in probs) / math.log(model.n_clusters))
+        if len(reservoir) > model.n_clusters:
+            z = model.scale(reservoir[-_QUALITY_SAMPLE:])
+            labels = np.argmin(model.distances(z), axis=1)
+            if len(set(labels.tolist())) > 1:
+                m.silhouette.set(silhouette(z, labels))
+        moves, updated = self.stats.moves, self.stats.users_updated
+        d_moves, d_updated = moves - self._moves_at_refresh[0], updated - self._moves_at_refresh[1]
+        if d_updated > 0:
+            m.flap_ratio.set(d_moves / d_updated)
+        self._moves_at_refresh = (moves, updated)
 
     def close(self) -> None:
         if self._consumer is not None:

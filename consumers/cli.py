@@ -18,7 +18,7 @@ from pathlib import Path
 from threading import Event as StopFlag
 from typing import Any
 
-from stream.errors import ConfigError, SegmenterError
+from stream.errors import ConfigError, ModelError, SegmenterError
 from stream.settings import CONFIG_FILE_VAR, Settings, load_settings
 
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NOT_FOUND = 0, 1, 2, 3
@@ -234,7 +234,6 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     """Why a user is in their segment: distances to every centre and what drove it."""
     import orjson
 
-    from stream.decision import decide
     from stream.model import SegmentModel
     from stream.scaling import MODEL_FEATURES, to_human, to_vector
 
@@ -245,7 +244,8 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     if checkpoint is None:
         print("no model checkpoint in Redis yet", file=sys.stderr)
         return EXIT_NOT_FOUND
-    model = SegmentModel.from_dict(checkpoint, settings.warmup_users)
+    model = SegmentModel(settings.model_params())
+    model.adopt(checkpoint)
     if not model.ready:
         print("the model is still warming up: no segments yet", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -254,7 +254,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     z = model.scale(to_vector(features))
     dist = model.distances(z)
     current = int(user["segment"]) if user.get("segment") else None
-    d = decide(current, z, model.centres(), dist, settings.hysteresis_margin, model.features)
+    d = model.decide(current, z, dist, settings.hysteresis_margin)
     typical = to_human(model.scaler.mean)
     print(
         f"user {args.user}: segment {user.get('segment', '-')} "
@@ -266,9 +266,12 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
         shown = "never" if value is None else f"{value:.2f}"
         print(f"  {name:26} {shown:>12} {typical[name]:>12.2f}")
     print(f"\n  {'segment':>7} {'name':18} {'distance':>9}")
-    for i in sorted(range(len(dist)), key=lambda i: dist[i]):
-        mark = "  <- current" if i == current else ""
-        print(f"  {i:>7} {names.get(i, '?'):18} {dist[i]:>9.3f}{mark}")
+    for j in sorted(range(len(dist)), key=lambda j: dist[j]):
+        sid = model.ids[j]
+        mark = "  <- current" if sid == current else ""
+        print(f"  {sid:>7} {names.get(sid, '?'):18} {dist[j]:>9.3f}{mark}")
+    if current is not None and model.slot(current) is None:
+        print(f"  segment {current} was retired; the user moves on their next event")
     print(f"\n  margin to the runner-up ({d.runner_up}): {d.margin:.3f}")
     print(f"  features that drove it: {', '.join(d.top_features) or 'none stands out'}")
     if d.segment != current:
@@ -277,34 +280,80 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
-    """List the kept model versions, or make an earlier one current again."""
+    """Model versions, lineage history, rollback to a kept version, refit on the reservoir."""
     from state.redis_store import RedisStore
+    from stream import checkpoint as ckpt
     from stream.messages import iso_ms
 
     store = RedisStore.from_settings(settings)
     store.ping()
-    if args.action == "rollback":
-        if args.version is None:
-            print("error: model rollback needs a VERSION", file=sys.stderr)
-            return EXIT_CONFIG
-        new = store.rollback_model(args.version, int(time.time() * 1000))
-        print(
-            f"version {args.version} is current again as version {new}; restart the "
-            "segmenter processes to use it"
+    now_ms = int(time.time() * 1000)
+    every_ms = int(settings.checkpoint_interval_s * 1000)
+    if args.action in ("rollback", "refit"):
+        if args.action == "rollback":
+            if args.version is None:
+                print("error: model rollback needs a VERSION", file=sys.stderr)
+                return EXIT_CONFIG
+            old = store.model_version(args.version)
+
+            def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                return ckpt.rollback(cur or old, old, now_ms)
+
+        else:
+            reservoir = store.reservoir()
+            params = settings.model_params()
+
+            def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                if cur is None:
+                    raise ModelError("there is no model yet; there is nothing to refit")
+                return ckpt.refit(cur, reservoir, params, now_ms)
+
+        doc, events = store.commit_model(build, every_ms, now_ms)
+        queued = store.queue_members(ckpt.retired_ids(events))
+        what = (
+            f"version {args.version} is current again"
+            if args.action == "rollback"
+            else (f"refitted: {doc['k_choice']['reason']}")
         )
+        print(f"{what}; new version {doc['version']}, segments {doc['ids']}")
+        for e in events:
+            print(f"  {_lineage(e)}")
+        print(f"running processes adopt it at their next sync; {queued} users queued to move")
+        return EXIT_OK
+    if args.action == "history":
+        current = store.load_model()
+        if current is None:
+            print("no model yet")
+            return EXIT_NOT_FOUND
+        if current.get("k_choice"):
+            print(f"k = {current['k']}: {current['k_choice']['reason']}")
+        for e in current["events"]:
+            print(f"{iso_ms(e['at_ms'])}  v{e['version']:<6} {_lineage(e)}  ({e['cause']})")
         return EXIT_OK
     versions = store.model_versions()
     if not versions:
         print("no model versions yet")
         return EXIT_NOT_FOUND
-    print(f"{'version':>7}  {'saved at':24}  {'updates':>9}  note")
+    print(f"{'version':>7}  {'epoch':>5}  {'saved at':24}  {'updates':>9}  segments / note")
     for v in versions:
         saved = iso_ms(v["saved_at_ms"]) if v["saved_at_ms"] else "-"
-        note = f"rollback of {v['rolled_back_from']}" if v["rolled_back_from"] else ""
+        note = f"{v['segments']}"
+        if v["rolled_back_from"]:
+            note += f"  rollback to {v['rolled_back_from']}"
         if not v["ready"]:
             note = "warming up"
-        print(f"{v['version']:>7}  {saved:24}  {v['updates']:>9}  {note}")
+        print(f"{v['version']:>7}  {v['epoch']:>5}  {saved:24}  {v['updates']:>9}  {note}")
     return EXIT_OK
+
+
+def _lineage(e: dict[str, Any]) -> str:
+    """One lineage event in words: 'segment 7 born (split from 2)'."""
+    extra = ""
+    if "from" in e:
+        extra = f" (split from {e['from']})"
+    elif "into" in e:
+        extra = f" (merged into {e['into']})"
+    return f"segment {e['segment']} {e['event']}{extra}"
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -430,8 +479,15 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("user")
     exp.set_defaults(fn=cmd_explain)
 
-    mod = sub.add_parser("model", help="model versions, and rollback to one of them")
-    mod.add_argument("action", choices=("versions", "rollback"))
+    mod = sub.add_parser(
+        "model",
+        help="model versions, segment lineage history, rollback to a version, refit",
+        description="versions: the kept checkpoints. history: segments born, retired, merged "
+        "and split. rollback VERSION: make a kept version current again (processes adopt it "
+        "at their next sync). refit: fit the centres afresh on the shared reservoir, k chosen "
+        "by silhouette, matched to the current segments so ids keep their meaning.",
+    )
+    mod.add_argument("action", choices=("versions", "history", "rollback", "refit"))
     mod.add_argument("version", nargs="?", type=int, help="for rollback: the version")
     mod.set_defaults(fn=cmd_model)
 

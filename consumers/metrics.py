@@ -104,6 +104,52 @@ class Metrics:
             "1 once the model has been seeded and assigns segments.",
             registry=registry,
         )
+        self.segment_moves = Counter(
+            "segmenter_segment_moves_total",
+            "Segment changes of users who already had a segment (flaps are among these).",
+            registry=registry,
+        )
+        self.model_epoch = Gauge(
+            "segmenter_model_epoch",
+            "Structural generation of the model (seeding, re-seed, refit, rollback).",
+            registry=registry,
+        )
+        self.model_segments = Gauge(
+            "segmenter_model_segments", "Segments (k) in the model in use.", registry=registry
+        )
+        self.model_syncs = Counter(
+            "segmenter_model_syncs_total",
+            "Merges of this process's learning into the shared model, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.model_sync_drift = Gauge(
+            "segmenter_model_sync_drift",
+            "Largest distance (standardised units) a centre moved in the last sync.",
+            registry=registry,
+        )
+        self.lineage_events = Counter(
+            "segmenter_segment_lineage_events_total",
+            "Segments born, retired, merged, split or restored.",
+            ["event"],
+            registry=registry,
+        )
+        self.silhouette = Gauge(
+            "segmenter_model_silhouette",
+            "Silhouette of the current segments on the shared reservoir (-1..1, higher is "
+            "better separated).",
+            registry=registry,
+        )
+        self.size_entropy = Gauge(
+            "segmenter_segment_size_entropy",
+            "Normalised entropy of segment sizes (1 = equal sizes, 0 = one segment).",
+            registry=registry,
+        )
+        self.flap_ratio = Gauge(
+            "segmenter_segment_flap_ratio",
+            "Moves per user update since the last catalogue refresh.",
+            registry=registry,
+        )
         self.assigned_partitions = Gauge(
             "segmenter_assigned_partitions",
             "Input partitions this process owns.",

@@ -37,6 +37,14 @@ class Keys:
     def model_versions(self) -> str:
         return f"{self.prefix}model:versions"
 
+    @property
+    def reservoir(self) -> str:
+        return f"{self.prefix}model:reservoir"
+
+    @property
+    def reassess(self) -> str:
+        return f"{self.prefix}model:reassess"
+
 
 #: Field of the user hash holding the internal state (windows, offsets, de-dup ring).
 STATE_FIELD = "_state"

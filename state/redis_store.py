@@ -9,16 +9,18 @@ already applied. Membership sets are updated in the same pipeline, after the has
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 from redis.cluster import RedisCluster
 
 from state.keys import STATE_FIELD, Keys
 from stream.batch import UserUpdate
+from stream.checkpoint import check
 from stream.errors import ModelError, RedisError
 from stream.features import UserState
 from stream.messages import iso_ms
@@ -64,6 +66,19 @@ end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1
 """
+
+
+#: Set the model checkpoint (KEYS[1]) to ARGV[2] only if the stored one is after merge
+#: ARGV[1] (0: no checkpoint yet). Returns 1 when written, 0 when another write came first.
+MODEL_CAS = """
+local cur = redis.call('GET', KEYS[1])
+local v = 0
+if cur then v = tonumber(cjson.decode(cur)['merges']) end
+if v ~= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+_CAS_ATTEMPTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +203,9 @@ class RedisStore:
                 raise RedisError(f"Redis failed to write user states: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def segment_sizes(self, n_segments: int) -> list[int]:
+    def segment_sizes(self, segments: Sequence[int]) -> list[int]:
         pipe = self._r.pipeline(transaction=False)
-        for i in range(n_segments):
+        for i in segments:
             pipe.scard(self.keys.members(i))
         return [int(x) for x in _run(pipe, "count segment members")]
 
@@ -209,7 +224,13 @@ class RedisStore:
         }
         pipe = self._r.pipeline(transaction=False)
         pipe.hset(self.keys.segments, mapping=entries)
-        _run(pipe, "write the segment catalogue")
+        pipe.hkeys(self.keys.segments)
+        stale = [
+            k for k in _run(pipe, "write the segment catalogue")[-1] if k.decode() not in entries
+        ]
+        if stale:
+            # Retired segments leave the catalogue (their lineage is in the model's events).
+            _call(lambda: self._r.hdel(self.keys.segments, *stale), "trim the segment catalogue")
 
     def read_catalogue(self) -> list[dict[str, Any]]:
         raw = _call(lambda: self._r.hgetall(self.keys.segments), "read the segment catalogue")
@@ -225,14 +246,58 @@ class RedisStore:
         it = self._r.sscan_iter(self.keys.members(segment), count=count)
         return [m.decode() for m, _ in zip(it, range(count), strict=False)]
 
-    def save_model(self, checkpoint: dict[str, Any], keep: int = 50) -> None:
-        """Save ``checkpoint`` as the current model and as a version; keep ``keep`` versions."""
-        blob = orjson.dumps(checkpoint, option=orjson.OPT_SERIALIZE_NUMPY)
+    # -- the shared model --------------------------------------------------------------
+
+    def load_model(self) -> dict[str, Any] | None:
+        """The current checkpoint (``seg:model``), or ``None`` before the first one."""
+        blob = _call(lambda: self._r.get(self.keys.model), "load the model checkpoint")
+        return None if blob is None else _decode_model(blob, self.keys.model)
+
+    def commit_model(
+        self,
+        build: Callable[[dict[str, Any] | None], tuple[dict[str, Any], list[dict[str, Any]]]],
+        history_every_ms: int,
+        now_ms: int,
+        keep: int = 50,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Read the checkpoint, ``build`` the next one from it, write it under a version fence.
+
+        The write succeeds only if the stored checkpoint is still the one read (its merge
+        count, checked by :data:`MODEL_CAS` inside Redis); otherwise another process
+        committed first, and the checkpoint is read and built again. A newly published
+        version also goes to the history (``seg:model:versions``, last ``keep`` kept) when
+        it changed the segments or when the newest kept one is ``history_every_ms`` old.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            current = self.load_model()
+            expected = 0 if current is None else int(current["merges"])
+            doc, events = build(current)
+            last = int((current or {}).get("history_at_ms", 0))
+            new_version = doc["version"] != (current or {}).get("version", 0)
+            keep_it = new_version and (bool(events) or now_ms - last >= history_every_ms)
+            doc["saved_at_ms"] = now_ms
+            doc["history_at_ms"] = now_ms if keep_it else last
+            blob = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+            ok = _call(
+                lambda blob=blob, expected=expected: self._r.eval(
+                    MODEL_CAS, 1, self.keys.model, str(expected), blob
+                ),
+                "write the model checkpoint",
+            )
+            if int(ok) == 1:
+                if keep_it:
+                    self._keep_version(doc["version"], blob, keep)
+                return doc, events
+        raise ModelError(
+            f"the model checkpoint changed under {_CAS_ATTEMPTS} merges in a row; "
+            "too many processes sync at once (raise SEGMENTER_MODEL_SYNC_INTERVAL_S)"
+        )
+
+    def _keep_version(self, version: int, blob: bytes, keep: int) -> None:
         pipe = self._r.pipeline(transaction=False)
-        pipe.set(self.keys.model, blob)
-        pipe.hset(self.keys.model_versions, str(checkpoint["version"]), blob)
+        pipe.hset(self.keys.model_versions, str(version), blob)
         pipe.hkeys(self.keys.model_versions)
-        versions = sorted(int(v) for v in _run(pipe, "save the model checkpoint")[-1])
+        versions = sorted(int(v) for v in _run(pipe, "keep a model version")[-1])
         if len(versions) > keep:
             old = [str(v) for v in versions[: len(versions) - keep]]
             _call(lambda: self._r.hdel(self.keys.model_versions, *old), "trim model versions")
@@ -246,45 +311,85 @@ class RedisStore:
             out.append(
                 {
                     "version": d["version"],
+                    "epoch": d.get("epoch"),
                     "saved_at_ms": d.get("saved_at_ms"),
                     "updates": d.get("updates"),
                     "ready": d.get("ready"),
+                    "segments": d.get("ids"),
                     "rolled_back_from": d.get("rolled_back_from"),
                 }
             )
         return sorted(out, key=lambda v: v["version"])
 
-    def rollback_model(self, version: int, now_ms: int) -> int:
-        """Make ``version`` current again, as a new version (history is never rewritten).
-
-        Returns the new version. Processes pick it up when they start: stop them, roll
-        back, start them (a running process would checkpoint over it).
-        """
+    def model_version(self, version: int) -> dict[str, Any]:
+        """Kept version ``version`` of the checkpoint."""
         blob = _call(
             lambda: self._r.hget(self.keys.model_versions, str(version)), "read a model version"
         )
         if blob is None:
             raise ModelError(f"there is no model version {version}; see: segmenter model versions")
-        checkpoint = orjson.loads(blob)
-        newest = max(v["version"] for v in self.model_versions())
-        checkpoint.update(version=newest + 1, rolled_back_from=version, saved_at_ms=now_ms)
-        self.save_model(checkpoint)
-        return int(checkpoint["version"])
+        return _decode_model(blob, self.keys.model_versions)
 
-    def load_model(self) -> dict[str, object] | None:
-        blob = _call(lambda: self._r.get(self.keys.model), "load the model checkpoint")
-        if blob is None:
-            return None
-        try:
-            doc = orjson.loads(blob)
-        except orjson.JSONDecodeError:
-            raise ModelError(
-                f"{self.keys.model} does not hold a model checkpoint; delete it to start fresh"
-            ) from None
-        return doc
+    def push_reservoir(self, points: Sequence[Any], size: int) -> int:
+        """Append user vectors to the shared reservoir, keep the newest ``size``; its length."""
+        pipe = self._r.pipeline(transaction=False)
+        if points:
+            pipe.rpush(
+                self.keys.reservoir,
+                *(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY) for p in points),
+            )
+            pipe.ltrim(self.keys.reservoir, -size, -1)
+        pipe.llen(self.keys.reservoir)
+        return int(_run(pipe, "add to the model reservoir")[-1])
+
+    def reservoir(self) -> np.ndarray:
+        """The shared reservoir's raw user vectors, as rows."""
+        raw = _call(lambda: self._r.lrange(self.keys.reservoir, 0, -1), "read the reservoir")
+        return np.array([orjson.loads(r) for r in raw], float)
+
+    # -- users to (re)assess ------------------------------------------------------------
+
+    def add_reassess(self, user_ids: Sequence[str]) -> None:
+        """Queue users for a segment without an event of theirs (warm-up, retired segment)."""
+        if user_ids:
+            _call(lambda: self._r.sadd(self.keys.reassess, *user_ids), "queue users to assess")
+
+    def reassess_batch(self, count: int) -> list[str]:
+        """Up to ``count`` queued users (they stay queued until :meth:`done_reassess`)."""
+        raw = _call(lambda: self._r.srandmember(self.keys.reassess, count), "read users to assess")
+        return [u.decode() for u in raw]
+
+    def done_reassess(self, user_ids: Sequence[str]) -> None:
+        if user_ids:
+            _call(lambda: self._r.srem(self.keys.reassess, *user_ids), "dequeue assessed users")
+
+    def queue_members(self, segments: Sequence[int], chunk: int = 1000) -> int:
+        """Queue every member of ``segments`` for reassessment (after they were retired)."""
+        queued = 0
+        for seg in segments:
+            batch: list[str] = []
+            for m in self._r.sscan_iter(self.keys.members(seg), count=chunk):
+                batch.append(m.decode())
+                if len(batch) >= chunk:
+                    self.add_reassess(batch)
+                    queued += len(batch)
+                    batch = []
+            self.add_reassess(batch)
+            queued += len(batch)
+        return queued
 
     def close(self) -> None:
         self._r.close()
+
+
+def _decode_model(blob: bytes, key: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(blob)
+    except orjson.JSONDecodeError:
+        raise ModelError(
+            f"{key} does not hold a model checkpoint; delete it to start fresh"
+        ) from None
+    return check(doc)
 
 
 def _safe(url: str) -> str:

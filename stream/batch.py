@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from stream.decision import Decision, decide
+from stream.decision import Decision
 from stream.events import Event
 from stream.features import UserState, apply_events, compute_features
 from stream.messages import SegmentChange, change_id
@@ -70,7 +70,8 @@ class SegmentNames:
 
     def refresh(self, model: SegmentModel) -> None:
         if model.ready:
-            self.names = {p.segment: p.name for p in profiles(model.centres(), model.scaler)}
+            profs = profiles(model.centres(), model.scaler, model.ids)
+            self.names = {p.segment: p.name for p in profs}
 
     def get(self, segment: int) -> str:
         return self.names.get(segment, f"segment_{segment}")
@@ -132,6 +133,8 @@ def process_batch(
     batch's learning (predict, then learn). Users seen before the model was ready are
     remembered in ``model.unassigned``; pass them as ``reassess`` (with their states and
     no events) once it is, and they get their first segment without being learned twice.
+    Users whose segment was retired are reassessed the same way: they move to the nearest
+    current segment.
     """
     result = BatchResult()
     pending: list[_Pending] = []
@@ -179,7 +182,8 @@ def process_batch(
         state = states.get(user_id)
         if state is None or user_id in events_by_user:
             continue
-        if state.segment is not None:
+        previous = state.segment
+        if state.segment is not None and model.slot(state.segment) is not None:
             lc = state.last_change
             if lc is not None and lc["pos"] == ASSIGN_POS:
                 # Assigned before, but the commit of that assignment is in doubt.
@@ -206,8 +210,8 @@ def process_batch(
                 state.copy(),
                 features,
                 to_vector(features),
-                None,
-                f"{ASSIGN_POS}:{state.last_event_ms}",
+                previous,
+                f"{ASSIGN_POS}:{model.epoch}:{state.last_event_ms}",
                 ASSIGN_POS,
                 -1,
                 state.last_event_ms,
@@ -229,11 +233,10 @@ def process_batch(
     if not names.names:
         names.refresh(model)
     zs = model.scale(np.stack([p.raw for p in pending]))
-    centres = model.centres()
     dists = model.distances(zs)
     for p, z, d in zip(pending, zs, dists, strict=True):
         state, prev = p.state, p.previous
-        decision = decide(prev, z, centres, d, margin, model.features)
+        decision = model.decide(prev, z, d, margin)
         change = None
         if decision.changed:
             state.segment = decision.segment
@@ -262,7 +265,7 @@ def process_batch(
         else:
             state.segment_name = names.get(decision.segment)
         result.updates.append(UserUpdate(p.user_id, state, p.features, prev, change, decision))
-    for p, z in zip(pending, zs, strict=True):
+    for p in pending:
         if p.learn:
-            model.learn(z)
+            model.learn(p.raw)
     return result

@@ -1,243 +1,218 @@
-"""The clustering model: River's incremental K-Means behind an online scaler.
+"""The clustering model a process works with: the shared checkpoint plus local learning.
 
-River's :class:`river.cluster.KMeans` is the learning engine. Around it this module adds
-what a live segmenter needs: a warm start (the first ``warmup_users`` user vectors are
-collected and the centres seeded from them with k-means++ instead of River's random
-Gaussian draws), vectorised distances to every centre for decisions and explanations, and
-checkpoints as plain values.
+River's :class:`river.cluster.KMeans` is the learning engine. Around it this module keeps
+what one process needs between syncs of the shared model (:mod:`stream.checkpoint`):
+
+- the adopted checkpoint's published model, frozen: its scaler and centres are what
+  segments are decided with, so every process at the same version decides alike;
+- a River K-Means holding a local copy of the checkpoint's learning centres, which learns
+  once per user update with a counted step, and the statistics of what was observed since
+  the adoption; these make the :class:`~stream.checkpoint.ModelDelta` handed to the next
+  merge;
+- a sample of user vectors for the shared reservoir (every vector before the warm start,
+  then a thinning share of them).
 """
 
 from __future__ import annotations
 
+import random
+from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from river import cluster
 
-from stream.errors import ModelError
+from stream.checkpoint import ModelDelta, ModelParams, check, empty_checkpoint, merge
+from stream.decision import Decision, decide
 from stream.scaling import MODEL_FEATURES, OnlineScaler
 
-CHECKPOINT_FORMAT = 1
-_WIN_DECAY = 0.999  # recent wins forget with a horizon of about 1,000 user updates
-_RECENT_POINTS = 512
-_DEAD_CHECK_EVERY = 500
-
-
-def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Pick ``k`` initial centres from ``points`` by k-means++ (D² sampling).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> pts = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.1, 10.0]])
-    >>> c = kmeans_plus_plus(pts, 2, np.random.default_rng(0))
-    >>> sorted(round(float(x)) for x in c[:, 0])
-    [0, 10]
-    """
-    n = len(points)
-    centres = [points[rng.integers(n)]]
-    d2 = ((points - centres[0]) ** 2).sum(axis=1)
-    for _ in range(1, k):
-        total = d2.sum()
-        if total <= 0:
-            # Fewer distinct points than k: fall back to uniform picks.
-            idx = int(rng.integers(n))
-        else:
-            idx = int(rng.choice(n, p=d2 / total))
-        centres.append(points[idx])
-        d2 = np.minimum(d2, ((points - points[idx]) ** 2).sum(axis=1))
-    return np.array(centres)
+_RECENT_POINTS = 256
+#: After the warm start, at least this share of user vectors still reaches the reservoir.
+_MIN_SAMPLE_RATE = 0.01
 
 
 class SegmentModel:
-    """Online scaler + River incremental K-Means with a k-means++ warm start.
+    """One process's view of the shared model.
 
     Parameters
     ----------
-    n_clusters
-        Number of segments.
-    halflife
-        River's step: how far the winning centre moves toward a new user vector.
-    warmup_users
-        How many user updates to collect before seeding the centres.
-    seed
-        Seed for seeding and for River's generator.
+    params
+        The model's hyperparameters.
 
     Examples
     --------
+    Alone (without Redis), :meth:`sync_local` merges into the process's own checkpoint:
+
     >>> import numpy as np
-    >>> m = SegmentModel(n_clusters=2, halflife=0.1, warmup_users=4, seed=1)
+    >>> m = SegmentModel(ModelParams(k_min=2, k_max=2, warmup_users=8, reservoir_size=8))
     >>> rng = np.random.default_rng(0)
-    >>> for v in rng.normal(size=(4, len(MODEL_FEATURES))):
+    >>> for v in rng.normal(size=(8, len(MODEL_FEATURES))):
     ...     m.observe(v)
-    >>> m.ready, m.distances(m.scale(np.zeros(len(MODEL_FEATURES)))).shape
-    (True, (2,))
+    >>> m.ready
+    False
+    >>> _ = m.sync_local(now_ms=0)
+    >>> m.ready, m.version, m.ids, m.distances(m.scale(np.zeros(len(MODEL_FEATURES)))).shape
+    (True, 1, [0, 1], (2,))
     """
 
-    def __init__(
-        self, n_clusters: int = 5, halflife: float = 0.05, warmup_users: int = 200, seed: int = 42
-    ) -> None:
-        if n_clusters < 2:
-            raise ValueError(f"n_clusters must be at least 2, got {n_clusters}")
-        if not 0.0 < halflife <= 1.0:
-            raise ValueError(f"halflife must be in (0, 1], got {halflife}")
-        if warmup_users < n_clusters:
-            raise ValueError(f"warmup_users must be at least n_clusters, got {warmup_users}")
-        self.n_clusters = n_clusters
-        self.halflife = halflife
-        self.warmup_users = warmup_users
-        self.seed = seed
+    def __init__(self, params: ModelParams | None = None) -> None:
+        self.params = params or ModelParams()
         self.features = MODEL_FEATURES
-        self.scaler = OnlineScaler.empty(len(MODEL_FEATURES))
-        self.kmeans = cluster.KMeans(n_clusters=n_clusters, halflife=halflife, seed=seed)
-        self.reservoir: list[np.ndarray] = []
-        #: User updates each centre has learned from (seeding points included).
-        self.counts = np.zeros(n_clusters)
-        #: Exponentially decayed wins per centre, to find centres that stopped winning.
-        self.recent_wins = np.zeros(n_clusters)
-        #: Recent scaled vectors, where a dead centre is re-seeded from (not checkpointed).
-        self._recent_points: list[np.ndarray] = []
-        #: What happened to segments: re-seeded centres, with the update count.
-        self.events: list[dict[str, int | str]] = []
+        self._rng = random.Random(self.params.seed)
         #: Users seen before the centres were seeded, still to get a first segment.
         self.unassigned: list[str] = []
-        self.ready = False
-        self.version = 0
-        self.updates = 0
-        self._centres: np.ndarray | None = None
+        self._recent: deque[np.ndarray] = deque(maxlen=_RECENT_POINTS)
+        self._samples: list[np.ndarray] = []
+        self._local_reservoir: deque[np.ndarray] = deque(maxlen=self.params.reservoir_size)
+        self.adopt(empty_checkpoint())
+
+    # -- the adopted checkpoint -----------------------------------------------------------
+
+    def adopt(self, doc: dict[str, Any]) -> None:
+        """Make checkpoint ``doc`` the one decisions use, and restart local learning on it."""
+        doc = check(doc)
+        self.doc = doc
+        self.merges = int(doc["merges"])
+        self.epoch = int(doc["epoch"])
+        self.updates = int(doc["updates"])
+        # What decisions use: the published model.
+        pub = doc.get("published")
+        self.ready = pub is not None
+        self.version = int(doc["version"])
+        self.ids: list[int] = [int(i) for i in doc["ids"]] if self.ready else []
+        self._slots = {sid: j for j, sid in enumerate(self.ids)}
+        d = len(self.features)
+        self.scaler = OnlineScaler.from_dict(pub["scaler"] if pub else doc["scaler"])
+        self._centres = np.array(pub["centres"] if pub else [], float).reshape(len(self.ids), d)
+        # What learning starts from: the learning state.
+        self._learn_scaler = OnlineScaler.from_dict(doc["scaler"])
+        self._base = np.array(doc["centres"], float).reshape(len(doc["ids"]), d)
+        self._counts = np.array(doc["counts"], float)
+        self.kmeans: cluster.KMeans | None = None
+        if self.ready:
+            self.kmeans = cluster.KMeans(
+                n_clusters=len(self.ids), halflife=self.params.halflife, seed=self.params.seed
+            )
+            for j, row in enumerate(self._base):
+                self.kmeans.centers[j].update(zip(self.features, map(float, row), strict=True))
+        self._local_counts = np.zeros(len(self._base))
+        self._learned = 0
+        self._seen = OnlineScaler.empty(d)
+        self._observed = 0
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.ids)
+
+    def centres(self) -> np.ndarray:
+        """The published centres, scaled, as a ``(k, n_features)`` matrix."""
+        return self._centres
+
+    def slot(self, segment: int | None) -> int | None:
+        """Row of ``segment`` in :meth:`centres`, or ``None`` if it is not a current segment."""
+        return None if segment is None else self._slots.get(segment)
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
         return self.scaler.transform(raw)
 
-    def observe(self, raw: np.ndarray) -> None:
-        """Learn the scaler from one user vector; before warm start, collect it."""
-        self.scaler.learn(raw)
-        self.updates += 1
-        if not self.ready:
-            self.reservoir.append(raw.copy())
-            if len(self.reservoir) >= self.warmup_users:
-                self._seed()
-
-    def _seed(self) -> None:
-        points = self.scaler.transform(np.stack(self.reservoir))
-        centres = kmeans_plus_plus(points, self.n_clusters, np.random.default_rng(self.seed))
-        self._set_centres(centres)
-        nearest = np.argmin(((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2), axis=1)
-        self.counts = np.bincount(nearest, minlength=self.n_clusters).astype(float)
-        self.recent_wins = self.counts.copy()
-        self.reservoir = []
-        self.ready = True
-        self.version = max(self.version, 1)
-
-    def _set_centres(self, centres: np.ndarray) -> None:
-        for i, row in enumerate(centres):
-            self.kmeans.centers[i].update(zip(self.features, map(float, row), strict=True))
-        self._centres = None
-
-    def centres(self) -> np.ndarray:
-        """The scaled centres as a ``(n_clusters, n_features)`` matrix (cached)."""
-        if self._centres is None:
-            self._centres = np.array(
-                [[self.kmeans.centers[i][f] for f in self.features] for i in range(self.n_clusters)]
-            )
-        return self._centres
-
     def distances(self, z: np.ndarray) -> np.ndarray:
-        """Euclidean distances from scaled vector(s) ``z`` to every centre."""
-        c = self.centres()
+        """Euclidean distances from scaled vector(s) ``z`` to every adopted centre."""
+        c = self._centres
         if z.ndim == 1:
             return np.sqrt(((c - z) ** 2).sum(axis=1))
         return np.sqrt(((z[:, None, :] - c[None, :, :]) ** 2).sum(axis=2))
 
-    def learn(self, z: np.ndarray) -> None:
-        """Move the nearest centre toward scaled vector ``z`` with River's update.
+    def decide(self, current: int | None, z: np.ndarray, d: np.ndarray, margin: float) -> Decision:
+        """:func:`~stream.decision.decide` in segment ids rather than rows.
+
+        A user whose segment was retired has no current row: they move to the nearest
+        segment without hysteresis, and the decision still names the old segment.
+        """
+        dec = decide(self.slot(current), z, self._centres, d, margin, self.features)
+        return replace(
+            dec,
+            segment=self.ids[dec.segment],
+            previous=current,
+            runner_up=self.ids[dec.runner_up],
+        )
+
+    # -- local learning -------------------------------------------------------------------
+
+    def observe(self, raw: np.ndarray) -> None:
+        """Count one user vector for the scaler and, maybe, sample it for the reservoir."""
+        self._seen.learn(raw)
+        self._observed += 1
+        self._recent.append(raw)
+        total = self.updates + self._observed
+        rate = 1.0 if not self.ready else max(self.params.reservoir_size / total, _MIN_SAMPLE_RATE)
+        if rate >= 1.0 or self._rng.random() < rate:
+            self._samples.append(raw.copy())
+
+    def learn(self, raw: np.ndarray) -> None:
+        """Move the nearest local centre toward user vector ``raw`` with River's update.
 
         The step is ``max(1 / (n + 1), halflife)`` for a centre that has learned from ``n``
-        user updates: a running mean while a centre is young (River's fixed step would let
-        the last few users drag it about), and never less than ``halflife``, so centres
-        keep following drifting behaviour.
+        user updates (across every process, up to the last sync): a running mean while a
+        centre is young (River's fixed step would let the last few users drag it about),
+        and never less than ``halflife``, so centres keep following drifting behaviour.
         """
-        if not self.ready:
+        if self.kmeans is None:
             return
-        j = int(np.argmin(self.distances(z)))
-        self.kmeans.halflife = max(1.0 / (self.counts[j] + 1.0), self.halflife)
+        z = self._learn_scaler.transform(raw)
+        local = self.local_centres()
+        j = int(np.argmin(((local - z) ** 2).sum(axis=1)))
+        n = self._counts[j] + self._local_counts[j]
+        self.kmeans.halflife = max(1.0 / (n + 1.0), self.params.halflife)
         self.kmeans.learn_one(dict(zip(self.features, map(float, z), strict=True)))
-        self.kmeans.halflife = self.halflife
-        self._centres = None
-        self.counts[j] += 1
-        self.recent_wins *= _WIN_DECAY
-        self.recent_wins[j] += 1
-        self._recent_points.append(z)
-        if len(self._recent_points) > _RECENT_POINTS:
-            del self._recent_points[: len(self._recent_points) - _RECENT_POINTS]
-        if int(self.counts.sum()) % _DEAD_CHECK_EVERY == 0:
-            self._reseed_dead()
+        self.kmeans.halflife = self.params.halflife
+        self._local_counts[j] += 1
+        self._learned += 1
 
-    def _reseed_dead(self) -> None:
-        """Move a centre that stopped winning users to where users are worst served.
+    def local_centres(self) -> np.ndarray:
+        """The learning centres as this process has moved them since the last sync (in the
+        units of the checkpoint's learning scaler, not the published one)."""
+        if self.kmeans is None:
+            return self._base
+        return np.array(
+            [[self.kmeans.centers[j][f] for f in self.features] for j in range(len(self._base))]
+        )
 
-        A centre is dead when its share of recent wins is below a tenth of a fair share.
-        It is re-seeded at the recent user farthest from every other centre, and the event
-        is recorded in ``events`` (the segment id then stands for a new group).
-        """
-        share = self.recent_wins / max(self.recent_wins.sum(), 1e-9)
-        dead = [j for j in range(self.n_clusters) if share[j] < 0.1 / self.n_clusters]
-        if not dead or len(self._recent_points) < 2 * self.n_clusters:
-            return
-        points = np.stack(self._recent_points)
-        for j in dead:
-            c = self.centres()
-            others = np.delete(c, j, axis=0)
-            gap = ((points[:, None, :] - others[None, :, :]) ** 2).sum(axis=2).min(axis=1)
-            target = points[int(np.argmax(gap))]
-            self.kmeans.centers[j].update(zip(self.features, map(float, target), strict=True))
-            self._centres = None
-            self.counts[j] = 1.0
-            self.recent_wins[j] = self.recent_wins.sum() / self.n_clusters
-            self.events.append(
-                {"event": "reseeded", "segment": j, "at_update": int(self.counts.sum())}
-            )
+    # -- syncing --------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, object]:
-        """A checkpoint as plain values."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": self.version,
-            "features": list(self.features),
-            "n_clusters": self.n_clusters,
-            "halflife": self.halflife,
-            "seed": self.seed,
-            "ready": self.ready,
-            "updates": self.updates,
-            "scaler": self.scaler.to_dict(),
-            "centres": self.centres().tolist() if self.ready else None,
-            "reservoir": [r.tolist() for r in self.reservoir],
-            "unassigned": list(self.unassigned),
-            "counts": self.counts.tolist(),
-            "recent_wins": self.recent_wins.tolist(),
-            "events": list(self.events),
-        }
+    def delta(self) -> ModelDelta:
+        """What this process learned since it adopted the current checkpoint."""
+        recent = np.stack(self._recent) if self._recent else np.empty((0, len(self.features)))
+        return ModelDelta(
+            base_merges=self.merges,
+            epoch=self.epoch,
+            base_std=self._learn_scaler.std if self.ready else None,
+            shift=self.local_centres() - self._base if self.ready else None,
+            counts=self._local_counts.copy() if self.ready else None,
+            learned=self._learned,
+            scaler=OnlineScaler(self._seen.count, self._seen.mean.copy(), self._seen.m2.copy()),
+            updates=self._observed,
+            recent=recent,
+        )
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], warmup_users: int) -> SegmentModel:
-        """Restore a checkpoint written by :meth:`to_dict`."""
-        if d.get("format") != CHECKPOINT_FORMAT or list(d.get("features", [])) != list(
-            MODEL_FEATURES
-        ):
-            raise ModelError(
-                "the model checkpoint in Redis was written for other features or by another "
-                "format; delete the seg:model key to start a fresh model"
-            )
-        m = cls(int(d["n_clusters"]), float(d["halflife"]), warmup_users, int(d["seed"]))
-        m.scaler = OnlineScaler.from_dict(d["scaler"])
-        m.version = int(d["version"])
-        m.updates = int(d["updates"])
-        m.reservoir = [np.array(r, float) for r in d["reservoir"]]
-        m.unassigned = list(d.get("unassigned", []))
-        m.counts = np.array(d.get("counts", np.zeros(m.n_clusters)), float)
-        m.recent_wins = np.array(d.get("recent_wins", np.zeros(m.n_clusters)), float)
-        m.events = list(d.get("events", []))
-        if d["ready"]:
-            m._set_centres(np.array(d["centres"], float))
-            m.ready = True
-        return m
+    @property
+    def dirty(self) -> bool:
+        """Whether anything was observed since the last adoption."""
+        return self._observed > 0
+
+    def take_samples(self) -> list[np.ndarray]:
+        """The user vectors sampled for the reservoir since the last call."""
+        out, self._samples = self._samples, []
+        return out
+
+    def sync_local(self, now_ms: int) -> list[dict[str, Any]]:
+        """Merge into this process's own checkpoint (no other process, no Redis)."""
+        self._local_reservoir.extend(self.take_samples())
+        reservoir = np.stack(self._local_reservoir) if self._local_reservoir else None
+        doc, events = merge(self.doc, self.delta(), reservoir, self.params, now_ms)
+        self.adopt(doc)
+        return events
+
+    def to_dict(self) -> dict[str, Any]:
+        """The adopted checkpoint, as plain values."""
+        return dict(self.doc)

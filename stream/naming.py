@@ -9,7 +9,7 @@ big spenders).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,9 +86,15 @@ class SegmentProfile:
 
 
 def profiles(
-    centres: np.ndarray, scaler: OnlineScaler, rules: tuple[NamingRule, ...] = DEFAULT_RULES
+    centres: np.ndarray,
+    scaler: OnlineScaler,
+    ids: Sequence[int] | None = None,
+    rules: tuple[NamingRule, ...] = DEFAULT_RULES,
 ) -> list[SegmentProfile]:
     """Name every segment; names repeat only with a numeric suffix (``at_risk_2``).
+
+    ``ids`` are the segment ids of the centres' rows (default: the row numbers). Suffixes
+    go to segments in id order, so the oldest segment keeps the plain name.
 
     Examples
     --------
@@ -102,10 +108,12 @@ def profiles(
     population = to_human(scaler.mean)
     out: list[SegmentProfile] = []
     used: dict[str, int] = {}
-    for i, centre in enumerate(centres):
+    seg_ids = list(range(len(centres))) if ids is None else list(ids)
+    for i, centre in sorted(zip(seg_ids, centres, strict=True), key=lambda t: t[0]):
         human = to_human(scaler.inverse(centre))
         rule = next(r for r in rules if r.applies(human, population))
         used[rule.name] = used.get(rule.name, 0) + 1
         name = rule.name if used[rule.name] == 1 else f"{rule.name}_{used[rule.name]}"
         out.append(SegmentProfile(i, name, rule.description, human))
-    return out
+    order = {sid: n for n, sid in enumerate(seg_ids)}
+    return sorted(out, key=lambda p: order[p.segment])

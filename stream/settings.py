@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from stream.checkpoint import ModelParams
 from stream.errors import ConfigError
 
 ENV_PREFIX = "SEGMENTER_"
@@ -57,12 +58,18 @@ class Settings:
     min_event_year: int = 2000
     dedupe_window: int = 32
     # Model
-    n_clusters: int = 5
+    n_clusters: int = 0
+    k_min: int = 3
+    k_max: int = 8
     kmeans_halflife: float = 0.05
     warmup_users: int = 200
+    reservoir_size: int = 2000
+    segment_match_threshold: float = 1.0
     seed: int = 42
     hysteresis_margin: float = 0.15
-    checkpoint_interval_s: float = 30.0
+    model_sync_interval_s: float = 2.0
+    model_publish_interval_s: float = 10.0
+    checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health
     metrics_host: str = "0.0.0.0"
@@ -74,7 +81,9 @@ class Settings:
     def __post_init__(self) -> None:
         _check_positive(self, "batch_max_events", "batch_timeout_s", "max_event_bytes")
         _check_positive(self, "dedupe_window", "warmup_users", "checkpoint_interval_s")
-        _check_positive(self, "catalogue_interval_s")
+        _check_positive(
+            self, "catalogue_interval_s", "model_sync_interval_s", "model_publish_interval_s"
+        )
         if not self.max_future_skew_s >= 0:
             raise ConfigError(
                 "max_future_skew_s", f"must be 0 or more, got {self.max_future_skew_s}"
@@ -83,8 +92,30 @@ class Settings:
             raise ConfigError(
                 "min_event_year", f"must be a year from 1970, got {self.min_event_year}"
             )
-        if not 2 <= self.n_clusters <= 64:
-            raise ConfigError("n_clusters", f"must be between 2 and 64, got {self.n_clusters}")
+        if not (self.n_clusters == 0 or 2 <= self.n_clusters <= 64):
+            raise ConfigError(
+                "n_clusters", f"must be 0 (choose k) or between 2 and 64, got {self.n_clusters}"
+            )
+        if not 2 <= self.k_min <= self.k_max <= 64:
+            raise ConfigError(
+                "k_min" if not 2 <= self.k_min <= 64 else "k_max",
+                f"need 2 <= k_min <= k_max <= 64, got k_min={self.k_min}, k_max={self.k_max}",
+            )
+        if self.warmup_users < 2 * self.k_bounds[1]:
+            raise ConfigError(
+                "warmup_users",
+                f"must be at least twice the largest k ({self.k_bounds[1]}), "
+                f"got {self.warmup_users}",
+            )
+        if self.reservoir_size < self.warmup_users:
+            raise ConfigError(
+                "reservoir_size",
+                f"must be at least warmup_users ({self.warmup_users}), got {self.reservoir_size}",
+            )
+        if not self.segment_match_threshold > 0:
+            raise ConfigError(
+                "segment_match_threshold", f"must be positive, got {self.segment_match_threshold}"
+            )
         if not 0.0 < self.kmeans_halflife <= 1.0:
             raise ConfigError("kmeans_halflife", f"must be in (0, 1], got {self.kmeans_halflife}")
         if not 0.0 <= self.hysteresis_margin < 1.0:
@@ -105,6 +136,27 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (and validated)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def k_bounds(self) -> tuple[int, int]:
+        """The range k is chosen from: ``n_clusters`` when it fixes k, else k_min..k_max."""
+        if self.n_clusters:
+            return self.n_clusters, self.n_clusters
+        return self.k_min, self.k_max
+
+    def model_params(self) -> ModelParams:
+        """The model's hyperparameters from these settings."""
+        k_min, k_max = self.k_bounds
+        return ModelParams(
+            k_min=k_min,
+            k_max=k_max,
+            warmup_users=self.warmup_users,
+            halflife=self.kmeans_halflife,
+            match_threshold=self.segment_match_threshold,
+            reservoir_size=self.reservoir_size,
+            publish_interval_ms=int(self.model_publish_interval_s * 1000),
+            seed=self.seed,
+        )
 
     def kafka_client_config(self) -> dict[str, str | int | float | bool]:
         """librdkafka properties shared by every Kafka client: bootstrap, pass-through

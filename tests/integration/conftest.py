@@ -90,6 +90,12 @@ def rds(redis_server: Server) -> Iterator[redis.Redis]:
     client.close()
 
 
+def segment_ids(rds: redis.Redis, prefix: str) -> list[int]:
+    """Every segment id with a membership set (current and retired segments)."""
+    keys = rds.scan_iter(match=f"{prefix}segment:{{*}}:members", count=1000)
+    return sorted(int(str(k).split("{")[1].split("}")[0]) for k in keys)
+
+
 def produce(
     settings: Settings, messages: list[tuple[str, bytes | None, bytes]]
 ) -> dict[tuple[str, int], int]:

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException
 from consumers import topics
 from consumers.devstack import servers
 from stream.settings import Settings
-from tests.integration.conftest import produce, spawn, stop_gracefully
+from tests.integration.conftest import produce, segment_ids, spawn, stop_gracefully
 from tests.integration.kafka_read import committed, read_topic
 from tests.integration.shoppers import TYPE_FIELDS, Expected, make_events
 
@@ -55,6 +55,7 @@ def check_exact(
     """Assert exact per-user counts, membership and unique change ids; return figures."""
     p = settings.redis_prefix
     counted = 0
+    all_ids = segment_ids(rds, p)
     for uid, exp in expected.items():
         h = rds.hgetall(f"{p}user:{{{uid}}}")
         f = orjson.loads(h["features"])
@@ -63,11 +64,7 @@ def check_exact(
         assert f["spend_30d"] == pytest.approx(exp.spend, abs=0.01), uid
         counted += int(f["events_30d"])
         seg = h["segment"]
-        member_of = [
-            i
-            for i in range(settings.n_clusters)
-            if rds.sismember(f"{p}segment:{{{i}}}:members", uid)
-        ]
+        member_of = [i for i in all_ids if rds.sismember(f"{p}segment:{{{i}}}:members", uid)]
         assert member_of == [int(seg)], (uid, seg, member_of)
     changes = read_topic(settings.kafka_bootstrap, settings.changes_topic)
     ids = Counter(orjson.loads(r.value)["change_id"] for r in changes)

@@ -14,6 +14,7 @@ import redis
 from consumers.app import Segmenter
 from stream.errors import TopicLayoutError
 from stream.settings import Settings
+from tests.integration.conftest import segment_ids
 from tests.integration.kafka_read import committed, read_topic
 from tests.integration.shoppers import TYPE_FIELDS, make_events
 
@@ -38,6 +39,7 @@ def test_events_become_exact_redis_state_and_change_messages(
     assert stats.dead_letters == 0
 
     p = settings.redis_prefix
+    all_ids = segment_ids(rds, p)
     for uid, exp in expected.items():
         h = rds.hgetall(f"{p}user:{{{uid}}}")
         f = orjson.loads(h["features"])
@@ -49,7 +51,7 @@ def test_events_become_exact_redis_state_and_change_messages(
         assert rds.sismember(f"{p}segment:{{{seg}}}:members", uid)
         others = [
             i
-            for i in range(settings.n_clusters)
+            for i in all_ids
             if str(i) != seg and rds.sismember(f"{p}segment:{{{i}}}:members", uid)
         ]
         assert others == [], f"{uid} is a member of segments {others} besides {seg}"
@@ -79,7 +81,8 @@ def test_events_become_exact_redis_state_and_change_messages(
 
     # The catalogue names every segment and counts its members.
     catalogue = {int(k): orjson.loads(v) for k, v in rds.hgetall(f"{p}segments").items()}
-    assert sorted(catalogue) == list(range(settings.n_clusters))
+    model = orjson.loads(rds.get(f"{p}model"))
+    assert sorted(catalogue) == sorted(model["ids"]) and model["k"] == settings.n_clusters
     assert sum(e["size"] for e in catalogue.values()) == len(expected)
     assert all(e["name"] and e["description"] for e in catalogue.values())
 

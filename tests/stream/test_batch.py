@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from stream.batch import MESSAGE_FEATURES, BatchResult, SegmentNames, process_batch
+from stream.checkpoint import ModelParams
 from stream.events import Event
 from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState, apply_events, compute_features
 from stream.messages import change_id
@@ -75,7 +76,22 @@ def run(
 
 
 def small_model() -> SegmentModel:
-    return SegmentModel(n_clusters=2, halflife=0.2, warmup_users=4, seed=3)
+    return SegmentModel(
+        ModelParams(
+            k_min=2,
+            k_max=2,
+            halflife=0.2,
+            warmup_users=4,
+            reservoir_size=50,
+            publish_interval_ms=0,  # every sync publishes: decisions follow the learning
+            seed=3,
+        )
+    )
+
+
+def observed(model: SegmentModel) -> int:
+    """User updates the model observed since it adopted its checkpoint."""
+    return model.delta().updates
 
 
 @pytest.fixture
@@ -88,7 +104,7 @@ def test_before_warmup_no_segments_and_no_changes(world) -> None:
     batch = {"u1": shop.buyer("u1", 300.0), "u2": shop.browser("u2")}
     r = run(batch, {}, model, names)
     assert not model.ready
-    assert model.updates == 2
+    assert observed(model) == 2
     assert [u.user_id for u in r.updates] == ["u1", "u2"]
     for u in r.updates:
         assert u.change is None and u.decision is None
@@ -109,26 +125,35 @@ def test_before_warmup_no_segments_and_no_changes(world) -> None:
 
 
 def warm_up(shop: Shop, model: SegmentModel, names: SegmentNames):
+    """Six users arrive before the warm start; the sync seeds the model; four new users
+    then arrive and are decided. Returns all states, the last batch and its result."""
     batch1 = {"u1": shop.buyer("u1", 300.0), "u2": shop.browser("u2")}
     r1 = run(batch1, {}, model, names)
     states = {u.user_id: u.state for u in r1.updates}
-    batch2 = {
-        "u3": shop.buyer("u3", 250.0),
-        "u4": shop.browser("u4"),
+    batch2 = {"u3": shop.buyer("u3", 250.0), "u4": shop.browser("u4")}
+    r2 = run(batch2, states, model, names)
+    states.update({u.user_id: u.state for u in r2.updates})
+    assert not model.ready
+    model.sync_local(now_ms=T)
+    assert model.ready
+    batch3 = {
         "u5": shop.buyer("u5", 400.0),
         "u6": shop.browser("u6"),
+        "u7": shop.buyer("u7", 350.0),
+        "u8": shop.browser("u8"),
     }
-    r2 = run(batch2, states, model, names)
-    return states, batch2, r2
+    r3 = run(batch3, states, model, names)
+    states.update({u.user_id: u.state for u in r3.updates})
+    return states, batch3, r3
 
 
 def test_after_warmup_every_user_gets_a_segment_and_a_change(world) -> None:
     shop, model, names = world
     _, batch2, r = warm_up(shop, model, names)
     assert model.ready and model.version == 1
-    assert model.updates == 6
+    assert model.updates == 4 and observed(model) == 4
     assert len(names.names) == 2
-    assert [u.user_id for u in r.updates] == ["u3", "u4", "u5", "u6"]
+    assert [u.user_id for u in r.updates] == ["u5", "u6", "u7", "u8"]
     for u in r.updates:
         c, d, s = u.change, u.decision, u.state
         assert c is not None and d is not None
@@ -143,7 +168,7 @@ def test_after_warmup_every_user_gets_a_segment_and_a_change(world) -> None:
         assert c.event_time_ms == trigger.ts_ms
         assert c.emitted_at_ms == EMITTED
         assert c.model_version == 1
-        assert c.runner_up_segment == 1 - c.segment
+        assert c.runner_up_segment == 1 - c.segment  # ids 0 and 1, born at the warm start
         assert c.distance_margin == d.margin >= 0
         assert c.top_features == d.top_features
         assert c.features == {k: u.features[k] for k in MESSAGE_FEATURES}
@@ -155,7 +180,7 @@ def test_after_warmup_every_user_gets_a_segment_and_a_change(world) -> None:
         assert u.write is True and u.republish is None
     # Buyers and browsers are told apart.
     seg = {u.user_id: u.state.segment for u in r.updates}
-    assert seg["u3"] == seg["u5"] != seg["u4"] == seg["u6"]
+    assert seg["u5"] == seg["u7"] != seg["u6"] == seg["u8"]
 
 
 def test_replayed_batch_applies_nothing_and_decides_nothing(world) -> None:
@@ -163,22 +188,22 @@ def test_replayed_batch_applies_nothing_and_decides_nothing(world) -> None:
     _, batch2, r2 = warm_up(shop, model, names)
     states = {u.user_id: u.state for u in r2.updates}
     snapshot = {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()}
-    centres = model.centres().copy()
-    updates = model.updates
+    centres = model.local_centres().copy()
+    updates = observed(model)
 
     r3 = run(batch2, states, model, names)
 
     assert r3.replayed == sum(len(evs) for evs in batch2.values())
     assert (r3.duplicates, r3.late, r3.applied) == (0, 0, Counter())
-    assert model.updates == updates
-    np.testing.assert_array_equal(model.centres(), centres)
+    assert observed(model) == updates
+    np.testing.assert_array_equal(model.local_centres(), centres)
     assert {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()} == snapshot
     # No new change, no state to write ...
     assert all(u.change is None and u.decision is None for u in r3.updates)
     assert not [u for u in r3.updates if u.write]
     # ... only the changes whose commit is in doubt, republished byte for byte.
     first = {u.user_id: u.change for u in r2.updates}
-    assert [u.user_id for u in r3.updates] == ["u3", "u4", "u5", "u6"]
+    assert [u.user_id for u in r3.updates] == ["u5", "u6", "u7", "u8"]
     for u in r3.updates:
         c = first[u.user_id]
         assert c is not None
@@ -202,10 +227,10 @@ def test_duplicates_by_event_id_are_counted_and_written_without_learning(world) 
     states, _, _ = warm_up(shop, model, names)
     # u1's first two events (ids u1-e1, u1-e2) delivered again at new offsets.
     again = [shop.ev("u1", "view", T, event_id="u1-e1"), shop.ev("u1", "view", T, event_id="u1-e2")]
-    updates = model.updates
+    updates = observed(model)
     r = run({"u1": again}, states, model, names)
     assert (r.duplicates, r.replayed, r.late) == (2, 0, 0)
-    assert model.updates == updates
+    assert observed(model) == updates
     (u,) = r.updates
     assert u.change is None and u.decision is None and u.write
     assert u.state.offsets["shop.clicks:0"] == again[-1].offset
@@ -215,10 +240,10 @@ def test_duplicates_by_event_id_are_counted_and_written_without_learning(world) 
 def test_late_only_users_are_written_without_learning(world) -> None:
     shop, model, names = world
     states, _, _ = warm_up(shop, model, names)
-    updates = model.updates
+    updates = observed(model)
     r = run({"u2": [shop.ev("u2", "click", T - 45 * DAY_MS)]}, states, model, names)
     assert r.late == 1
-    assert model.updates == updates
+    assert observed(model) == updates
     (u,) = r.updates
     assert u.change is None and u.write
 
@@ -230,10 +255,13 @@ def test_learning_is_once_per_user_and_after_deciding(world) -> None:
         "u1": [shop.ev("u1", "purchase", T + i * MINUTE_MS, amount=90.0) for i in range(5)],
         "u2": [shop.ev("u2", "view", T + i * MINUTE_MS) for i in range(3)],
     }
+    model.sync_local(now_ms=T)  # adopt what the warm-up batches learned
     before = model.centres().copy()
-    updates = model.updates
+    counts = np.array(model.doc["counts"], float)
+    updates = observed(model)
+    np.testing.assert_array_equal(model.local_centres(), before)  # nothing learned since
     r = run(batch, states, model, names)
-    assert model.updates == updates + 2  # two users, eight events
+    assert observed(model) == updates + 2  # two users, eight events
     assert sum(r.applied.values()) == 8
     # Decisions used the centres from before the batch's learning.
     raws = np.stack([to_vector(u.features) for u in r.updates])
@@ -243,27 +271,31 @@ def test_learning_is_once_per_user_and_after_deciding(world) -> None:
         assert u.decision.segment == int(np.argmin(np.linalg.norm(before - z, axis=1)))
         assert u.previous_segment is None  # they arrived before the warm start
         assert u.change is not None and u.change.previous_segment is None
-    # Then each user moved its nearest centre once, in order (River's update).
+    # Then each user moved its nearest local centre once, in order, by the counted step;
+    # the centres decisions use stay as adopted until the next sync.
     expected = before.copy()
     for z in zs:
         j = int(np.argmin(np.linalg.norm(expected - z, axis=1)))
-        expected[j] += model.halflife * (z - expected[j])
-    np.testing.assert_allclose(model.centres(), expected, rtol=1e-12)
+        step = max(1.0 / (counts[j] + 1.0), model.params.halflife)
+        expected[j] += step * (z - expected[j])
+        counts[j] += 1
+    np.testing.assert_allclose(model.local_centres(), expected, rtol=1e-12)
+    np.testing.assert_array_equal(model.centres(), before)
 
 
 def test_a_user_with_a_segment_keeps_it_under_hysteresis(world) -> None:
     shop, model, names = world
     _, _, r2 = warm_up(shop, model, names)
     states = {u.user_id: u.state for u in r2.updates}
-    seg = states["u3"].segment
-    r = run({"u3": [shop.ev("u3", "view", T + MINUTE_MS)]}, states, model, names)
+    seg = states["u5"].segment
+    r = run({"u5": [shop.ev("u5", "view", T + MINUTE_MS)]}, states, model, names)
     (u,) = r.updates
     assert u.previous_segment == seg
     assert u.decision is not None and not u.decision.changed
     assert u.change is None
     assert u.state.segment == seg
     assert u.state.segment_name == names.get(seg)  # type: ignore[arg-type]
-    assert u.state.last_change == states["u3"].last_change
+    assert u.state.last_change == states["u5"].last_change
 
 
 def test_input_states_are_not_mutated(world) -> None:
@@ -277,7 +309,7 @@ def test_input_states_are_not_mutated(world) -> None:
 def test_empty_batch() -> None:
     model = small_model()
     r = run({}, {}, model, SegmentNames())
-    assert r.updates == [] and model.updates == 0
+    assert r.updates == [] and observed(model) == 0
 
 
 def test_segment_names_fall_back_and_refresh() -> None:
@@ -288,6 +320,7 @@ def test_segment_names_fall_back_and_refresh() -> None:
     assert names.names == {}
     for v in np.random.default_rng(0).normal(size=(4, 9)):
         model.observe(v)
+    model.sync_local(now_ms=T)
     names.refresh(model)
     assert set(names.names) == {0, 1}
     assert all(isinstance(n, str) and n for n in names.names.values())
@@ -296,22 +329,21 @@ def test_segment_names_fall_back_and_refresh() -> None:
 def test_users_seen_before_warmup_are_remembered(world) -> None:
     shop, model, names = world
     warm_up(shop, model, names)
-    # u1 and u2 arrived before the warm start; u3..u6 were decided in the batch that
-    # completed it.
-    assert model.unassigned == ["u1", "u2"]
+    # u1..u4 arrived before the warm start; u5..u8 were decided after it.
+    assert model.unassigned == ["u1", "u2", "u3", "u4"]
 
 
 def test_reassess_gives_a_first_segment_without_learning(world) -> None:
     shop, model, names = world
     states, _, _ = warm_up(shop, model, names)
     snapshot = {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()}
-    centres = model.centres().copy()
-    updates = model.updates
+    centres = model.local_centres().copy()
+    updates = observed(model)
     r = process_batch(
         {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1", "u2", "nobody"]
     )
-    assert model.updates == updates
-    np.testing.assert_array_equal(model.centres(), centres)
+    assert observed(model) == updates
+    np.testing.assert_array_equal(model.local_centres(), centres)
     assert {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()} == snapshot
     assert [u.user_id for u in r.updates] == ["u1", "u2"]
     for u in r.updates:
@@ -320,7 +352,8 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
         last = states[u.user_id].last_event_ms  # type: ignore[union-attr]
         assert c.previous_segment is None
         assert s.segment == c.segment
-        assert c.change_id == change_id(u.user_id, f"assign:{last}", None, c.segment)
+        key = f"assign:{model.epoch}:{last}"
+        assert c.change_id == change_id(u.user_id, key, None, c.segment)
         assert c.event_time_ms == last
         assert s.last_change == {"pos": "assign", "offset": -1, "value": c.to_json().decode()}
     # Reassessed again (its commit in doubt), the assignment is republished as it was.
@@ -343,11 +376,11 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
 def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
     shop, model, names = world
     states, _, _ = warm_up(shop, model, names)
-    updates = model.updates
+    updates = observed(model)
     batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
     r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"])
     assert [u.user_id for u in r.updates] == ["u1"]
-    assert model.updates == updates + 1  # learned once, from its events
+    assert observed(model) == updates + 1  # learned once, from its events
     (u,) = r.updates
     assert u.change is not None
     assert u.state.last_change is not None and u.state.last_change["pos"] == "shop.clicks:0"

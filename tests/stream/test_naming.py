@@ -153,4 +153,4 @@ def test_custom_rules() -> None:
         NamingRule("other", "Everyone else.", lambda p, pop: True),
     )
     centres = np.stack([centre_of(h, s) for h in (HIGH_VALUE, TYPICAL, HIGH_VALUE)])
-    assert [p.name for p in profiles(centres, s, rules)] == ["big", "other", "big_2"]
+    assert [p.name for p in profiles(centres, s, rules=rules)] == ["big", "other", "big_2"]

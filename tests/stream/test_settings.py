@@ -29,12 +29,18 @@ DEFAULTS = {
     "max_future_skew_s": 3600.0,
     "min_event_year": 2000,
     "dedupe_window": 32,
-    "n_clusters": 5,
+    "n_clusters": 0,
+    "k_min": 3,
+    "k_max": 8,
     "kmeans_halflife": 0.05,
     "warmup_users": 200,
+    "reservoir_size": 2000,
+    "segment_match_threshold": 1.0,
     "seed": 42,
     "hysteresis_margin": 0.15,
-    "checkpoint_interval_s": 30.0,
+    "model_sync_interval_s": 2.0,
+    "model_publish_interval_s": 10.0,
+    "checkpoint_interval_s": 300.0,
     "catalogue_interval_s": 5.0,
     "metrics_host": "0.0.0.0",
     "metrics_port": 9400,
@@ -193,7 +199,8 @@ def test_a_validation_error_names_the_env_var_when_it_overrode_the_file() -> Non
 
 def test_message_says_what_was_wrong() -> None:
     with pytest.raises(
-        ConfigError, match=r"^config SEGMENTER_N_CLUSTERS: must be between 2 and 64"
+        ConfigError,
+        match=r"^config SEGMENTER_N_CLUSTERS: must be 0 \(choose k\) or between 2 and 64",
     ):
         load_settings({"SEGMENTER_N_CLUSTERS": "99"})
     with pytest.raises(ConfigError, match="expected an integer, got 'six'"):
@@ -303,8 +310,26 @@ def test_replace_validates() -> None:
     s = Settings()
     assert s.replace(n_clusters=9).n_clusters == 9
     with pytest.raises(ConfigError) as info:
-        s.replace(n_clusters=0)
+        s.replace(n_clusters=1)
     assert info.value.key == "n_clusters"
+
+
+def test_k_is_fixed_by_n_clusters_or_chosen_from_a_range() -> None:
+    assert Settings().k_bounds == (3, 8)
+    assert Settings(n_clusters=5).k_bounds == (5, 5)
+    p = Settings(k_min=2, k_max=4, reservoir_size=300).model_params()
+    assert (p.k_min, p.k_max, p.reservoir_size, p.warmup_users) == (2, 4, 300, 200)
+    for kw, key in (
+        ({"k_min": 1}, "k_min"),
+        ({"k_min": 5, "k_max": 4}, "k_max"),
+        ({"warmup_users": 10}, "warmup_users"),
+        ({"reservoir_size": 100}, "reservoir_size"),
+        ({"segment_match_threshold": 0.0}, "segment_match_threshold"),
+        ({"model_sync_interval_s": 0.0}, "model_sync_interval_s"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            Settings(**kw)  # type: ignore[arg-type]
+        assert info.value.key == key, kw
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,426 @@
+"""The shared model checkpoint, as plain values, and the pure steps that move it forward.
+
+Every process of a consumer group uses one model: the checkpoint in Redis (``seg:model``).
+It holds two things:
+
+- the *learning* state (centres, counts, scaler), which every merge moves forward;
+- the *published* model (``version``, with its own centres and scaler), a snapshot of the
+  learning state taken at most every ``publish_interval_ms`` and at once after any change
+  of segments. Processes decide segments with the published model only, so two processes
+  at the same ``version`` give the same segment to the same vector, and since every
+  process adopts the newest checkpoint at each sync, all are on the same version except
+  for at most one sync interval after each publication.
+
+Between syncs each process learns on its own users (River moves its local copy of the
+learning centres), and at a sync it hands what it learned, a :class:`ModelDelta`, to
+:func:`merge`, which folds it into the newest checkpoint. The store writes the result only
+if the checkpoint's ``merges`` count is still the one it read (a fence); otherwise it reads
+again and merges again. Merging is additive:
+
+- scaler statistics combine exactly (:meth:`~stream.scaling.OnlineScaler.merged`);
+- each process's centre movement since its base version is added to the current centres,
+  which for one process is exactly its own learning, and for several is what asynchronous
+  stochastic gradient steps on disjoint users amount to;
+- counts and recent wins add up.
+
+Structural changes happen only here, where every process sees them: the warm start (seed
+from the shared reservoir, k chosen by silhouette), re-seeding a dead centre, a refit, a
+rollback. Each bumps the ``epoch``; a delta learned in an older epoch keeps its scaler
+statistics but its centre movement is dropped, since it moved centres that are gone. New
+centres are matched to old ones (:func:`stream.matching.match_centres`), so a segment id
+keeps its meaning, and what was born, retired, merged or split is recorded in ``events``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stream.errors import ModelError
+from stream.matching import Lineage, match_centres
+from stream.scaling import MODEL_FEATURES, OnlineScaler
+from stream.selection import choose_k
+
+CHECKPOINT_FORMAT = 2
+#: Recent wins forget with a horizon of about 1,000 user updates.
+WIN_DECAY = 0.999
+#: Lineage events kept in the checkpoint (older ones are in earlier versions).
+KEEP_EVENTS = 200
+#: A centre is dead when its share of recent wins is below this fraction of a fair share.
+DEAD_SHARE = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ModelParams:
+    """The model's hyperparameters, validated on entry.
+
+    Parameters
+    ----------
+    k_min, k_max
+        Range of segment counts; k is chosen by silhouette on the reservoir at the warm
+        start. Equal values fix k.
+    warmup_users
+        User vectors the shared reservoir must hold before the centres are seeded.
+    halflife
+        River's step floor: how far the winning centre moves toward a user vector once it
+        has learned from many users.
+    match_threshold
+        Largest distance (in standardised units) a centre may move and keep its segment id
+        when centres are replaced.
+    reservoir_size
+        Most user vectors kept in the shared reservoir.
+    publish_interval_ms
+        How often the learning state is published as a new model version.
+    seed
+        Seed of k-means++ and of the k choice.
+    """
+
+    k_min: int = 3
+    k_max: int = 8
+    warmup_users: int = 200
+    halflife: float = 0.05
+    match_threshold: float = 1.0
+    reservoir_size: int = 2000
+    publish_interval_ms: int = 10_000
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.k_min < 2:
+            raise ValueError(f"k_min must be at least 2, got {self.k_min}")
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max must be at least k_min ({self.k_min}), got {self.k_max}")
+        if self.warmup_users < 2 * self.k_max:
+            raise ValueError(
+                f"warmup_users must be at least twice k_max ({self.k_max}), got {self.warmup_users}"
+            )
+        if not 0.0 < self.halflife <= 1.0:
+            raise ValueError(f"halflife must be in (0, 1], got {self.halflife}")
+        if not self.match_threshold > 0:
+            raise ValueError(f"match_threshold must be positive, got {self.match_threshold}")
+        if self.publish_interval_ms < 0:
+            raise ValueError(
+                f"publish_interval_ms must be 0 or more, got {self.publish_interval_ms}"
+            )
+        if self.reservoir_size < self.warmup_users:
+            raise ValueError(
+                f"reservoir_size must be at least warmup_users ({self.warmup_users}), "
+                f"got {self.reservoir_size}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDelta:
+    """What one process learned since it adopted the checkpoint after merge ``base_merges``."""
+
+    base_merges: int
+    epoch: int
+    #: Scaler standard deviations of the base version: the units of ``shift``.
+    base_std: np.ndarray | None
+    #: Movement of each centre since the base version (``None`` before the warm start).
+    shift: np.ndarray | None
+    #: User updates each centre learned from since the base version.
+    counts: np.ndarray | None
+    #: User updates learned from since the base version.
+    learned: int
+    #: Statistics of the raw vectors observed since the base version.
+    scaler: OnlineScaler
+    #: User updates observed since the base version.
+    updates: int
+    #: Recent raw vectors, where a dead centre is re-seeded from.
+    recent: np.ndarray
+
+
+def empty_checkpoint() -> dict[str, Any]:
+    """A checkpoint before any learning: no centres, version 0, epoch 0."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "features": list(MODEL_FEATURES),
+        "merges": 0,
+        "version": 0,
+        "published": None,
+        "epoch": 0,
+        "ready": False,
+        "k": 0,
+        "ids": [],
+        "next_id": 0,
+        "centres": [],
+        "counts": [],
+        "recent_wins": [],
+        "scaler": OnlineScaler.empty(len(MODEL_FEATURES)).to_dict(),
+        "updates": 0,
+        "k_choice": None,
+        "events": [],
+    }
+
+
+def check(doc: dict[str, Any]) -> dict[str, Any]:
+    """Return ``doc`` if this code can use it, else raise :class:`ModelError` saying why."""
+    if doc.get("format") != CHECKPOINT_FORMAT or list(doc.get("features", [])) != list(
+        MODEL_FEATURES
+    ):
+        raise ModelError(
+            "the model checkpoint in Redis was written for other features or in another "
+            "format; delete the seg:model key (and seg:model:versions) to start a fresh model"
+        )
+    return doc
+
+
+def _reexpress(centres: np.ndarray, old: OnlineScaler, new: OnlineScaler) -> np.ndarray:
+    """Centres in the units of scaler ``new``, kept where they were in raw space."""
+    return new.transform(old.inverse(centres))
+
+
+def _caused(events: list[dict[str, Any]], cause: str) -> list[dict[str, Any]]:
+    return [{**e, "cause": cause} for e in events]
+
+
+def _publish(
+    doc: dict[str, Any], events: list[dict[str, Any]], params: ModelParams, now_ms: int
+) -> list[dict[str, Any]]:
+    """Publish the learning state as the next version if due; stamp and record ``events``.
+
+    Due when the model was just seeded or its segments changed (``events``), or when the
+    last publication is ``publish_interval_ms`` old.
+    """
+    pub = doc.get("published")
+    due = doc["ready"] and (
+        bool(events) or pub is None or now_ms - int(pub["at_ms"]) >= params.publish_interval_ms
+    )
+    if due:
+        doc["version"] = int(doc["version"]) + 1
+        doc["published"] = {
+            "at_ms": now_ms,
+            "centres": doc["centres"],
+            "scaler": doc["scaler"],
+        }
+    stamped = [
+        {**e, "version": doc["version"], "epoch": doc["epoch"], "at_ms": now_ms} for e in events
+    ]
+    doc["events"] = (doc["events"] + stamped)[-KEEP_EVENTS:]
+    return stamped
+
+
+def _replace_centres(
+    doc: dict[str, Any], centres: np.ndarray, lineage: Lineage, counts: np.ndarray
+) -> None:
+    doc.update(
+        k=len(centres),
+        ids=list(lineage.ids),
+        next_id=lineage.next_id,
+        centres=centres.tolist(),
+        counts=counts.tolist(),
+        recent_wins=counts.tolist(),
+        epoch=doc["epoch"] + 1,
+    )
+
+
+def _canonical(points: np.ndarray) -> np.ndarray:
+    """Rows in lexicographic order: the fit then depends on the set of users, not on the
+    order partitions happened to be read in (a backfill seeds what the live run did)."""
+    return points[np.lexsort(points.T[::-1])]
+
+
+def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return np.argmin(((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2), axis=1)
+
+
+def merge(
+    doc: dict[str, Any] | None,
+    delta: ModelDelta,
+    reservoir: np.ndarray | None,
+    params: ModelParams,
+    now_ms: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fold ``delta`` into checkpoint ``doc``; return the next version and its new events.
+
+    ``reservoir`` (raw vectors) is needed only before the warm start: when it holds at
+    least ``warmup_users`` vectors the centres are seeded from it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> blobs = np.concatenate([rng.normal(c, 0.1, (100, 9)) for c in (0.0, 3.0, 6.0)])
+    >>> s = OnlineScaler.empty(9)
+    >>> for x in blobs:
+    ...     s.learn(x)
+    >>> delta = ModelDelta(0, 0, None, None, None, 0, s, len(blobs), blobs[:0])
+    >>> doc, events = merge(None, delta, blobs, ModelParams(k_min=2, k_max=4), now_ms=0)
+    >>> doc["ready"], doc["k"], doc["merges"], doc["version"], [e["event"] for e in events]
+    (True, 3, 1, 1, ['born', 'born', 'born'])
+    """
+    doc = check(dict(doc)) if doc is not None else empty_checkpoint()
+    old_scaler = OnlineScaler.from_dict(doc["scaler"])
+    scaler = old_scaler.merged(delta.scaler)
+    doc["scaler"] = scaler.to_dict()
+    doc["updates"] = int(doc["updates"]) + delta.updates
+    doc["merges"] = int(doc["merges"]) + 1
+    events: list[dict[str, Any]] = []
+
+    if doc["ready"]:
+        centres = _reexpress(np.array(doc["centres"], float), old_scaler, scaler)
+        counts = np.array(doc["counts"], float)
+        wins = np.array(doc["recent_wins"], float)
+        if (
+            delta.epoch == doc["epoch"]
+            and delta.shift is not None
+            and delta.counts is not None
+            and delta.base_std is not None
+            and delta.shift.shape == centres.shape
+        ):
+            centres = centres + delta.shift * (delta.base_std / scaler.std)
+            counts = counts + delta.counts
+            wins = wins * WIN_DECAY**delta.learned + delta.counts
+        doc.update(centres=centres.tolist(), counts=counts.tolist(), recent_wins=wins.tolist())
+        events += _reseed_dead(doc, scaler, delta.recent, params)
+    elif reservoir is not None and len(reservoir) >= params.warmup_users:
+        events += _seed(doc, scaler.transform(_canonical(reservoir)), params)
+    published = doc["version"]
+    stamped = _publish(doc, events, params, now_ms)
+    if doc["version"] != published:
+        doc.pop("rolled_back_from", None)  # it described the previous version
+    return doc, stamped
+
+
+def _seed(doc: dict[str, Any], points: np.ndarray, params: ModelParams) -> list[dict[str, Any]]:
+    choice = choose_k(
+        points, params.k_min, params.k_max, np.random.default_rng(params.seed + doc["epoch"])
+    )
+    lineage = match_centres(
+        np.empty((0, points.shape[1])), [], choice.centres, int(doc["next_id"]), 1.0
+    )
+    counts = np.bincount(_nearest(points, choice.centres), minlength=choice.k).astype(float)
+    _replace_centres(doc, choice.centres, lineage, counts)
+    doc["ready"] = True
+    doc["k_choice"] = {
+        "k": choice.k,
+        "scores": {str(k): round(v, 4) for k, v in choice.scores.items()},
+        "n_points": choice.n_points,
+        "reason": choice.reason,
+    }
+    return _caused(lineage.events(), "warm start: " + choice.reason)
+
+
+def _reseed_dead(
+    doc: dict[str, Any],
+    scaler: OnlineScaler,
+    recent_raw: np.ndarray,
+    params: ModelParams,
+) -> list[dict[str, Any]]:
+    """Move centres that stopped winning users to where users are worst served.
+
+    A centre is dead when its share of recent wins is below a tenth of a fair share (and
+    there is enough evidence: at least 20 wins per centre). It is re-seeded at the recent
+    user farthest from every other centre; matching then decides whether the segment id
+    survives (it moved less than the threshold) or a new segment is born.
+    """
+    k = int(doc["k"])
+    wins = np.array(doc["recent_wins"], float)
+    if wins.sum() < 20 * k or len(recent_raw) < 2 * k:
+        return []
+    share = wins / wins.sum()
+    dead = [j for j in range(k) if share[j] < DEAD_SHARE / k]
+    if not dead:
+        return []
+    old = np.array(doc["centres"], float)
+    centres = old.copy()
+    counts = np.array(doc["counts"], float)
+    points = scaler.transform(recent_raw)
+    for j in dead:
+        others = np.delete(centres, j, axis=0)
+        gap = ((points[:, None, :] - others[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        centres[j] = points[int(np.argmax(gap))]
+        counts[j] = 1.0
+        wins[j] = wins.sum() / k
+    lineage = match_centres(old, doc["ids"], centres, int(doc["next_id"]), params.match_threshold)
+    epoch = doc["epoch"]
+    _replace_centres(doc, centres, lineage, counts)
+    doc["recent_wins"] = wins.tolist()
+    if not lineage.events():
+        doc["epoch"] = epoch  # every id survived: nothing structural happened
+    return _caused(lineage.events(), "re-seeded a centre that stopped winning")
+
+
+def refit(
+    doc: dict[str, Any],
+    reservoir: np.ndarray,
+    params: ModelParams,
+    now_ms: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fit the centres afresh on the reservoir (k chosen again) and match them to the old.
+
+    Segment ids whose centres moved less than ``match_threshold`` are kept; the rest are
+    born or retired, with merges and splits recorded.
+    """
+    doc = check(dict(doc))
+    if not doc["ready"]:
+        raise ModelError("the model has not been seeded yet; there is nothing to refit")
+    if len(reservoir) < params.warmup_users:
+        raise ModelError(
+            f"the reservoir holds {len(reservoir)} users, fewer than warmup_users "
+            f"({params.warmup_users}); let more traffic through first"
+        )
+    scaler = OnlineScaler.from_dict(doc["scaler"])
+    points = scaler.transform(_canonical(reservoir))
+    choice = choose_k(
+        points, params.k_min, params.k_max, np.random.default_rng(params.seed + doc["epoch"])
+    )
+    old = np.array(doc["centres"], float)
+    lineage = match_centres(
+        old, doc["ids"], choice.centres, int(doc["next_id"]), params.match_threshold
+    )
+    counts = np.bincount(_nearest(points, choice.centres), minlength=choice.k).astype(float)
+    doc["merges"] = int(doc["merges"]) + 1
+    _replace_centres(doc, choice.centres, lineage, counts)
+    doc["k_choice"] = {
+        "k": choice.k,
+        "scores": {str(k): round(v, 4) for k, v in choice.scores.items()},
+        "n_points": choice.n_points,
+        "reason": choice.reason,
+    }
+    doc.pop("rolled_back_from", None)
+    moved = {str(i): round(d, 4) for i, d in lineage.kept.items()}
+    cause = f"refit: {choice.reason}; kept {moved}"
+    # A refit always publishes, even when every id survived: its centres are new.
+    events = _caused(lineage.events(), cause) or [{"event": "refit", "cause": cause}]
+    return doc, _publish(doc, events, params, now_ms)
+
+
+def rollback(
+    current: dict[str, Any], old: dict[str, Any], now_ms: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Publish checkpoint ``old``'s model again, as a new version in a new epoch.
+
+    History is never rewritten: the version number moves on, and ids born since ``old``
+    are never given out again (``next_id`` keeps the newer value).
+    """
+    current, old = check(dict(current)), check(dict(old))
+    doc = dict(old)
+    doc.update(
+        merges=int(current["merges"]) + 1,
+        version=int(current["version"]),
+        epoch=int(current["epoch"]) + 1,
+        next_id=max(int(current["next_id"]), int(old["next_id"])),
+        rolled_back_from=int(old["version"]),
+        events=list(current["events"]),
+    )
+    if old.get("published"):
+        # The version rolled back to is what is published again, not the learning that
+        # had happened after it.
+        doc.update(centres=old["published"]["centres"], scaler=old["published"]["scaler"])
+    cur_ids, old_ids = set(current["ids"]), set(old["ids"])
+    cause = f"rolled back to version {old['version']}"
+    events: list[dict[str, Any]] = [
+        {"event": "retired", "segment": i, "cause": cause} for i in sorted(cur_ids - old_ids)
+    ] + [{"event": "restored", "segment": i, "cause": cause} for i in sorted(old_ids - cur_ids)]
+    if not events:
+        events = [{"event": "rolled_back", "cause": cause}]
+    # Any params will do: events make the publication due at once.
+    return doc, _publish(doc, events, ModelParams(), now_ms)
+
+
+def retired_ids(events: list[dict[str, Any]]) -> list[int]:
+    """Segment ids that ``events`` retired (their members need a new segment)."""
+    return sorted({int(e["segment"]) for e in events if e["event"] == "retired"})

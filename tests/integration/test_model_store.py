@@ -1,0 +1,102 @@
+"""The shared model in Redis: version fence, history, rollback, reservoir, reassess queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from consumers.devstack.servers import Server
+from state.redis_store import RedisStore
+from stream.checkpoint import ModelDelta, ModelParams, merge, rollback
+from stream.errors import ModelError
+from stream.scaling import MODEL_FEATURES, OnlineScaler
+
+pytestmark = pytest.mark.integration
+D = len(MODEL_FEATURES)
+P = ModelParams(k_min=2, k_max=3, warmup_users=30, reservoir_size=40, seed=1)
+
+
+def delta(n: int, seed: int) -> ModelDelta:
+    rng = np.random.default_rng(seed)
+    pts = np.concatenate([rng.normal(c, 0.2, (n, D)) for c in (0.0, 5.0)])
+    s = OnlineScaler.empty(D)
+    for x in pts:
+        s.learn(x)
+    return ModelDelta(0, 0, None, None, None, 0, s, len(pts), pts[:0])
+
+
+@pytest.fixture
+def store(redis_server: Server, request: pytest.FixtureRequest):
+    st = RedisStore(f"redis://{redis_server.address}/0", prefix=f"ms-{request.node.name}:")
+    yield st
+    st.close()
+
+
+def test_a_concurrent_commit_is_merged_not_lost(store: RedisStore) -> None:
+    calls = []
+
+    def build(cur: dict[str, Any] | None):
+        calls.append(None if cur is None else cur["merges"])
+        if len(calls) == 1:
+            # Another process commits between this one's read and its write.
+            store.commit_model(lambda c: merge(c, delta(5, 2), None, P, 1), 0, 1)
+        return merge(cur, delta(5, 1), None, P, 2)
+
+    doc, _ = store.commit_model(build, 0, 2)
+    assert calls == [None, 1]  # the fenced write was refused, then built on merge 1
+    assert doc["merges"] == 2 and doc["updates"] == 20
+    stored = store.load_model()
+    assert stored is not None and stored["merges"] == 2 and stored["updates"] == 20
+
+
+def test_versions_are_kept_every_interval_and_trimmed(store: RedisStore) -> None:
+    every_second = ModelParams(
+        k_min=2, k_max=3, warmup_users=30, reservoir_size=40, publish_interval_ms=1000
+    )
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(c, 0.2, (20, D)) for c in (0.0, 5.0)])
+    store.commit_model(lambda c: merge(c, delta(20, 0), pts, every_second, 1000), 3000, 1000)
+    for t in range(2, 11):
+        doc, _ = store.commit_model(
+            lambda c, t=t: merge(c, delta(2, t), None, every_second, t * 1000),
+            3000,
+            t * 1000,
+            keep=3,
+        )
+        assert doc["version"] == t  # published every second
+    kept = [v["version"] for v in store.model_versions()]
+    # Kept: 1 (the seeding), then 4, 7, 10 (3 s apart); trimmed to the newest three.
+    assert kept == [4, 7, 10]
+    assert store.model_version(7)["version"] == 7
+    with pytest.raises(ModelError, match="no model version 1"):
+        store.model_version(1)
+
+
+def test_seeding_is_kept_and_rollback_is_a_new_version(store: RedisStore) -> None:
+    rng = np.random.default_rng(0)
+    pts = np.concatenate([rng.normal(c, 0.2, (20, D)) for c in (0.0, 5.0)])
+    assert store.push_reservoir(list(pts), P.reservoir_size) == 40
+    assert store.push_reservoir(list(pts[:10]), P.reservoir_size) == 40  # trimmed
+    np.testing.assert_allclose(store.reservoir()[-10:], pts[:10])
+    seeded, events = store.commit_model(
+        lambda c: merge(c, delta(20, 3), store.reservoir(), P, 5), 10**9, 5
+    )
+    assert seeded["ready"] and [e["event"] for e in events] == ["born", "born"]
+    store.commit_model(lambda c: merge(c, delta(2, 4), None, P, 6), 10**9, 6)
+    assert [v["version"] for v in store.model_versions()] == [1]  # seeding: kept
+    old = store.model_version(1)
+    doc, _ = store.commit_model(lambda c: rollback(c or old, old, 7), 10**9, 7)
+    assert (doc["version"], doc["rolled_back_from"]) == (2, 1)  # v1 was still published
+    assert store.load_model()["centres"] == old["centres"]  # type: ignore[index]
+
+
+def test_reassess_queue_and_members_of_retired_segments(store: RedisStore) -> None:
+    store.add_reassess(["a", "b"])
+    assert sorted(store.reassess_batch(10)) == ["a", "b"]
+    store.done_reassess(["a"])
+    assert store.reassess_batch(10) == ["b"]
+    store.client.sadd(store.keys.members(7), *[f"m{i}" for i in range(2500)])
+    assert store.queue_members([7], chunk=1000) == 2500
+    assert len(store.reassess_batch(5000)) == 2501
