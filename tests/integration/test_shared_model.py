@@ -40,13 +40,13 @@ def scrape(settings: Settings) -> dict[str, float]:
     return out
 
 
-def produce_twins(settings: Settings, n_users: int) -> dict[tuple[str, int], int]:
+def produce_twins(settings: Settings, users: range) -> dict[tuple[str, int], int]:
     """The first event of ``n_users`` template users twice: as ``a-<user>`` to partition 0
     and as ``b-<user>`` to partition 3 (the range assignor gives them to different members)."""
     firsts: dict[bytes, tuple[str, bytes, bytes]] = {}
-    for msg in make_events(settings, n_users=n_users, seed=77)[0]:
+    for msg in make_events(settings, n_users=users.stop, seed=77)[0]:
         firsts.setdefault(msg[1], msg)
-    template = list(firsts.values())
+    template = list(firsts.values())[users.start : users.stop]
     ends: dict[tuple[str, int], int] = {}
 
     def on_delivery(err: object, msg) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +78,9 @@ def produce_twins(settings: Settings, n_users: int) -> dict[tuple[str, int], int
 def test_two_processes_converge_on_one_model(
     settings: Settings, rds: redis.Redis, tmp_path: Path
 ) -> None:
-    s = settings.replace(model_sync_interval_s=0.5, model_publish_interval_s=2.0)
+    s = settings.replace(
+        model_sync_interval_s=0.5, model_publish_interval_s=2.0, catalogue_interval_s=1.0
+    )
     ends = produce(s, make_events(s, n_users=800, seed=21)[0])
     a_s = s.replace(instance_id="a", metrics_port=servers.free_port())
     b_s = s.replace(instance_id="b", metrics_port=servers.free_port())
@@ -88,8 +90,11 @@ def test_two_processes_converge_on_one_model(
     ]
     try:
         wait_committed(s, ends)
-        twin_ends = produce_twins(s, n_users=300)
-        wait_committed(s, {**ends, **twin_ends})
+        # Three rounds, a few publications apart, so twins meet several model versions.
+        for start in (0, 100, 200):
+            ends.update(produce_twins(s, range(start, start + 100)))
+            wait_committed(s, ends)
+            time.sleep(2.5)
         time.sleep(2 * s.model_sync_interval_s + 1)  # idle: both adopt the newest version
         ma, mb = scrape(a_s), scrape(b_s)
     finally:
@@ -101,6 +106,12 @@ def test_two_processes_converge_on_one_model(
     assert ma['segmenter_model_syncs_total{outcome="merged"}'] >= 1
     assert mb['segmenter_model_syncs_total{outcome="merged"}'] >= 1
     assert ma["segmenter_model_version"] == mb["segmenter_model_version"]
+    # The live quality gauges are exported.
+    for m in (ma, mb):
+        assert m["segmenter_model_segments"] == s.n_clusters
+        assert 0.0 < m["segmenter_model_silhouette"] <= 1.0
+        assert 0.0 < m["segmenter_segment_size_entropy"] <= 1.0
+        assert 0.0 <= m["segmenter_segment_flap_ratio"] <= 1.0
     doc = orjson.loads(rds.get(f"{s.redis_prefix}model"))
     assert doc["version"] >= ma["segmenter_model_version"]
 
