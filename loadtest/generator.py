@@ -5,7 +5,12 @@ keyed by user id so that one user's events share a partition number on both topi
 
     python -m loadtest.generator --bootstrap 127.0.0.1:9092 --users 1000 --events 100000 \\
         --rate 5000 --seed 7 --days 30 --ground-truth gt.json --bad-ratio 0.01 \\
-        --clicks-topic shop.clicks --purchases-topic shop.purchases
+        --clicks-topic shop.clicks --purchases-topic shop.purchases \\
+        --shift-at 0.6 --shift-share 0.5 --shift-from window_shopper \\
+        --shift-to loyal_high_spender
+
+The ``--shift-*`` options (off unless ``--shift-at`` is given) make some users change
+persona part-way through the span: see :class:`~loadtest.personas.PersonaShift`.
 """
 
 from __future__ import annotations
@@ -17,14 +22,22 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
-from loadtest.personas import MALFORMED_KINDS, ShopperSimulator, malformed_event
+from loadtest.personas import (
+    DEFAULT_SHIFT,
+    MALFORMED_KINDS,
+    PERSONAS,
+    PersonaShift,
+    ShiftedUser,
+    ShopperSimulator,
+    malformed_event,
+)
 
 DAY_MS = 86_400_000
 _MAX_CHUNK = 1000  # messages between pacing checks and delivery-report polls
@@ -54,7 +67,11 @@ class GenerateReport:
     events_per_s
         ``events_sent / elapsed_s``.
     users_per_persona
-        Persona name -> number of users (whether or not they got events).
+        Persona name -> number of users (whether or not they got events), by the
+        persona each user has at the end of the span.
+    shifted_event_times
+        For each user whose behaviour shifted, the event times (epoch ms, in order) of
+        their events sent valid at or after their shift; empty without a shift.
     """
 
     events_sent: int
@@ -63,18 +80,65 @@ class GenerateReport:
     elapsed_s: float
     events_per_s: float
     users_per_persona: dict[str, int]
+    shifted_event_times: dict[str, list[int]] = field(default_factory=dict)
 
 
-def write_ground_truth(path: str | os.PathLike[str], seed: int, truth: Mapping[str, str]) -> None:
-    """Write ``{"seed", "n_users", "personas": {user_id: persona}}`` as JSON.
+def write_ground_truth(
+    path: str | os.PathLike[str],
+    seed: int,
+    truth: Mapping[str, str],
+    *,
+    shift: PersonaShift | None = None,
+    shift_ms: int | None = None,
+    shifted: Mapping[str, ShiftedUser] | None = None,
+) -> None:
+    """Write the ground truth as JSON.
+
+    Keys:
+
+    ``seed``, ``n_users``
+        As given, and the number of users.
+    ``personas``
+        ``{user_id: persona}``, each user's persona at the *end* of the span (for a
+        shifted user, the persona shifted to).
+    ``shift``
+        ``null``, or ``{"at", "share", "from_persona", "to_persona", "at_ms"}``: the
+        :class:`~loadtest.personas.PersonaShift` and its instant in epoch ms.
+    ``shifted``
+        ``{user_id: {"before", "after", "at_ms"}}`` for each shifted user: persona
+        until the shift, persona from it, and its instant in epoch ms (``{}`` without
+        a shift).
 
     Written to a temporary file first and renamed, so a reader never sees half a file.
     """
+    if shift is not None and shift_ms is None:
+        raise ValueError("shift_ms must be given with shift")
+    shift_doc = (
+        None
+        if shift is None
+        else {
+            "at": shift.at,
+            "share": shift.share,
+            "from_persona": shift.from_persona,
+            "to_persona": shift.to_persona,
+            "at_ms": shift_ms,
+        }
+    )
+    shifted_doc = {
+        user: {"before": s.before, "after": s.after, "at_ms": s.at_ms}
+        for user, s in (shifted or {}).items()
+    }
     target = Path(path)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(
         orjson.dumps(
-            {"seed": seed, "n_users": len(truth), "personas": dict(truth)},
+            {
+                "seed": seed,
+                "n_users": len(truth),
+                "personas": dict(truth),
+                "shift": shift_doc,
+                "shifted": shifted_doc,
+            },
             option=orjson.OPT_SORT_KEYS,
         )
     )
@@ -94,6 +158,7 @@ def produce_events(
     bad_ratio: float = 0.0,
     extra_producer_config: Mapping[str, str | int | float | bool] | None = None,
     progress: Callable[[int], None] | None = None,
+    shift: PersonaShift | None = None,
 ) -> GenerateReport:
     """Produce ``n_events`` events of ``n_users`` shoppers over the last ``days`` days.
 
@@ -110,7 +175,8 @@ def produce_events(
     days
         Length of the simulated span, which ends at the current wall time.
     ground_truth_path
-        If given, where to write the user -> persona JSON before producing.
+        If given, where to write the ground truth JSON (see :func:`write_ground_truth`)
+        before producing.
     bad_ratio
         Share of messages replaced by malformed payloads (cycling through
         :data:`~loadtest.personas.MALFORMED_KINDS`), sent to ``clicks_topic`` keyed by
@@ -120,6 +186,9 @@ def produce_events(
         defaults.
     progress
         Called with the number of messages produced so far, about every thousand.
+    shift
+        Optional :class:`~loadtest.personas.PersonaShift` of some users' behaviour
+        part-way through the span; ``None`` (the default) for none.
 
     Returns
     -------
@@ -141,10 +210,15 @@ def produce_events(
     if rate is not None and not rate > 0:
         raise ValueError(f"rate must be positive or None, got {rate}")
     end_ms = int(time.time() * 1000)
-    sim = ShopperSimulator(n_users, seed, end_ms - int(days * DAY_MS), end_ms)
+    sim = ShopperSimulator(n_users, seed, end_ms - int(days * DAY_MS), end_ms, shift=shift)
     truth = sim.ground_truth()
+    shifted = sim.shifted_users()
     if ground_truth_path:
-        write_ground_truth(ground_truth_path, seed, truth)
+        write_ground_truth(
+            ground_truth_path, seed, truth, shift=shift, shift_ms=sim.shift_ms, shifted=shifted
+        )
+    shifted_times: dict[str, list[int]] = {user: [] for user in shifted}
+    shift_ms = sim.shift_ms if sim.shift_ms is not None else end_ms + 1
 
     failed = 0
     errors: list[str] = []
@@ -189,6 +263,9 @@ def produce_events(
                 purchases += 1
             else:
                 topic = clicks_topic
+            ts = cast(int, event["ts"])
+            if ts >= shift_ms and user in shifted_times:
+                shifted_times[user].append(ts)
         while True:
             try:
                 produce(topic, value, key)
@@ -226,6 +303,7 @@ def produce_events(
         elapsed_s=elapsed,
         events_per_s=sent / elapsed if elapsed > 0 else float("inf"),
         users_per_persona=dict(sorted(Counter(truth.values()).items())),
+        shifted_event_times=shifted_times,
     )
 
 
@@ -257,6 +335,47 @@ def _ratio(text: str) -> float:
     return value
 
 
+def add_shift_arguments(ap: argparse.ArgumentParser, default_at: float | None) -> None:
+    """Add ``--shift-at``, ``--shift-share``, ``--shift-from`` and ``--shift-to``.
+
+    With ``default_at`` None there is no shift unless ``--shift-at`` is given. The other
+    defaults are those of :data:`~loadtest.personas.DEFAULT_SHIFT`.
+    """
+    ap.add_argument(
+        "--shift-at",
+        type=float,
+        default=default_at,
+        help="fraction of the span at which some users start behaving as another persona "
+        f"(default: {'no shift' if default_at is None else default_at})",
+    )
+    ap.add_argument(
+        "--shift-share",
+        type=float,
+        default=DEFAULT_SHIFT.share,
+        help=f"share of --shift-from's users that change (default {DEFAULT_SHIFT.share})",
+    )
+    ap.add_argument("--shift-from", choices=sorted(PERSONAS), default=DEFAULT_SHIFT.from_persona)
+    ap.add_argument("--shift-to", choices=sorted(PERSONAS), default=DEFAULT_SHIFT.to_persona)
+
+
+def shift_from_args(args: argparse.Namespace) -> PersonaShift | None:
+    """The :class:`~loadtest.personas.PersonaShift` the ``--shift-*`` options ask for.
+
+    Raises
+    ------
+    ValueError
+        If they are out of range.
+    """
+    if args.shift_at is None:
+        return None
+    return PersonaShift(
+        at=args.shift_at,
+        share=args.shift_share,
+        from_persona=args.shift_from,
+        to_persona=args.shift_to,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code."""
     ap = argparse.ArgumentParser(
@@ -271,9 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=_positive_float, default=None, help="events/s (default: max)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--days", type=_positive_float, default=30.0, help="simulated span")
-    ap.add_argument("--ground-truth", default=None, help="write user -> persona JSON here")
+    ap.add_argument("--ground-truth", default=None, help="write the ground truth JSON here")
     ap.add_argument("--bad-ratio", type=_ratio, default=0.0, help="share of malformed messages")
+    add_shift_arguments(ap, default_at=None)
     args = ap.parse_args(argv)
+    try:
+        shift = shift_from_args(args)
+    except ValueError as exc:
+        ap.error(str(exc))
     try:
         r = produce_events(
             bootstrap=args.bootstrap,
@@ -286,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             days=args.days,
             ground_truth_path=args.ground_truth,
             bad_ratio=args.bad_ratio,
+            shift=shift,
         )
     except GeneratorError as exc:
         print(f"generator: {exc}", file=sys.stderr)

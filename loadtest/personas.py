@@ -17,6 +17,11 @@ What the stream looks like:
 * Time is not uniform: total traffic follows a daily cycle (quiet at night, busiest in the
   evening, UTC) and the number of users active at that moment, so users' own shopping
   rates stay the same whoever else is around.
+* Optionally, behaviour shifts (:class:`PersonaShift`): at one instant of the span, a share
+  of the users of one persona start behaving as another persona until the end, so that a
+  consumer can be timed on how fast it notices. :meth:`ShopperSimulator.ground_truth`
+  gives each user's persona at the *end* of the span, and
+  :meth:`ShopperSimulator.shifted_users` who shifted, from what, to what, and when.
 
 Examples
 --------
@@ -33,7 +38,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import orjson
@@ -279,6 +284,108 @@ PERSONAS: dict[str, Persona] = {
 }
 DEFAULT_SHARES: dict[str, float] = {name: p.share for name, p in PERSONAS.items()}
 
+_SHIFT_SALT = 0x5_41F7  # the shift's own random stream, apart from the events' one
+
+
+def _is_fraction(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0.0 <= value <= 1.0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaShift:
+    """A change of behaviour: some users of one persona turn into another one.
+
+    From the instant ``at`` of the span to its end, a share ``share`` of the users of
+    ``from_persona`` (drawn at random, reproducibly from the simulator's seed) shop as
+    users of ``to_persona`` do at that point of the span: that persona's session shape,
+    prices, activity and lapse (a drawn lapse that falls before ``at`` means lapsed from
+    ``at`` on), and its number of favourite categories (the first of their old
+    favourites kept, the rest drawn to the new persona's taste). A session already
+    open at ``at`` finishes as it started.
+
+    Parameters
+    ----------
+    at
+        Fraction of the span, strictly between 0 and 1, at which the shift happens.
+    share
+        Fraction of ``from_persona``'s users that shift, in (0, 1]; at least one user
+        shifts.
+    from_persona, to_persona
+        Two different names of :data:`PERSONAS`. Every user of ``from_persona`` must have
+        arrived by ``at`` (so ``new_user`` only with ``at`` at or after its arrivals).
+
+    Raises
+    ------
+    ValueError
+        If an argument is out of range; the message names it.
+
+    Examples
+    --------
+    >>> PersonaShift(at=0.6, share=0.5)
+    PersonaShift(at=0.6, share=0.5, from_persona='window_shopper', to_persona='loyal_high_spender')
+    >>> PersonaShift(at=0.6, share=0.5, to_persona="window_shopper")
+    Traceback (most recent call last):
+    ...
+    ValueError: to_persona must differ from from_persona, both are 'window_shopper'
+    """
+
+    at: float
+    share: float
+    from_persona: str = "window_shopper"
+    to_persona: str = "loyal_high_spender"
+
+    def __post_init__(self) -> None:
+        if not _is_fraction(self.at) or not 0.0 < self.at < 1.0:
+            raise ValueError(f"at must be a fraction of the span in (0, 1), got {self.at!r}")
+        if not _is_fraction(self.share) or not self.share > 0.0:
+            raise ValueError(f"share must be a fraction in (0, 1], got {self.share!r}")
+        for arg in ("from_persona", "to_persona"):
+            name = getattr(self, arg)
+            if name not in PERSONAS:
+                raise ValueError(f"{arg} must be one of {sorted(PERSONAS)}, got {name!r}")
+        if self.from_persona == self.to_persona:
+            raise ValueError(
+                f"to_persona must differ from from_persona, both are {self.to_persona!r}"
+            )
+        last_arrival = PERSONAS[self.from_persona].arrival[1]
+        if last_arrival > self.at:
+            raise ValueError(
+                f"from_persona {self.from_persona!r} has users arriving as late as "
+                f"{last_arrival} of the span, after at={self.at}"
+            )
+
+
+#: The shift the quality report times the segmenter on: half the window shoppers start
+#: buying like loyal high spenders 60 % of the way through the span. Browsers turning
+#: into big buyers is a change a marketer acts on at once (no more discount nudges,
+#: start the VIP treatment), their profile changes on every money feature (purchases,
+#: spend, order value, recency, conversion), and they keep sending events for the
+#: segmenter to notice it by.
+DEFAULT_SHIFT = PersonaShift(at=0.6, share=0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftedUser:
+    """Ground truth of one user whose behaviour shifted.
+
+    Attributes
+    ----------
+    before, after
+        Persona until the shift, and from it to the end of the span.
+    at_ms
+        Event time of the shift, epoch milliseconds: the user's events at or after it
+        follow ``after`` (but for the rest of a session open at that instant).
+    """
+
+    before: str
+    after: str
+    at_ms: int
+
 
 class _Group:
     """Users of one persona in one state (active or lapsed), with O(1) removal."""
@@ -327,6 +434,17 @@ class ShopperSimulator:
     shares
         Persona name -> share of the users (normalised; missing personas get none).
         Defaults to :data:`DEFAULT_SHARES`.
+    shift
+        An optional :class:`PersonaShift`. Without one, the same seed gives exactly the
+        same users and events as it always has.
+
+    Attributes
+    ----------
+    shift
+        As given.
+    shift_ms
+        Event time of the shift, epoch ms (``start_ms`` plus ``shift.at`` of the span,
+        rounded); ``None`` without a shift.
 
     Raises
     ------
@@ -341,6 +459,7 @@ class ShopperSimulator:
         start_ms: int,
         end_ms: int,
         shares: Mapping[str, float] | None = None,
+        shift: PersonaShift | None = None,
     ) -> None:
         if isinstance(n_users, bool) or not isinstance(n_users, int) or n_users < 1:
             raise ValueError(f"n_users must be an integer >= 1, got {n_users!r}")
@@ -362,6 +481,8 @@ class ShopperSimulator:
             raise ValueError(f"shares must be finite and non-negative, got {shares}")
         if sum(shares.values()) <= 0:
             raise ValueError("shares must not all be zero")
+        if shift is not None and not isinstance(shift, PersonaShift):
+            raise ValueError(f"shift must be a PersonaShift or None, got {shift!r}")
 
         self.n_users = n_users
         self.seed = seed
@@ -377,15 +498,18 @@ class ShopperSimulator:
         counts = _apportion(n_users, self.shares)
         assigned = [name for name in PERSONAS for _ in range(counts[name])]
         rng.shuffle(assigned)  # so that ids say nothing about personas
+        # Persona of each user at the start of the span.
         self._truth: dict[str, str] = {f"u{i + 1:06d}": p for i, p in enumerate(assigned)}
         self._favourites: dict[str, list[str]] = {}
         self._arrival: dict[str, float] = {}
         self._departure: dict[str, float] = {}
         for user, name in self._truth.items():
             p = PERSONAS[name]
-            self._favourites[user] = self._draw_favourites(p)
+            self._favourites[user] = self._draw_favourites(p, rng)
             self._arrival[user] = rng.uniform(*p.arrival) if p.arrival[1] > 0 else 0.0
             self._departure[user] = rng.uniform(*p.departure) if p.departure[0] < 1 else 1.0
+        self.shift = shift
+        self._set_up_shift(shift)
         # Events per session of each persona, to turn session rates into traffic; drawn
         # from a private generator so that it does not depend on the seed.
         probe = random.Random(0x5E55)
@@ -434,11 +558,15 @@ class ShopperSimulator:
                 self._price_window[name, category] = (a, b)
             self._category_cum_weights[name] = cum_weights
 
-    def _draw_favourites(self, p: Persona) -> list[str]:
-        """``p.n_categories`` distinct categories, weighted by the persona's taste."""
-        rng = self._rng
+    def _draw_favourites(
+        self, p: Persona, rng: random.Random, keep: Sequence[str] = ()
+    ) -> list[str]:
+        """``p.n_categories`` distinct categories, weighted by the persona's taste.
+
+        The first of ``keep`` come first, as many as fit; the rest are drawn.
+        """
         cum_weights = self._category_cum_weights[p.name]
-        chosen: dict[str, None] = {}
+        chosen: dict[str, None] = dict.fromkeys(keep[: p.n_categories])
         while len(chosen) < p.n_categories:
             for c in rng.choices(CATEGORIES, cum_weights=cum_weights, k=2 * p.n_categories):
                 chosen[c] = None
@@ -446,9 +574,63 @@ class ShopperSimulator:
                     break
         return list(chosen)
 
+    def _set_up_shift(self, shift: PersonaShift | None) -> None:
+        """Choose the shifted users and draw what they are like after the shift.
+
+        Uses a random stream of its own, so the draws above are the same with or
+        without a shift.
+        """
+        self._end_truth = self._truth
+        self._shifted: dict[str, ShiftedUser] = {}
+        self._shift_frac = 1.0
+        self.shift_ms: int | None = None
+        self._new_favourites: dict[str, list[str]] = {}
+        self._lapsed_at_shift: set[str] = set()
+        self._new_departure: dict[str, float] = {}
+        if shift is None:
+            return
+        candidates = sorted(u for u, name in self._truth.items() if name == shift.from_persona)
+        if not candidates:
+            raise ValueError(
+                f"shift names from_persona {shift.from_persona!r}, which has no users "
+                f"with these shares"
+            )
+        span = self.end_ms - self.start_ms
+        at_ms = self.start_ms + round(shift.at * span)
+        self.shift_ms = at_ms
+        # An event at ts belongs to the fraction (ts - start) / span; this keeps
+        # ``ts >= at_ms`` and ``fraction >= _shift_frac`` the same test.
+        self._shift_frac = (at_ms - self.start_ms) / span
+        rng = random.Random(self.seed ^ _SHIFT_SALT)
+        n = max(1, math.floor(shift.share * len(candidates) + 0.5))
+        target = PERSONAS[shift.to_persona]
+        self._end_truth = dict(self._truth)
+        for user in sorted(rng.sample(candidates, n)):
+            self._end_truth[user] = shift.to_persona
+            self._shifted[user] = ShiftedUser(shift.from_persona, shift.to_persona, at_ms)
+            self._new_favourites[user] = self._draw_favourites(
+                target, rng, keep=self._favourites[user]
+            )
+            departure = rng.uniform(*target.departure) if target.departure[0] < 1 else 1.0
+            if departure <= self._shift_frac:
+                self._lapsed_at_shift.add(user)
+            else:
+                self._new_departure[user] = departure
+
     def ground_truth(self) -> dict[str, str]:
-        """Return user id -> persona name for every user, with or without events."""
-        return dict(self._truth)
+        """Return user id -> persona name at the end of the span, for every user.
+
+        With a :class:`PersonaShift`, a shifted user has the persona shifted to; see
+        :meth:`shifted_users` for the one before.
+        """
+        return dict(self._end_truth)
+
+    def shifted_users(self) -> dict[str, ShiftedUser]:
+        """Return user id -> :class:`ShiftedUser` for the users whose behaviour shifted.
+
+        Empty without a shift.
+        """
+        return dict(self._shifted)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -573,13 +755,25 @@ class ShopperSimulator:
     # -- traffic ------------------------------------------------------------------------
 
     def _transitions(self) -> list[tuple[float, int, str]]:
-        """(span fraction, 0 = arrives / 1 = lapses, user), in time order."""
+        """(span fraction, 0 = arrives / 1 = lapses / 2 = shifts, user), in time order.
+
+        A shifted user's own arrival and lapse count only up to the shift; after it,
+        the lapse drawn for the persona shifted to.
+        """
         out = []
+        cut = self._shift_frac
         for user in self._truth:
+            shifted = user in self._shifted
             if self._arrival[user] > 0.0:
-                out.append((self._arrival[user], 0, user))
-            if self._departure[user] < 1.0:
+                # min(): ``cut`` is ``at`` rounded to a millisecond, maybe just before it.
+                arrival = min(self._arrival[user], cut) if shifted else self._arrival[user]
+                out.append((arrival, 0, user))
+            if self._departure[user] < 1.0 and not (shifted and self._departure[user] > cut):
                 out.append((self._departure[user], 1, user))
+            if shifted:
+                out.append((cut, 2, user))
+                if user in self._new_departure and self._new_departure[user] < 1.0:
+                    out.append((self._new_departure[user], 1, user))
         out.sort()
         return out
 
@@ -594,6 +788,10 @@ class ShopperSimulator:
                 groups[name][0].add(user)
         return groups
 
+    def _initial_personas(self) -> dict[str, str]:
+        """User -> persona at the start of the span, for one pass to update as it goes."""
+        return dict(self._truth) if self._shifted else self._truth
+
     def _traffic_curve(self) -> tuple[list[int], list[float]]:
         """Bucket edges (ms) and cumulative expected events at each edge.
 
@@ -605,6 +803,7 @@ class ShopperSimulator:
         width = span / n_buckets
         edges = [self.start_ms + round(k * width) for k in range(n_buckets)] + [self.end_ms]
         groups = self._initial_groups()
+        personas = self._initial_personas()
         transitions = self._transitions()
         t = 0
         cumulative = [0.0]
@@ -612,7 +811,7 @@ class ShopperSimulator:
             mid_ms = (edges[k] + edges[k + 1]) / 2
             frac = (mid_ms - self.start_ms) / span
             while t < len(transitions) and transitions[t][0] <= frac:
-                self._apply(groups, transitions[t])
+                self._apply(groups, personas, transitions[t])
                 t += 1
             rate = sum(
                 self._mean_length[name]
@@ -628,14 +827,27 @@ class ShopperSimulator:
             cumulative = [float(e - self.start_ms) for e in edges]
         return edges, cumulative
 
-    def _apply(self, groups: dict[str, tuple[_Group, _Group]], tr: tuple[float, int, str]) -> None:
+    def _apply(
+        self,
+        groups: dict[str, tuple[_Group, _Group]],
+        personas: dict[str, str],
+        tr: tuple[float, int, str],
+    ) -> None:
         _, kind, user = tr
-        active, lapsed = groups[self._truth[user]]
+        active, lapsed = groups[personas[user]]
         if kind == 0:
             active.add(user)
-        else:
+        elif kind == 1:
             active.remove(user)
             lapsed.add(user)
+        else:
+            for g in (active, lapsed):
+                if user in g.index:
+                    g.remove(user)
+            after = self._shifted[user].after
+            personas[user] = after
+            new_active, new_lapsed = groups[after]
+            (new_lapsed if user in self._lapsed_at_shift else new_active).add(user)
 
     def _concurrency(self, n_events: int) -> int:
         """Open sessions to interleave so that one lasts about ``_SESSION_TARGET_MS``."""
@@ -688,7 +900,9 @@ class ShopperSimulator:
             name: p.max_purchases for name, p in PERSONAS.items() if p.max_purchases is not None
         }
         bought: dict[str, int] = {}
-        truth = self._truth
+        personas = self._initial_personas()
+        start_personas = self._truth
+        new_favourites = self._new_favourites
 
         pickable: list[tuple[_Group, float]] = []
         total_weight = 0.0
@@ -730,7 +944,7 @@ class ShopperSimulator:
                 ts = min(ts, hi)
                 frac = (ts - self.start_ms) / span
                 while t < n_transitions and transitions[t][0] <= frac:
-                    self._apply(groups, transitions[t])
+                    self._apply(groups, personas, transitions[t])
                     t += 1
                     dirty = True
                 attempts = 0
@@ -741,7 +955,7 @@ class ShopperSimulator:
                     while total_weight <= 0.0 and t < n_transitions:
                         # Nobody active yet (possible within a bucket): bring the next
                         # arrival forward.
-                        self._apply(groups, transitions[t])
+                        self._apply(groups, personas, transitions[t])
                         t += 1
                         refresh()
                     if total_weight <= 0.0:
@@ -758,12 +972,15 @@ class ShopperSimulator:
                         user = chosen.users[int(rand() * len(chosen.users))]
                     if user in busy:
                         continue  # one session per user at a time
-                    name = truth[user]
+                    name = personas[user]
                     cap = caps.get(name)
                     may_buy = cap is None or bought.get(user, 0) < cap
-                    session = self._session(
-                        rng, user, PERSONAS[name], self._favourites[user], may_buy
+                    favourites = (
+                        self._favourites[user]
+                        if name == start_personas[user]
+                        else new_favourites[user]
                     )
+                    session = self._session(rng, user, PERSONAS[name], favourites, may_buy)
                     if cap is not None and session[-1]["type"] == "purchase":
                         bought[user] = bought.get(user, 0) + 1
                     session.reverse()
