@@ -476,8 +476,15 @@ class Segmenter:
         now = time.monotonic()
         # Until the warm start, sync after every batch: the sooner the shared reservoir
         # is full, the sooner users get segments.
+        # After it, sync every model_sync_interval_s, or sooner when this process has learned
+        # from model_sync_updates users (a backlog moves through days of event time fast).
+        s = self.settings
         warming = not self.model.ready and self.model.dirty
-        if warming or now - self._last_sync >= self.settings.model_sync_interval_s:
+        if (
+            warming
+            or self.model.observed >= s.model_sync_updates
+            or now - self._last_sync >= s.model_sync_interval_s
+        ):
             self.sync_model()
         if self._reassess_pending and self.model.ready:
             self.reassess_users()

@@ -116,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a segmenter setting for this run, e.g. --set n_clusters=5 (repeatable)",
+    )
     ap.add_argument("--out", default="loadtest/out/quality.md")
     ap.add_argument(
         "--rate",
@@ -167,9 +174,10 @@ def measure(args: argparse.Namespace, broker: Server, rds: Server, tmp: Path) ->
     from consumers.devstack import servers
     from state.redis_store import RedisStore
     from stream.scaling import to_vector
-    from stream.settings import Settings
+    from stream.settings import load_settings
 
-    s = Settings(
+    overrides = {f"SEGMENTER_{k.upper()}": v for k, v in (a.split("=", 1) for a in args.set)}
+    s = load_settings(overrides).replace(
         kafka_bootstrap=broker.address,
         redis_url=f"redis://{rds.address}/0",
         metrics_port=servers.free_port(),
@@ -227,7 +235,11 @@ def measure(args: argparse.Namespace, broker: Server, rds: Server, tmp: Path) ->
         live.append(int(h["segment"]))
         vectors.append(to_vector(orjson.loads(h["features"])))
     catalogue = {e["segment"]: e for e in store.read_catalogue()}
+    checkpoint = store.load_model() or {}
     store.close()
+    changes = read_topic_values(s.kafka_bootstrap, s.changes_topic)
+    flapping = flap_figures(changes)
+    lineage = Counter(str(e["event"]) for e in checkpoint.get("events", []))
     x = model.scale(np.stack(vectors))
     personas = [truth[u] for u in users]
     k = model.n_clusters
@@ -253,10 +265,19 @@ def measure(args: argparse.Namespace, broker: Server, rds: Server, tmp: Path) ->
         ("silhouette (batch KMeans, reference)", f"{silhouette_score(x, batch):.3f}"),
         ("segment size entropy (1 = equal)", f"{entropy:.3f}"),
         ("flap rate (changes per user after the first)", f"{flaps:.3f}"),
+        (
+            "reversals: moves undone (A -> B -> A) within 24 h of event time, per move",
+            f"{flapping.reversals} of {flapping.moves} ({flapping.reversal_rate:.3f})",
+        ),
+        ("k, and why", str((checkpoint.get("k_choice") or {}).get("reason", "-"))),
+        (
+            "segments born / retired / merged / split over the run",
+            " / ".join(str(lineage[e]) for e in ("born", "retired", "merged", "split")),
+        ),
+        ("model versions published", str(checkpoint.get("version", 0))),
     ]
     shift: PersonaShift | None = getattr(args, "shift", None)
     if shift is not None:
-        changes = read_topic_values(s.kafka_bootstrap, s.changes_topic)
         figures = resegmentation(changes, ground_truth, gen.shifted_event_times)
         rows += resegmentation_rows(figures, shift, catalogue)
     lines = ["# Segment quality", "", "| measure | value |", "|---|---|"]
@@ -268,6 +289,54 @@ def measure(args: argparse.Namespace, broker: Server, rds: Server, tmp: Path) ->
         name = catalogue.get(sid, {}).get("name", "?")
         lines.append(f"| {sid} | {name} | {sizes[sid]} | {top} |")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Flapping:
+    """Moves (changes of users who had a segment) and how many of them were undone."""
+
+    moves: int
+    reversals: int
+
+    @property
+    def reversal_rate(self) -> float:
+        return self.reversals / self.moves if self.moves else 0.0
+
+
+def flap_figures(changes: list[dict[str, Any]], window_ms: int = 86_400_000) -> Flapping:
+    """Count moves, and reversals: a move back to the segment a user left less than
+    ``window_ms`` of event time earlier (duplicates by ``change_id`` count once).
+
+    >>> c = [
+    ...     {"change_id": "a", "user_id": "u", "previous_segment": None, "segment": 1,
+    ...      "event_time": 0},
+    ...     {"change_id": "b", "user_id": "u", "previous_segment": 1, "segment": 2,
+    ...      "event_time": 1000},
+    ...     {"change_id": "c", "user_id": "u", "previous_segment": 2, "segment": 1,
+    ...      "event_time": 2000},
+    ...     {"change_id": "c", "user_id": "u", "previous_segment": 2, "segment": 1,
+    ...      "event_time": 2000},
+    ... ]
+    >>> flap_figures(c)
+    Flapping(moves=2, reversals=1)
+    """
+    seen: set[str] = set()
+    left: dict[tuple[str, int], int] = {}  # (user, segment) -> event time they left it
+    moves = reversals = 0
+    for msg in sorted(changes, key=lambda m: event_time_ms(m["event_time"])):
+        if msg["change_id"] in seen:
+            continue
+        seen.add(msg["change_id"])
+        prev = msg["previous_segment"]
+        if prev is None:
+            continue
+        moves += 1
+        t = event_time_ms(msg["event_time"])
+        back = left.get((msg["user_id"], msg["segment"]))
+        if back is not None and t - back <= window_ms:
+            reversals += 1
+        left[(msg["user_id"], prev)] = t
+    return Flapping(moves, reversals)
 
 
 def event_time_ms(value: object) -> int:

@@ -71,8 +71,10 @@ class ModelParams:
         when centres are replaced.
     reservoir_size
         Most user vectors kept in the shared reservoir.
-    publish_interval_ms
-        How often the learning state is published as a new model version.
+    publish_interval_ms, publish_updates
+        The learning state is published as a new model version when the last
+        publication is this old, or when this many user updates were merged since it,
+        whichever comes first (a backlog moves through days of event time in seconds).
     seed
         Seed of k-means++ and of the k choice.
     """
@@ -84,6 +86,7 @@ class ModelParams:
     match_threshold: float = 1.0
     reservoir_size: int = 2000
     publish_interval_ms: int = 10_000
+    publish_updates: int = 2000
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -99,6 +102,8 @@ class ModelParams:
             raise ValueError(f"halflife must be in (0, 1], got {self.halflife}")
         if not self.match_threshold > 0:
             raise ValueError(f"match_threshold must be positive, got {self.match_threshold}")
+        if self.publish_updates < 1:
+            raise ValueError(f"publish_updates must be at least 1, got {self.publish_updates}")
         if self.publish_interval_ms < 0:
             raise ValueError(
                 f"publish_interval_ms must be 0 or more, got {self.publish_interval_ms}"
@@ -182,16 +187,21 @@ def _publish(
     """Publish the learning state as the next version if due; stamp and record ``events``.
 
     Due when the model was just seeded or its segments changed (``events``), or when the
-    last publication is ``publish_interval_ms`` old.
+    last publication is ``publish_interval_ms`` old or ``publish_updates`` user updates
+    behind.
     """
     pub = doc.get("published")
     due = doc["ready"] and (
-        bool(events) or pub is None or now_ms - int(pub["at_ms"]) >= params.publish_interval_ms
+        bool(events)
+        or pub is None
+        or now_ms - int(pub["at_ms"]) >= params.publish_interval_ms
+        or int(doc["updates"]) - int(pub.get("updates", 0)) >= params.publish_updates
     )
     if due:
         doc["version"] = int(doc["version"]) + 1
         doc["published"] = {
             "at_ms": now_ms,
+            "updates": int(doc["updates"]),
             "centres": doc["centres"],
             "scaler": doc["scaler"],
         }

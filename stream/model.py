@@ -196,6 +196,11 @@ class SegmentModel:
         )
 
     @property
+    def observed(self) -> int:
+        """User updates observed since the last adoption."""
+        return self._observed
+
+    @property
     def dirty(self) -> bool:
         """Whether anything was observed since the last adoption."""
         return self._observed > 0

@@ -68,7 +68,9 @@ class Settings:
     seed: int = 42
     hysteresis_margin: float = 0.15
     model_sync_interval_s: float = 2.0
+    model_sync_updates: int = 1000
     model_publish_interval_s: float = 10.0
+    model_publish_updates: int = 2000
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health
@@ -84,6 +86,7 @@ class Settings:
         _check_positive(
             self, "catalogue_interval_s", "model_sync_interval_s", "model_publish_interval_s"
         )
+        _check_positive(self, "model_sync_updates", "model_publish_updates")
         if not self.max_future_skew_s >= 0:
             raise ConfigError(
                 "max_future_skew_s", f"must be 0 or more, got {self.max_future_skew_s}"
@@ -155,6 +158,7 @@ class Settings:
             match_threshold=self.segment_match_threshold,
             reservoir_size=self.reservoir_size,
             publish_interval_ms=int(self.model_publish_interval_s * 1000),
+            publish_updates=self.model_publish_updates,
             seed=self.seed,
         )
 
