@@ -82,11 +82,11 @@ class ModelParams:
     k_min: int = 3
     k_max: int = 8
     warmup_users: int = 200
-    halflife: float = 0.05
+    halflife: float = 0.01
     match_threshold: float = 1.0
     reservoir_size: int = 2000
     publish_interval_ms: int = 10_000
-    publish_updates: int = 2000
+    publish_updates: int = 500
     seed: int = 42
 
     def __post_init__(self) -> None:

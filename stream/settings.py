@@ -61,16 +61,16 @@ class Settings:
     n_clusters: int = 0
     k_min: int = 3
     k_max: int = 8
-    kmeans_halflife: float = 0.05
+    kmeans_halflife: float = 0.01
     warmup_users: int = 200
     reservoir_size: int = 2000
     segment_match_threshold: float = 1.0
     seed: int = 42
     hysteresis_margin: float = 0.15
     model_sync_interval_s: float = 2.0
-    model_sync_updates: int = 1000
+    model_sync_updates: int = 200
     model_publish_interval_s: float = 10.0
-    model_publish_updates: int = 2000
+    model_publish_updates: int = 500
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health

@@ -92,12 +92,12 @@ def test_the_step_is_a_running_mean_while_young_and_halflife_after() -> None:
     m.learn(m.scaler.inverse(z))  # published and learning scaler agree right after a sync
     step = max(1.0 / (n + 1.0), m.params.halflife)
     np.testing.assert_allclose(m.local_centres()[j], c0 + step * 0.1)
-    # 30 users per seeded centre: 1/31 is below halflife (0.05), so the floor applies.
-    assert step == m.params.halflife
-    young = SegmentModel(params(halflife=0.01))
-    young.adopt(m.to_dict())
-    young.learn(m.scaler.inverse(z))
-    np.testing.assert_allclose(young.local_centres()[j], c0 + 0.1 / (n + 1.0))
+    # 30 users per seeded centre: 1/31 is above the floor (0.01): a running mean.
+    assert step == 1.0 / (n + 1.0)
+    old = SegmentModel(params(halflife=0.1))
+    old.adopt(m.to_dict())
+    old.learn(m.scaler.inverse(z))
+    np.testing.assert_allclose(old.local_centres()[j], c0 + 0.1 * 0.1)  # the floor
 
 
 def test_sync_adopts_the_merge_and_restarts_local_learning() -> None:
