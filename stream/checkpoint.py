@@ -50,6 +50,9 @@ WIN_DECAY = 0.999
 KEEP_EVENTS = 200
 #: A centre is dead when its share of recent wins is below this fraction of a fair share.
 DEAD_SHARE = 0.1
+#: Two centres have collapsed onto each other when closer than this fraction of the
+#: match threshold; the one with fewer recent wins is then re-seeded.
+COLLAPSE_FRACTION = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,22 +322,31 @@ def _reseed_dead(
     recent_raw: np.ndarray,
     params: ModelParams,
 ) -> list[dict[str, Any]]:
-    """Move centres that stopped winning users to where users are worst served.
+    """Move dead or collapsed centres to where users are worst served.
 
     A centre is dead when its share of recent wins is below a tenth of a fair share (and
-    there is enough evidence: at least 20 wins per centre). It is re-seeded at the recent
-    user farthest from every other centre; matching then decides whether the segment id
-    survives (it moved less than the threshold) or a new segment is born.
+    there is enough evidence: at least 20 wins per centre); two centres have collapsed
+    when they are closer than a quarter of the match threshold, and the one with fewer
+    recent wins goes. It is re-seeded at the recent user farthest from every other
+    centre; matching then records the old segment as retired (merged into its neighbour
+    when it had collapsed onto it) and the new one as born.
     """
     k = int(doc["k"])
     wins = np.array(doc["recent_wins"], float)
     if wins.sum() < 20 * k or len(recent_raw) < 2 * k:
         return []
     share = wins / wins.sum()
+    old = np.array(doc["centres"], float)
     dead = [j for j in range(k) if share[j] < DEAD_SHARE / k]
+    gaps = np.sqrt(((old[:, None, :] - old[None, :, :]) ** 2).sum(axis=2))
+    for i in range(k):
+        for j in range(i + 1, k):
+            if gaps[i, j] < COLLAPSE_FRACTION * params.match_threshold:
+                loser = i if wins[i] < wins[j] else j
+                if loser not in dead:
+                    dead.append(loser)
     if not dead:
         return []
-    old = np.array(doc["centres"], float)
     centres = old.copy()
     counts = np.array(doc["counts"], float)
     points = scaler.transform(recent_raw)
@@ -350,7 +362,7 @@ def _reseed_dead(
     doc["recent_wins"] = wins.tolist()
     if not lineage.events():
         doc["epoch"] = epoch  # every id survived: nothing structural happened
-    return _caused(lineage.events(), "re-seeded a centre that stopped winning")
+    return _caused(lineage.events(), "re-seeded a dead or collapsed centre")
 
 
 def refit(

@@ -161,6 +161,26 @@ def test_a_dead_centre_is_reseeded_as_a_new_segment() -> None:
     assert all(e["cause"].startswith("re-seeded") and e["at_ms"] == 7 for e in events)
 
 
+def test_collapsed_centres_are_split_apart_and_recorded_as_a_merge() -> None:
+    doc = seeded()
+    centres = np.array(doc["centres"])
+    centres[2] = centres[1] + 0.05  # segment 2 has collapsed onto segment 1
+    doc = {**doc, "centres": centres.tolist(), "recent_wins": [400.0, 350.0, 250.0]}
+    far = points(20, seed=6, centres=np.array([[20.0] * D]))
+    m = SegmentModel(P)
+    m.adopt(doc)
+    for x in far:
+        m.observe(x)
+    merged, events = merge(doc, m.delta(), None, P, 7)
+    assert sorted((e["event"], e["segment"]) for e in events) == [
+        ("born", 3),
+        ("merged", 2),
+        ("retired", 2),
+    ]
+    assert next(e for e in events if e["event"] == "merged")["into"] == 1
+    assert merged["ids"] == [0, 1, 3]
+
+
 def test_refit_on_the_same_data_keeps_every_id() -> None:
     doc = seeded()
     new, events = refit(doc, points(40, seed=8), P, now_ms=9)
