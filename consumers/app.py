@@ -53,7 +53,7 @@ from consumers.http import Health, serve
 from consumers.metrics import Metrics
 from state.redis_store import RedisStore
 from stream.batch import BatchResult, SegmentNames, process_batch
-from stream.checkpoint import merge, retired_ids
+from stream.checkpoint import merge, refit_due, retired_ids
 from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
 from stream.events import DeadLetter, Event, Limits, decode
 from stream.model import SegmentModel
@@ -518,7 +518,8 @@ class Segmenter:
                 seeding = (current is None or not current["ready"]) and (
                     stored >= params.warmup_users
                 )
-                reservoir = self.store.reservoir() if seeding else None
+                needed = seeding or refit_due(current, params, delta.updates)
+                reservoir = self.store.reservoir() if needed else None
                 return merge(current, delta, reservoir, params, now_ms)
 
             doc, events = self.store.commit_model(

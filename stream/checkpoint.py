@@ -41,7 +41,7 @@ import numpy as np
 from stream.errors import ModelError
 from stream.matching import Lineage, match_centres
 from stream.scaling import MODEL_FEATURES, OnlineScaler
-from stream.selection import choose_k
+from stream.selection import choose_k, silhouette
 
 CHECKPOINT_FORMAT = 2
 #: Recent wins forget with a horizon of about 1,000 user updates.
@@ -53,6 +53,8 @@ DEAD_SHARE = 0.1
 #: Two centres have collapsed onto each other when closer than this fraction of the
 #: match threshold; the one with fewer recent wins is then re-seeded.
 COLLAPSE_FRACTION = 0.25
+#: An automatic refit replaces the centres only if it raises the silhouette this much.
+REFIT_GAIN = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,10 @@ class ModelParams:
         The learning state is published as a new model version when the last
         publication is this old, or when this many user updates were merged since it,
         whichever comes first (a backlog moves through days of event time in seconds).
+    refit_updates
+        Every this many merged user updates, the centres are fitted afresh on the
+        reservoir and replace the learned ones if that raises the silhouette by 0.02
+        (0 = never): a model seeded on new users then follows them as they mature.
     seed
         Seed of k-means++ and of the k choice.
     """
@@ -90,6 +96,7 @@ class ModelParams:
     reservoir_size: int = 2000
     publish_interval_ms: int = 10_000
     publish_updates: int = 500
+    refit_updates: int = 20_000
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -105,6 +112,8 @@ class ModelParams:
             raise ValueError(f"halflife must be in (0, 1], got {self.halflife}")
         if not self.match_threshold > 0:
             raise ValueError(f"match_threshold must be positive, got {self.match_threshold}")
+        if self.refit_updates < 0:
+            raise ValueError(f"refit_updates must be 0 or more, got {self.refit_updates}")
         if self.publish_updates < 1:
             raise ValueError(f"publish_updates must be at least 1, got {self.publish_updates}")
         if self.publish_interval_ms < 0:
@@ -248,8 +257,9 @@ def merge(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fold ``delta`` into checkpoint ``doc``; return the next version and its new events.
 
-    ``reservoir`` (raw vectors) is needed only before the warm start: when it holds at
-    least ``warmup_users`` vectors the centres are seeded from it.
+    ``reservoir`` (raw vectors) is needed only before the warm start (when it holds at
+    least ``warmup_users`` vectors the centres are seeded from it) and when
+    :func:`refit_due` says an automatic refit is due.
 
     Examples
     --------
@@ -288,6 +298,8 @@ def merge(
             wins = wins * WIN_DECAY**delta.learned + delta.counts
         doc.update(centres=centres.tolist(), counts=counts.tolist(), recent_wins=wins.tolist())
         events += _reseed_dead(doc, scaler, delta.recent, params)
+        if not events and reservoir is not None and refit_due(doc, params):
+            events += _refit(doc, reservoir, params, "automatic refit", force=False)
     elif reservoir is not None and len(reservoir) >= params.warmup_users:
         events += _seed(doc, scaler.transform(_canonical(reservoir)), params)
     published = doc["version"]
@@ -307,6 +319,7 @@ def _seed(doc: dict[str, Any], points: np.ndarray, params: ModelParams) -> list[
     counts = np.bincount(_nearest(points, choice.centres), minlength=choice.k).astype(float)
     _replace_centres(doc, choice.centres, lineage, counts)
     doc["ready"] = True
+    doc["fitted_at_updates"] = int(doc["updates"])
     doc["k_choice"] = {
         "k": choice.k,
         "scores": {str(k): round(v, 4) for k, v in choice.scores.items()},
@@ -384,17 +397,41 @@ def refit(
             f"the reservoir holds {len(reservoir)} users, fewer than warmup_users "
             f"({params.warmup_users}); let more traffic through first"
         )
+    doc["merges"] = int(doc["merges"]) + 1
+    events = _refit(doc, reservoir, params, "refit", force=True)
+    return doc, _publish(doc, events, params, now_ms)
+
+
+def refit_due(doc: dict[str, Any] | None, params: ModelParams, pending: int = 0) -> bool:
+    """Whether merging ``pending`` more user updates into ``doc`` makes an automatic refit
+    due (and so needs the reservoir): every ``refit_updates`` user updates since the last
+    fit."""
+    if doc is None or not doc["ready"] or not params.refit_updates:
+        return False
+    since = int(doc["updates"]) + pending - int(doc.get("fitted_at_updates", 0))
+    return since >= params.refit_updates
+
+
+def _refit(
+    doc: dict[str, Any], reservoir: np.ndarray, params: ModelParams, what: str, force: bool
+) -> list[dict[str, Any]]:
+    """Refit ``doc`` in place on ``reservoir``; unless ``force``, only if the new centres'
+    silhouette on the reservoir beats the current ones' by ``REFIT_GAIN``."""
+    doc["fitted_at_updates"] = int(doc["updates"])
     scaler = OnlineScaler.from_dict(doc["scaler"])
     points = scaler.transform(_canonical(reservoir))
     choice = choose_k(
         points, params.k_min, params.k_max, np.random.default_rng(params.seed + doc["epoch"])
     )
     old = np.array(doc["centres"], float)
+    current = _score(points, old)
+    new = choice.scores.get(choice.k, -1.0)
+    if not force and new < current + REFIT_GAIN:
+        return []
     lineage = match_centres(
         old, doc["ids"], choice.centres, int(doc["next_id"]), params.match_threshold
     )
     counts = np.bincount(_nearest(points, choice.centres), minlength=choice.k).astype(float)
-    doc["merges"] = int(doc["merges"]) + 1
     _replace_centres(doc, choice.centres, lineage, counts)
     doc["k_choice"] = {
         "k": choice.k,
@@ -404,10 +441,17 @@ def refit(
     }
     doc.pop("rolled_back_from", None)
     moved = {str(i): round(d, 4) for i, d in lineage.kept.items()}
-    cause = f"refit: {choice.reason}; kept {moved}"
+    cause = f"{what} (silhouette {current:.3f} -> {new:.3f}): {choice.reason}; kept {moved}"
     # A refit always publishes, even when every id survived: its centres are new.
-    events = _caused(lineage.events(), cause) or [{"event": "refit", "cause": cause}]
-    return doc, _publish(doc, events, params, now_ms)
+    return _caused(lineage.events(), cause) or [{"event": "refit", "cause": cause}]
+
+
+def _score(points: np.ndarray, centres: np.ndarray) -> float:
+    """Silhouette of the nearest-centre labelling (on at most 1,000 points, as choose_k)."""
+    labels = _nearest(points[:1000], centres)
+    if len(set(labels.tolist())) < 2:
+        return -1.0
+    return silhouette(points[:1000], labels)
 
 
 def rollback(

@@ -71,6 +71,7 @@ class Settings:
     model_sync_updates: int = 200
     model_publish_interval_s: float = 10.0
     model_publish_updates: int = 500
+    model_refit_updates: int = 20000
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health
@@ -114,6 +115,10 @@ class Settings:
             raise ConfigError(
                 "reservoir_size",
                 f"must be at least warmup_users ({self.warmup_users}), got {self.reservoir_size}",
+            )
+        if self.model_refit_updates < 0:
+            raise ConfigError(
+                "model_refit_updates", f"must be 0 (never) or more, got {self.model_refit_updates}"
             )
         if not self.segment_match_threshold > 0:
             raise ConfigError(
@@ -159,6 +164,7 @@ class Settings:
             reservoir_size=self.reservoir_size,
             publish_interval_ms=int(self.model_publish_interval_s * 1000),
             publish_updates=self.model_publish_updates,
+            refit_updates=self.model_refit_updates,
             seed=self.seed,
         )
 

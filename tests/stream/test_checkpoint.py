@@ -12,6 +12,7 @@ from stream.checkpoint import (
     empty_checkpoint,
     merge,
     refit,
+    refit_due,
     retired_ids,
     rollback,
 )
@@ -254,3 +255,24 @@ def test_check_rejects_other_formats_and_features() -> None:
 def test_params_are_validated_by_name(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         ModelParams(**kwargs)
+
+
+def test_an_automatic_refit_replaces_the_centres_only_when_it_scores_better() -> None:
+    p = ModelParams(k_min=2, k_max=5, warmup_users=60, reservoir_size=600, refit_updates=50)
+    doc = seeded()  # three blobs, k = 3, fitted at 120 updates
+    assert not refit_due(doc, p) and refit_due(doc, p, pending=50)
+    m = SegmentModel(p)
+    m.adopt(doc)
+    same = points(40, seed=12)
+    merged, events = merge(doc, delta_from(m, same[:60]), same, p, 5)
+    assert events == [] and merged["ids"] == doc["ids"]  # no better fit: left alone
+    assert merged["fitted_at_updates"] == merged["updates"]
+    four = points(40, seed=13, centres=np.array([[0.0] * D, [4.0] * D, [8.0] * D, [12.0] * D]))
+    m.adopt(merged)
+    for x in four[:60]:
+        m.observe(x)
+    refitted, events = merge(merged, m.delta(), four, p, 6)
+    assert refitted["k"] == 4 and set(doc["ids"]) < set(refitted["ids"])
+    assert [e["event"] for e in events] == ["born"]
+    assert events[0]["cause"].startswith("automatic refit (silhouette")
+    assert refitted["version"] == merged["version"] + 1  # published at once
