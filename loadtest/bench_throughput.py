@@ -22,7 +22,7 @@ from consumers import topics
 from consumers.app import Segmenter
 from consumers.devstack import servers
 from loadtest.generator import produce_events
-from stream.settings import Settings
+from stream.settings import load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a segmenter setting for this run, e.g. --set model_refit_updates=0 (repeatable)",
+    )
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="segmenter-bench-") as tmp:
@@ -45,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace, broker: servers.Server, rds: servers.Server) -> int:
-    s = Settings(
+    overrides = {f"SEGMENTER_{k.upper()}": v for k, v in (a.split("=", 1) for a in args.set)}
+    s = load_settings(overrides).replace(
         kafka_bootstrap=broker.address,
         redis_url=f"redis://{rds.address}/0",
         batch_max_events=args.batch,

@@ -70,10 +70,12 @@ return 1
 
 #: Set the model checkpoint (KEYS[1]) to ARGV[2] only if the stored one is after merge
 #: ARGV[1] (0: no checkpoint yet). Returns 1 when written, 0 when another write came first.
+#: Checkpoints are written with ``merges`` as their first field (:func:`_model_blob`), so
+#: the script reads it without decoding the whole document.
 MODEL_CAS = """
 local cur = redis.call('GET', KEYS[1])
 local v = 0
-if cur then v = tonumber(cjson.decode(cur)['merges']) end
+if cur then v = tonumber(string.match(cur, '^{"merges":(%d+),')) end
 if v ~= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
@@ -277,7 +279,7 @@ class RedisStore:
             keep_it = new_version and (bool(events) or now_ms - last >= history_every_ms)
             doc["saved_at_ms"] = now_ms
             doc["history_at_ms"] = now_ms if keep_it else last
-            blob = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+            blob = _model_blob(doc)
             ok = _call(
                 lambda blob=blob, expected=expected: self._r.eval(
                     MODEL_CAS, 1, self.keys.model, str(expected), blob
@@ -380,6 +382,12 @@ class RedisStore:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _model_blob(doc: dict[str, Any]) -> bytes:
+    """The checkpoint as JSON, ``merges`` first (the fence script matches it there)."""
+    ordered = {"merges": int(doc["merges"]), **{k: v for k, v in doc.items() if k != "merges"}}
+    return orjson.dumps(ordered, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _decode_model(blob: bytes, key: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ CHECKPOINT_FORMAT = 2
 #: Recent wins forget with a horizon of about 1,000 user updates.
 WIN_DECAY = 0.999
 #: Lineage events kept in the checkpoint (older ones are in earlier versions).
-KEEP_EVENTS = 200
+KEEP_EVENTS = 100
 #: A centre is dead when its share of recent wins is below this fraction of a fair share.
 DEAD_SHARE = 0.1
 #: Two centres have collapsed onto each other when closer than this fraction of the

@@ -96,6 +96,8 @@ class SegmentModel:
             )
             for j, row in enumerate(self._base):
                 self.kmeans.centers[j].update(zip(self.features, map(float, row), strict=True))
+        #: River's centres as a matrix, kept in step with them row by row.
+        self._local = self._base.copy()
         self._local_counts = np.zeros(len(self._base))
         self._learned = 0
         self._seen = OnlineScaler.empty(d)
@@ -160,23 +162,21 @@ class SegmentModel:
         if self.kmeans is None:
             return
         z = self._learn_scaler.transform(raw)
-        local = self.local_centres()
+        local = self._local
         j = int(np.argmin(((local - z) ** 2).sum(axis=1)))
         n = self._counts[j] + self._local_counts[j]
         self.kmeans.halflife = max(1.0 / (n + 1.0), self.params.halflife)
         self.kmeans.learn_one(dict(zip(self.features, map(float, z), strict=True)))
         self.kmeans.halflife = self.params.halflife
+        centre = self.kmeans.centers[j]
+        local[j] = [centre[f] for f in self.features]  # the one row River moved
         self._local_counts[j] += 1
         self._learned += 1
 
     def local_centres(self) -> np.ndarray:
         """The learning centres as this process has moved them since the last sync (in the
         units of the checkpoint's learning scaler, not the published one)."""
-        if self.kmeans is None:
-            return self._base
-        return np.array(
-            [[self.kmeans.centers[j][f] for f in self.features] for j in range(len(self._base))]
-        )
+        return self._local.copy()
 
     # -- syncing --------------------------------------------------------------------------
 
