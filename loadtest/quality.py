@@ -404,6 +404,13 @@ class Resegmentation:
     control: int
     control_already: int
     control_moved: int
+    #: The same figures for the segment where most shifted users end (their own segment
+    #: when the model gives converted users one): shifted users already in it at their
+    #: shift, those who moved into it after, the delays, and control users who moved in.
+    own_already: int = 0
+    own_moved: int = 0
+    own_delays_h: tuple[float, ...] = ()
+    control_own_moved: int = 0
 
     @property
     def share_resegmented(self) -> float | None:
@@ -534,6 +541,18 @@ def resegmentation(
         control_already += was_there
         control_moved += t is not None
 
+    own_already = 0
+    own_delays: list[float] = []
+    for user, entry in shifted.items():
+        since = int(entry["at_ms"])
+        was_there, t = _entry_into(history.get(user, ()), shifted_end, since)
+        own_already += was_there
+        if not was_there and t is not None:
+            own_delays.append((t - since) / _HOUR_MS)
+    control_own_moved = sum(
+        _entry_into(history.get(u, ()), shifted_end, at_ms)[1] is not None for u in control
+    )
+
     return Resegmentation(
         from_persona=from_persona,
         to_persona=to_persona,
@@ -550,6 +569,10 @@ def resegmentation(
         control=len(control),
         control_already=control_already,
         control_moved=control_moved,
+        own_already=own_already,
+        own_moved=len(own_delays),
+        own_delays_h=tuple(sorted(own_delays)),
+        control_own_moved=control_own_moved,
     )
 
 
@@ -608,8 +631,24 @@ def resegmentation_rows(
             "already in the target segment at the shift, left out (shifted / unshifted)",
             f"{r.shifted_already} / {r.control_already}",
         ),
+        (
+            "shifted users who moved after the shift into the segment most of them end in",
+            _share(r.own_moved, r.shifted - r.own_already),
+        ),
+        (
+            "time to that move, median / 90th percentile (hours of event time)",
+            f"{_num(_pct(r.own_delays_h, 50))} / {_num(_pct(r.own_delays_h, 90))}",
+        ),
+        (
+            f"false moves into it: unshifted {r.from_persona} users",
+            _share(r.control_own_moved, r.control),
+        ),
     ]
     return rows
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
 
 
 def read_topic_values(

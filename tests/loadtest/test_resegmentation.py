@@ -116,6 +116,11 @@ def test_delays_shares_and_events_from_hand_made_changes() -> None:
         control=4,
         control_already=1,
         control_moved=1,
+        # Most shifted users end in the target segment too: the same figures.
+        own_already=1,
+        own_moved=4,
+        own_delays_h=(0.0, 2.0, 4.0, 10.0),
+        control_own_moved=1,
     )
     assert r.share_resegmented == pytest.approx(4 / 6)
     assert r.median_delay_h == pytest.approx(3.0)
