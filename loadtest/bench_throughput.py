@@ -21,7 +21,7 @@ import redis
 from consumers import topics
 from consumers.app import Segmenter
 from consumers.devstack import servers
-from loadtest.generator import produce_events
+from loadtest.generator import produce_backlog
 from stream.settings import load_settings
 
 
@@ -69,17 +69,7 @@ def _bench(args: argparse.Namespace, broker: servers.Server, rds: servers.Server
         f"broker: {broker.kind}; cores: {os.cpu_count()}; users {args.users}; "
         f"events {args.events}; batch {args.batch}"
     )
-    gen = produce_events(
-        bootstrap=s.kafka_bootstrap,
-        clicks_topic=s.clicks_topic,
-        purchases_topic=s.purchases_topic,
-        n_users=args.users,
-        n_events=args.events,
-        seed=11,
-        rate=None,
-        days=30,
-        ground_truth_path=None,
-    )
+    gen = produce_backlog(s, args.users, args.events)
     print(f"backlog produced: {gen.events_sent} events at {gen.events_per_s:.0f}/s")
     client = redis.Redis(host=servers.HOST, port=rds.port)
     mem_before = int(client.info("memory")["used_memory"])

@@ -38,6 +38,7 @@ from loadtest.personas import (
     ShopperSimulator,
     malformed_event,
 )
+from stream.settings import Settings
 
 DAY_MS = 86_400_000
 _MAX_CHUNK = 1000  # messages between pacing checks and delivery-report polls
@@ -425,3 +426,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+#: The benchmarks' backlog: every benchmark drains the same one, so figures compare.
+BACKLOG_SEED = 11
+BACKLOG_DAYS = 30.0
+
+
+def produce_backlog(settings: Settings, n_users: int, n_events: int) -> GenerateReport:
+    """Produce the benchmarks' backlog (seed 11, 30 days) to ``settings``' input topics."""
+    return produce_events(
+        bootstrap=settings.kafka_bootstrap,
+        clicks_topic=settings.clicks_topic,
+        purchases_topic=settings.purchases_topic,
+        n_users=n_users,
+        n_events=n_events,
+        seed=BACKLOG_SEED,
+        rate=None,
+        days=BACKLOG_DAYS,
+        ground_truth_path=None,
+    )

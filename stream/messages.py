@@ -7,8 +7,8 @@ topic, published as a JSON Schema in ``schemas/segment_change.schema.json``.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import orjson
 
@@ -21,8 +21,17 @@ def iso_ms(epoch_ms: int) -> str:
     >>> iso_ms(1700000000123)
     '2023-11-14T22:13:20.123Z'
     """
-    return (
-        datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    seconds, ms = divmod(int(epoch_ms), 1000)
+    t = time.gmtime(seconds)
+    # Formatted by hand: datetime.isoformat costs three times as much, once per user write.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        t.tm_year,
+        t.tm_mon,
+        t.tm_mday,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+        ms,
     )
 
 
