@@ -96,7 +96,7 @@ class ModelParams:
     reservoir_size: int = 2000
     publish_interval_ms: int = 10_000
     publish_updates: int = 500
-    refit_updates: int = 20_000
+    refit_updates: int = 0
     seed: int = 42
 
     def __post_init__(self) -> None:

@@ -71,7 +71,7 @@ class Settings:
     model_sync_updates: int = 200
     model_publish_interval_s: float = 10.0
     model_publish_updates: int = 500
-    model_refit_updates: int = 20000
+    model_refit_updates: int = 0
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health

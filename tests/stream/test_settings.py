@@ -42,7 +42,7 @@ DEFAULTS = {
     "model_sync_updates": 200,
     "model_publish_interval_s": 10.0,
     "model_publish_updates": 500,
-    "model_refit_updates": 20000,
+    "model_refit_updates": 0,
     "checkpoint_interval_s": 300.0,
     "catalogue_interval_s": 5.0,
     "metrics_host": "0.0.0.0",
