@@ -52,7 +52,7 @@ from consumers import topics
 from consumers.http import Health, serve
 from consumers.metrics import Metrics
 from state.redis_store import RedisStore
-from stream.batch import BatchResult, SegmentNames, process_batch
+from stream.batch import ASSIGN_POS, BatchResult, SegmentNames, process_batch
 from stream.checkpoint import merge, refit_due, retired_ids
 from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
 from stream.events import DeadLetter, Event, Limits, decode
@@ -317,6 +317,16 @@ class Segmenter:
         if txn:
             self._producer.begin_transaction()
         states = self.store.load_states([*by_user, *(reassess or [])])
+        # Users with events whose stored first assignment may not have been committed
+        # (a crash between its Redis write and its transaction's commit): still queued.
+        assigned = [
+            u
+            for u in by_user
+            if (st := states.get(u)) is not None
+            and st.last_change is not None
+            and st.last_change["pos"] == ASSIGN_POS
+        ]
+        queued = self.store.queued(assigned) if assigned else set()
         result = process_batch(
             by_user,
             states,
@@ -326,6 +336,7 @@ class Segmenter:
             self.settings.dedupe_window,
             now_ms,
             reassess=reassess or [],
+            queued=queued,
         )
         self._publish(dead, result)
         if self.model.unassigned:
@@ -349,6 +360,8 @@ class Segmenter:
                 raise BrokerError(f"delivery failed: {'; '.join(self._delivery_errors[:3])}")
         elif offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
+        if queued:
+            self.store.done_reassess(sorted(queued))  # their assignment is now published
         return result
 
     def _recover(self, exc: Exception, first: dict[tuple[str, int], int]) -> None:

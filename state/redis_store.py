@@ -361,6 +361,13 @@ class RedisStore:
         raw = _call(lambda: self._r.srandmember(self.keys.reassess, count), "read users to assess")
         return [u.decode() for u in raw]
 
+    def queued(self, user_ids: Sequence[str]) -> set[str]:
+        """Which of ``user_ids`` are queued for reassessment (one round trip)."""
+        flags = _call(
+            lambda: self._r.smismember(self.keys.reassess, list(user_ids)), "read queued users"
+        )
+        return {u for u, f in zip(user_ids, flags, strict=True) if f}
+
     def done_reassess(self, user_ids: Sequence[str]) -> None:
         if user_ids:
             _call(lambda: self._r.srem(self.keys.reassess, *user_ids), "dequeue assessed users")

@@ -8,7 +8,7 @@ the only thing it changes in place is the learning model it is handed.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -96,6 +96,15 @@ def _in_doubt_change(
     return msg["previous_segment"], msg["segment"], value
 
 
+def _in_doubt_assignment(before: UserState | None) -> tuple[int | None, int, bytes] | None:
+    """The stored first assignment of a user still queued for one (its commit in doubt)."""
+    if before is None or before.last_change is None or before.last_change["pos"] != ASSIGN_POS:
+        return None
+    value = str(before.last_change["value"]).encode()
+    msg = orjson.loads(value)
+    return msg["previous_segment"], msg["segment"], value
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     """A user awaiting a decision in this batch, and what triggered it."""
@@ -125,6 +134,7 @@ def process_batch(
     dedupe_window: int,
     emitted_at_ms: int,
     reassess: Sequence[str] = (),
+    queued: Collection[str] = (),
 ) -> BatchResult:
     """Fold a batch into user states, assign segments, and learn.
 
@@ -134,7 +144,9 @@ def process_batch(
     remembered in ``model.unassigned``; pass them as ``reassess`` (with their states and
     no events) once it is, and they get their first segment without being learned twice.
     Users whose segment was retired are reassessed the same way: they move to the nearest
-    current segment.
+    current segment. ``queued`` names users still queued for reassessment: for those, a
+    stored assignment (``last_change`` at ``ASSIGN_POS``) may never have been committed,
+    and it is published again before anything their events trigger.
     """
     result = BatchResult()
     pending: list[_Pending] = []
@@ -147,6 +159,8 @@ def process_batch(
         for ev in applied.applied:
             result.applied[(ev.topic, ev.type)] += 1
         republish = _in_doubt_change(before, events)
+        if republish is None and user_id in queued:
+            republish = _in_doubt_assignment(before)
         if republish is not None:
             prev, seg, value = republish
             result.updates.append(

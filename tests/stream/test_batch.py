@@ -384,3 +384,22 @@ def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
     (u,) = r.updates
     assert u.change is not None
     assert u.state.last_change is not None and u.state.last_change["pos"] == "shop.clicks:0"
+
+
+def test_a_queued_users_assignment_is_published_again_before_their_event(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    assigned = process_batch(
+        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"]
+    ).updates[0]
+    assert assigned.change is not None
+    states["u1"] = assigned.state
+    batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
+    # Still queued: the assignment's commit is in doubt, so it goes out again, first.
+    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued={"u1"})
+    first, *rest = r.updates
+    assert first.republish == assigned.change.to_json() and not first.write
+    assert [u.user_id for u in rest] == ["u1"] and rest[0].write
+    # Not queued any more (the assignment was committed): nothing is published again.
+    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED)
+    assert all(u.republish is None for u in r.updates)
