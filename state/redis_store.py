@@ -51,12 +51,20 @@ def user_hash(
 
 #: Prefix of the user-hash fields holding the last applied offset per input partition.
 OFFSET_FIELD_PREFIX = "_o:"
+#: Field holding how many input partitions the stored state has applied events from.
+OFFSETS_KNOWN_FIELD = "_on"
 
-#: HSET a user's hash unless a stored input offset is newer than the one written.
+#: HSET a user's hash unless the stored state is newer than the one written: a stored
+#: input offset is newer, or the stored state has applied input from more partitions
+#: (``_on``) than the writer knew of (it read an older state).
 #: ARGV: number of offset pairs, the (field, offset) pairs, then the other field/value
 #: pairs; the offset pairs are written too. Returns 1 when written, 0 when fenced off.
 FENCED_HSET = """
 local n = tonumber(ARGV[1])
+local known = redis.call('HGET', KEYS[1], '_on')
+if known and tonumber(known) > n then
+  return 0
+end
 for i = 0, n - 1 do
   local cur = redis.call('HGET', KEYS[1], ARGV[2 + 2 * i])
   if cur and tonumber(cur) > tonumber(ARGV[3 + 2 * i]) then
@@ -163,6 +171,7 @@ class RedisStore:
                 args += [OFFSET_FIELD_PREFIX + pos, str(off)]
             for k, v in user_hash(u, model_version, now_ms).items():
                 args += [k, v]
+            args += [OFFSETS_KNOWN_FIELD, str(len(offsets))]
             calls.append((self.keys.user(u.user_id), args))
             written.append(u)
         accepted = self._fenced_writes(calls) if calls else []

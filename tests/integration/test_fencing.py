@@ -46,3 +46,36 @@ def test_an_older_write_is_refused_and_a_newer_one_accepted(redis_server: Server
     finally:
         store.close()
         rds.close()
+
+
+def test_a_write_that_never_saw_a_partition_the_stored_state_has_is_refused(
+    redis_server: Server,
+) -> None:
+    """A reassessment (or a stale process) that read the state before events from a second
+    partition were applied must not overwrite them, though its own offsets are current."""
+    store = RedisStore(f"redis://{redis_server.address}/0", prefix="fence2:")
+    rds = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+    try:
+        clicks = [
+            Event(f"c{o}", "u1", "view", 1_700_000_000_000 + o, "clicks", 3, o) for o in range(5)
+        ]
+        read = apply_events(None, clicks).state  # what the reassessing process read
+        buys = [
+            Event(f"p{o}", "u1", "purchase", 1_700_000_100_000 + o, "purchases", 3, o, amount=9.0)
+            for o in range(2)
+        ]
+        owner = apply_events(read.copy(), buys).state  # the owner applied two purchases
+        w = store.write_updates(
+            [UserUpdate("u1", owner, compute_features(owner), None, None, None)], 1, 0
+        )
+        assert w.written == 1
+        read.segment = 4
+        late = store.write_updates(
+            [UserUpdate("u1", read, compute_features(read), None, None, None)], 1, 0
+        )
+        assert (late.written, late.fenced) == (0, 1)
+        h = rds.hgetall("fence2:user:{u1}")
+        assert orjson.loads(h["features"])["purchases_30d"] == 2 and h["_on"] == "2"
+    finally:
+        store.close()
+        rds.close()
