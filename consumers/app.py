@@ -503,6 +503,8 @@ class Segmenter:
             self.reassess_users()
         if now - self._last_catalogue >= self.settings.catalogue_interval_s:
             self.refresh_catalogue()
+            # Queued users whose partitions came to this process in a rebalance.
+            self._reassess_pending = self.model.ready
 
     def sync_model(self) -> None:
         """Merge what this process learned into the shared model, and adopt the result.
@@ -586,11 +588,20 @@ class Segmenter:
 
         Runs like a batch without input, in one transaction; users leave the queue only
         after it committed, so a crash leaves them queued (and a replay republishes the
-        same change ids).
+        same change ids). A process assesses only users whose input partitions it owns:
+        the owner also handles their events, in the same thread, so an assignment and the
+        user's next event are never decided by two processes at once.
         """
+        assert self._consumer is not None
         try:
-            users = self.store.reassess_batch(batch)
+            queued = self.store.reassess_batch(batch)
+            owned = {f"{tp.topic}:{tp.partition}" for tp in self._consumer.assignment()}
+            states = self.store.load_states(queued) if queued else {}
+            users = [
+                u for u in queued if (st := states.get(u)) is not None and set(st.offsets) <= owned
+            ]
             if not users:
+                # Nothing queued here; other processes' users wait for their owners.
                 self._reassess_pending = False
                 return
             result = self._apply({}, [], {}, int(time.time() * 1000), reassess=users)
