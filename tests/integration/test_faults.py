@@ -154,25 +154,27 @@ def test_redis_stopped_mid_load_and_started_again(txn_settings: Settings, tmp_pa
     ends = produce(s, messages[:half])
     proc = spawn(s, str(tmp_path / "segmenter.log"))
     try:
-        wait_committed(s, ends)
-        assert own.stop()
-        # The second half arrives while Redis is gone for several seconds.
-        for key, end in produce(s, messages[half:]).items():
-            ends[key] = max(ends.get(key, 0), end)
-        time.sleep(5.0)
-        assert proc.poll() is None, "the segmenter exited while Redis was away"
-        own = servers.start_redis(workdir, own.port, extra_args=aof)
-        wait_committed(s, ends)
-        failures = _metric(tmp_path / "segmenter.log")
+        try:
+            wait_committed(s, ends)
+            assert own.stop()
+            # The second half arrives while Redis is gone for several seconds.
+            for key, end in produce(s, messages[half:]).items():
+                ends[key] = max(ends.get(key, 0), end)
+            time.sleep(5.0)
+            assert proc.poll() is None, "the segmenter exited while Redis was away"
+            own = servers.start_redis(workdir, own.port, extra_args=aof)
+            wait_committed(s, ends)
+            failures = _metric(tmp_path / "segmenter.log")
+        finally:
+            assert stop_gracefully(s, proc) == 0
+            rds.close()
+        rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
+        try:
+            figures = check_exact(s, rds, expected)
+        finally:
+            rds.close()
     finally:
-        assert stop_gracefully(s, proc) == 0
-        rds.close()
-    rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
-    try:
-        figures = check_exact(s, rds, expected)
-    finally:
-        rds.close()
-        own.stop()
+        own.stop()  # whatever failed above, the restarted server does not outlive the test
     print(
         f"\nRedis down 5 s: produced {len(messages)}, counted {figures['counted']}, "
         f"changes {figures['changes']}, duplicate change ids {figures['duplicates']}, "
@@ -201,22 +203,22 @@ def test_broker_stopped_mid_load_and_started_again(
     ends = produce(s, messages[:half])
     proc = spawn(s, str(tmp_path / "segmenter.log"))
     try:
-        wait_committed(s, ends)
-        controller = int(own.extra["controller_port"])
-        assert own.stop()
-        time.sleep(5.0)  # the broker is gone for several seconds
-        assert proc.poll() is None, "the segmenter exited while the broker was away"
-        own = servers.start_kafka(workdir, own.port, controller_port=controller)
-        for key, end in produce(s, messages[half:]).items():
-            ends[key] = max(ends.get(key, 0), end)
-        wait_committed(s, ends, timeout=180)
-    finally:
-        code = stop_gracefully(s, proc)
-    try:
+        try:
+            wait_committed(s, ends)
+            controller = int(own.extra["controller_port"])
+            assert own.stop()
+            time.sleep(5.0)  # the broker is gone for several seconds
+            assert proc.poll() is None, "the segmenter exited while the broker was away"
+            own = servers.start_kafka(workdir, own.port, controller_port=controller)
+            for key, end in produce(s, messages[half:]).items():
+                ends[key] = max(ends.get(key, 0), end)
+            wait_committed(s, ends, timeout=180)
+        finally:
+            code = stop_gracefully(s, proc)
         assert code == 0
         figures = check_exact(s, rds, expected)
     finally:
-        own.stop()
+        own.stop()  # whatever failed above, the restarted broker does not outlive the test
     print(
         f"\nbroker down 5 s: produced {len(messages)}, counted {figures['counted']}, "
         f"changes {figures['changes']}, duplicate change ids {figures['duplicates']}"
