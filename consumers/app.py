@@ -465,10 +465,7 @@ class Segmenter:
         ):
             if n:
                 m.events.labels("all", "all", outcome).inc(n)
-        changes = sum(1 for u in result.updates if u.change is not None)
-        moves = sum(
-            1 for u in result.updates if u.change is not None and u.previous_segment is not None
-        )
+        changes, moves = result.changes, result.moves
         m.segment_moves.inc(moves)
         m.republished_changes.inc(sum(1 for u in result.updates if u.republish is not None))
         m.segment_changes.inc(changes)
@@ -609,11 +606,8 @@ class Segmenter:
         except (SegmenterError, KafkaException) as exc:
             self._recover(exc, {})
             return
-        changes = sum(1 for u in result.updates if u.change is not None)
+        changes, moves = result.changes, result.moves
         self.metrics.segment_changes.inc(changes)
-        moves = sum(
-            1 for u in result.updates if u.change is not None and u.previous_segment is not None
-        )
         self.metrics.segment_moves.inc(moves)
         self.stats.changes += changes
         self.stats.moves += moves

@@ -61,6 +61,18 @@ class BatchResult:
     duplicates: int = 0
     late: int = 0
 
+    @property
+    def changes(self) -> int:
+        """Segment changes this batch publishes (first segments included)."""
+        return sum(1 for u in self.updates if u.change is not None)
+
+    @property
+    def moves(self) -> int:
+        """Changes of users who already had a segment."""
+        return sum(
+            1 for u in self.updates if u.change is not None and u.previous_segment is not None
+        )
+
 
 @dataclass
 class SegmentNames:
