@@ -135,6 +135,8 @@ class Segmenter:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
+        for topic in (settings.deadletter_topic, settings.changes_topic, settings.current_topic):
+            self.metrics.produce_errors.labels(topic)  # exported as 0 before any error
         self.health = Health()
         self.limits = Limits(
             max_event_bytes=settings.max_event_bytes,
@@ -226,12 +228,21 @@ class Segmenter:
         log.info("revoked %s", _fmt_parts(parts))
 
     def _on_stats(self, raw: str) -> None:
+        # librdkafka's own consumer_lag counts from the committed offset it last fetched,
+        # which it never learns again when offsets are committed in the producer's
+        # transaction. Count from the loop's position instead (a batch commits before the
+        # next poll), else the committed offset, else the start (auto.offset.reset), up to
+        # the last stable offset (read_committed).
         stats = orjson.loads(raw)
         for tname, t in stats.get("topics", {}).items():
             for pid, p in t.get("partitions", {}).items():
-                lag = p.get("consumer_lag", -1)
-                if pid != "-1" and lag >= 0:
-                    self.metrics.consumer_lag.labels(tname, pid).set(lag)
+                end = p.get("ls_offset", -1)
+                if pid == "-1" or not p.get("desired") or end < 0:
+                    continue
+                fields = ("app_offset", "committed_offset", "lo_offset")
+                pos = next((p[f] for f in fields if p.get(f, -1) >= 0), None)
+                if pos is not None:
+                    self.metrics.consumer_lag.labels(tname, pid).set(max(end - pos, 0))
 
     # -- the loop -------------------------------------------------------------------------
 

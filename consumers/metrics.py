@@ -50,7 +50,8 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             "segmenter_consumer_lag",
-            "Messages between the committed position and the end of each assigned partition.",
+            "Messages between this process's position (committed once its batch is) and the "
+            "last stable offset of each assigned partition.",
             ["topic", "partition"],
             registry=registry,
         )
