@@ -77,24 +77,58 @@ def redis_server_bin() -> str | None:
     return shutil.which("redis-server") or shutil.which("valkey-server")
 
 
+def _apt_install(package: str, missing: str) -> None:
+    """Install Debian's ``package`` with apt-get when running as root (without its
+    recommended packages); otherwise raise with ``missing``, which says what to do."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise DevstackError(missing)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", package],
+    ):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if done.returncode != 0:
+            raise DevstackError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+
+
 def install_redis() -> str:
     """Find ``redis-server``, installing Debian's package when running as root."""
     found = redis_server_bin()
     if found:
         return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise DevstackError(
-            "redis-server is not installed; install it (sudo apt-get install redis-server) "
-            "or point SEGMENTER_REDIS_URL at a running Redis"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if done.returncode != 0:
-            raise DevstackError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    _apt_install(
+        "redis-server",
+        "redis-server is not installed; install it (sudo apt-get install redis-server) "
+        "or point SEGMENTER_REDIS_URL at a running Redis",
+    )
     found = redis_server_bin()
     if not found:
         raise DevstackError("redis-server is still missing after apt-get install redis-server")
+    return found
+
+
+def prometheus_bins() -> tuple[str, str] | None:
+    """The ``prometheus`` server and its ``promtool``, if both are installed."""
+    server, tool = shutil.which("prometheus"), shutil.which("promtool")
+    return (server, tool) if server and tool else None
+
+
+def install_prometheus() -> tuple[str, str]:
+    """Find ``prometheus`` and ``promtool``, installing Debian's ``prometheus`` package
+    when running as root. Only the tests of the alert rules and dashboard need them."""
+    found = prometheus_bins()
+    if found:
+        return found
+    _apt_install(
+        "prometheus",
+        "prometheus and promtool are not installed; install them "
+        "(sudo apt-get install --no-install-recommends prometheus) to run the tests of the "
+        "alert rules and the dashboard",
+    )
+    found = prometheus_bins()
+    if not found:
+        raise DevstackError("prometheus is still missing after apt-get install prometheus")
     return found
 
 
@@ -113,8 +147,13 @@ def tansu_bin() -> str | None:
 
 
 def install(broker: str = "auto") -> dict[str, str]:
-    """Install Redis and a broker; returns what was found, for the user to read."""
+    """Install Redis, a broker and Prometheus; returns what was found, for the user to
+    read. Prometheus is optional: when it cannot be installed, the entry says why."""
     found = {"redis": install_redis()}
+    try:
+        found["prometheus"] = install_prometheus()[0]
+    except DevstackError as exc:
+        found["prometheus"] = f"not installed ({exc})"
     if broker in ("auto", "kafka") and java_bin() is not None:
         found["kafka"] = str(install_kafka())
     elif broker == "kafka":

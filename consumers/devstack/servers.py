@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
@@ -163,6 +164,39 @@ def start_redis(workdir: Path, port: int | None = None, extra_args: tuple[str, .
     # redis-server retitles itself "redis-server 127.0.0.1:PORT" once running.
     marker = f"--port {port}|{HOST}:{port}"
     return Server("redis", port, proc.pid, marker, str(log), str(workdir))
+
+
+def start_prometheus(workdir: Path, config: Path, port: int | None = None) -> Server:
+    """Start a Prometheus server on loopback with ``config``, keeping its data in
+    ``workdir``; ready once ``/-/ready`` answers."""
+    binary = install.install_prometheus()[0]
+    workdir = workdir.resolve()
+    port = port or free_port()
+    if port_open(port):
+        raise DevstackError(f"port {port} is already in use; stop what uses it or pick another")
+    cmd = [
+        binary,
+        f"--config.file={config.resolve()}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address={HOST}:{port}",
+        "--storage.tsdb.retention.time=1d",
+        "--log.level=warn",
+    ]
+    proc, log = _spawn(cmd, workdir, "prometheus.log")
+    _wait_listening(proc, port, log, 30)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/-/ready", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_pid(proc.pid, str(config.resolve()))
+            raise DevstackError(f"Prometheus on port {port} is not ready; see {log}")
+        time.sleep(0.1)
+    return Server("prometheus", port, proc.pid, str(config.resolve()), str(log), str(workdir))
 
 
 def _cluster_id() -> str:
