@@ -155,6 +155,9 @@ class Segmenter:
         self._reassess_pending = False
         self._moves_at_refresh = (0, 0)
         self._failures = 0
+        # Input positions ("topic:partition") -> offset below which this process has
+        # committed their batches; stored changes triggered below it are delivered.
+        self._committed: dict[str, int] = {}
         self._stop = StopFlag()
         self._renew_producer = False
         self._last_kafka_error: int | None = None
@@ -165,6 +168,9 @@ class Segmenter:
         """Check Redis and the topics, restore the model, and subscribe."""
         s = self.settings
         self.store.ping()
+        advice = self.store.encoding_advice()
+        if advice:
+            log.info(advice)
         admin = topics.admin_client(s)
         counts = topics.partition_counts(admin, s.kafka_bootstrap)
         partitions = topics.check_input_topics(counts, s)
@@ -223,6 +229,7 @@ class Segmenter:
         # Batches are committed before the next poll, so nothing is in flight to drop.
         self.metrics.assigned_partitions.set(0)
         for tp in parts:
+            self._committed.pop(f"{tp.topic}:{tp.partition}", None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         log.info("revoked %s", _fmt_parts(parts))
@@ -348,6 +355,7 @@ class Segmenter:
             now_ms,
             reassess=reassess or [],
             queued=queued,
+            committed=self._committed,
         )
         self._publish(dead, result)
         if self.model.unassigned:
@@ -371,6 +379,8 @@ class Segmenter:
                 raise BrokerError(f"delivery failed: {'; '.join(self._delivery_errors[:3])}")
         elif offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
+        for tp in offsets:
+            self._committed[f"{tp.topic}:{tp.partition}"] = tp.offset
         if queued:
             self.store.done_reassess(sorted(queued))  # their assignment is now published
         return result

@@ -215,14 +215,12 @@ def _open_user(settings: Settings, user_id: str) -> tuple[Any, dict[str, str] | 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
-    from state.keys import STATE_FIELD
-
     store, user = _open_user(settings, args.user)
     if user is None:
         return EXIT_NOT_FOUND
     print(f"{store.keys.user(args.user)}")
     for k in sorted(user):
-        if k not in (STATE_FIELD, "features"):
+        if k != "features":
             print(f"  {k:28} {user[k]}")
     print("  features:")
     for k, v in orjson.loads(user.get("features", "{}")).items():

@@ -9,7 +9,7 @@ validation, features, model or segment-change messages):
   (:func:`consumers.app.consumer_config`), draining a backlog with ``consume(batch)``;
 - **consume + orjson**: the same, plus ``orjson.loads`` of every message value;
 - **Redis fenced writes**: per user, the segmenter's fenced Lua ``HSET``
-  (:data:`state.redis_store.FENCED_HSET` by ``EVALSHA``, arguments laid out as
+  (:data:`state.redis_store.FENCED_WRITE` by ``EVALSHA``, arguments laid out as
   :meth:`state.redis_store.RedisStore.write_updates` lays them out, values the size of a
   real user's) and one ``SADD`` to a membership set, pipelined a batch of users at a time;
 - **Redis plain writes**: the same with a plain ``HSET``, to show what the script costs.
@@ -49,12 +49,13 @@ from consumers.devstack import servers
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS, produce_backlog
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.redis_store import FENCED_HSET, OFFSET_FIELD_PREFIX, user_hash
+from state.redis_store import FENCED_WRITE, OFFSET_FIELD_PREFIX, user_hash
 from stream.batch import MESSAGE_FEATURES, UserUpdate
 from stream.events import DeadLetter, Event, decode
 from stream.features import apply_events, compute_features
 from stream.messages import SegmentChange, change_id
 from stream.settings import Settings, load_settings
+from stream.state_codec import encode_state
 
 #: Seed and span of the backlog, as ``loadtest.bench_throughput`` produces it.
 
@@ -313,11 +314,15 @@ class WritePayload:
         (:func:`state.redis_store.user_hash`).
     segment
         The user's segment, whose membership set gets the user.
+    state
+        The user's encoded state (:func:`stream.state_codec.encode_state`), written to its
+        own key.
     """
 
     offsets: tuple[tuple[str, str], ...]
     fields: tuple[tuple[str | bytes, str | bytes], ...]
     segment: int
+    state: bytes = b""
 
     def hset_args(self) -> list[str | bytes]:
         """Field/value pairs of a plain ``HSET``: offset pairs first, then the others.
@@ -328,18 +333,19 @@ class WritePayload:
         return [x for pair in (*self.offsets, *self.fields) for x in pair]
 
     def fenced_args(self) -> list[str | bytes]:
-        """ARGV of :data:`state.redis_store.FENCED_HSET`: the number of offset pairs,
-        then :meth:`hset_args`.
+        """ARGV of :data:`state.redis_store.FENCED_WRITE`: the number of offset pairs, the
+        state, then :meth:`hset_args`.
 
-        >>> WritePayload((("_o:c:0", "7"),), (("a", "1"),), 2).fenced_args()
-        ['1', '_o:c:0', '7', 'a', '1']
+        >>> WritePayload((("_o:c:0", "7"),), (("a", "1"),), 2, b"s").fenced_args()
+        ['1', b's', '_o:c:0', '7', 'a', '1']
         """
-        return [str(len(self.offsets)), *self.hset_args()]
+        return [str(len(self.offsets)), self.state, *self.hset_args()]
 
     @property
     def nbytes(self) -> int:
-        """Bytes of field names and values written per user."""
-        return sum(len(x.encode() if isinstance(x, str) else x) for x in self.hset_args())
+        """Bytes of field names and values written per user, the state included."""
+        hashed = sum(len(x.encode() if isinstance(x, str) else x) for x in self.hset_args())
+        return hashed + len(self.state)
 
 
 def realistic_payload(
@@ -419,7 +425,7 @@ def realistic_payload(
     update = UserUpdate(last.user_id, state, features, segment - 1, change, None)
     offsets = tuple((OFFSET_FIELD_PREFIX + pos, str(off)) for pos, off in state.offsets.items())
     fields = tuple(user_hash(update, model_version, _now_ms()).items())
-    return WritePayload(offsets, fields, segment)
+    return WritePayload(offsets, fields, segment, encode_state(state))
 
 
 def _now_ms() -> int:
@@ -440,25 +446,27 @@ def _redis_rate(
         raise ValueError(f"events_per_update must be positive, got {events_per_update}")
     client: Any = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=5.0)
     keys = Keys(f"ceiling:{uuid.uuid4().hex[:8]}:")
-    sha = hashlib.sha1(FENCED_HSET.encode()).hexdigest()
+    sha = hashlib.sha1(FENCED_WRITE.encode()).hexdigest()
     users = [(f"c{i:07d}", i % _MEMBERSHIP_SETS) for i in range(n_users)]
     user_keys = [keys.user(uid) for uid, _ in users]
+    state_keys = [keys.state(uid) for uid, _ in users]
     args = payload.fenced_args() if fenced else payload.hset_args()
-    what = "Redis fenced HSET + SADD" if fenced else "Redis plain HSET + SADD"
+    what = "Redis fenced write + SADD" if fenced else "Redis plain HSET + SET + SADD"
     try:
         if fenced:
-            client.script_load(FENCED_HSET)
+            client.script_load(FENCED_WRITE)
         cpu_started, started = time.process_time(), time.perf_counter()
         for lo in range(0, n_users, batch_users):
             hi = min(lo + batch_users, n_users)
             # Round trip 1: every user's hash (write_updates' _fenced_writes).
             pipe = client.pipeline(transaction=False)
-            for key in user_keys[lo:hi]:
+            for key, state_key in zip(user_keys[lo:hi], state_keys[lo:hi], strict=True):
                 if fenced:
-                    pipe.execute_command("EVALSHA", sha, 1, key, *args)
+                    pipe.execute_command("EVALSHA", sha, 2, key, state_key, *args)
                 else:
                     pipe.execute_command("HSET", key, *args)
-            accepted = pipe.execute()
+                    pipe.execute_command("SET", state_key, payload.state)
+            accepted = pipe.execute() if fenced else pipe.execute()[::2]
             # Round trip 2: membership of the users written.
             pipe = client.pipeline(transaction=False)
             for (uid, seg), ok in zip(users[lo:hi], accepted, strict=True):
@@ -471,7 +479,8 @@ def _redis_rate(
         if stored != n_users:
             raise CeilingError(f"{what}: {stored} of {n_users} users were written")
     finally:
-        _delete(client, [*user_keys, *(keys.members(s) for s in range(_MEMBERSHIP_SETS))])
+        members = (keys.members(s) for s in range(_MEMBERSHIP_SETS))
+        _delete(client, [*user_keys, *state_keys, *members])
         client.close()
     return Rate.of(what, round(n_users * events_per_update), elapsed, cpu, users=n_users)
 
@@ -492,8 +501,8 @@ def redis_write_rate(
 
     Users go ``batch_users`` at a time, each group in the two pipelined round trips of
     :meth:`state.redis_store.RedisStore.write_updates`: first one ``EVALSHA`` of
-    :data:`state.redis_store.FENCED_HSET` per user (ARGV: the number of offset pairs, the
-    offset pairs, the other field/value pairs of ``payload``), then one ``SADD`` per user
+    :data:`state.redis_store.FENCED_WRITE` per user (ARGV: the number of offset pairs, the
+    state, the offset pairs, the other field/value pairs of ``payload``), then one ``SADD`` per user
     written to a membership set (users spread over six sets). redis-py is used as the
     store uses it: ``pipeline(transaction=False)`` and ``execute_command``. Argument lists
     are built before the clock starts; the keys are new, under a fresh prefix, and are
@@ -646,85 +655,6 @@ def main(argv: list[str] | None = None) -> int:
             rds.stop()
 
 
-@dataclass(frozen=True, slots=True)
-class CeilingResult:
-    """Every ceiling measured on one backlog.
-
-    Attributes
-    ----------
-    consume, consume_decode
-        :func:`consume_rate` and :func:`consume_decode_rate` over the backlog.
-    redis_fenced, redis_plain
-        :func:`redis_write_rate` and :func:`redis_hset_rate`, one write per user.
-    events_per_update, mean_users
-        :func:`events_per_update` of the backlog at the batch size.
-    batch_users
-        Users per Redis pipeline (``mean_users`` rounded).
-    payload_fields, payload_bytes, history_events
-        Fields (offset ones included) and bytes written per user, and the events of
-        history of the typical user whose write it is.
-    """
-
-    consume: Rate
-    consume_decode: Rate
-    redis_fenced: Rate
-    redis_plain: Rate
-    events_per_update: float
-    mean_users: float
-    batch_users: int
-    payload_fields: int
-    payload_bytes: int
-    history_events: int
-
-    def describe(self) -> str:
-        """The lines the command prints after the backlog, one per figure."""
-        return "\n".join(
-            [
-                f"backlog: batches hold {self.mean_users:.1f} distinct users on average = "
-                f"{self.events_per_update:.2f} events per user update; a typical user update "
-                f"({self.history_events} events of history) writes {self.payload_fields} "
-                f"fields, {self.payload_bytes} bytes",
-                format_rate(self.consume),
-                format_rate(self.consume_decode),
-                f"Redis pipelines: {self.batch_users} users each (the distinct users of one batch)",
-                format_rate(self.redis_fenced, self.events_per_update),
-                format_rate(self.redis_plain, self.events_per_update),
-            ]
-        )
-
-
-def measure(
-    s: Settings, redis_url: str, n_users: int, n_events: int, batch: int = 5000
-) -> CeilingResult:
-    """Measure every ceiling on the backlog already in ``s``' input topics.
-
-    The backlog is :func:`loadtest.generator.produce_backlog` of ``n_users`` users and
-    ``n_events`` events; it is simulated again here (not read back) to find the users per
-    batch and a typical user's write.
-    """
-    inputs = [s.clicks_topic, s.purchases_topic]
-    sample = simulate_backlog(n_users, n_events)
-    ratio, mean_users = events_per_update(sample.user_ids, batch)
-    payload = realistic_payload(sample.typical_events, s.clicks_topic, s.purchases_topic)
-    consume = consume_rate(s.kafka_bootstrap, inputs, n_events, batch)
-    decoded = consume_decode_rate(s.kafka_bootstrap, inputs, n_events, batch)
-    batch_users = max(1, round(mean_users))
-    fenced = redis_write_rate(redis_url, n_users, batch_users, payload, ratio)
-    plain = redis_hset_rate(redis_url, n_users, batch_users, payload, ratio)
-    return CeilingResult(
-        consume=consume,
-        consume_decode=decoded,
-        redis_fenced=fenced,
-        redis_plain=plain,
-        events_per_update=ratio,
-        mean_users=mean_users,
-        batch_users=batch_users,
-        payload_fields=len(payload.offsets) + len(payload.fields),
-        payload_bytes=payload.nbytes,
-        history_events=len(sample.typical_events),
-    )
-
-
 def _run(args: argparse.Namespace, broker: servers.Server, rds: servers.Server) -> int:
     s = load_settings({}).replace(kafka_bootstrap=broker.address)
     inputs = [s.clicks_topic, s.purchases_topic]
@@ -737,9 +667,22 @@ def _run(args: argparse.Namespace, broker: servers.Server, rds: servers.Server) 
     )
     gen = produce_backlog(s, args.users, args.events)
     print(f"backlog produced: {gen.events_sent} events at {gen.events_per_s:.0f}/s")
+    sample = simulate_backlog(args.users, args.events)
+    ratio, mean_users = events_per_update(sample.user_ids, args.batch)
+    payload = realistic_payload(sample.typical_events, s.clicks_topic, s.purchases_topic)
     print(
-        measure(s, f"redis://{rds.address}/0", args.users, gen.events_sent, args.batch).describe()
+        f"backlog: {args.batch}-event slices hold {mean_users:.1f} distinct users on average "
+        f"= {ratio:.2f} events per user update; a typical user update "
+        f"({len(sample.typical_events)} events of history) writes {len(payload.offsets)} "
+        f"offset and {len(payload.fields)} other fields, {payload.nbytes} bytes"
     )
+    print(format_rate(consume_rate(s.kafka_bootstrap, inputs, gen.events_sent, args.batch)))
+    print(format_rate(consume_decode_rate(s.kafka_bootstrap, inputs, gen.events_sent, args.batch)))
+    url = f"redis://{rds.address}/0"
+    batch_users = max(1, round(mean_users))
+    print(f"Redis pipelines: {batch_users} users each (the distinct users of one batch)")
+    for measure in (redis_write_rate, redis_hset_rate):
+        print(format_rate(measure(url, args.users, batch_users, payload, ratio), ratio))
     return 0
 
 

@@ -4,8 +4,8 @@ Braces are literal: they make Redis Cluster hash tags, so each user's keys live 
 hash slot, and each segment's membership set in one slot of its own.
 
 >>> k = Keys("seg:")
->>> k.user("u1"), k.members(3), k.segments, k.model
-('seg:user:{u1}', 'seg:segment:{3}:members', 'seg:segments', 'seg:model')
+>>> k.user("u1"), k.state("u1"), k.members(3), k.segments, k.model
+('seg:user:{u1}', 'seg:user:{u1}:state', 'seg:segment:{3}:members', 'seg:segments', 'seg:model')
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ class Keys:
 
     def user(self, user_id: str) -> str:
         return f"{self.prefix}user:{{{user_id}}}"
+
+    def state(self, user_id: str) -> str:
+        """The user's internal state (windows, offsets, de-dup keys): a binary string."""
+        return f"{self.prefix}user:{{{user_id}}}:state"
 
     def members(self, segment: int) -> str:
         return f"{self.prefix}segment:{{{segment}}}:members"
@@ -44,7 +48,3 @@ class Keys:
     @property
     def reassess(self) -> str:
         return f"{self.prefix}model:reassess"
-
-
-#: Field of the user hash holding the internal state (windows, offsets, de-dup ring).
-STATE_FIELD = "_state"

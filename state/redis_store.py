@@ -18,23 +18,27 @@ import orjson
 import redis
 from redis.cluster import RedisCluster
 
-from state.keys import STATE_FIELD, Keys
+from state.keys import Keys
 from stream.batch import UserUpdate
 from stream.checkpoint import check
 from stream.errors import ModelError, RedisError
-from stream.features import UserState
+from stream.features import UserState, stored_features
 from stream.messages import iso_ms
 from stream.naming import SegmentProfile
 from stream.settings import Settings
+from stream.state_codec import decode_state, encode_state
 
 
 def user_hash(
     update: UserUpdate, model_version: int, updated_at_ms: int
 ) -> dict[str | bytes, str | bytes]:
-    """The fields of ``seg:user:{id}`` for one update (pure)."""
+    """The public fields of ``seg:user:{id}`` for one update, all text (pure).
+
+    The internal state goes to its own key (``seg:user:{id}:state``), so that readers who
+    decode every reply as text can read the whole hash.
+    """
     s = update.state
     fields: dict[str | bytes, str | bytes] = {
-        STATE_FIELD: orjson.dumps(s.to_dict()).decode(),
         "last_event_time": iso_ms(s.last_event_ms),
         "updated_at": iso_ms(updated_at_ms),
         "model_version": str(model_version),
@@ -44,34 +48,39 @@ def user_hash(
         fields["segment_name"] = s.segment_name or ""
         fields["segment_since"] = iso_ms(s.segment_since_ms or s.last_event_ms)
     # Features go in one JSON field: one HGETALL still reads everything, and a write packs
-    # eight fields instead of fifty.
-    fields["features"] = orjson.dumps(update.features).decode()
+    # eight fields instead of fifty. Zero window counts are left out (stored_features).
+    fields["features"] = orjson.dumps(stored_features(update.features)).decode()
     return fields
 
+
+#: ``hash-max-listpack-value`` at which user hashes stay in Redis's compact encoding.
+RECOMMENDED_LISTPACK_VALUE = 1024
 
 #: Prefix of the user-hash fields holding the last applied offset per input partition.
 OFFSET_FIELD_PREFIX = "_o:"
 #: Field holding how many input partitions the stored state has applied events from.
 OFFSETS_KNOWN_FIELD = "_on"
 
-#: HSET a user's hash unless the stored state is newer than the one written: a stored
-#: input offset is newer, or the stored state has applied input from more partitions
-#: (``_on``) than the writer knew of (it read an older state).
-#: ARGV: number of offset pairs, the (field, offset) pairs, then the other field/value
-#: pairs; the offset pairs are written too. Returns 1 when written, 0 when fenced off.
-FENCED_HSET = """
+#: Write a user's hash (KEYS[1]) and state (KEYS[2]) unless the stored state is newer than
+#: the one written: a stored input offset is newer, or the stored state has applied input
+#: from more partitions (``_on``) than the writer knew of (it read an older state).
+#: ARGV: number of offset pairs, the state blob, the (field, offset) pairs, then the other
+#: field/value pairs; the offset pairs are written too. Returns 1 when written, 0 when
+#: fenced off. Both keys share the user's hash tag, so this works on a Redis Cluster too.
+FENCED_WRITE = """
 local n = tonumber(ARGV[1])
 local known = redis.call('HGET', KEYS[1], '_on')
 if known and tonumber(known) > n then
   return 0
 end
 for i = 0, n - 1 do
-  local cur = redis.call('HGET', KEYS[1], ARGV[2 + 2 * i])
-  if cur and tonumber(cur) > tonumber(ARGV[3 + 2 * i]) then
+  local cur = redis.call('HGET', KEYS[1], ARGV[3 + 2 * i])
+  if cur and tonumber(cur) > tonumber(ARGV[4 + 2 * i]) then
     return 0
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 1
 """
 
@@ -119,7 +128,7 @@ class RedisStore:
         self._r: Any = (
             RedisCluster.from_url(url, **opts) if cluster else redis.Redis.from_url(url, **opts)
         )
-        self._script_sha = hashlib.sha1(FENCED_HSET.encode()).hexdigest()
+        self._script_sha = hashlib.sha1(FENCED_WRITE.encode()).hexdigest()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -139,14 +148,35 @@ class RedisStore:
                 "(segmenter devstack up) or point SEGMENTER_REDIS_URL at a running server."
             ) from None
 
+    def encoding_advice(self) -> str | None:
+        """A sentence for the operator if user hashes will take more memory than needed.
+
+        User hashes hold values of a few hundred bytes (the state and the features), so
+        with Redis's default ``hash-max-listpack-value`` of 64 they are kept as hash
+        tables, about a third larger than the compact listpack encoding. Servers that do
+        not allow ``CONFIG GET`` (some managed services) give no advice.
+        """
+        try:
+            raw = self._r.config_get("hash-max-listpack-value")
+        except redis.RedisError:
+            return None
+        values = [int(v) for k, v in raw.items() if "listpack-value" in str(k)]
+        if not values or min(values) >= RECOMMENDED_LISTPACK_VALUE:
+            return None
+        return (
+            f"Redis has hash-max-listpack-value {min(values)}: user hashes will be kept as "
+            "hash tables, about a third more memory per user. Set it to "
+            f"{RECOMMENDED_LISTPACK_VALUE} (redis.conf or CONFIG SET) to keep them compact."
+        )
+
     def load_states(self, user_ids: Sequence[str]) -> dict[str, UserState | None]:
         """Every listed user's stored state (``None`` for users never seen): one round trip."""
         pipe = self._r.pipeline(transaction=False)
         for uid in user_ids:
-            pipe.hget(self.keys.user(uid), STATE_FIELD)
+            pipe.get(self.keys.state(uid))
         raw = _run(pipe, "read user states")
         return {
-            uid: None if blob is None else UserState.from_dict(orjson.loads(blob))
+            uid: None if blob is None else decode_state(blob)
             for uid, blob in zip(user_ids, raw, strict=True)
         }
 
@@ -155,24 +185,24 @@ class RedisStore:
     ) -> WriteResult:
         """Write the batch's user hashes, then the membership moves of those written.
 
-        Each user hash is written by :data:`FENCED_HSET`, atomically with the input offsets
-        that produced it, and only if no stored offset is newer: a process that lost a
-        partition in a rebalance cannot overwrite what the new owner wrote. Two pipelined
-        round trips in all, whatever the batch size.
+        Each user's hash and state are written by :data:`FENCED_WRITE`, atomically with
+        the input offsets that produced them, and only if no stored offset is newer: a
+        process that lost a partition in a rebalance cannot overwrite what the new owner
+        wrote. Two pipelined round trips in all, whatever the batch size.
         """
-        calls: list[tuple[str, list[str | bytes]]] = []
+        calls: list[tuple[str, str, list[str | bytes]]] = []
         written: list[UserUpdate] = []
         for u in updates:
             if not u.write:
                 continue
             offsets = u.state.offsets
-            args: list[str | bytes] = [str(len(offsets))]
+            args: list[str | bytes] = [str(len(offsets)), encode_state(u.state)]
             for pos, off in offsets.items():
                 args += [OFFSET_FIELD_PREFIX + pos, str(off)]
             for k, v in user_hash(u, model_version, now_ms).items():
                 args += [k, v]
             args += [OFFSETS_KNOWN_FIELD, str(len(offsets))]
-            calls.append((self.keys.user(u.user_id), args))
+            calls.append((self.keys.user(u.user_id), self.keys.state(u.user_id), args))
             written.append(u)
         accepted = self._fenced_writes(calls) if calls else []
         fenced = {u.user_id for u, ok in zip(written, accepted, strict=True) if not ok}
@@ -193,8 +223,8 @@ class RedisStore:
             _run(pipe, "update segment membership")
         return WriteResult(written=len(written) - len(fenced), fenced=len(fenced), moves=moves)
 
-    def _fenced_writes(self, calls: list[tuple[str, list[str | bytes]]]) -> list[Any]:
-        """Run :data:`FENCED_HSET` for every (key, args), pipelined; load it if missing.
+    def _fenced_writes(self, calls: list[tuple[str, str, list[str | bytes]]]) -> list[Any]:
+        """Run :data:`FENCED_WRITE` for every (keys, args), pipelined; load it if missing.
 
         EVALSHA is sent as a raw command: redis-py's cluster pipeline has no script
         support, and a server that restarted has forgotten the script, so NOSCRIPT is
@@ -202,14 +232,14 @@ class RedisStore:
         """
         for attempt in range(2):
             pipe = self._r.pipeline(transaction=False)
-            for key, args in calls:
-                pipe.execute_command("EVALSHA", self._script_sha, 1, key, *args)
+            for user_key, state_key, args in calls:
+                pipe.execute_command("EVALSHA", self._script_sha, 2, user_key, state_key, *args)
             try:
                 return list(pipe.execute())
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
-                _call(lambda: self._r.script_load(FENCED_HSET), "load the write script")
+                _call(lambda: self._r.script_load(FENCED_WRITE), "load the write script")
             except redis.RedisError as exc:
                 raise RedisError(f"Redis failed to write user states: {exc}") from exc
         raise AssertionError("unreachable")

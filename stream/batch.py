@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -117,6 +118,20 @@ def _in_doubt_assignment(before: UserState | None) -> tuple[int | None, int, byt
     return msg["previous_segment"], msg["segment"], value
 
 
+def _delivered(
+    lc: dict[str, Any] | None,
+    user_id: str,
+    queued: Collection[str],
+    committed: Mapping[str, int],
+) -> bool:
+    """Whether a stored last change is known committed, so no replay can need it again."""
+    if lc is None:
+        return False
+    if lc["pos"] == ASSIGN_POS:
+        return user_id not in queued
+    return int(lc["offset"]) < committed.get(lc["pos"], -1)
+
+
 @dataclass(frozen=True, slots=True)
 class _Pending:
     """A user awaiting a decision in this batch, and what triggered it."""
@@ -147,6 +162,7 @@ def process_batch(
     emitted_at_ms: int,
     reassess: Sequence[str] = (),
     queued: Collection[str] = (),
+    committed: Mapping[str, int] | None = None,
 ) -> BatchResult:
     """Fold a batch into user states, assign segments, and learn.
 
@@ -159,7 +175,13 @@ def process_batch(
     current segment. ``queued`` names users still queued for reassessment: for those, a
     stored assignment (``last_change`` at ``ASSIGN_POS``) may never have been committed,
     and it is published again before anything their events trigger.
+
+    ``committed`` maps input positions (``topic:partition``) to the offset below which
+    their batches are known committed. A stored change triggered below it, or a stored
+    assignment of a user no longer queued, can no longer be in doubt: it is dropped from
+    the state written, which keeps a user's hash small once their change is delivered.
     """
+    committed = committed or {}
     result = BatchResult()
     pending: list[_Pending] = []
     for user_id, events in events_by_user.items():
@@ -173,6 +195,8 @@ def process_batch(
         republish = _in_doubt_change(before, events)
         if republish is None and user_id in queued:
             republish = _in_doubt_assignment(before)
+        if republish is None and _delivered(applied.state.last_change, user_id, queued, committed):
+            applied.state.last_change = None
         if republish is not None:
             prev, seg, value = republish
             result.updates.append(

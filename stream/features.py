@@ -46,8 +46,17 @@ _TYPE_NAMES = ("views", "clicks", "add_to_cart", "remove_from_cart", "purchases"
 
 
 def event_key(event_id: str) -> int:
-    """A stable 63-bit digest of an event id, for the bounded de-duplication ring."""
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest()) >> 1
+    """A stable 48-bit digest of an event id, for the bounded de-duplication ring.
+
+    48 bits keep the ring at six bytes a key; with 32 keys a user, a new event is taken
+    for a duplicate by chance once in about 2**43 (nine trillion) events.
+    """
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest()) >> 16
+
+
+def legacy_event_key(key: int) -> int:
+    """The :func:`event_key` of an event from its 63-bit key in states stored before."""
+    return key >> 15
 
 
 @dataclass
@@ -158,10 +167,11 @@ def _position(event: Event) -> str:
 def _add(buckets: dict[int, list[float]], index: int, type_idx: int, spend: float) -> None:
     row = buckets.get(index)
     if row is None:
-        row = [0.0] * _ROW
+        row = [0, 0, 0, 0, 0, 0, 0.0]  # counts stay integers; the spend is a float
         buckets[index] = row
     row[type_idx] += 1
-    row[_SPEND] += spend
+    if spend:
+        row[_SPEND] += spend
 
 
 def _prune(state: UserState) -> None:
@@ -255,6 +265,50 @@ def _window_sum(buckets: dict[int, list[float]], now_index: int, span: int) -> l
     return total
 
 
+#: The per-window count features (``views_1h`` ... ``events_30d``), in output order.
+COUNT_FEATURES: tuple[str, ...] = tuple(
+    f"{t}_{w}" for w, _, _ in WINDOWS for t in (*_TYPE_NAMES, "events")
+)
+_COUNTS = frozenset(COUNT_FEATURES)
+#: Every feature :func:`compute_features` returns, in its order.
+FEATURE_NAMES: tuple[str, ...] = (
+    *COUNT_FEATURES,
+    "spend_7d",
+    "spend_30d",
+    "avg_order_value",
+    "days_since_last_purchase",
+    "conversion_rate_30d",
+    "cart_abandonment_30d",
+    "category_diversity_30d",
+    "tenure_days",
+)
+
+
+def stored_features(features: dict[str, float | None]) -> dict[str, float | int | None]:
+    """The features as the user hash keeps them: counts as integers, zero counts left out.
+
+    Most users are quiet in most windows, and the hash is kept per user, so leaving out
+    zeros halves it; :func:`full_features` puts them back.
+
+    >>> stored_features({"views_1h": 0.0, "views_30d": 3.0, "spend_30d": 0.0})
+    {'views_30d': 3, 'spend_30d': 0.0}
+    """
+    return {
+        k: (int(v) if k in _COUNTS else v)  # type: ignore[arg-type]
+        for k, v in features.items()
+        if v or k not in _COUNTS
+    }
+
+
+def full_features(stored: dict[str, float | None]) -> dict[str, float | None]:
+    """Features read from a user hash, with the zero counts it leaves out put back.
+
+    >>> full_features({"views_30d": 3})["views_1h"], full_features({})["events_30d"]
+    (0, 0)
+    """
+    return {**dict.fromkeys(COUNT_FEATURES, 0), **stored}
+
+
 def compute_features(state: UserState) -> dict[str, float | None]:
     """The user's features in human units, as of their latest event.
 
@@ -293,11 +347,12 @@ def compute_features(state: UserState) -> dict[str, float | None]:
         else round((now - state.last_purchase_ms) / DAY_MS, 3)
     )
     views, purchases, adds = m[_VIEW], m[_PURCHASE], m[_ADD]
+    # Rates to four decimals: finer steps mean nothing to a reader or to the model.
     if views:
-        out["conversion_rate_30d"] = min(1.0, purchases / views)
+        out["conversion_rate_30d"] = round(min(1.0, purchases / views), 4)
     else:
         out["conversion_rate_30d"] = 1.0 if purchases else 0.0
-    out["cart_abandonment_30d"] = max(0.0, 1.0 - purchases / adds) if adds else 0.0
+    out["cart_abandonment_30d"] = round(max(0.0, 1.0 - purchases / adds), 4) if adds else 0.0
     cutoff = now - RETENTION_MS
     out["category_diversity_30d"] = float(sum(1 for t in state.categories.values() if t > cutoff))
     out["tenure_days"] = round((now - state.first_seen_ms) / DAY_MS, 3)

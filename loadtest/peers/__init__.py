@@ -19,8 +19,8 @@ What they share with the segmenter is the domain code in ``stream/``: the decode
 (:func:`stream.events.decode`, so bad input is recognised the same way), the event-time
 windows (:func:`stream.features.apply_events`, :func:`stream.features.compute_features`),
 the feature vector and its online standardisation (:mod:`stream.scaling`), and the
-``_state`` layout of the user hash. So the comparison measures the processing model and the
-framework, not a different feature computation.
+state layout in Redis (its own key beside the user hash). So the comparison measures the
+processing model and the framework, not a different feature computation.
 
 :class:`OnlineSegmentation` is the per-event work both peers do; :mod:`.per_event` runs
 it in a hand-written confluent-kafka poll loop and :mod:`.quix` in a Quix Streams
@@ -36,11 +36,12 @@ from typing import Any, Protocol
 import orjson
 from river import cluster
 
-from state.keys import STATE_FIELD, Keys
+from state.keys import Keys
 from stream.events import Event
 from stream.features import UserState, apply_events, compute_features
 from stream.messages import SCHEMA_VERSION, change_id, iso_ms
 from stream.scaling import MODEL_FEATURES, OnlineScaler, to_vector
+from stream.state_codec import decode_state, encode_state
 
 #: Number of clusters: fixed, as a team without a k-selection step would fix it.
 N_CLUSTERS = 5
@@ -180,23 +181,24 @@ def change_message(
 
 
 def user_fields(outcome: Outcome) -> dict[str, str]:
-    """The user-hash fields a peer writes: ``segment``, ``features`` and ``_state``."""
+    """The user-hash fields a peer writes: ``segment`` and ``features``."""
     return {
         "segment": str(outcome.segment),
         "features": orjson.dumps(outcome.features).decode(),
-        STATE_FIELD: orjson.dumps(outcome.state.to_dict()).decode(),
     }
 
 
-def load_state(blob: bytes | str | None) -> UserState | None:
-    """A user's state from the ``_state`` field (``None`` for a user not seen yet)."""
-    return None if blob is None else UserState.from_dict(orjson.loads(blob))
+def load_state(blob: bytes | None) -> UserState | None:
+    """A user's state from its state key (``None`` for a user not seen yet)."""
+    return None if blob is None else decode_state(blob)
 
 
 class RedisCommands(Protocol):
     """The Redis commands a peer issues (``redis.Redis`` provides them)."""
 
-    def hget(self, name: str, key: str) -> Any: ...
+    def get(self, name: str) -> Any: ...
+
+    def set(self, name: str, value: bytes) -> Any: ...
 
     def hset(self, name: str, *, mapping: Mapping[Any, Any]) -> Any: ...
 
@@ -206,17 +208,18 @@ class RedisCommands(Protocol):
 
 
 def read_state(client: RedisCommands, keys: Keys, user_id: str) -> UserState | None:
-    """One ``HGET`` of the user's ``_state`` field: one round trip."""
-    return load_state(client.hget(keys.user(user_id), STATE_FIELD))
+    """One ``GET`` of the user's state key: one round trip."""
+    return load_state(client.get(keys.state(user_id)))
 
 
 def write_user(client: RedisCommands, keys: Keys, outcome: Outcome) -> None:
     """Write the user's hash, and move them between membership sets if they changed.
 
-    One ``HSET``; when the segment changed, an ``SREM`` from the previous segment's set (if
-    any) and an ``SADD`` to the new one. Each command is its own round trip, as plain
-    per-event code issues them.
+    One ``SET`` of the state and one ``HSET``; when the segment changed, an ``SREM`` from
+    the previous segment's set (if any) and an ``SADD`` to the new one. Each command is its
+    own round trip, as plain per-event code issues them.
     """
+    client.set(keys.state(outcome.user_id), encode_state(outcome.state))
     client.hset(keys.user(outcome.user_id), mapping=user_fields(outcome))
     if outcome.change is None:
         return

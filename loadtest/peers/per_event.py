@@ -7,10 +7,10 @@ stored as messages are handed out and committed in the background every 5 s) and
 
 1. decode and validate it with :func:`stream.events.decode` (invalid ones are counted
    and skipped);
-2. ``HGET`` the user's ``_state`` from Redis;
+2. ``GET`` the user's state key from Redis;
 3. fold the event in, compute the features, scale them, River ``KMeans.predict_one``
    then ``learn_one`` (:class:`~loadtest.peers.OnlineSegmentation`);
-4. ``HSET`` the user hash (``segment``, ``features``, ``_state``), and ``SREM``/``SADD``
+4. ``SET`` the state and ``HSET`` the user hash (``segment``, ``features``), and ``SREM``/``SADD``
    the membership sets when the segment changed;
 5. produce the change message (key = user id) to the changes topic when it changed.
 

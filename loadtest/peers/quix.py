@@ -14,7 +14,7 @@ Per message the steps do what :mod:`loadtest.peers.per_event` does:
    bytes, so the document is serialised again for it: about a microsecond, against
    hundreds for the Redis round trips); a payload that is not JSON never reaches the
    dataframe and is counted as invalid by the consumer-error callback;
-2. ``HGET`` the user's ``_state``, fold the event in, scale, River ``KMeans.predict_one``
+2. ``GET`` the user's state key, fold the event in, scale, River ``KMeans.predict_one``
    then ``learn_one`` (:class:`~loadtest.peers.OnlineSegmentation`);
 3. ``HSET`` the user hash and ``SREM``/``SADD`` the membership sets on a change;
 4. when the segment changed, pass the change message on to ``.to_topic()`` (key = the

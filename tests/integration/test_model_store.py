@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from consumers.devstack.servers import Server
-from state.redis_store import RedisStore
+from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
 from stream.checkpoint import ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError
 from stream.scaling import MODEL_FEATURES, OnlineScaler
@@ -100,3 +100,20 @@ def test_reassess_queue_and_members_of_retired_segments(store: RedisStore) -> No
     store.client.sadd(store.keys.members(7), *[f"m{i}" for i in range(2500)])
     assert store.queue_members([7], chunk=1000) == 2500
     assert len(store.reassess_batch(5000)) == 2501
+
+
+def test_encoding_advice_names_the_setting_when_hashes_would_not_stay_compact(
+    store: RedisStore,
+) -> None:
+    r = store.client
+    before = r.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
+    try:
+        r.config_set("hash-max-listpack-value", RECOMMENDED_LISTPACK_VALUE)
+        assert store.encoding_advice() is None
+        r.config_set("hash-max-listpack-value", 64)
+        advice = store.encoding_advice()
+        assert advice is not None
+        assert "hash-max-listpack-value 64" in advice
+        assert str(RECOMMENDED_LISTPACK_VALUE) in advice
+    finally:
+        r.config_set("hash-max-listpack-value", before)

@@ -22,10 +22,11 @@ from loadtest.peers import (
 from loadtest.peers import run as peers_run
 from loadtest.peers.per_event import consumer_config
 from loadtest.peers.quix import BoundedRun
-from state.keys import STATE_FIELD, Keys
+from state.keys import Keys
 from stream.events import Event
 from stream.features import UserState, compute_features
 from stream.messages import change_id
+from stream.state_codec import encode_state
 
 NOW = 1_800_000_000_000
 
@@ -41,12 +42,17 @@ class FakeRedis:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.hashes: dict[str, dict[str, str]] = {}
+        self.strings: dict[str, bytes] = {}
         self.sets: dict[str, set[str]] = {}
 
-    def hget(self, name: str, key: str) -> Any:
-        self.calls.append(("hget", name))
-        value = self.hashes.get(name, {}).get(key)
-        return None if value is None else value.encode()
+    def get(self, name: str) -> Any:
+        self.calls.append(("get", name))
+        return self.strings.get(name)
+
+    def set(self, name: str, value: bytes) -> Any:
+        self.calls.append(("set", name))
+        self.strings[name] = value
+        return True
 
     def hset(self, name: str, *, mapping: Mapping[str, str]) -> Any:
         self.calls.append(("hset", name))
@@ -134,10 +140,10 @@ def test_user_fields_keep_the_state_layout() -> None:
     out = OnlineSegmentation().step(None, event(3, etype="purchase", amount=12.5), NOW)
     assert out is not None
     fields = user_fields(out)
-    assert set(fields) == {"segment", "features", STATE_FIELD}
+    assert set(fields) == {"segment", "features"}
     assert fields["segment"] == str(out.segment)
     assert orjson.loads(fields["features"]) == out.features
-    assert load_state(fields[STATE_FIELD]) == out.state
+    assert load_state(encode_state(out.state)) == out.state
     assert load_state(None) is None
 
 
@@ -162,10 +168,10 @@ def _outcome(segment: int, previous: int | None, changed: bool) -> Outcome:
     return Outcome("u9", state, {"events_30d": 1.0}, segment, previous, change)
 
 
-def test_write_user_without_change_is_one_hset() -> None:
+def test_write_user_without_change_is_one_set_and_one_hset() -> None:
     r, keys = FakeRedis(), Keys("p:")
     write_user(r, keys, _outcome(2, 2, changed=False))
-    assert r.calls == [("hset", "p:user:{u9}")]
+    assert r.calls == [("set", "p:user:{u9}:state"), ("hset", "p:user:{u9}")]
 
 
 def test_write_user_on_change_moves_membership() -> None:
@@ -173,6 +179,7 @@ def test_write_user_on_change_moves_membership() -> None:
     r.sets[keys.members(1)] = {"u9", "u8"}
     write_user(r, keys, _outcome(2, 1, changed=True))
     assert r.calls == [
+        ("set", "p:user:{u9}:state"),
         ("hset", "p:user:{u9}"),
         ("srem", "p:segment:{1}:members"),
         ("sadd", "p:segment:{2}:members"),
@@ -184,7 +191,7 @@ def test_write_user_on_change_moves_membership() -> None:
 def test_write_user_first_segment_adds_only() -> None:
     r = FakeRedis()
     write_user(r, Keys(), _outcome(0, None, changed=True))
-    assert [c[0] for c in r.calls] == ["hset", "sadd"]
+    assert [c[0] for c in r.calls] == ["set", "hset", "sadd"]
 
 
 def test_read_state_round_trips_through_redis() -> None:
@@ -194,7 +201,7 @@ def test_read_state_round_trips_through_redis() -> None:
     assert out is not None
     write_user(r, keys, out)
     assert read_state(r, keys, "u1") == out.state
-    assert r.calls[0] == ("hget", "seg:user:{u1}")
+    assert r.calls[0] == ("get", "seg:user:{u1}:state")
 
 
 def test_peer_result_rate() -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from state.keys import STATE_FIELD, Keys
+from state.keys import Keys
 
 
 def test_default_layout() -> None:
     k = Keys()
     assert k.prefix == "seg:"
     assert k.user("u42") == "seg:user:{u42}"
+    assert k.state("u42") == "seg:user:{u42}:state"
     assert k.members(1) == "seg:segment:{1}:members"
     assert k.members(0) == "seg:segment:{0}:members"
     assert k.segments == "seg:segments"
@@ -55,8 +56,11 @@ def test_hash_tags_are_the_user_id_and_the_segment() -> None:
     assert tag(k.members(7)) == "7"
 
 
-def test_state_field() -> None:
-    assert STATE_FIELD == "_state"
+def test_a_users_state_shares_the_hash_slot_of_their_hash() -> None:
+    k = Keys()
+    assert k.state("u42") == "seg:user:{u42}:state"
+    # Redis Cluster hashes only what is inside the first braces: the same for both keys.
+    assert k.state("u42").split("{")[1].split("}")[0] == "u42"
 
 
 def test_keys_are_frozen_values() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import orjson
 
-from state.keys import STATE_FIELD
 from state.redis_store import user_hash
 from stream.batch import UserUpdate
 from stream.events import Event
-from stream.features import DAY_MS, HOUR_MS, UserState, apply_events, compute_features
+from stream.features import DAY_MS, HOUR_MS, apply_events, compute_features, full_features
+from stream.state_codec import decode_state, encode_state
 
 T = 1_700_000_000_000  # 2023-11-14T22:13:20.000Z
 
@@ -28,7 +28,6 @@ def test_fields_of_a_segmented_user() -> None:
     u = make_update(2, "high_value", T - HOUR_MS)
     h = user_hash(u, model_version=4, updated_at_ms=T + 1234)
     assert set(h) == {
-        STATE_FIELD,
         "last_event_time",
         "updated_at",
         "model_version",
@@ -48,7 +47,10 @@ def test_fields_of_a_segmented_user() -> None:
 
 def test_features_in_human_units() -> None:
     u = make_update(2, "high_value", T)
-    features = orjson.loads(user_hash(u, 1, T)["features"])
+    stored = orjson.loads(user_hash(u, 1, T)["features"])
+    # Zero window counts are left out, and come back with full_features.
+    assert "views_1h" not in stored and stored["views_7d"] == 1
+    features = full_features(stored)
     assert features == u.features
     assert features["purchases_30d"] == 1.0
     assert features["spend_30d"] == 42.5
@@ -82,15 +84,14 @@ def test_missing_segment_since_falls_back_to_the_last_event() -> None:
 
 def test_no_segment_fields_without_a_segment() -> None:
     h = user_hash(make_update(None, None, None), 0, T)
-    assert set(h) == {STATE_FIELD, "last_event_time", "updated_at", "model_version", "features"}
+    assert set(h) == {"last_event_time", "updated_at", "model_version", "features"}
     assert h["model_version"] == "0"
 
 
 def test_state_round_trips() -> None:
     u = make_update(3, "at_risk", T - DAY_MS)
     u.state.last_change = {"pos": "shop.purchases:2", "offset": 19, "value": '{"segment":3}'}
-    blob = user_hash(u, 2, T)[STATE_FIELD]
-    back = UserState.from_dict(orjson.loads(blob))
+    back = decode_state(encode_state(u.state))
     assert back == u.state
     assert back.offsets == {"shop.clicks:0": 8, "shop.purchases:2": 19}
     assert back.segment == 3 and back.segment_name == "at_risk"

@@ -403,3 +403,28 @@ def test_a_queued_users_assignment_is_published_again_before_their_event(world) 
     # Not queued any more (the assignment was committed): nothing is published again.
     r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED)
     assert all(u.republish is None for u in r.updates)
+    # ... and the delivered assignment is dropped from the state written.
+    (u,) = [u for u in r.updates if u.write]
+    assert u.state.last_change is None
+
+
+def test_a_stored_change_is_kept_until_its_batch_is_known_committed(world) -> None:
+    shop, model, names = world
+    _, _, r2 = warm_up(shop, model, names)
+    states = {u.user_id: u.state for u in r2.updates}
+    lc = states["u5"].last_change
+    assert lc is not None and lc["pos"] == "shop.purchases:0"
+    batch = {"u5": [shop.ev("u5", "view", T + MINUTE_MS)]}
+
+    def written(committed: dict[str, int]) -> UserState:
+        r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, committed=committed)
+        (u,) = r.updates
+        return u.state
+
+    # Not known committed (another partition, or not past the trigger): kept for a replay.
+    assert written({}).last_change == lc
+    assert written({"shop.clicks:0": 10**9}).last_change == lc
+    assert written({"shop.purchases:0": lc["offset"]}).last_change == lc
+    # Committed past the trigger: no replay can need it, so it is dropped.
+    assert written({"shop.purchases:0": lc["offset"] + 1}).last_change is None
+    assert states["u5"].last_change == lc  # the input state is not changed

@@ -12,6 +12,7 @@ import pytest
 from stream.events import Event
 from stream.features import (
     DAY_MS,
+    FEATURE_NAMES,
     HOUR_MS,
     MAX_CATEGORIES,
     MINUTE_MS,
@@ -20,6 +21,7 @@ from stream.features import (
     apply_events,
     compute_features,
     event_key,
+    legacy_event_key,
 )
 
 # An instant aligned to a day, so grain offsets below are easy to read.
@@ -402,13 +404,15 @@ def test_dedupe_within_one_batch_is_not_limited_by_the_window() -> None:
     assert len(r.state.recent_events) == 2
 
 
-def test_event_key_is_a_stable_63_bit_digest() -> None:
+def test_event_key_is_a_stable_48_bit_digest() -> None:
     import hashlib
 
     digest = hashlib.blake2b(b"evt-42", digest_size=8).digest()
-    assert event_key("evt-42") == int.from_bytes(digest) >> 1
-    assert 0 <= event_key("evt-42") < 2**63
+    assert event_key("evt-42") == int.from_bytes(digest) >> 16
+    assert 0 <= event_key("evt-42") < 2**48
     assert event_key("evt-42") != event_key("evt-43")
+    # Keys stored before were the digest's top 63 bits: their top 48 are today's key.
+    assert legacy_event_key(int.from_bytes(digest) >> 1) == event_key("evt-42")
 
 
 def _rich_state() -> UserState:
@@ -478,3 +482,9 @@ def test_apply_result_counts_are_consistent() -> None:
     ]
     r = apply_events(first, evs + evs[:1])  # last one replayed by offset
     assert (len(r.applied), r.duplicates, r.late, r.replayed) == (1, 1, 1, 1)
+
+
+def test_feature_names_are_what_compute_features_returns() -> None:
+    assert tuple(compute_features(UserState(last_event_ms=NOW, first_seen_ms=NOW))) == (
+        FEATURE_NAMES
+    )

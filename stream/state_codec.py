@@ -1,0 +1,368 @@
+"""A compact, exact binary encoding of :class:`~stream.features.UserState`.
+
+The state is the largest thing the segmenter keeps per user, and there is one per user
+ever seen, so its size is most of the Redis memory per user. JSON spends most of that on
+digits: absolute bucket indices, float counts (``1.0``), 19-digit de-duplication keys.
+This encoding keeps the same values in about a fifth of the bytes:
+
+- bucket rows store their index relative to the user's latest one (always under 60), and
+  their six counts as single bytes when all are under 256 (nearly every row), followed
+  by the spend only in rows that hold one; busier rows have 32-bit counts;
+- de-duplication keys are 48 bits (:func:`stream.features.event_key`), six bytes each;
+- category times are kept relative to the latest event (under 30 days, so 32 bits);
+- the stored last change (kept until its batch is known committed, to be published again
+  byte for byte if that batch is replayed) is kept as its fields, not its JSON: it is
+  rebuilt with :meth:`~stream.messages.SegmentChange.to_json` on reading, and kept as
+  JSON only if the rebuild would not give the very same bytes.
+
+Decoding gives back an equal state, so features computed from a decoded state are the
+ones computed before encoding. Blobs start with a format byte; states written as JSON by
+earlier versions (first byte ``{``) are still read.
+
+Examples
+--------
+>>> from stream.events import Event
+>>> from stream.features import apply_events
+>>> e = Event("e1", "u1", "purchase", 1_700_000_000_000, "shop.purchases", 0, 5, amount=20.0)
+>>> s = apply_events(None, [e]).state
+>>> blob = encode_state(s)
+>>> decode_state(blob) == s, len(blob), len(orjson.dumps(s.to_dict()))
+(True, 153, 281)
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+from stream.events import parse_timestamp
+from stream.features import (
+    DAY_MS,
+    FEATURE_NAMES,
+    HOUR_MS,
+    MINUTE_MS,
+    UserState,
+    legacy_event_key,
+)
+from stream.messages import SCHEMA_VERSION, SegmentChange
+
+#: The first byte of a blob in this format.
+FORMAT = 2
+
+_NO_TIME = -1
+# format, latest event, first seen, last purchase, segment, segment since, then counts of
+# minute, hour and day rows, categories, de-dup keys, offsets, and flags
+_HEADER = struct.Struct("<BqqqiqBBBBBBB")
+_LIFETIME = struct.Struct("<6Id")
+_NARROW = struct.Struct("<7B")  # relative index, six counts
+_SPEND = struct.Struct("<7Bd")  # relative index | 0x40, six counts, spend
+_WIDE = struct.Struct("<B6Id")  # relative index | 0x80, six counts, spend
+_SPEND_FLAG = 0x40
+_WIDE_FLAG = 0x80
+_LEN8 = struct.Struct("<B")
+_LEN16 = struct.Struct("<H")
+_CATEGORY_AGE = struct.Struct("<I")
+_OFFSET = struct.Struct("<q")
+_LC = struct.Struct("<qI")
+_KEY_BYTES = 6
+_HAS_LAST_CHANGE = 1
+_HAS_SEGMENT_NAME = 2
+_LAST_CHANGE_AS_FIELDS = 4
+# the stored change as fields: its offset, previous segment (-1: none), segment, model
+# version, event time, emission time, distance margin, runner-up, then counts of top
+# features and of features
+_CHANGE = struct.Struct("<qiiqqqdiBB")
+_NO_NAME = 0xFFFF
+_FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_NULL_FEATURE = 0x80  # high bit of a feature's index: its value is null
+_FLOAT = struct.Struct("<d")
+_GRAINS = (MINUTE_MS, HOUR_MS, DAY_MS)
+
+
+def _rows(buckets: dict[int, list[float]], now_index: int, out: list[bytes]) -> None:
+    narrow, with_spend, wide = _NARROW.pack, _SPEND.pack, _WIDE.pack
+    for k, row in buckets.items():
+        rel = now_index - k
+        if not 0 <= rel < _SPEND_FLAG:
+            raise ValueError(f"bucket {k} is {rel} grains from the latest one: not pruned")
+        c0, c1, c2, c3, c4, c5, spend = row
+        if max(c0, c1, c2, c3, c4, c5) >= 256:
+            out.append(
+                wide(rel | _WIDE_FLAG, int(c0), int(c1), int(c2), int(c3), int(c4), int(c5), spend)
+            )
+        elif not spend:
+            out.append(narrow(rel, int(c0), int(c1), int(c2), int(c3), int(c4), int(c5)))
+        else:
+            out.append(
+                with_spend(
+                    rel | _SPEND_FLAG, int(c0), int(c1), int(c2), int(c3), int(c4), int(c5), spend
+                )
+            )
+
+
+def _text(value: str, out: list[bytes]) -> None:
+    raw = value.encode()
+    out.append(_LEN16.pack(len(raw)))
+    out.append(raw)
+
+
+def encode_state(s: UserState) -> bytes:
+    """The state as a compact blob (the inverse of :func:`decode_state`)."""
+    if len(s.minutes) > 255 or len(s.recent_events) > 255 or len(s.offsets) > 255:
+        raise ValueError("state holds more rows, keys or offsets than the format's 255")
+    flags = (_HAS_LAST_CHANGE if s.last_change is not None else 0) | (
+        _HAS_SEGMENT_NAME if s.segment_name is not None else 0
+    )
+    out = [
+        _HEADER.pack(
+            FORMAT,
+            s.last_event_ms,
+            s.first_seen_ms,
+            _NO_TIME if s.last_purchase_ms is None else s.last_purchase_ms,
+            -1 if s.segment is None else s.segment,
+            _NO_TIME if s.segment_since_ms is None else s.segment_since_ms,
+            len(s.minutes),
+            len(s.hours),
+            len(s.days),
+            len(s.categories),
+            len(s.recent_events),
+            len(s.offsets),
+            flags,
+        ),
+        _LIFETIME.pack(*(int(c) for c in s.lifetime[:6]), s.lifetime[6]),
+    ]
+    now = s.last_event_ms
+    for buckets, grain in zip((s.minutes, s.hours, s.days), _GRAINS, strict=True):
+        _rows(buckets, now // grain, out)
+    for name, seen in s.categories.items():
+        _text(name, out)
+        out.append(_CATEGORY_AGE.pack(now - seen))
+    out.append(b"".join(k.to_bytes(_KEY_BYTES, "little") for k in s.recent_events))
+    for pos, off in s.offsets.items():
+        _text(pos, out)
+        out.append(_OFFSET.pack(off))
+    if s.segment_name is not None:
+        _text(s.segment_name, out)
+    if s.last_change is not None:
+        lc = s.last_change
+        _text(str(lc["pos"]), out)
+        fields = _change_fields(int(lc["offset"]), str(lc["value"]))
+        if fields is not None:
+            out[0] = out[0][:-1] + bytes([flags | _LAST_CHANGE_AS_FIELDS])
+            out.append(fields)
+        else:
+            value = str(lc["value"]).encode()
+            out.append(_LC.pack(int(lc["offset"]), len(value)))
+            out.append(value)
+    return b"".join(out)
+
+
+def _change_fields(offset: int, value: str) -> bytes | None:
+    """A stored change message as packed fields, if they rebuild it byte for byte."""
+    try:
+        m = orjson.loads(value)
+        x = m["explanation"]
+        change = SegmentChange(
+            change_id=m["change_id"],
+            user_id=m["user_id"],
+            previous_segment=m["previous_segment"],
+            previous_segment_name=m["previous_segment_name"],
+            segment=m["segment"],
+            segment_name=m["segment_name"],
+            model_version=m["model_version"],
+            event_time_ms=parse_timestamp(m["event_time"]),
+            emitted_at_ms=parse_timestamp(m["emitted_at"]),
+            distance_margin=x["distance_margin"],
+            runner_up_segment=x["runner_up_segment"],
+            top_features=tuple(x["top_features"]),
+            features=m["features"],
+        )
+        if m["schema_version"] != SCHEMA_VERSION or change.to_json().decode() != value:
+            return None
+        prev = change.previous_segment
+        out = [
+            bytes.fromhex(change.change_id),
+            _CHANGE.pack(
+                offset,
+                -1 if prev is None else prev,
+                change.segment,
+                change.model_version,
+                change.event_time_ms,
+                change.emitted_at_ms,
+                change.distance_margin,
+                change.runner_up_segment,
+                len(change.top_features),
+                len(change.features),
+            ),
+            bytes(_FEATURE_INDEX[f] for f in change.top_features),
+        ]
+        for name, v in change.features.items():
+            if v is None:
+                out.append(bytes([_FEATURE_INDEX[name] | _NULL_FEATURE]))
+            else:
+                out.append(bytes([_FEATURE_INDEX[name]]) + _FLOAT.pack(v))
+        _text(change.user_id, out)
+        _text(change.segment_name, out)
+        if change.previous_segment_name is None:
+            out.append(_LEN16.pack(_NO_NAME))
+        else:
+            _text(change.previous_segment_name, out)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None  # not a message this version writes: kept as it is
+    if len(out[0]) != 16:
+        return None
+    return b"".join(out)
+
+
+def _read_change(r: _Reader) -> tuple[int, str]:
+    """The offset and JSON of a stored change packed by :func:`_change_fields`."""
+    change_id = r.raw(16).hex()
+    offset, prev, segment, version, event_ms, emitted_ms, margin, runner_up, n_top, n_f = r.take(
+        _CHANGE
+    )
+    top = tuple(FEATURE_NAMES[i] for i in r.raw(n_top))
+    features: dict[str, float | None] = {}
+    for _ in range(n_f):
+        i = r.raw(1)[0]
+        if i & _NULL_FEATURE:
+            features[FEATURE_NAMES[i & ~_NULL_FEATURE]] = None
+        else:
+            (features[FEATURE_NAMES[i]],) = r.take(_FLOAT)
+    user_id = r.text()
+    segment_name = r.text()
+    if r.data[r.at : r.at + 2] == _LEN16.pack(_NO_NAME):
+        r.at += 2
+        prev_name = None
+    else:
+        prev_name = r.text()
+    change = SegmentChange(
+        change_id=change_id,
+        user_id=user_id,
+        previous_segment=None if prev < 0 else prev,
+        previous_segment_name=prev_name,
+        segment=segment,
+        segment_name=segment_name,
+        model_version=version,
+        event_time_ms=event_ms,
+        emitted_at_ms=emitted_ms,
+        distance_margin=margin,
+        runner_up_segment=runner_up,
+        top_features=top,
+        features=features,
+    )
+    return offset, change.to_json().decode()
+
+
+class _Reader:
+    """A cursor over a blob."""
+
+    __slots__ = ("at", "data")
+
+    def __init__(self, data: bytes, at: int) -> None:
+        self.data = data
+        self.at = at
+
+    def take(self, st: struct.Struct) -> tuple[Any, ...]:
+        values = st.unpack_from(self.data, self.at)
+        self.at += st.size
+        return values
+
+    def text(self) -> str:
+        (n,) = self.take(_LEN16)
+        start = self.at
+        self.at += n
+        return self.data[start : self.at].decode()
+
+    def raw(self, n: int) -> bytes:
+        start = self.at
+        self.at += n
+        return self.data[start : self.at]
+
+
+def _read_rows(r: _Reader, n: int, now_index: int) -> dict[int, list[float]]:
+    rows: dict[int, list[float]] = {}
+    data = r.data
+    for _ in range(n):
+        flag = data[r.at] & (_WIDE_FLAG | _SPEND_FLAG)
+        if flag:
+            rel, c0, c1, c2, c3, c4, c5, spend = r.take(_WIDE if flag == _WIDE_FLAG else _SPEND)
+            rows[now_index - (rel & ~flag)] = [c0, c1, c2, c3, c4, c5, spend]
+        else:
+            rel, c0, c1, c2, c3, c4, c5 = r.take(_NARROW)
+            rows[now_index - rel] = [c0, c1, c2, c3, c4, c5, 0]
+    return rows
+
+
+def decode_state(blob: bytes) -> UserState:
+    """Rebuild a state from :func:`encode_state` output, or from the older JSON form.
+
+    Raises
+    ------
+    ValueError
+        If the blob is in neither form.
+    """
+    if blob[:1] == b"{":
+        return _from_legacy_json(blob)
+    if not blob or blob[0] != FORMAT:
+        raise ValueError(f"unknown user-state format {blob[:1]!r}")
+    r = _Reader(blob, 0)
+    (
+        _,
+        last,
+        first,
+        last_purchase,
+        segment,
+        since,
+        n_min,
+        n_hour,
+        n_day,
+        n_cat,
+        n_keys,
+        n_off,
+        flags,
+    ) = r.take(_HEADER)
+    *counts, spend = r.take(_LIFETIME)
+    s = UserState(
+        first_seen_ms=first,
+        last_event_ms=last,
+        minutes=_read_rows(r, n_min, last // MINUTE_MS),
+        hours=_read_rows(r, n_hour, last // HOUR_MS),
+        days=_read_rows(r, n_day, last // DAY_MS),
+        lifetime=[*counts, spend],
+        last_purchase_ms=None if last_purchase == _NO_TIME else last_purchase,
+        segment=None if segment < 0 else segment,
+        segment_since_ms=None if since == _NO_TIME else since,
+    )
+    for _ in range(n_cat):
+        name = r.text()
+        (age,) = r.take(_CATEGORY_AGE)
+        s.categories[name] = last - age
+    keys = r.raw(n_keys * _KEY_BYTES)
+    s.recent_events = [
+        int.from_bytes(keys[i : i + _KEY_BYTES], "little") for i in range(0, len(keys), _KEY_BYTES)
+    ]
+    for _ in range(n_off):
+        pos = r.text()
+        (s.offsets[pos],) = r.take(_OFFSET)
+    if flags & _HAS_SEGMENT_NAME:
+        s.segment_name = r.text()
+    if flags & _HAS_LAST_CHANGE:
+        pos = r.text()
+        if flags & _LAST_CHANGE_AS_FIELDS:
+            offset, value = _read_change(r)
+        else:
+            offset, n = r.take(_LC)
+            value = r.raw(n).decode()
+        s.last_change = {"pos": pos, "offset": offset, "value": value}
+    if r.at != len(blob):
+        raise ValueError(f"user-state blob has {len(blob) - r.at} unread bytes")
+    return s
+
+
+def _from_legacy_json(blob: bytes) -> UserState:
+    """A state stored as JSON by earlier versions, with its keys made 48-bit."""
+    s = UserState.from_dict(orjson.loads(blob))
+    s.recent_events = [legacy_event_key(k) for k in s.recent_events]
+    return s

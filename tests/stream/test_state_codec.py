@@ -1,0 +1,167 @@
+"""The binary user-state encoding: exact round trips, compactness, legacy JSON."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from stream.events import EVENT_TYPES, Event
+from stream.features import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    UserState,
+    apply_events,
+    compute_features,
+)
+from stream.messages import SegmentChange, change_id
+from stream.state_codec import FORMAT, decode_state, encode_state
+
+NOW = 1_700_000_000_000
+
+
+def _events(rng: random.Random, n: int, user: str = "u") -> list[Event]:
+    out = []
+    for i in range(n):
+        etype = rng.choice(EVENT_TYPES)
+        out.append(
+            Event(
+                f"{user}-e{i}",
+                user,
+                etype,
+                NOW - rng.randrange(0, 29 * DAY_MS),
+                rng.choice(("shop.clicks", "shop.purchases")),
+                rng.randrange(4),
+                i,
+                category=rng.choice((None, "books", "toys", "garden & patio", "épicerie")),
+                amount=round(rng.uniform(1, 300), 2) if etype == "purchase" else None,
+            )
+        )
+    out.sort(key=lambda e: e.ts_ms)
+    return out
+
+
+def _rich() -> UserState:
+    s = apply_events(None, _events(random.Random(3), 120)).state
+    s.segment, s.segment_name, s.segment_since_ms = 4, "loyal high spenders", NOW - HOUR_MS
+    s.last_change = {"pos": "shop.clicks:2", "offset": 77, "value": '{"segment":4,"x":"é"}'}
+    return s
+
+
+def test_round_trip_is_exact_and_keeps_the_features() -> None:
+    s = _rich()
+    back = decode_state(encode_state(s))
+    assert back == s
+    assert compute_features(back) == compute_features(s)
+    assert encode_state(back) == encode_state(s)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_states_round_trip(seed: int) -> None:
+    rng = random.Random(seed)
+    s = None
+    for batch in range(rng.randrange(1, 5)):
+        s = apply_events(s, _events(rng, rng.randrange(1, 60), user=f"u{batch}")).state
+    assert s is not None
+    assert decode_state(encode_state(s)) == s
+
+
+def test_empty_state_round_trips() -> None:
+    assert decode_state(encode_state(UserState())) == UserState()
+
+
+def test_busy_rows_and_spend_are_written_wide() -> None:
+    # 300 views in one minute do not fit a byte; a purchase row carries its spend.
+    views = [Event(f"v{i}", "u", "view", NOW, "c", 0, i) for i in range(300)]
+    buy = Event("b", "u", "purchase", NOW, "p", 0, 1, amount=19.99)
+    old_buy = Event("b0", "u", "purchase", NOW - 2 * DAY_MS, "p", 0, 2, amount=5.5)
+    s = apply_events(None, [*views, buy, old_buy], dedupe_window=32).state
+    back = decode_state(encode_state(s))
+    assert back == s
+    assert back.minutes[NOW // MINUTE_MS][0] == 300
+    assert back.days[NOW // DAY_MS][6] == 19.99
+    assert back.days[NOW // DAY_MS - 2][4:] == [1, 0, 5.5]
+
+
+def test_much_smaller_than_json() -> None:
+    s = _rich()
+    blob, as_json = encode_state(s), orjson.dumps(s.to_dict())
+    assert blob[0] == FORMAT
+    assert len(blob) * 2 < len(as_json), (len(blob), len(as_json))
+
+
+def test_legacy_json_states_are_read_with_their_keys_converted() -> None:
+    s = _rich()
+    legacy = s.to_dict()
+    # Stored before: 63-bit keys, the digest's top 63 bits.
+    legacy["r"] = [k << 15 for k in s.recent_events]
+    back = decode_state(orjson.dumps(legacy))
+    assert back == s
+
+
+def test_unknown_format_and_trailing_bytes_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown user-state format"):
+        decode_state(b"\x09abc")
+    with pytest.raises(ValueError, match="unread bytes"):
+        decode_state(encode_state(_rich()) + b"\x00")
+
+
+def test_unpruned_rows_are_refused() -> None:
+    s = UserState(last_event_ms=NOW, minutes={NOW // MINUTE_MS - 500: [1, 0, 0, 0, 0, 0, 0.0]})
+    with pytest.raises(ValueError, match="not pruned"):
+        encode_state(s)
+
+
+def _change(previous: int | None, days_since: float | None) -> str:
+    return (
+        SegmentChange(
+            change_id=change_id("user-ü7", "e-9", previous, 3),
+            user_id="user-ü7",
+            previous_segment=previous,
+            previous_segment_name=None if previous is None else "window shoppers",
+            segment=3,
+            segment_name="loyal high spenders",
+            model_version=12,
+            event_time_ms=NOW - 5_123,
+            emitted_at_ms=NOW + 77,
+            distance_margin=0.123456789,
+            runner_up_segment=1,
+            top_features=("spend_30d", "purchases_30d", "tenure_days"),
+            features={
+                "events_30d": 14.0,
+                "purchases_30d": 2.0,
+                "spend_30d": 123.45,
+                "days_since_last_purchase": days_since,
+                "avg_order_value": 61.73,
+                "conversion_rate_30d": 0.25,
+            },
+        )
+        .to_json()
+        .decode()
+    )
+
+
+@pytest.mark.parametrize(("previous", "days_since"), [(None, None), (0, 2.5)])
+def test_a_stored_change_is_kept_as_fields_and_rebuilt_byte_for_byte(
+    previous: int | None, days_since: float | None
+) -> None:
+    s = _rich()
+    value = _change(previous, days_since)
+    s.last_change = {"pos": "shop.purchases:1", "offset": 9, "value": value}
+    blob = encode_state(s)
+    back = decode_state(blob)
+    assert back.last_change == s.last_change
+    assert back.last_change is not None and back.last_change["value"] == value
+    s.last_change = None
+    # Packed as fields, the change takes well under half its JSON.
+    assert len(blob) - len(encode_state(s)) < len(value.encode()) // 2
+
+
+def test_a_stored_change_that_is_not_a_current_message_is_kept_as_json() -> None:
+    s = _rich()
+    odd = _change(None, None).replace('"schema_version":1', '"schema_version":0')
+    for value in ('{"segment":3}', odd, "not json"):
+        s.last_change = {"pos": "shop.clicks:0", "offset": 1, "value": value}
+        assert decode_state(encode_state(s)).last_change == s.last_change
