@@ -542,7 +542,7 @@ def redis_hset_rate(
     payload: WritePayload,
     events_per_update: float = 1.0,
 ) -> Rate:
-    """As :func:`redis_write_rate` with a plain ``HSET`` of the same fields, no script.
+    """As :func:`redis_write_rate` with a plain ``HSET`` and ``SET`` of the same, no script.
 
     The difference from :func:`redis_write_rate` is what the fence costs: the Lua call and
     its ``HGET`` of each offset field.
@@ -655,6 +655,85 @@ def main(argv: list[str] | None = None) -> int:
             rds.stop()
 
 
+@dataclass(frozen=True, slots=True)
+class CeilingResult:
+    """Every ceiling measured on one backlog.
+
+    Attributes
+    ----------
+    consume, consume_decode
+        :func:`consume_rate` and :func:`consume_decode_rate` over the backlog.
+    redis_fenced, redis_plain
+        :func:`redis_write_rate` and :func:`redis_hset_rate`, one write per user.
+    events_per_update, mean_users
+        :func:`events_per_update` of the backlog at the batch size.
+    batch_users
+        Users per Redis pipeline (``mean_users`` rounded).
+    payload_fields, payload_bytes, history_events
+        Fields (offset ones included) and bytes written per user, and the events of
+        history of the typical user whose write it is.
+    """
+
+    consume: Rate
+    consume_decode: Rate
+    redis_fenced: Rate
+    redis_plain: Rate
+    events_per_update: float
+    mean_users: float
+    batch_users: int
+    payload_fields: int
+    payload_bytes: int
+    history_events: int
+
+    def describe(self) -> str:
+        """The lines the command prints after the backlog, one per figure."""
+        return "\n".join(
+            [
+                f"backlog: batches hold {self.mean_users:.1f} distinct users on average = "
+                f"{self.events_per_update:.2f} events per user update; a typical user update "
+                f"({self.history_events} events of history) writes {self.payload_fields} "
+                f"fields, {self.payload_bytes} bytes",
+                format_rate(self.consume),
+                format_rate(self.consume_decode),
+                f"Redis pipelines: {self.batch_users} users each (the distinct users of one batch)",
+                format_rate(self.redis_fenced, self.events_per_update),
+                format_rate(self.redis_plain, self.events_per_update),
+            ]
+        )
+
+
+def measure(
+    s: Settings, redis_url: str, n_users: int, n_events: int, batch: int = 5000
+) -> CeilingResult:
+    """Measure every ceiling on the backlog already in ``s``' input topics.
+
+    The backlog is :func:`loadtest.generator.produce_backlog` of ``n_users`` users and
+    ``n_events`` events; it is simulated again here (not read back) to find the users per
+    batch and a typical user's write.
+    """
+    inputs = [s.clicks_topic, s.purchases_topic]
+    sample = simulate_backlog(n_users, n_events)
+    ratio, mean_users = events_per_update(sample.user_ids, batch)
+    payload = realistic_payload(sample.typical_events, s.clicks_topic, s.purchases_topic)
+    consume = consume_rate(s.kafka_bootstrap, inputs, n_events, batch)
+    decoded = consume_decode_rate(s.kafka_bootstrap, inputs, n_events, batch)
+    batch_users = max(1, round(mean_users))
+    fenced = redis_write_rate(redis_url, n_users, batch_users, payload, ratio)
+    plain = redis_hset_rate(redis_url, n_users, batch_users, payload, ratio)
+    return CeilingResult(
+        consume=consume,
+        consume_decode=decoded,
+        redis_fenced=fenced,
+        redis_plain=plain,
+        events_per_update=ratio,
+        mean_users=mean_users,
+        batch_users=batch_users,
+        payload_fields=len(payload.offsets) + len(payload.fields),
+        payload_bytes=payload.nbytes,
+        history_events=len(sample.typical_events),
+    )
+
+
 def _run(args: argparse.Namespace, broker: servers.Server, rds: servers.Server) -> int:
     s = load_settings({}).replace(kafka_bootstrap=broker.address)
     inputs = [s.clicks_topic, s.purchases_topic]
@@ -667,22 +746,9 @@ def _run(args: argparse.Namespace, broker: servers.Server, rds: servers.Server) 
     )
     gen = produce_backlog(s, args.users, args.events)
     print(f"backlog produced: {gen.events_sent} events at {gen.events_per_s:.0f}/s")
-    sample = simulate_backlog(args.users, args.events)
-    ratio, mean_users = events_per_update(sample.user_ids, args.batch)
-    payload = realistic_payload(sample.typical_events, s.clicks_topic, s.purchases_topic)
     print(
-        f"backlog: {args.batch}-event slices hold {mean_users:.1f} distinct users on average "
-        f"= {ratio:.2f} events per user update; a typical user update "
-        f"({len(sample.typical_events)} events of history) writes {len(payload.offsets)} "
-        f"offset and {len(payload.fields)} other fields, {payload.nbytes} bytes"
+        measure(s, f"redis://{rds.address}/0", args.users, gen.events_sent, args.batch).describe()
     )
-    print(format_rate(consume_rate(s.kafka_bootstrap, inputs, gen.events_sent, args.batch)))
-    print(format_rate(consume_decode_rate(s.kafka_bootstrap, inputs, gen.events_sent, args.batch)))
-    url = f"redis://{rds.address}/0"
-    batch_users = max(1, round(mean_users))
-    print(f"Redis pipelines: {batch_users} users each (the distinct users of one batch)")
-    for measure in (redis_write_rate, redis_hset_rate):
-        print(format_rate(measure(url, args.users, batch_users, payload, ratio), ratio))
     return 0
 
 
