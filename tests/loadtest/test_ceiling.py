@@ -17,9 +17,8 @@ from loadtest.ceiling import (
 )
 from loadtest.generator import DAY_MS
 from loadtest.personas import ShopperSimulator
-from state.keys import STATE_FIELD
-from state.redis_store import FENCED_HSET, OFFSET_FIELD_PREFIX
-from stream.features import UserState
+from state.redis_store import FENCED_WRITE, OFFSET_FIELD_PREFIX
+from stream.state_codec import decode_state
 
 
 class TestRate:
@@ -78,14 +77,20 @@ class TestEventsPerUpdate:
 class TestWritePayload:
     def test_argument_layout_matches_the_script(self) -> None:
         p = WritePayload(
-            (("_o:c:0", "17"), ("_o:p:0", "3")), (("a", "1"), ("b", b"\x00")), segment=1
+            (("_o:c:0", "17"), ("_o:p:0", "3")),
+            (("a", "1"), ("b", b"\x00")),
+            segment=1,
+            state=b"\x02st",
         )
         assert p.hset_args() == ["_o:c:0", "17", "_o:p:0", "3", "a", "1", "b", b"\x00"]
-        assert p.fenced_args() == ["2", *p.hset_args()]
-        assert p.nbytes == sum(len(x) for x in ["_o:c:0", "17", "_o:p:0", "3", "a", "1", "b"]) + 1
-        # The script reads the pair count from ARGV[1] and HSETs from ARGV[2] on.
-        assert "tonumber(ARGV[1])" in FENCED_HSET
-        assert "unpack(ARGV, 2)" in FENCED_HSET
+        assert p.fenced_args() == ["2", b"\x02st", *p.hset_args()]
+        names = ["_o:c:0", "17", "_o:p:0", "3", "a", "1", "b"]
+        assert p.nbytes == sum(len(x) for x in names) + 1 + 3
+        # The script reads the pair count from ARGV[1], the state from ARGV[2], and HSETs
+        # from ARGV[3] on.
+        assert "tonumber(ARGV[1])" in FENCED_WRITE
+        assert "redis.call('SET', KEYS[2], ARGV[2])" in FENCED_WRITE
+        assert "unpack(ARGV, 3)" in FENCED_WRITE
 
 
 def _user_events(n: int = 20) -> list[dict[str, object]]:
@@ -104,10 +109,10 @@ class TestRealisticPayload:
         events = _user_events()
         p = realistic_payload(events, "clicks", "purchases", partition=2, first_offset=500)
         fields = {k if isinstance(k, str) else k.decode(): v for k, v in p.fields}
-        for name in (STATE_FIELD, "features", "segment", "segment_name", "model_version"):
+        for name in ("features", "segment", "segment_name", "model_version"):
             assert name in fields
         assert fields["segment"] == "2"
-        state = UserState.from_dict(orjson.loads(fields[STATE_FIELD]))
+        state = decode_state(p.state)
         assert state.last_change is not None
         assert orjson.loads(state.last_change["value"])["segment"] == 2
         # One fence pair per input partition the events came from, holding its last offset.
@@ -116,7 +121,7 @@ class TestRealisticPayload:
         assert set(offsets) >= {OFFSET_FIELD_PREFIX + "clicks:2"}
         assert len(offsets) == 1 + has_purchase
         assert max(int(v) for v in offsets.values()) == 500 + len(events) - 1
-        assert p.nbytes > len(fields[STATE_FIELD])
+        assert p.nbytes > len(p.state) > 0
 
     def test_grows_with_history(self) -> None:
         events = _user_events()
