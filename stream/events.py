@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import orjson
 
@@ -38,9 +39,12 @@ class Limits:
     min_ts_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One validated shop event, with the Kafka position it was read from."""
+class Event(NamedTuple):
+    """One validated shop event, with the Kafka position it was read from.
+
+    A named tuple rather than a frozen dataclass: it is as immutable, and five times
+    cheaper to build, which counts at one per input message.
+    """
 
     event_id: str
     user_id: str
@@ -143,6 +147,15 @@ def _number(doc: dict[str, object], name: str) -> float | None:
     return float(value)
 
 
+#: Optional text fields and their longest allowed length.
+_OPTIONAL_TEXT = (
+    ("session_id", _MAX_ID_LEN),
+    ("product_id", _MAX_ID_LEN),
+    ("category", _MAX_TEXT_LEN),
+    ("currency", 8),
+)
+
+
 def _validate(
     doc: object,
     key: bytes | None,
@@ -154,16 +167,31 @@ def _validate(
 ) -> Event:
     if not isinstance(doc, dict):
         raise _Invalid("not_object", f"top level is a JSON {type(doc).__name__}")
-    event_id = _text(doc, "event_id", True, _MAX_ID_LEN)
-    user_id = _text(doc, "user_id", True, _MAX_ID_LEN)
-    etype = _text(doc, "type", True, _MAX_TEXT_LEN)
-    assert event_id is not None and user_id is not None and etype is not None
-    if etype not in TYPE_INDEX:
-        allowed = ", ".join(EVENT_TYPES)
-        raise _Invalid("unknown_type", f"type {etype[:40]!r} is not one of {allowed}")
-    if "ts" not in doc:
-        raise _Invalid("missing_field", "ts")
-    ts_ms = parse_timestamp(doc["ts"])
+    get = doc.get
+    event_id, user_id, etype, ts = get("event_id"), get("user_id"), get("type"), get("ts")
+    # One test for the common case; anything else goes through the field checks, which
+    # say exactly what is wrong (and let through what is merely unusual).
+    if not (
+        type(event_id) is str
+        and type(user_id) is str
+        and 0 < len(event_id) <= _MAX_ID_LEN
+        and 0 < len(user_id) <= _MAX_ID_LEN
+        and type(etype) is str
+        and etype in TYPE_INDEX
+    ):
+        event_id = _text(doc, "event_id", True, _MAX_ID_LEN)
+        user_id = _text(doc, "user_id", True, _MAX_ID_LEN)
+        etype = _text(doc, "type", True, _MAX_TEXT_LEN)
+        assert event_id is not None and user_id is not None and etype is not None
+        if etype not in TYPE_INDEX:
+            allowed = ", ".join(EVENT_TYPES)
+            raise _Invalid("unknown_type", f"type {etype[:40]!r} is not one of {allowed}")
+    if type(ts) is int:
+        ts_ms = ts
+    else:
+        if "ts" not in doc:
+            raise _Invalid("missing_field", "ts")
+        ts_ms = parse_timestamp(ts)
     if ts_ms < limits.min_ts_ms or ts_ms > now_ms + limits.max_future_skew_ms:
         raise _Invalid("timestamp_out_of_range", f"ts {ts_ms} is before 2000 or in the future")
     if key is not None and key != user_id.encode():
@@ -173,29 +201,36 @@ def _validate(
     if etype == "purchase" and amount is None:
         raise _Invalid("missing_field", "amount (required for purchase)")
     price = _number(doc, "price")
-    qty_raw = doc.get("quantity")
+    qty_raw = get("quantity")
     quantity: int | None = None
     if qty_raw is not None:
-        if isinstance(qty_raw, bool) or not isinstance(qty_raw, int):
+        if type(qty_raw) is not int:
             raise _Invalid("bad_type", "quantity must be an integer")
         if qty_raw < 0:
             raise _Invalid("negative_value", "quantity is negative")
         quantity = qty_raw
+    texts: list[str | None] = []
+    for name, max_len in _OPTIONAL_TEXT:
+        value = get(name)
+        if value is not None and (type(value) is not str or len(value) > max_len):
+            _text(doc, name, False, max_len)  # raises, naming the field
+        texts.append(value)
+    session_id, product_id, category, currency = texts
     return Event(
-        event_id=event_id,
-        user_id=user_id,
-        type=etype,
-        ts_ms=ts_ms,
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        session_id=_text(doc, "session_id", False, _MAX_ID_LEN),
-        product_id=_text(doc, "product_id", False, _MAX_ID_LEN),
-        category=_text(doc, "category", False, _MAX_TEXT_LEN),
-        price=price,
-        quantity=quantity,
-        amount=amount,
-        currency=_text(doc, "currency", False, 8),
+        event_id,
+        user_id,
+        etype,
+        ts_ms,
+        topic,
+        partition,
+        offset,
+        session_id,
+        product_id,
+        category,
+        price,
+        quantity,
+        amount,
+        currency,
     )
 
 

@@ -236,7 +236,7 @@ def test_category_diversity_is_bounded_and_keeps_the_newest() -> None:
 
 
 def _fields(e: Event) -> dict[str, Any]:
-    return {name: getattr(e, name) for name in Event.__slots__}
+    return e._asdict()
 
 
 def test_out_of_order_events_land_in_their_buckets() -> None:
