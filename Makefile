@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench quality clean down
+.PHONY: setup demo test lint bench bench-quick quality clean down
 
 $(BIN)/segmenter: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,8 +27,16 @@ lint: $(BIN)/segmenter
 test: setup lint
 	$(BIN)/pytest
 
-bench: setup
-	$(BIN)/python -m loadtest.bench_throughput
+# The benchmark suite (not part of make test): report and plots in loadtest/out/.
+$(VENV)/.bench: $(BIN)/segmenter
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: setup $(VENV)/.bench
+	$(BIN)/python -m loadtest.suite
+
+bench-quick: setup $(VENV)/.bench
+	$(BIN)/python -m loadtest.suite --quick
 
 quality: setup
 	$(BIN)/python -m loadtest.quality
@@ -37,4 +45,4 @@ down: $(BIN)/segmenter
 	$(BIN)/segmenter devstack down
 
 clean: down
-	rm -rf $(VENV) .devstack
+	rm -rf $(VENV) .venv-quix .devstack
