@@ -12,8 +12,9 @@ here, else Tansu; stopped by PID at the end), creates the input topics, and star
    for its warm start, and each rate its batches to settle);
 3. for ``--duration`` seconds, one event in ``--sample-every`` is a sample: the monotonic
    clock is read just before its ``produce()``, and an observer thread polls Redis
-   (pipelined ``HMGET``, every ``--poll-ms``) until that user's hash shows it applied:
-   ``last_event_time`` (ISO-8601, milliseconds, UTC) at or after the sample's event
+   (pipelined ``HMGET``, every ``--poll-ms``, at most 64 samples a poll in turn) until
+   that user's hash shows it applied: ``last_event_time`` (ISO-8601, milliseconds,
+   UTC) at or after the sample's event
    time, and a ``segment``. The latency is the time from before ``produce()`` to the
    poll's reply that showed it; a sample not seen within ``--timeout`` seconds counts as
    unobserved;
@@ -24,8 +25,10 @@ here, else Tansu; stopped by PID at the end), creates the input topics, and star
 The latency therefore covers the producer's linger (5 ms, librdkafka's default), the
 broker, the segmenter's batch (up to ``SEGMENTER_BATCH_TIMEOUT_S``, 0.1 s, to fill), its
 work and its Redis writes, and is up to one poll interval late (the observer sees a write
-at its next poll). The load generator and the observer run on the same machine as the
-segmenter, the broker and Redis, and take their share of its cores.
+at its next poll; a few intervals when more than 64 samples are pending, which happens
+only when the segmenter is seconds behind). The load generator and the observer run on
+the same machine as the segmenter, the broker and Redis, and take their share of its
+cores.
 
     python -m loadtest.latency --rates 2000,5000,10000,20000,30000 --duration 20
 """
@@ -71,6 +74,10 @@ LIVE_SEED = 23
 #: used (each event's time is replaced by the wall clock when it is sent).
 _SIM_DAYS_MS = 30 * 86_400_000
 _PACE_S = 0.002
+#: Samples polled per round at most: bounds the observer's load on Redis and on the
+#: cores it shares with the segmenter when the segmenter falls behind and samples pile
+#: up (each is then polled every ceil(pending / this) rounds).
+_MAX_PER_POLL = 64
 #: Longest a step waits for its input to drain before the next rate.
 _DRAIN_TIMEOUT_S = 120.0
 #: Longest the first warm-up is stretched while the model has no centres yet.
@@ -294,25 +301,29 @@ class Observer:
         self._thread.join()
 
     def _run(self) -> None:
-        pending: list[_Sample] = []
+        # Oldest first; a sample still pending after its poll goes to the back, so when
+        # more than _MAX_PER_POLL are pending, each is polled every few rounds in turn.
+        pending: collections.deque[_Sample] = collections.deque()
         while True:
             stopping = self._stop.is_set()
             while self._incoming:
                 pending.append(self._incoming.popleft())
             if pending:
-                pending = self._poll(pending)
+                batch = [pending.popleft() for _ in range(min(len(pending), _MAX_PER_POLL))]
+                pending.extend(self._poll(batch))
             elif stopping:
                 return
             time.sleep(self._poll_s)
 
-    def _poll(self, pending: list[_Sample]) -> list[_Sample]:
+    def _poll(self, batch: list[_Sample]) -> list[_Sample]:
+        """One pipelined round trip for ``batch``; returns the samples still pending."""
         pipe = self._client.pipeline(transaction=False)
-        for s in pending:
+        for s in batch:
             pipe.hmget(s.key, "last_event_time", "segment")
         replies = pipe.execute()
         seen = time.monotonic()
         left = []
-        for s, (last, segment) in zip(pending, replies, strict=True):
+        for s, (last, segment) in zip(batch, replies, strict=True):
             # Same fixed-width ISO format on both sides: string order is time order.
             applied = last is not None and last >= s.event_time
             if applied and segment is not None:

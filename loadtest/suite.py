@@ -1,7 +1,7 @@
 """The benchmark suite: every measurement of the segmenter, side by side, in one command.
 
-    python -m loadtest.suite            # the full run (about half an hour on 2 cores)
-    python -m loadtest.suite --quick    # everything small: a smoke run of a few minutes
+    python -m loadtest.suite            # the full run: 20-30 minutes on 2 idle cores
+    python -m loadtest.suite --quick    # everything small: a smoke run of about 2 minutes
 
 Parts, one after another, each on servers it starts and stops by PID:
 

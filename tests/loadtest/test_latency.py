@@ -145,6 +145,16 @@ class TestObserver:
         assert obs.unobserved == 0
         assert all(0.0 <= ms < 5000.0 for ms in obs.latencies_ms)
 
+    def test_more_samples_than_one_poll_takes_are_all_seen(self) -> None:
+        r = FakeRedis()
+        obs = Observer(r, poll_s=0.001, timeout_s=5.0)  # type: ignore[arg-type]
+        for i in range(300):
+            obs.add(f"u:{i}", T0, time.monotonic())
+        for i in range(300):
+            r.write(f"u:{i}", T0, 1)
+        obs.finish()
+        assert (len(obs.latencies_ms), obs.unobserved) == (300, 0)
+
     def test_a_sample_never_seen_is_given_up_after_the_timeout(self) -> None:
         r = FakeRedis()
         obs = Observer(r, poll_s=0.001, timeout_s=0.05)  # type: ignore[arg-type]
