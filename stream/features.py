@@ -160,10 +160,6 @@ class ApplyResult:
     late: int
 
 
-def _position(event: Event) -> str:
-    return f"{event.topic}:{event.partition}"
-
-
 def _add(buckets: dict[int, list[float]], index: int, type_idx: int, spend: float) -> None:
     row = buckets.get(index)
     if row is None:
@@ -213,41 +209,54 @@ def apply_events(
     replayed = duplicates = late = 0
     recent = s.recent_events
     seen = set(recent)
+    offsets = s.offsets
+    first, last = s.first_seen_ms, s.last_event_ms
     for ev in events:
-        pos = _position(ev)
-        if ev.offset <= s.offsets.get(pos, -1):
+        pos = f"{ev.topic}:{ev.partition}"
+        if ev.offset <= offsets.get(pos, -1):
             replayed += 1
             continue
-        s.offsets[pos] = ev.offset
+        offsets[pos] = ev.offset
         key = event_key(ev.event_id)
         if key in seen:
             duplicates += 1
             continue
-        if s.last_event_ms and ev.ts_ms <= s.last_event_ms - RETENTION_MS:
+        ts = ev.ts_ms
+        if last and ts <= last - RETENTION_MS:
             late += 1
             continue
         seen.add(key)
         recent.append(key)
-        if s.first_seen_ms == 0 or ev.ts_ms < s.first_seen_ms:
-            s.first_seen_ms = ev.ts_ms
-        if ev.ts_ms > s.last_event_ms:
-            s.last_event_ms = ev.ts_ms
+        if first == 0 or ts < first:
+            first = ts
+        if ts > last:
+            last = ts
+        applied.append(ev)
+    s.first_seen_ms, s.last_event_ms = first, last
+    # Buckets only for what the windows keep as of the latest event: a backlog user's
+    # older events need no minute or hour rows, which pruning would drop at once.
+    minute_from = last // MINUTE_MS - 59
+    hour_from = last // HOUR_MS - 23
+    lifetime, cats = s.lifetime, s.categories
+    for ev in applied:
+        ts = ev.ts_ms
         t = TYPE_INDEX[ev.type]
         spend = (ev.amount or 0.0) if t == _PURCHASE else 0.0
-        _add(s.minutes, ev.ts_ms // MINUTE_MS, t, spend)
-        _add(s.hours, ev.ts_ms // HOUR_MS, t, spend)
-        _add(s.days, ev.ts_ms // DAY_MS, t, spend)
-        s.lifetime[t] += 1
-        s.lifetime[_SPEND] += spend
-        if t == _PURCHASE and (s.last_purchase_ms is None or ev.ts_ms > s.last_purchase_ms):
-            s.last_purchase_ms = ev.ts_ms
-        if ev.category:
-            cats = s.categories
-            if ev.ts_ms > cats.get(ev.category, -1):
-                cats[ev.category] = ev.ts_ms
+        if ts // MINUTE_MS >= minute_from:
+            _add(s.minutes, ts // MINUTE_MS, t, spend)
+        if ts // HOUR_MS >= hour_from:
+            _add(s.hours, ts // HOUR_MS, t, spend)
+        _add(s.days, ts // DAY_MS, t, spend)
+        lifetime[t] += 1
+        lifetime[_SPEND] += spend
+        if t == _PURCHASE and (s.last_purchase_ms is None or ts > s.last_purchase_ms):
+            s.last_purchase_ms = ts
+        category = ev.category
+        if category:
+            if ts > cats.get(category, -1):
+                cats[category] = ts
             if len(cats) > MAX_CATEGORIES:
                 del cats[min(cats, key=cats.__getitem__)]
-        applied.append(ev)
     if len(recent) > dedupe_window:
         del recent[: len(recent) - dedupe_window]
     if applied:
@@ -256,13 +265,10 @@ def apply_events(
 
 
 def _window_sum(buckets: dict[int, list[float]], now_index: int, span: int) -> list[float]:
-    total = [0.0] * _ROW
     oldest = now_index - span + 1
-    for k, row in buckets.items():
-        if oldest <= k <= now_index:
-            for i in range(_ROW):
-                total[i] += row[i]
-    return total
+    rows = [row for k, row in buckets.items() if oldest <= k <= now_index]
+    # Column sums by transposing: the additions run in C, in the rows' order.
+    return [float(sum(col)) for col in zip(*rows, strict=True)] if rows else [0.0] * _ROW
 
 
 #: The per-window count features (``views_1h`` ... ``events_30d``), in output order.
@@ -270,6 +276,10 @@ COUNT_FEATURES: tuple[str, ...] = tuple(
     f"{t}_{w}" for w, _, _ in WINDOWS for t in (*_TYPE_NAMES, "events")
 )
 _COUNTS = frozenset(COUNT_FEATURES)
+# Per window: its type-count names, then its events name.
+_WINDOW_NAMES = tuple(
+    COUNT_FEATURES[i * (_N_TYPES + 1) : (i + 1) * (_N_TYPES + 1)] for i in range(len(WINDOWS))
+)
 #: Every feature :func:`compute_features` returns, in its order.
 FEATURE_NAMES: tuple[str, ...] = (
     *COUNT_FEATURES,
@@ -327,13 +337,12 @@ def compute_features(state: UserState) -> dict[str, float | None]:
     now = state.last_event_ms
     out: dict[str, float | None] = {}
     sums: dict[str, list[float]] = {}
-    for name, grain, span in WINDOWS:
-        buckets = {MINUTE_MS: state.minutes, HOUR_MS: state.hours}.get(grain, state.days)
-        row = _window_sum(buckets, now // grain, span)
+    grains = {MINUTE_MS: state.minutes, HOUR_MS: state.hours, DAY_MS: state.days}
+    for (name, grain, span), names in zip(WINDOWS, _WINDOW_NAMES, strict=True):
+        row = _window_sum(grains[grain], now // grain, span)
         sums[name] = row
-        for tname, count in zip(_TYPE_NAMES, row, strict=False):
-            out[f"{tname}_{name}"] = count
-        out[f"events_{name}"] = sum(row[:_N_TYPES])
+        out.update(zip(names[:-1], row, strict=False))  # the type counts (not the spend)
+        out[names[-1]] = sum(row[:_N_TYPES])
     m = sums["30d"]
     out["spend_7d"] = round(sums["7d"][_SPEND], 2)
     out["spend_30d"] = round(m[_SPEND], 2)
