@@ -58,6 +58,7 @@ from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
 from stream.events import DeadLetter, Event, Limits, decode
 from stream.model import SegmentModel
 from stream.naming import profiles
+from stream.privacy import user_id_mapper
 from stream.selection import silhouette
 from stream.settings import Settings
 
@@ -144,6 +145,8 @@ class Segmenter:
             min_ts_ms=int(time.mktime((settings.min_event_year, 1, 1, 0, 0, 0, 0, 0, 0)) * 1000),
         )
         self.store = RedisStore.from_settings(settings)
+        # Raw user id -> its pseudonym, the id stored and published; None: ids as they are.
+        self._stored_id = user_id_mapper(settings.user_id_key)
         self.model = SegmentModel(settings.model_params())
         self.names = SegmentNames()
         self.stats = RunStats()
@@ -308,6 +311,10 @@ class Segmenter:
                 by_user[r.user_id].append(r)
         if not last:
             return BatchResult()
+        if self._stored_id is not None:
+            # Once per user of the batch (after decode checked the key against the raw
+            # id), before anything is read, stored or published.
+            by_user = {self._stored_id(u): evs for u, evs in by_user.items()}
         try:
             result = self._apply(by_user, dead, last, now_ms)
         except (SegmenterError, KafkaException) as exc:

@@ -201,12 +201,15 @@ def cmd_segments(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _open_user(settings: Settings, user_id: str) -> tuple[Any, dict[str, str] | None]:
-    """The store and the user's hash (None, with a message, for an unknown user)."""
+    """The store and the user's hash (None, with a message, for an unknown user).
+
+    ``user_id`` is the raw id: pseudonymised here when the segmenter stores pseudonyms."""
+    from consumers.forget import stored_user_id
     from state.redis_store import RedisStore
 
     store = RedisStore.from_settings(settings)
     store.ping()
-    user = store.read_user(user_id)
+    user = store.read_user(stored_user_id(settings, user_id))
     if user is None:
         print(f"no state for user {user_id!r}", file=sys.stderr)
     return store, user
@@ -215,10 +218,12 @@ def _open_user(settings: Settings, user_id: str) -> tuple[Any, dict[str, str] | 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
+    from consumers.forget import stored_user_id
+
     store, user = _open_user(settings, args.user)
     if user is None:
         return EXIT_NOT_FOUND
-    print(f"{store.keys.user(args.user)}")
+    print(f"{store.keys.user(stored_user_id(settings, args.user))}")
     for k in sorted(user):
         if k != "features":
             print(f"  {k:28} {user[k]}")
@@ -274,6 +279,44 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  features that drove it: {', '.join(d.top_features) or 'none stands out'}")
     if d.segment != current:
         print(f"  with the current centres it would move to segment {d.segment} on its next event")
+    return EXIT_OK
+
+
+def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
+    """Erase a user from Redis and tombstone them on segments.current (idempotent)."""
+    from consumers.forget import forget_user, stored_user_id
+
+    stored = stored_user_id(settings, args.user)
+    shown = args.user if stored == args.user else f"{args.user} (pseudonym {stored})"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("error: forget erases a user's data: confirm with --yes", file=sys.stderr)
+            return EXIT_CONFIG
+        answer = input(f"erase user {shown} from Redis and {settings.current_topic}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing erased", file=sys.stderr)
+            return EXIT_CONFIG
+    report = forget_user(settings, args.user, settle_s=args.settle)
+    first, *again = report.erasures
+    if first.removed_anything:
+        print(f"user {shown}: removed from Redis")
+        for line in first.describe():
+            print(f"  {line}")
+    else:
+        print(f"user {shown}: nothing in Redis (already forgotten, or never seen)")
+    for e in again:
+        print("  written back by a batch in flight, removed again: " + ", ".join(e.describe()))
+    if report.tombstone:
+        print(f"tombstone written to {settings.current_topic} (key {stored})")
+    else:
+        print(f"no tombstone: topic {settings.current_topic} does not exist")
+    if not report.settled:
+        print(
+            f"error: user {shown} keeps being written back: their events are still arriving. "
+            "Stop them upstream, let the segmenter catch up, and run forget again.",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
     return EXIT_OK
 
 
@@ -476,6 +519,29 @@ def parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("explain", help="why a user is in their segment")
     exp.add_argument("user")
     exp.set_defaults(fn=cmd_explain)
+
+    fgt = sub.add_parser(
+        "forget",
+        help="erase a user everywhere the segmenter holds them (idempotent)",
+        description="Erase USER (the raw id; pseudonymised first when "
+        "SEGMENTER_PSEUDONYMISE_USER_IDS is on) from Redis: user hash, state (features, "
+        "offsets, de-duplication keys), segment memberships, reassessment queue; then write "
+        "a tombstone (null value, key = the user id as published) to the compacted "
+        "segments.current. Run it when the user's events have stopped. Exit codes: 0 erased, "
+        "or nothing was there; 1 Redis or the broker unreachable (run it again), or the "
+        "user's events still arriving; 2 bad configuration, or not confirmed.",
+    )
+    fgt.add_argument("user", help="the user id, as in the input events")
+    fgt.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    fgt.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="wait S seconds and erase again anything a batch in flight wrote back, "
+        "before the tombstone (default: 3; 0 skips the check)",
+    )
+    fgt.set_defaults(fn=cmd_forget)
 
     mod = sub.add_parser(
         "model",

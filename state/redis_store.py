@@ -134,11 +134,13 @@ class RedisStore:
         prefix: str = "seg:",
         socket_timeout: float = 10.0,
         cluster: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.keys = Keys(prefix)
         self.cluster = cluster
-        opts = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5.0}
+        # options: redis-py connection arguments (credentials, TLS) the URL leaves out.
+        opts = {"socket_timeout": socket_timeout, "socket_connect_timeout": 5.0, **(options or {})}
         # Every write touches one user's keys (one hash slot) or one segment's set, so the
         # same pipelines work on one server and on a Redis Cluster.
         self._r: Any = (
@@ -148,7 +150,23 @@ class RedisStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
-        return cls(settings.redis_url, settings.redis_prefix, cluster=settings.redis_cluster)
+        """The store the settings describe: the URL, plus the user name, password and TLS
+        CA file of ``redis_username``, ``redis_password`` and ``redis_tls_ca_file``."""
+        options = {
+            name: value
+            for name, value in (
+                ("username", settings.redis_username),
+                ("password", settings.redis_password),
+                ("ssl_ca_certs", settings.redis_tls_ca_file),
+            )
+            if value
+        }
+        return cls(
+            settings.redis_url,
+            settings.redis_prefix,
+            cluster=settings.redis_cluster,
+            options=options,
+        )
 
     @property
     def client(self) -> Any:
@@ -158,11 +176,19 @@ class RedisStore:
         """Check Redis answers; raise a readable :class:`RedisError` if not."""
         try:
             self._r.ping()
-        except redis.RedisError as exc:
+        except redis.AuthenticationError as exc:
             raise RedisError(
-                f"cannot reach Redis at {_safe(self.url)} ({exc}). Start Redis "
-                "(segmenter devstack up) or point SEGMENTER_REDIS_URL at a running server."
+                f"Redis at {_safe(self.url)} refused the credentials ({exc}). Check "
+                "SEGMENTER_REDIS_USERNAME and SEGMENTER_REDIS_PASSWORD (or the URL's)."
             ) from None
+        except redis.RedisError as exc:
+            hint = (
+                "Check the server's certificate against SEGMENTER_REDIS_TLS_CA_FILE."
+                if "SSL" in str(exc)
+                else "Start Redis (segmenter devstack up) or point SEGMENTER_REDIS_URL at a "
+                "running server."
+            )
+            raise RedisError(f"cannot reach Redis at {_safe(self.url)} ({exc}). {hint}") from None
 
     def encoding_advice(self) -> str | None:
         """A sentence for the operator if user hashes will take more memory than needed.
@@ -480,6 +506,57 @@ class RedisStore:
             self.add_reassess(batch)
             queued += len(batch)
         return queued
+
+    # -- erasure ---------------------------------------------------------------------------
+
+    def forget(self, user_id: str) -> Erasure:
+        """Remove user ``user_id`` from everything the segmenter keeps in Redis; idempotent.
+
+        ``user_id`` is the id as stored: the pseudonym when ids are pseudonymised. Removed:
+        the user hash, the state key (windows, applied offsets, de-duplication keys, last
+        change published), the user's membership of every segment the model ever gave out
+        (current and retired ones) and their entry in the reassessment queue. Nothing else
+        holds a user id: the reservoir holds feature vectors without ids, the model and
+        the catalogue aggregates.
+
+        On one server it is one ``MULTI``/``EXEC`` transaction: readers see the user whole
+        or not at all. On a Redis Cluster the membership sets and the queue live in other
+        hash slots than the user's keys, so no transaction spans them: the memberships and
+        the queue entry go first, the state key next and the user hash last. The hash
+        names the current segment, so if anything fails half-way, running ``forget`` again
+        finds the rest and finishes the job.
+
+        A batch of the segmenter that read the user's state before this call may still
+        write it back after it: see :func:`consumers.forget.forget_user`, which checks.
+        """
+        k = self.keys
+        user_key, state_key = k.user(user_id), k.state(user_id)
+        segment = _call(lambda: self._r.hget(user_key, "segment"), "read a user")
+        model = self.load_model()
+        ids = set(range(int(model["next_id"]))) if model is not None else set()
+        if segment is not None:
+            ids.add(int(segment))
+        segments = sorted(ids)
+        pipe = self._r.pipeline(transaction=not self.cluster)
+        for i in segments:
+            pipe.srem(k.members(i), user_id)
+        pipe.srem(k.reassess, user_id)
+        if self.cluster:
+            removed = _run(pipe, "remove a user from the segments")
+            removed.append(_call(lambda: self._r.delete(state_key), "delete a user's state"))
+            removed.append(_call(lambda: self._r.delete(user_key), "delete a user"))
+        else:
+            pipe.delete(state_key)
+            pipe.delete(user_key)
+            removed = _run(pipe, "erase a user")
+        *members, queued, state, user = (int(n) for n in removed)
+        return Erasure(
+            user_key=user_key,
+            user_hash=user > 0,
+            state=state > 0,
+            segments=tuple(i for i, n in zip(segments, members, strict=True) if n),
+            reassess=queued > 0,
+        )
 
     def close(self) -> None:
         self._r.close()

@@ -3,26 +3,39 @@
 Values come from defaults, then an optional TOML file, then ``SEGMENTER_*`` environment
 variables (highest precedence). Parsing is a pure function of the mapping and the file's
 text, so it is tested without touching the real environment; only the CLI reads
-``os.environ``.
+``os.environ``. The one exception is a secret given as a file (``SEGMENTER_<NAME>_FILE``,
+or ``<name>_file`` in the TOML file): it is read through a function the caller may
+replace.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from stream.checkpoint import ModelParams
 from stream.errors import ConfigError
+from stream.privacy import MIN_SECRET_BYTES
 
 ENV_PREFIX = "SEGMENTER_"
 #: The environment variable naming the optional TOML settings file.
 CONFIG_FILE_VAR = "SEGMENTER_CONFIG"
 
-# Settings that hold secrets are never printed: ``Settings.describe()`` masks them.
+# Settings that hold secrets are never printed: ``Settings.describe()`` masks them, and
+# each can also be read from a file (``SEGMENTER_<NAME>_FILE``).
 _SECRET_MARKERS = ("password", "secret", "sasl")
+#: Suffix of the variable (or TOML key) naming a file that holds a secret setting.
+SECRET_FILE_SUFFIX = "_file"
+
+
+def is_secret(name: str) -> bool:
+    """Whether setting ``name`` holds a secret (masked, and readable from a file)."""
+    return any(m in name for m in _SECRET_MARKERS)
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,12 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "seg:"
     redis_cluster: bool = False
+    redis_username: str = ""
+    redis_password: str = ""
+    redis_tls_ca_file: str = ""
+    # Privacy
+    pseudonymise_user_ids: bool = False
+    user_id_secret: str = ""
     # Batching
     batch_max_events: int = 5000
     batch_timeout_s: float = 0.1
@@ -74,8 +93,9 @@ class Settings:
     model_refit_updates: int = 0
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
-    # Metrics and health
-    metrics_host: str = "0.0.0.0"
+    # Metrics and health: loopback unless asked for, as a process may run where its port
+    # is reachable from outside (docker-compose.yml asks for 0.0.0.0).
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9400
     log_level: str = "INFO"
 
@@ -136,10 +156,22 @@ class Settings:
             raise ConfigError(
                 "redis_url", "must start with redis://, rediss:// or unix:// (see README)"
             )
+        _check_redis_security(self)
+        _check_pseudonymisation(self)
         if self.clicks_topic == self.purchases_topic:
             raise ConfigError("purchases_topic", "must differ from clicks_topic")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("log_level", "must be one of DEBUG, INFO, WARNING, ERROR")
+
+    def __repr__(self) -> str:
+        # The dataclass repr would show secrets wherever a Settings is printed or logged.
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.describe().items())
+        return f"Settings({shown})"
+
+    @property
+    def user_id_key(self) -> str | None:
+        """The HMAC secret that user ids are pseudonymised with, or ``None`` when off."""
+        return self.user_id_secret if self.pseudonymise_user_ids else None
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (and validated)."""
@@ -186,7 +218,7 @@ class Settings:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if any(m in f.name for m in _SECRET_MARKERS) and value:
+            if is_secret(f.name) and value:
                 value = "***"
             elif f.name == "redis_url":
                 value = _mask_url_password(value)
@@ -199,6 +231,39 @@ def _check_positive(settings: Settings, *names: str) -> None:
         value = getattr(settings, name)
         if not value > 0:  # written so that NaN fails too
             raise ConfigError(name, f"must be greater than 0, got {value}")
+
+
+def _check_redis_security(s: Settings) -> None:
+    """Redis credentials and TLS: each in one place, TLS options only for TLS URLs."""
+    url = urlsplit(s.redis_url)
+    query = parse_qs(url.query)
+    if s.redis_password and (url.password or "password" in query):
+        raise ConfigError(
+            "redis_password", "the Redis URL holds a password too: set it in one place only"
+        )
+    if s.redis_username and (url.username or "username" in query):
+        raise ConfigError(
+            "redis_username", "the Redis URL holds a user name too: set it in one place only"
+        )
+    if s.redis_tls_ca_file and url.scheme != "rediss":
+        raise ConfigError(
+            "redis_tls_ca_file", "needs a TLS Redis URL (rediss://), got another scheme"
+        )
+
+
+def _check_pseudonymisation(s: Settings) -> None:
+    # The message gives lengths, never the secret.
+    if s.pseudonymise_user_ids and not s.user_id_secret:
+        raise ConfigError(
+            "user_id_secret",
+            "must be set when pseudonymise_user_ids is on (SEGMENTER_USER_ID_SECRET, or "
+            "SEGMENTER_USER_ID_SECRET_FILE naming a file that holds it)",
+        )
+    n = len(s.user_id_secret.encode())
+    if s.user_id_secret and n < MIN_SECRET_BYTES:
+        raise ConfigError(
+            "user_id_secret", f"must be at least {MIN_SECRET_BYTES} bytes long, got {n}"
+        )
 
 
 def _mask_url_password(url: str) -> str:
@@ -268,7 +333,17 @@ _FIELD_TYPES: dict[str, type] = {
 }
 
 
-def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Settings:
+def read_secret_file(path: str) -> str:
+    """The secret held in file ``path``, without the line break editors and ``echo`` end
+    files with (Docker and Kubernetes secrets are files like this)."""
+    return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def load_settings(
+    env: Mapping[str, str],
+    file_text: str | None = None,
+    read_file: Callable[[str], str] = read_secret_file,
+) -> Settings:
     """Build :class:`Settings` from environment variables and an optional TOML text.
 
     Parameters
@@ -277,6 +352,9 @@ def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Setti
         The process environment (only ``SEGMENTER_*`` keys are read).
     file_text
         The content of the TOML settings file, if one was given.
+    read_file
+        Reads the file named by ``SEGMENTER_<NAME>_FILE`` (or ``<name>_file`` in the TOML
+        file) for a secret setting such as ``redis_password``.
 
     Raises
     ------
@@ -292,8 +370,13 @@ def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Setti
     Traceback (most recent call last):
     ...
     stream.errors.ConfigError: config SEGMENTER_N_CLUSTERS: expected an integer, got 'six'
+    >>> secrets = {"/run/secrets/redis": "s3cret"}
+    >>> load_settings({"SEGMENTER_REDIS_PASSWORD_FILE": "/run/secrets/redis"},
+    ...               read_file=secrets.__getitem__).redis_password
+    's3cret'
     """
     known = {f.name: _FIELD_TYPES[str(f.type)] for f in fields(Settings) if f.name != "extra"}
+    secret_files = {n + SECRET_FILE_SUFFIX: n for n in known if is_secret(n)}
     values: dict[str, Any] = {}
     extra: dict[str, str] = {}
     if file_text is not None:
@@ -308,6 +391,12 @@ def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Setti
                 # TOML: flatten it back to the dotted property name.
                 extra.update(_flatten(raw))
                 continue
+            if key in secret_files:
+                name = secret_files[key]
+                if name in doc:
+                    raise ConfigError(key, f"cannot be set together with {name}: set one")
+                values[name] = _read_secret(key, raw, read_file)
+                continue
             if key not in known:
                 raise ConfigError(key, "is not a known setting (see README, Configuration)")
             values[key] = _coerce(key, raw, known[key])
@@ -319,6 +408,12 @@ def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Setti
             # SEGMENTER_KAFKA__SECURITY__PROTOCOL -> security.protocol
             extra[name[len("kafka__") :].replace("__", ".")] = raw
             continue
+        if name in secret_files:
+            if ENV_PREFIX + secret_files[name].upper() in env:
+                other = var[: -len(SECRET_FILE_SUFFIX)]
+                raise ConfigError(var, f"cannot be set together with {other}: set one")
+            values[secret_files[name]] = _read_secret(var, raw, read_file)
+            continue
         if name not in known:
             raise ConfigError(var, "is not a known setting (see README, Configuration)")
         values[name] = _coerce(var, raw, known[name])
@@ -327,6 +422,19 @@ def load_settings(env: Mapping[str, str], file_text: str | None = None) -> Setti
     except ConfigError as exc:
         # Name the variable the user actually set, when it came from the environment.
         env_name = ENV_PREFIX + exc.key.upper()
-        if env_name in env:
-            raise ConfigError(env_name, str(exc).split(": ", 1)[1]) from None
+        for var in (env_name, env_name + SECRET_FILE_SUFFIX.upper()):
+            if var in env:
+                raise ConfigError(var, str(exc).split(": ", 1)[1]) from None
         raise
+
+
+def _read_secret(key: str, path: Any, read_file: Callable[[str], str]) -> str:
+    """Read the secret in file ``path``; a :class:`ConfigError` naming ``key`` if it
+    cannot be read (the message names the file, never its content)."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(key, "must name a file")
+    try:
+        return read_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(key, f"cannot read the secret file {path}: {why}") from None

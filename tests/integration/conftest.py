@@ -123,12 +123,25 @@ def produce(
 def env_of(settings: Settings) -> dict[str, str]:
     """The environment that makes `segmenter run` use ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
-    for name, value in settings.describe().items():
-        if name != "kafka_sasl_password":
-            env[f"SEGMENTER_{name.upper()}"] = str(value)
+    for name in settings.describe():
+        # The values themselves: describe() masks secrets, and the password of a URL.
+        env[f"SEGMENTER_{name.upper()}"] = str(getattr(settings, name))
     for prop, value in settings.extra.items():
         env[f"SEGMENTER_KAFKA__{prop.upper().replace('.', '__')}"] = str(value)
     return env
+
+
+def cli(settings: Settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `segmenter ARGS` with ``settings``, as an operator would, without a terminal on
+    stdin (a command that would ask for confirmation refuses instead of waiting)."""
+    return subprocess.run(
+        [sys.executable, "-m", "consumers.cli", *args],
+        env=env_of(settings),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def spawn(settings: Settings, log_path: str | None = None) -> subprocess.Popen[bytes]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import orjson
 import pytest
@@ -14,20 +11,10 @@ from state.redis_store import RedisStore
 from stream.checkpoint import ModelDelta, merge
 from stream.scaling import MODEL_FEATURES, OnlineScaler
 from stream.settings import Settings
-from tests.integration.conftest import env_of
+from tests.integration.conftest import cli
 
 pytestmark = pytest.mark.integration
 D = len(MODEL_FEATURES)
-
-
-def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "consumers.cli", *args],
-        env=env_of(settings),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def test_history_refit_versions_and_rollback(settings: Settings, rds: redis.Redis) -> None:

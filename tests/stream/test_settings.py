@@ -45,7 +45,7 @@ DEFAULTS = {
     "model_refit_updates": 0,
     "checkpoint_interval_s": 300.0,
     "catalogue_interval_s": 5.0,
-    "metrics_host": "0.0.0.0",
+    "metrics_host": "127.0.0.1",
     "metrics_port": 9400,
     "log_level": "INFO",
 }
