@@ -562,6 +562,38 @@ class RedisStore:
         self._r.close()
 
 
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """What :meth:`RedisStore.forget` removed for one user."""
+
+    #: The user's hash key (the state key is this plus ``:state``).
+    user_key: str
+    #: Whether the user hash existed.
+    user_hash: bool
+    #: Whether the state key existed.
+    state: bool
+    #: The segments whose membership sets held the user.
+    segments: tuple[int, ...]
+    #: Whether the user was queued for reassessment.
+    reassess: bool
+
+    @property
+    def removed_anything(self) -> bool:
+        return self.user_hash or self.state or bool(self.segments) or self.reassess
+
+    def describe(self) -> list[str]:
+        """One line per thing removed, for people (empty when nothing was there)."""
+        lines = []
+        if self.user_hash:
+            lines.append(f"user hash {self.user_key}")
+        if self.state:
+            lines.append(f"state {self.user_key}:state (features, offsets, de-duplication keys)")
+        lines += [f"membership of segment {i}" for i in self.segments]
+        if self.reassess:
+            lines.append("entry in the reassessment queue")
+        return lines
+
+
 def _model_blob(doc: dict[str, Any]) -> bytes:
     """The checkpoint as JSON, ``merges`` first (the fence script matches it there)."""
     ordered = {"merges": int(doc["merges"]), **{k: v for k, v in doc.items() if k != "merges"}}
