@@ -167,6 +167,12 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers import replay
+
+    return replay.run(settings, args)
+
+
 def print_segments(settings: Settings) -> int:
     from state.redis_store import RedisStore
 
@@ -508,6 +514,29 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--bad-ratio", type=float, default=0.0, help="share of malformed events")
     gen.add_argument("--ground-truth", default=None, help="write user -> persona JSON here")
     gen.set_defaults(fn=cmd_generate)
+
+    rep = sub.add_parser(
+        "replay",
+        help="send a file of events (JSON lines or CSV) to the input topics",
+        description="Send FILE's events to the input topics as live traffic would go: "
+        "purchases to SEGMENTER_PURCHASES_TOPIC, other types to SEGMENTER_CLICKS_TOPIC, "
+        "keyed by user_id. JSON lines: one event object per line. CSV: a header row of "
+        "event field names, then one event per row (empty cell = absent field). gzip is "
+        "recognised; - reads standard input. A malformed line is sent as it is (the "
+        "segmenter dead-letters it with a reason) and counted, unless --skip-invalid. "
+        "Exit codes: 0 sent and confirmed; 1 broker unreachable or input topics missing; "
+        "2 bad usage or unreadable file; 4 some events not confirmed by the broker.",
+    )
+    rep.add_argument("file", help="the events file, or - for standard input")
+    rep.add_argument(
+        "--format", choices=("jsonl", "csv"), help="default: csv for *.csv[.gz], else jsonl"
+    )
+    rep.add_argument("--rate", type=float, default=None, help="events/s (default: max)")
+    rep.add_argument("--dry-run", action="store_true", help="read and count, send nothing")
+    rep.add_argument(
+        "--skip-invalid", action="store_true", help="leave malformed lines out, do not send them"
+    )
+    rep.set_defaults(fn=cmd_replay)
 
     seg = sub.add_parser("segments", help="the segment catalogue with sizes and profiles")
     seg.set_defaults(fn=cmd_segments)

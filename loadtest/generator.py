@@ -21,14 +21,15 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Producer
 
+from consumers.producer import Deliveries, DeliveryError, event_producer_config, input_topic, send
 from loadtest.personas import (
     DEFAULT_SHIFT,
     MALFORMED_KINDS,
@@ -41,14 +42,9 @@ from loadtest.personas import (
 from stream.settings import Settings
 
 DAY_MS = 86_400_000
-_MAX_CHUNK = 1000  # messages between pacing checks and delivery-report polls
-_CHUNK_SECONDS = 0.01  # at a set rate, pace in bursts this long at most
-_FLUSH_TIMEOUT_S = 120.0
-_KEPT_ERRORS = 5
 
-
-class GeneratorError(RuntimeError):
-    """Some messages could not be delivered to Kafka."""
+#: Some messages could not be delivered to Kafka (the name this module's callers know).
+GeneratorError = DeliveryError
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +182,7 @@ def produce_events(
         librdkafka properties (security settings, for example) merged over the
         defaults.
     progress
-        Called with the number of messages produced so far, about every thousand.
+        Called with the number of messages produced so far, at least every thousand.
     shift
         Optional :class:`~loadtest.personas.PersonaShift` of some users' behaviour
         part-way through the span; ``None`` (the default) for none.
@@ -221,82 +217,39 @@ def produce_events(
     shifted_times: dict[str, list[int]] = {user: [] for user in shifted}
     shift_ms = sim.shift_ms if sim.shift_ms is not None else end_ms + 1
 
-    failed = 0
-    errors: list[str] = []
-
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        nonlocal failed
-        if err is not None:
-            failed += 1
-            if len(errors) < _KEPT_ERRORS:
-                errors.append(f"{msg.topic()}: {err.str()}")
-
-    config: dict[str, str | int | float | bool] = {
-        "enable.idempotence": True,  # broker retries must not duplicate events
-        "linger.ms": 20,
-        "compression.type": "lz4",
-        "queue.buffering.max.messages": 1_000_000,
-        "queue.buffering.max.kbytes": 1_048_576,
-    }
-    config.update(extra_producer_config or {})
-    config["bootstrap.servers"] = bootstrap
-    producer = Producer({**config, "on_delivery": on_delivery})
+    deliveries = Deliveries()
+    config = event_producer_config(bootstrap, extra_producer_config)
+    producer = Producer({**config, "on_delivery": deliveries.report})
 
     # A separate stream for the bad-message draws, so that the good events stay the
     # same whatever the bad ratio.
     bad_rng = random.Random(seed ^ 0x5EED)
-    chunk = _MAX_CHUNK if rate is None else max(1, min(_MAX_CHUNK, int(rate * _CHUNK_SECONDS)))
-    produce = producer.produce
-    sent = bad = purchases = 0
-    started = time.monotonic()
-    for event in sim.events(n_events):
-        user = str(event["user_id"])
-        key = user.encode()
-        if bad_ratio and bad_rng.random() < bad_ratio:
-            kind = MALFORMED_KINDS[bad % len(MALFORMED_KINDS)]
-            _, value = malformed_event(bad_rng, user, kind=kind, ts_ms=cast(int, event["ts"]))
-            topic = clicks_topic
-            bad += 1
-        else:
-            value = orjson.dumps(event)
-            if event["type"] == "purchase":
-                topic = purchases_topic
-                purchases += 1
-            else:
+    bad = purchases = 0
+
+    def messages() -> Iterator[tuple[str, bytes, bytes | None]]:
+        nonlocal bad, purchases
+        for event in sim.events(n_events):
+            user = str(event["user_id"])
+            if bad_ratio and bad_rng.random() < bad_ratio:
+                kind = MALFORMED_KINDS[bad % len(MALFORMED_KINDS)]
+                _, value = malformed_event(bad_rng, user, kind=kind, ts_ms=cast(int, event["ts"]))
                 topic = clicks_topic
-            ts = cast(int, event["ts"])
-            if ts >= shift_ms and user in shifted_times:
-                shifted_times[user].append(ts)
-        while True:
-            try:
-                produce(topic, value, key)
-                break
-            except BufferError:
-                # Local queue full: serve delivery reports until there is room, never drop.
-                producer.poll(0.05)
-        sent += 1
-        if sent % chunk == 0:
-            producer.poll(0)
-            if progress is not None and sent % _MAX_CHUNK < chunk:
-                progress(sent)
-            if rate is not None:
-                ahead = sent / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    time.sleep(ahead)
-    deadline = time.monotonic() + _FLUSH_TIMEOUT_S
-    remaining = producer.flush(_FLUSH_TIMEOUT_S)
-    while remaining and time.monotonic() < deadline:
-        remaining = producer.flush(max(0.0, deadline - time.monotonic()))
+                bad += 1
+            else:
+                value = orjson.dumps(event)
+                topic = input_topic(event["type"], clicks_topic, purchases_topic)
+                purchases += event["type"] == "purchase"
+                ts = cast(int, event["ts"])
+                if ts >= shift_ms and user in shifted_times:
+                    shifted_times[user].append(ts)
+            yield topic, value, user.encode()
+
+    started = time.monotonic()
+    sent = send(producer, messages(), deliveries, rate, progress)
+    deliveries.confirm(producer, sent)
     elapsed = time.monotonic() - started
     if progress is not None:
         progress(sent)
-    if remaining or failed:
-        problems = []
-        if failed:
-            problems.append(f"{failed} of {sent} messages failed delivery ({'; '.join(errors)})")
-        if remaining:
-            problems.append(f"{remaining} still undelivered after {_FLUSH_TIMEOUT_S:.0f}s")
-        raise GeneratorError(" and ".join(problems))
     return GenerateReport(
         events_sent=sent,
         bad_sent=bad,

@@ -9,10 +9,11 @@ import sys
 from consumers.devstack.servers import free_port
 
 
-def segmenter(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def segmenter(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
     return subprocess.run(
         [sys.executable, "-m", "consumers.cli", *args],
+        input=stdin,
         capture_output=True,
         text=True,
         env={**clean, **env},
