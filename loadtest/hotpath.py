@@ -1,0 +1,161 @@
+"""CPU cost of the segmenter's batch path per event, stage by stage, with no I/O.
+
+The benchmark's backlog (same seed, span and event mix as ``make bench``) is cut into
+batches, and each batch goes through what :meth:`consumers.app.Segmenter.handle` does
+between the Kafka client and the Redis socket: decode and validate every message, group by
+user, decode the stored states, :func:`stream.batch.process_batch` (features, scaling,
+decisions, learning), then build the write (the public hash, the encoded state, the packed
+protocol bytes). States are kept in a dict in place of Redis, so nothing waits on I/O: the
+figures are the process's own CPU time, the part that one core bounds.
+
+    python -m loadtest.hotpath --users 50000 --events 500000
+
+It prints microseconds per event for each stage and the events per second of the whole,
+which is what one process could reach if consuming, Redis and the broker cost nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS
+from loadtest.personas import ShopperSimulator
+from state.keys import Keys
+from state.redis_store import OFFSET_FIELD_PREFIX, OFFSETS_KNOWN_FIELD, pack_commands, user_hash
+from stream.batch import SegmentNames, process_batch
+from stream.checkpoint import ModelParams, merge
+from stream.events import DeadLetter, Event, Limits, decode
+from stream.features import UserState
+from stream.model import SegmentModel
+from stream.state_codec import decode_state, encode_state
+
+#: Stages in the order a batch goes through them.
+STAGES = ("decode", "read states", "process batch", "build writes", "model sync")
+
+
+@dataclass
+class StageTimes:
+    """CPU seconds per stage over a run, and what the run covered."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    events: int = 0
+    user_updates: int = 0
+    write_bytes: int = 0
+
+    def per_event_us(self, stage: str) -> float:
+        return self.seconds[stage] / max(self.events, 1) * 1e6
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
+
+    def report(self) -> str:
+        """One line per stage, then the total and the rate it allows."""
+        lines = [
+            f"{s:14} {self.per_event_us(s):6.2f} us/event  {self.seconds[s]:6.2f} s" for s in STAGES
+        ]
+        rate = self.events / self.total_s if self.total_s else 0.0
+        lines.append(
+            f"{'total':14} {self.total_s / max(self.events, 1) * 1e6:6.2f} us/event  "
+            f"{self.total_s:6.2f} s = {rate:,.0f} events/s of CPU alone; "
+            f"{self.events / max(self.user_updates, 1):.1f} events per user update, "
+            f"{self.write_bytes / max(self.user_updates, 1):.0f} bytes written per update"
+        )
+        return "\n".join(lines)
+
+
+def backlog_messages(n_users: int, n_events: int) -> list[tuple[bytes, bytes, str, int]]:
+    """The benchmark backlog as (value, key, topic, partition), in production order."""
+    end_ms = int(time.time() * 1000)
+    sim = ShopperSimulator(n_users, BACKLOG_SEED, end_ms - int(BACKLOG_DAYS * DAY_MS), end_ms)
+    out = []
+    for doc in sim.events(n_events):
+        user = str(doc["user_id"])
+        topic = "shop.purchases" if doc["type"] == "purchase" else "shop.clicks"
+        out.append((orjson.dumps(doc), user.encode(), topic, hash(user) % 4))
+    return out
+
+
+def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) -> StageTimes:
+    """Time every stage over ``messages`` cut into batches of ``batch``."""
+    times = StageTimes()
+    stored: dict[str, bytes] = {}
+    keys = Keys()
+    params = ModelParams(k_min=6, k_max=6, seed=3)
+    model = SegmentModel(params)
+    doc, _ = merge(None, model.delta(), None, params, 0)
+    model.adopt(doc)
+    samples: list[np.ndarray] = []
+    names = SegmentNames()
+    limits = Limits()
+    offsets: dict[tuple[str, int], int] = defaultdict(int)
+    clock = time.process_time
+    for lo in range(0, len(messages), batch):
+        now_ms = int(time.time() * 1000)
+        t0 = clock()
+        by_user: dict[str, list[Event]] = defaultdict(list)
+        for value, key, topic, part in messages[lo : lo + batch]:
+            off = offsets[(topic, part)]
+            offsets[(topic, part)] = off + 1
+            r = decode(value, key, topic, part, off, now_ms, limits)
+            if not isinstance(r, DeadLetter):
+                by_user[r.user_id].append(r)
+        t1 = clock()
+        states: dict[str, UserState | None] = {
+            u: (decode_state(b) if (b := stored.get(u)) is not None else None) for u in by_user
+        }
+        t2 = clock()
+        result = process_batch(by_user, states, model, names, 0.15, 32, now_ms)
+        t3 = clock()
+        commands = []
+        for u in result.updates:
+            if not u.write:
+                continue
+            blob = encode_state(u.state)
+            args: list[str | bytes] = [str(len(u.state.offsets)), blob]
+            for pos, off in u.state.offsets.items():
+                args += [OFFSET_FIELD_PREFIX + pos, str(off)]
+            for k, v in user_hash(u, model.version, now_ms).items():
+                args += [k, v]
+            args += [OFFSETS_KNOWN_FIELD, str(len(u.state.offsets))]
+            commands.append([b"EVALSHA", b"0" * 40, b"2", keys.user(u.user_id), "s", *args])
+            stored[u.user_id] = blob
+        packed = pack_commands(commands)
+        t4 = clock()
+        # Once a batch, as the shared model's sync merges what was learned (the process
+        # syncs every 2 s or 200 updates, so about as often at this rate).
+        samples = [*samples, *model.take_samples()][-params.reservoir_size :]
+        reservoir = np.stack(samples) if samples else None
+        doc, _ = merge(doc, model.delta(), reservoir, params, now_ms)
+        model.adopt(doc)
+        t5 = clock()
+        spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+        for stage, seconds in zip(STAGES, spans, strict=True):
+            times.seconds[stage] += seconds
+        times.events += min(batch, len(messages) - lo)
+        times.user_updates += len(commands)
+        times.write_bytes += len(packed)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=50_000)
+    ap.add_argument("--events", type=int, default=500_000)
+    ap.add_argument("--batch", type=int, default=5000)
+    args = ap.parse_args(argv)
+    messages = backlog_messages(args.users, args.events)
+    print(f"{len(messages)} events from {args.users} users, batches of {args.batch}")
+    print(run(messages, args.batch).report())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
