@@ -22,7 +22,7 @@ demo: setup
 lint: $(BIN)/segmenter
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy stream state consumers loadtest
+	$(BIN)/mypy stream state consumers loadtest examples
 
 test: setup lint
 	$(BIN)/pytest
