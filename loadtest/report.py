@@ -25,6 +25,7 @@ import orjson
 
 from loadtest.bench_throughput import ThroughputResult
 from loadtest.ceiling import CeilingResult
+from loadtest.hotpath import STAGES, StageTimes
 from loadtest.latency import LatencyResult, LatencyStep
 from loadtest.memory import MemoryResult
 from loadtest.peers.run import PeerOutcome
@@ -47,6 +48,7 @@ PARTS: dict[str, str] = {
     "peers": "Peers doing the same job",
     "latency": "End-to-end latency at fixed rates",
     "memory": "RSS and Redis memory as users grow",
+    "hotpath": "What bounds one process: CPU per event by stage, no I/O",
 }
 
 
@@ -75,7 +77,7 @@ class SuiteResults:
         :class:`Machine`.
     config
         The suite's parameters (users, events, rates, ...), as given.
-    ceiling, one, two, latency, memory
+    ceiling, one, two, latency, memory, hotpath
         Each part's result; ``None`` when it was not run.
     peers
         One outcome per peer that was tried (failed ones included).
@@ -92,6 +94,7 @@ class SuiteResults:
     two: ThroughputResult | None = None
     latency: LatencyResult | None = None
     memory: MemoryResult | None = None
+    hotpath: StageTimes | None = None
     peers: list[PeerOutcome] = field(default_factory=list)
     not_run: dict[str, str] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
@@ -367,6 +370,7 @@ def render_markdown(results: SuiteResults) -> str:
     out += _peers_section(results)
     out += _latency_section(results)
     out += _memory_section(results)
+    out += _hotpath_section(results)
     out += _config_section(results)
     return "\n".join(out).rstrip() + "\n"
 
@@ -637,6 +641,29 @@ def _config_section(results: SuiteResults) -> list[str]:
 
 
 # -- JSON ----------------------------------------------------------------------------------
+
+
+def _hotpath_section(results: SuiteResults) -> list[str]:
+    out = [f"## {PARTS['hotpath']}", ""]
+    h = results.hotpath
+    if h is None:
+        return [*out, *_not_run(results, "hotpath"), ""]
+    total = h.total_s / max(h.events, 1) * 1e6
+    rows = [
+        [stage, f"{h.per_event_us(stage):.2f}", f"{h.seconds[stage] / h.total_s:.0%}"]
+        for stage in STAGES
+    ]
+    rows.append(["total", f"{total:.2f}", "100%"])
+    out += [
+        "The backlog through the batch path in this process, with states in a dict in "
+        "place of Redis and nothing sent: the CPU the segmenter's own code needs, which one "
+        f"core bounds at {h.events / h.total_s:,.0f} events/s before any I/O "
+        f"({h.events:,} events, {h.events / max(h.user_updates, 1):.1f} per user update).",
+        "",
+        *_table(["stage", "µs per event", "share"], rows),
+        "",
+    ]
+    return out
 
 
 def derived(results: SuiteResults) -> dict[str, Any]:

@@ -49,7 +49,7 @@ from typing import Any
 
 import orjson
 
-from loadtest import bench_throughput, ceiling, latency, memory, report
+from loadtest import bench_throughput, ceiling, hotpath, latency, memory, report
 from loadtest.peers import per_event, quix
 from loadtest.peers import run as peers_run
 from loadtest.peers.run import PeerOutcome
@@ -249,7 +249,16 @@ def run(cfg: SuiteConfig, skip: set[str], quix_venv: Path = QUIX_VENV) -> report
     with runner.stack(("memory",), "segmenter-suite-memory-") as st:
         if st is not None:
             _memory_part(runner, st)
+    runner.part("hotpath", lambda: _hotpath_part(runner))
     return runner.finish()
+
+
+def _hotpath_part(runner: Runner) -> None:
+    """The batch path's CPU per event, on the same backlog, with no servers."""
+    cfg = runner.cfg
+    messages = hotpath.backlog_messages(cfg.users, cfg.events)
+    runner.results.hotpath = hotpath.run(messages, cfg.batch)
+    print(runner.results.hotpath.report(), flush=True)
 
 
 def _backlog_parts(runner: Runner, st: Stack, quix_venv: Path) -> None:

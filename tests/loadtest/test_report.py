@@ -14,6 +14,7 @@ import pytest
 from loadtest import report
 from loadtest.bench_throughput import ThroughputResult
 from loadtest.ceiling import CeilingResult, Rate
+from loadtest.hotpath import STAGES, StageTimes
 from loadtest.latency import LatencyResult, LatencyStep
 from loadtest.memory import MemoryResult, MemorySample, checkpoints, pick_points
 from loadtest.peers import PeerResult
@@ -132,6 +133,12 @@ def full_results() -> SuiteResults:
             [step(2000.0, [10.0, 20.0, 30.0, 40.0]), step(20000.0, [100.0, 150.0, 200.0])]
         ),
         memory=memory_result(),
+        hotpath=StageTimes(
+            seconds=dict(zip(STAGES, (0.5, 0.2, 1.5, 0.6, 0.2), strict=True)),
+            events=100_000,
+            user_updates=6_000,
+            write_bytes=9_000_000,
+        ),
         peers=[peer("per_event", 2_500.0), peer("quix", 2_000.0)],
         durations={"ceiling": 10.0, "throughput": 20.0},
     )
@@ -254,6 +261,10 @@ class TestRender:
         assert "Speed-up, steady: 1.90x" in md
         assert "![latency](latency.png)" in md and "![memory](memory.png)" in md
         assert "not run" not in md.lower()
+        # 3.0 s of CPU for 100,000 events: 30 us an event, 33,333 events/s before any I/O.
+        assert "bounds at 33,333 events/s before any I/O" in md
+        assert "| process batch | 15.00 | 50% |" in md
+        assert "| total | 30.00 | 100% |" in md
 
     def test_a_part_not_run_says_why(self) -> None:
         r = full_results()
