@@ -349,7 +349,7 @@ class Segmenter:
             for u in by_user
             if (st := states.get(u)) is not None
             and st.last_change is not None
-            and st.last_change["pos"] == ASSIGN_POS
+            and st.last_change.pos == ASSIGN_POS
         ]
         queued = self.store.queued(assigned) if assigned else set()
         result = process_batch(

@@ -56,6 +56,7 @@ from stream.features import apply_events, compute_features
 from stream.messages import SegmentChange, change_id
 from stream.settings import Settings, load_settings
 from stream.state_codec import encode_state
+from stream.stored_change import StoredChange
 
 #: Seed and span of the backlog, as ``loadtest.bench_throughput`` produces it.
 
@@ -417,11 +418,8 @@ def realistic_payload(
         top_features=MESSAGE_FEATURES[:3],
         features={k: features[k] for k in MESSAGE_FEATURES},
     )
-    state.last_change = {
-        "pos": f"{last.topic}:{last.partition}",
-        "offset": last.offset,
-        "value": change.to_json().decode(),
-    }
+    pos = f"{last.topic}:{last.partition}"
+    state.last_change = StoredChange.of(pos, last.offset, change)
     update = UserUpdate(last.user_id, state, features, segment - 1, change, None)
     offsets = tuple((OFFSET_FIELD_PREFIX + pos, str(off)) for pos, off in state.offsets.items())
     fields = tuple(user_hash(update, model_version, _now_ms()).items())

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import orjson
 
 from stream.decision import Decision
 from stream.events import Event
@@ -22,6 +20,7 @@ from stream.messages import SegmentChange, change_id
 from stream.model import SegmentModel
 from stream.naming import profiles
 from stream.scaling import to_vector
+from stream.stored_change import StoredChange
 
 #: Features carried on every segment-change message (the full set is in Redis).
 MESSAGE_FEATURES: tuple[str, ...] = (
@@ -101,25 +100,21 @@ def _in_doubt_change(
     if before is None or before.last_change is None:
         return None
     lc = before.last_change
-    pos, offset = lc["pos"], lc["offset"]
+    pos, offset = lc.pos, lc.offset
     if not any(e.offset == offset and f"{e.topic}:{e.partition}" == pos for e in events):
         return None
-    value = str(lc["value"]).encode()
-    msg = orjson.loads(value)
-    return msg["previous_segment"], msg["segment"], value
+    return *lc.segments(), lc.value()
 
 
 def _in_doubt_assignment(before: UserState | None) -> tuple[int | None, int, bytes] | None:
     """The stored first assignment of a user still queued for one (its commit in doubt)."""
-    if before is None or before.last_change is None or before.last_change["pos"] != ASSIGN_POS:
+    if before is None or before.last_change is None or before.last_change.pos != ASSIGN_POS:
         return None
-    value = str(before.last_change["value"]).encode()
-    msg = orjson.loads(value)
-    return msg["previous_segment"], msg["segment"], value
+    return *before.last_change.segments(), before.last_change.value()
 
 
 def _delivered(
-    lc: dict[str, Any] | None,
+    lc: StoredChange | None,
     user_id: str,
     queued: Collection[str],
     committed: Mapping[str, int],
@@ -127,9 +122,9 @@ def _delivered(
     """Whether a stored last change is known committed, so no replay can need it again."""
     if lc is None:
         return False
-    if lc["pos"] == ASSIGN_POS:
+    if lc.pos == ASSIGN_POS:
         return user_id not in queued
-    return int(lc["offset"]) < committed.get(lc["pos"], -1)
+    return lc.offset < committed.get(lc.pos, -1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,22 +230,11 @@ def process_batch(
         previous = state.segment
         if state.segment is not None and model.slot(state.segment) is not None:
             lc = state.last_change
-            if lc is not None and lc["pos"] == ASSIGN_POS:
+            if lc is not None and lc.pos == ASSIGN_POS:
                 # Assigned before, but the commit of that assignment is in doubt.
-                value = str(lc["value"]).encode()
-                msg = orjson.loads(value)
+                prev, seg = lc.segments()
                 result.updates.append(
-                    UserUpdate(
-                        user_id,
-                        state,
-                        {},
-                        msg["previous_segment"],
-                        None,
-                        None,
-                        value,
-                        msg["segment"],
-                        write=False,
-                    )
+                    UserUpdate(user_id, state, {}, prev, None, None, lc.value(), seg, write=False)
                 )
             continue
         features = compute_features(state)
@@ -307,11 +291,7 @@ def process_batch(
                 top_features=decision.top_features,
                 features={k: p.features[k] for k in MESSAGE_FEATURES},
             )
-            state.last_change = {
-                "pos": p.trigger_pos,
-                "offset": p.trigger_offset,
-                "value": change.to_json().decode(),
-            }
+            state.last_change = StoredChange.of(p.trigger_pos, p.trigger_offset, change)
         else:
             state.segment_name = names.get(decision.segment)
         result.updates.append(UserUpdate(p.user_id, state, p.features, prev, change, decision))

@@ -79,7 +79,7 @@ class DeadLetter:
     offset: int
 
 
-class _Invalid(Exception):
+class _Invalid(ValueError):
     """Internal control flow of :func:`decode`; never leaves this module."""
 
     def __init__(self, reason: str, detail: str) -> None:

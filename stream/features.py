@@ -15,9 +15,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stream.events import EVENT_TYPES, TYPE_INDEX, Event
+
+if TYPE_CHECKING:
+    from stream.stored_change import StoredChange
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -81,10 +84,9 @@ class UserState:
     segment_name: str | None = None
     segment_since_ms: int | None = None
     #: The last segment change published for this user and the input position of the
-    #: event that triggered it: {"pos": "topic:partition", "offset": n, "value": json}.
-    #: A replay of that very event means the change may not have been committed, so it is
-    #: published again, byte for byte.
-    last_change: dict[str, Any] | None = None
+    #: event that triggered it. A replay of that very event means the change may not have
+    #: been committed, so it is published again, byte for byte.
+    last_change: StoredChange | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The state as JSON-ready plain values (the inverse of :meth:`from_dict`)."""
@@ -102,7 +104,13 @@ class UserState:
             "s": self.segment,
             "sn": self.segment_name,
             "ss": self.segment_since_ms,
-            "lc": self.last_change,
+            "lc": None
+            if self.last_change is None
+            else {
+                "pos": self.last_change.pos,
+                "offset": self.last_change.offset,
+                "value": self.last_change.value().decode(),
+            },
         }
 
     @classmethod
@@ -126,7 +134,7 @@ class UserState:
             segment=d.get("s"),
             segment_name=d.get("sn"),
             segment_since_ms=d.get("ss"),
-            last_change=d.get("lc"),
+            last_change=_stored_change(d.get("lc")),
         )
 
     def copy(self) -> UserState:
@@ -145,8 +153,14 @@ class UserState:
             segment=self.segment,
             segment_name=self.segment_name,
             segment_since_ms=self.segment_since_ms,
-            last_change=None if self.last_change is None else dict(self.last_change),
+            last_change=self.last_change,  # frozen: shared, not copied
         )
+
+
+def _stored_change(lc: dict[str, Any] | None) -> StoredChange | None:
+    from stream.stored_change import StoredChange  # it builds on this module
+
+    return None if lc is None else StoredChange.from_json(lc["pos"], lc["offset"], lc["value"])
 
 
 @dataclass(frozen=True, slots=True)

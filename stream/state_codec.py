@@ -10,10 +10,8 @@ This encoding keeps the same values in about a fifth of the bytes:
   by the spend only in rows that hold one; busier rows have 32-bit counts;
 - de-duplication keys are 48 bits (:func:`stream.features.event_key`), six bytes each;
 - category times are kept relative to the latest event (under 30 days, so 32 bits);
-- the stored last change (kept until its batch is known committed, to be published again
-  byte for byte if that batch is replayed) is kept as its fields, not its JSON: it is
-  rebuilt with :meth:`~stream.messages.SegmentChange.to_json` on reading, and kept as
-  JSON only if the rebuild would not give the very same bytes.
+- the stored last change is kept as :class:`~stream.stored_change.StoredChange` packs
+  it: the message's fields, not its JSON.
 
 Decoding gives back an equal state, so features computed from a decoded state are the
 ones computed before encoding. Blobs start with a format byte; states written as JSON by
@@ -37,16 +35,8 @@ from typing import Any
 
 import orjson
 
-from stream.events import parse_timestamp
-from stream.features import (
-    DAY_MS,
-    FEATURE_NAMES,
-    HOUR_MS,
-    MINUTE_MS,
-    UserState,
-    legacy_event_key,
-)
-from stream.messages import SCHEMA_VERSION, SegmentChange
+from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState, legacy_event_key
+from stream.stored_change import StoredChange
 
 #: The first byte of a blob in this format.
 FORMAT = 2
@@ -61,7 +51,6 @@ _SPEND = struct.Struct("<7Bd")  # relative index | 0x40, six counts, spend
 _WIDE = struct.Struct("<B6Id")  # relative index | 0x80, six counts, spend
 _SPEND_FLAG = 0x40
 _WIDE_FLAG = 0x80
-_LEN8 = struct.Struct("<B")
 _LEN16 = struct.Struct("<H")
 _CATEGORY_AGE = struct.Struct("<I")
 _OFFSET = struct.Struct("<q")
@@ -69,15 +58,6 @@ _LC = struct.Struct("<qI")
 _KEY_BYTES = 6
 _HAS_LAST_CHANGE = 1
 _HAS_SEGMENT_NAME = 2
-_LAST_CHANGE_AS_FIELDS = 4
-# the stored change as fields: its offset, previous segment (-1: none), segment, model
-# version, event time, emission time, distance margin, runner-up, then counts of top
-# features and of features
-_CHANGE = struct.Struct("<qiiqqqdiBB")
-_NO_NAME = 0xFFFF
-_FEATURE_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
-_NULL_FEATURE = 0x80  # high bit of a feature's index: its value is null
-_FLOAT = struct.Struct("<d")
 _GRAINS = (MINUTE_MS, HOUR_MS, DAY_MS)
 
 
@@ -147,112 +127,10 @@ def encode_state(s: UserState) -> bytes:
         _text(s.segment_name, out)
     if s.last_change is not None:
         lc = s.last_change
-        _text(str(lc["pos"]), out)
-        fields = _change_fields(int(lc["offset"]), str(lc["value"]))
-        if fields is not None:
-            out[0] = out[0][:-1] + bytes([flags | _LAST_CHANGE_AS_FIELDS])
-            out.append(fields)
-        else:
-            value = str(lc["value"]).encode()
-            out.append(_LC.pack(int(lc["offset"]), len(value)))
-            out.append(value)
+        _text(lc.pos, out)
+        out.append(_LC.pack(lc.offset, len(lc.packed)))
+        out.append(lc.packed)
     return b"".join(out)
-
-
-def _change_fields(offset: int, value: str) -> bytes | None:
-    """A stored change message as packed fields, if they rebuild it byte for byte."""
-    try:
-        m = orjson.loads(value)
-        x = m["explanation"]
-        change = SegmentChange(
-            change_id=m["change_id"],
-            user_id=m["user_id"],
-            previous_segment=m["previous_segment"],
-            previous_segment_name=m["previous_segment_name"],
-            segment=m["segment"],
-            segment_name=m["segment_name"],
-            model_version=m["model_version"],
-            event_time_ms=parse_timestamp(m["event_time"]),
-            emitted_at_ms=parse_timestamp(m["emitted_at"]),
-            distance_margin=x["distance_margin"],
-            runner_up_segment=x["runner_up_segment"],
-            top_features=tuple(x["top_features"]),
-            features=m["features"],
-        )
-        if m["schema_version"] != SCHEMA_VERSION or change.to_json().decode() != value:
-            return None
-        prev = change.previous_segment
-        out = [
-            bytes.fromhex(change.change_id),
-            _CHANGE.pack(
-                offset,
-                -1 if prev is None else prev,
-                change.segment,
-                change.model_version,
-                change.event_time_ms,
-                change.emitted_at_ms,
-                change.distance_margin,
-                change.runner_up_segment,
-                len(change.top_features),
-                len(change.features),
-            ),
-            bytes(_FEATURE_INDEX[f] for f in change.top_features),
-        ]
-        for name, v in change.features.items():
-            if v is None:
-                out.append(bytes([_FEATURE_INDEX[name] | _NULL_FEATURE]))
-            else:
-                out.append(bytes([_FEATURE_INDEX[name]]) + _FLOAT.pack(v))
-        _text(change.user_id, out)
-        _text(change.segment_name, out)
-        if change.previous_segment_name is None:
-            out.append(_LEN16.pack(_NO_NAME))
-        else:
-            _text(change.previous_segment_name, out)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return None  # not a message this version writes: kept as it is
-    if len(out[0]) != 16:
-        return None
-    return b"".join(out)
-
-
-def _read_change(r: _Reader) -> tuple[int, str]:
-    """The offset and JSON of a stored change packed by :func:`_change_fields`."""
-    change_id = r.raw(16).hex()
-    offset, prev, segment, version, event_ms, emitted_ms, margin, runner_up, n_top, n_f = r.take(
-        _CHANGE
-    )
-    top = tuple(FEATURE_NAMES[i] for i in r.raw(n_top))
-    features: dict[str, float | None] = {}
-    for _ in range(n_f):
-        i = r.raw(1)[0]
-        if i & _NULL_FEATURE:
-            features[FEATURE_NAMES[i & ~_NULL_FEATURE]] = None
-        else:
-            (features[FEATURE_NAMES[i]],) = r.take(_FLOAT)
-    user_id = r.text()
-    segment_name = r.text()
-    if r.data[r.at : r.at + 2] == _LEN16.pack(_NO_NAME):
-        r.at += 2
-        prev_name = None
-    else:
-        prev_name = r.text()
-    change = SegmentChange(
-        change_id=change_id,
-        user_id=user_id,
-        previous_segment=None if prev < 0 else prev,
-        previous_segment_name=prev_name,
-        segment=segment,
-        segment_name=segment_name,
-        model_version=version,
-        event_time_ms=event_ms,
-        emitted_at_ms=emitted_ms,
-        distance_margin=margin,
-        runner_up_segment=runner_up,
-        top_features=top,
-        features=features,
-    )
-    return offset, change.to_json().decode()
 
 
 class _Reader:
@@ -350,12 +228,8 @@ def decode_state(blob: bytes) -> UserState:
         s.segment_name = r.text()
     if flags & _HAS_LAST_CHANGE:
         pos = r.text()
-        if flags & _LAST_CHANGE_AS_FIELDS:
-            offset, value = _read_change(r)
-        else:
-            offset, n = r.take(_LC)
-            value = r.raw(n).decode()
-        s.last_change = {"pos": pos, "offset": offset, "value": value}
+        offset, n = r.take(_LC)
+        s.last_change = StoredChange(pos, offset, r.raw(n))
     if r.at != len(blob):
         raise ValueError(f"user-state blob has {len(blob) - r.at} unread bytes")
     return s

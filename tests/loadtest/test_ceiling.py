@@ -114,7 +114,7 @@ class TestRealisticPayload:
         assert fields["segment"] == "2"
         state = decode_state(p.state)
         assert state.last_change is not None
-        assert orjson.loads(state.last_change["value"])["segment"] == 2
+        assert orjson.loads(state.last_change.value())["segment"] == 2
         # One fence pair per input partition the events came from, holding its last offset.
         offsets = dict(p.offsets)
         has_purchase = any(e["type"] == "purchase" for e in events)

@@ -9,6 +9,7 @@ from stream.batch import UserUpdate
 from stream.events import Event
 from stream.features import DAY_MS, HOUR_MS, apply_events, compute_features, full_features
 from stream.state_codec import decode_state, encode_state
+from stream.stored_change import StoredChange
 
 T = 1_700_000_000_000  # 2023-11-14T22:13:20.000Z
 
@@ -90,7 +91,7 @@ def test_no_segment_fields_without_a_segment() -> None:
 
 def test_state_round_trips() -> None:
     u = make_update(3, "at_risk", T - DAY_MS)
-    u.state.last_change = {"pos": "shop.purchases:2", "offset": 19, "value": '{"segment":3}'}
+    u.state.last_change = StoredChange.from_json("shop.purchases:2", 19, '{"segment":3}')
     back = decode_state(encode_state(u.state))
     assert back == u.state
     assert back.offsets == {"shop.clicks:0": 8, "shop.purchases:2": 19}

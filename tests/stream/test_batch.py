@@ -17,6 +17,7 @@ from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState, apply_events,
 from stream.messages import change_id
 from stream.model import SegmentModel
 from stream.scaling import to_vector
+from stream.stored_change import StoredChange
 
 T = 1_700_000_000_000
 EMITTED = T + 5_000
@@ -172,11 +173,10 @@ def test_after_warmup_every_user_gets_a_segment_and_a_change(world) -> None:
         assert c.distance_margin == d.margin >= 0
         assert c.top_features == d.top_features
         assert c.features == {k: u.features[k] for k in MESSAGE_FEATURES}
-        assert s.last_change == {
-            "pos": f"{trigger.topic}:{trigger.partition}",
-            "offset": trigger.offset,
-            "value": c.to_json().decode(),
-        }
+        assert s.last_change is not None
+        assert s.last_change.pos == f"{trigger.topic}:{trigger.partition}"
+        assert s.last_change.offset == trigger.offset
+        assert s.last_change.value() == c.to_json()
         assert u.write is True and u.republish is None
     # Buyers and browsers are told apart.
     seg = {u.user_id: u.state.segment for u in r.updates}
@@ -355,7 +355,8 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
         key = f"assign:{model.epoch}:{last}"
         assert c.change_id == change_id(u.user_id, key, None, c.segment)
         assert c.event_time_ms == last
-        assert s.last_change == {"pos": "assign", "offset": -1, "value": c.to_json().decode()}
+        assert s.last_change == StoredChange.of("assign", -1, c)
+        assert s.last_change.value() == c.to_json()
     # Reassessed again (its commit in doubt), the assignment is republished as it was.
     assigned = {u.user_id: u.state for u in r.updates}
     again = process_batch(
@@ -383,7 +384,7 @@ def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
     assert observed(model) == updates + 1  # learned once, from its events
     (u,) = r.updates
     assert u.change is not None
-    assert u.state.last_change is not None and u.state.last_change["pos"] == "shop.clicks:0"
+    assert u.state.last_change is not None and u.state.last_change.pos == "shop.clicks:0"
 
 
 def test_a_queued_users_assignment_is_published_again_before_their_event(world) -> None:
@@ -413,7 +414,7 @@ def test_a_stored_change_is_kept_until_its_batch_is_known_committed(world) -> No
     _, _, r2 = warm_up(shop, model, names)
     states = {u.user_id: u.state for u in r2.updates}
     lc = states["u5"].last_change
-    assert lc is not None and lc["pos"] == "shop.purchases:0"
+    assert lc is not None and lc.pos == "shop.purchases:0"
     batch = {"u5": [shop.ev("u5", "view", T + MINUTE_MS)]}
 
     def written(committed: dict[str, int]) -> UserState:
@@ -424,7 +425,7 @@ def test_a_stored_change_is_kept_until_its_batch_is_known_committed(world) -> No
     # Not known committed (another partition, or not past the trigger): kept for a replay.
     assert written({}).last_change == lc
     assert written({"shop.clicks:0": 10**9}).last_change == lc
-    assert written({"shop.purchases:0": lc["offset"]}).last_change == lc
+    assert written({"shop.purchases:0": lc.offset}).last_change == lc
     # Committed past the trigger: no replay can need it, so it is dropped.
-    assert written({"shop.purchases:0": lc["offset"] + 1}).last_change is None
+    assert written({"shop.purchases:0": lc.offset + 1}).last_change is None
     assert states["u5"].last_change == lc  # the input state is not changed

@@ -23,6 +23,7 @@ from stream.features import (
     event_key,
     legacy_event_key,
 )
+from stream.stored_change import StoredChange
 
 # An instant aligned to a day, so grain offsets below are easy to read.
 DAY0 = 19_700 * DAY_MS  # 2023-12-09T00:00:00Z
@@ -425,7 +426,7 @@ def _rich_state() -> UserState:
     ]
     s = apply_events(None, evs).state
     s.segment, s.segment_name, s.segment_since_ms = 3, "high_value", NOW - HOUR_MS
-    s.last_change = {"pos": "shop.purchases:0", "offset": 2, "value": '{"segment":3}'}
+    s.last_change = StoredChange.from_json("shop.purchases:0", 2, '{"segment":3}')
     return s
 
 

@@ -1,0 +1,208 @@
+"""The last segment change of a user, kept with their state until its commit is certain.
+
+A change is published in the batch's transaction, and the batch's Redis writes happen
+before that commits. If the commit is lost (a crash, a fenced producer), the batch is read
+again, and the event that triggered the change is seen again: the stored change is then
+published again, byte for byte, so readers see it once whatever happened.
+
+Most stored changes are never read again: the next write of the user drops them once
+their batch is known committed. So a :class:`StoredChange` keeps the message's fields
+packed (about 150 bytes instead of about 600 of JSON) and builds the JSON only when it is
+published again.
+
+Examples
+--------
+>>> c = SegmentChange("ab" * 16, "u1", None, None, 2, "loyal", 7, 1_700_000_000_000,
+...                   1_700_000_000_500, 0.25, 1, ("spend_30d",), {"spend_30d": 40.0})
+>>> s = StoredChange.of("shop.purchases:3", 41, c)
+>>> s.value() == c.to_json(), s.segments(), len(s.packed) < len(c.to_json()) // 2
+(True, (None, 2), True)
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import orjson
+
+from stream.events import parse_timestamp
+from stream.features import FEATURE_NAMES
+from stream.messages import SCHEMA_VERSION, SegmentChange
+
+# previous segment (-1: none), segment, model version, event time, emission time,
+# distance margin, runner-up, then counts of top features and of features
+_FIELDS = struct.Struct("<iiqqqdiBB")
+_LEN = struct.Struct("<H")
+_FLOAT = struct.Struct("<d")
+_NO_NAME = 0xFFFF
+_NULL = 0x80  # high bit of a feature's index: its value is null
+_INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_AS_FIELDS, _AS_JSON = b"\x01", b"\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChange:
+    """A published change and the input position of the event that triggered it.
+
+    Attributes
+    ----------
+    pos
+        ``topic:partition`` of the triggering event, or ``"assign"`` for a first segment
+        given without an event.
+    offset
+        The triggering event's offset (``-1`` for an assignment).
+    packed
+        The message, packed by :meth:`of` (its fields) or :meth:`from_json` (its JSON
+        when its fields would not rebuild it exactly).
+    """
+
+    pos: str
+    offset: int
+    packed: bytes
+
+    @classmethod
+    def of(cls, pos: str, offset: int, change: SegmentChange) -> StoredChange:
+        """Keep ``change``; :meth:`value` gives back exactly ``change.to_json()``."""
+        try:
+            return cls(pos, offset, _AS_FIELDS + _pack(change))
+        except (KeyError, ValueError, struct.error):
+            # A feature name or value this packing does not know: keep the JSON.
+            return cls(pos, offset, _AS_JSON + change.to_json())
+
+    @classmethod
+    def from_json(cls, pos: str, offset: int, value: str | bytes) -> StoredChange:
+        """Keep a message given as JSON, as fields when they rebuild it byte for byte."""
+        raw = value.encode() if isinstance(value, str) else value
+        change = _parse(raw)
+        if change is not None and change.to_json() == raw:
+            packed = cls.of(pos, offset, change)
+            if packed.value() == raw:
+                return packed
+        return cls(pos, offset, _AS_JSON + raw)
+
+    def value(self) -> bytes:
+        """The message, as it was published."""
+        if self.packed[:1] == _AS_JSON:
+            return self.packed[1:]
+        return _unpack(self.packed, 1).to_json()
+
+    def segments(self) -> tuple[int | None, int]:
+        """The previous segment and the segment of the change, without building JSON."""
+        if self.packed[:1] == _AS_JSON:
+            msg = orjson.loads(self.packed[1:])
+            return msg["previous_segment"], msg["segment"]
+        prev, segment = _FIELDS.unpack_from(self.packed, 17)[:2]
+        return (None if prev < 0 else prev), segment
+
+
+def _text(value: str, out: list[bytes]) -> None:
+    raw = value.encode()
+    out.append(_LEN.pack(len(raw)))
+    out.append(raw)
+
+
+def _pack(c: SegmentChange) -> bytes:
+    change_id = bytes.fromhex(c.change_id)
+    if len(change_id) != 16 or change_id.hex() != c.change_id:
+        raise ValueError("change id is not 32 lower-case hex digits")
+    prev = c.previous_segment
+    out = [
+        change_id,
+        _FIELDS.pack(
+            -1 if prev is None else prev,
+            c.segment,
+            c.model_version,
+            c.event_time_ms,
+            c.emitted_at_ms,
+            c.distance_margin,
+            c.runner_up_segment,
+            len(c.top_features),
+            len(c.features),
+        ),
+        bytes(_INDEX[f] for f in c.top_features),
+    ]
+    for name, v in c.features.items():
+        if v is None:
+            out.append(bytes([_INDEX[name] | _NULL]))
+        else:
+            out.append(bytes([_INDEX[name]]) + _FLOAT.pack(v))
+    _text(c.user_id, out)
+    _text(c.segment_name, out)
+    if c.previous_segment_name is None:
+        out.append(_LEN.pack(_NO_NAME))
+    else:
+        _text(c.previous_segment_name, out)
+    return b"".join(out)
+
+
+def _unpack(data: bytes, at: int) -> SegmentChange:
+    change_id = data[at : at + 16].hex()
+    at += 16
+    prev, segment, version, event_ms, emitted_ms, margin, runner_up, n_top, n_f = (
+        _FIELDS.unpack_from(data, at)
+    )
+    at += _FIELDS.size
+    top = tuple(FEATURE_NAMES[i] for i in data[at : at + n_top])
+    at += n_top
+    features: dict[str, float | None] = {}
+    for _ in range(n_f):
+        i = data[at]
+        at += 1
+        if i & _NULL:
+            features[FEATURE_NAMES[i & ~_NULL]] = None
+        else:
+            (features[FEATURE_NAMES[i]],) = _FLOAT.unpack_from(data, at)
+            at += _FLOAT.size
+    texts: list[str | None] = []
+    for _ in range(3):
+        (n,) = _LEN.unpack_from(data, at)
+        at += _LEN.size
+        if n == _NO_NAME:
+            texts.append(None)
+        else:
+            texts.append(data[at : at + n].decode())
+            at += n
+    user_id, segment_name, prev_name = texts
+    assert user_id is not None and segment_name is not None
+    return SegmentChange(
+        change_id=change_id,
+        user_id=user_id,
+        previous_segment=None if prev < 0 else prev,
+        previous_segment_name=prev_name,
+        segment=segment,
+        segment_name=segment_name,
+        model_version=version,
+        event_time_ms=event_ms,
+        emitted_at_ms=emitted_ms,
+        distance_margin=margin,
+        runner_up_segment=runner_up,
+        top_features=top,
+        features=features,
+    )
+
+
+def _parse(raw: bytes) -> SegmentChange | None:
+    """A change message read back into its fields, or None if it is not one."""
+    try:
+        m = orjson.loads(raw)
+        x = m["explanation"]
+        if m["schema_version"] != SCHEMA_VERSION:
+            return None
+        return SegmentChange(
+            change_id=m["change_id"],
+            user_id=m["user_id"],
+            previous_segment=m["previous_segment"],
+            previous_segment_name=m["previous_segment_name"],
+            segment=m["segment"],
+            segment_name=m["segment_name"],
+            model_version=m["model_version"],
+            event_time_ms=parse_timestamp(m["event_time"]),
+            emitted_at_ms=parse_timestamp(m["emitted_at"]),
+            distance_margin=x["distance_margin"],
+            runner_up_segment=x["runner_up_segment"],
+            top_features=tuple(x["top_features"]),
+            features=m["features"],
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
