@@ -477,6 +477,10 @@ def parser() -> argparse.ArgumentParser:
         prog="segmenter",
         description="Real-time customer segmentation: Kafka events in, segments in Redis "
         "and on Kafka out. Settings: SEGMENTER_* environment variables or --config FILE.",
+        epilog="Exit codes: 0 success; 1 runtime error (broker or Redis unreachable, with "
+        "what to do); 2 bad configuration or usage; 3 not found (user, version); "
+        "replay only: 4 some events not confirmed by the broker. "
+        "'segmenter COMMAND --help' describes each command.",
     )
     p.add_argument("--config", help=f"TOML settings file (or ${CONFIG_FILE_VAR})")
     sub = p.add_subparsers(dest="command", required=True)

@@ -56,3 +56,14 @@ def test_password_is_not_printed() -> None:
     done = segmenter("run", SEGMENTER_REDIS_URL=f"redis://app:hunter2@127.0.0.1:{port}/0")
     assert done.returncode == 1
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_help_names_every_command_and_the_exit_codes() -> None:
+    r = segmenter("--help")
+    assert r.returncode == 0
+    for command in ("run", "devstack", "generate", "replay", "segments", "inspect", "explain"):
+        assert command in r.stdout
+    assert "forget" in r.stdout and "model" in r.stdout
+    text = " ".join(r.stdout.split())
+    assert "Exit codes: 0 success; 1 runtime error" in text
+    assert "2 bad configuration or usage; 3 not found" in text
