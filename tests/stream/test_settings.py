@@ -24,7 +24,7 @@ DEFAULTS = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "redis_prefix": "seg:",
     "batch_max_events": 5000,
-    "batch_timeout_s": 0.1,
+    "batch_timeout_s": 0.02,
     "max_event_bytes": 65536,
     "max_future_skew_s": 3600.0,
     "min_event_year": 2000,
