@@ -8,6 +8,7 @@ message can never stop a partition.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -28,6 +29,7 @@ TYPE_INDEX: dict[str, int] = {t: i for i, t in enumerate(EVENT_TYPES)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ID_LEN = 256
 _MAX_TEXT_LEN = 256
+_MAX_FLOAT = sys.float_info.max
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +199,15 @@ def _validate(
     if key is not None and key != user_id.encode():
         # Co-partitioning of the input topics rests on key == user_id.
         raise _Invalid("key_mismatch", "the Kafka key differs from user_id")
-    amount = _number(doc, "amount")
+    # Finite, non-negative floats pass at once; anything else (ints, errors) goes through
+    # _number, which converts or names the problem.
+    amount, price = get("amount"), get("price")
+    if amount is not None and not (type(amount) is float and 0.0 <= amount <= _MAX_FLOAT):
+        amount = _number(doc, "amount")
     if etype == "purchase" and amount is None:
         raise _Invalid("missing_field", "amount (required for purchase)")
-    price = _number(doc, "price")
+    if price is not None and not (type(price) is float and 0.0 <= price <= _MAX_FLOAT):
+        price = _number(doc, "price")
     qty_raw = get("quantity")
     quantity: int | None = None
     if qty_raw is not None:
