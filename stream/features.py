@@ -57,11 +57,6 @@ def event_key(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest()) >> 16
 
 
-def legacy_event_key(key: int) -> int:
-    """The :func:`event_key` of an event from its 63-bit key in states stored before."""
-    return key >> 15
-
-
 @dataclass
 class UserState:
     """Everything the segmenter keeps about one user, as plain values.

@@ -14,12 +14,12 @@ This encoding keeps the same values in about a fifth of the bytes:
   it: the message's fields, not its JSON.
 
 Decoding gives back an equal state, so features computed from a decoded state are the
-ones computed before encoding. Blobs start with a format byte; states written as JSON by
-earlier versions (first byte ``{``) are still read.
+ones computed before encoding. Blobs start with a format byte.
 
 Examples
 --------
 >>> from stream.events import Event
+>>> import orjson
 >>> from stream.features import apply_events
 >>> e = Event("e1", "u1", "purchase", 1_700_000_000_000, "shop.purchases", 0, 5, amount=20.0)
 >>> s = apply_events(None, [e]).state
@@ -33,9 +33,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import orjson
-
-from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState, legacy_event_key
+from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState
 from stream.stored_change import StoredChange
 
 #: The first byte of a blob in this format.
@@ -174,15 +172,13 @@ def _read_rows(r: _Reader, n: int, now_index: int) -> dict[int, list[float]]:
 
 
 def decode_state(blob: bytes) -> UserState:
-    """Rebuild a state from :func:`encode_state` output, or from the older JSON form.
+    """Rebuild a state from :func:`encode_state` output.
 
     Raises
     ------
     ValueError
-        If the blob is in neither form.
+        If the blob is not in this format.
     """
-    if blob[:1] == b"{":
-        return _from_legacy_json(blob)
     if not blob or blob[0] != FORMAT:
         raise ValueError(f"unknown user-state format {blob[:1]!r}")
     r = _Reader(blob, 0)
@@ -232,11 +228,4 @@ def decode_state(blob: bytes) -> UserState:
         s.last_change = StoredChange(pos, offset, r.raw(n))
     if r.at != len(blob):
         raise ValueError(f"user-state blob has {len(blob) - r.at} unread bytes")
-    return s
-
-
-def _from_legacy_json(blob: bytes) -> UserState:
-    """A state stored as JSON by earlier versions, with its keys made 48-bit."""
-    s = UserState.from_dict(orjson.loads(blob))
-    s.recent_events = [legacy_event_key(k) for k in s.recent_events]
     return s

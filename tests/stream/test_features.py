@@ -21,7 +21,6 @@ from stream.features import (
     apply_events,
     compute_features,
     event_key,
-    legacy_event_key,
 )
 from stream.stored_change import StoredChange
 
@@ -412,8 +411,6 @@ def test_event_key_is_a_stable_48_bit_digest() -> None:
     assert event_key("evt-42") == int.from_bytes(digest) >> 16
     assert 0 <= event_key("evt-42") < 2**48
     assert event_key("evt-42") != event_key("evt-43")
-    # Keys stored before were the digest's top 63 bits: their top 48 are today's key.
-    assert legacy_event_key(int.from_bytes(digest) >> 1) == event_key("evt-42")
 
 
 def _rich_state() -> UserState:

@@ -1,4 +1,4 @@
-"""The binary user-state encoding: exact round trips, compactness, legacy JSON."""
+"""The binary user-state encoding: exact round trips and compactness."""
 
 from __future__ import annotations
 
@@ -91,15 +91,6 @@ def test_much_smaller_than_json() -> None:
     blob, as_json = encode_state(s), orjson.dumps(s.to_dict())
     assert blob[0] == FORMAT
     assert len(blob) * 2 < len(as_json), (len(blob), len(as_json))
-
-
-def test_legacy_json_states_are_read_with_their_keys_converted() -> None:
-    s = _rich()
-    legacy = s.to_dict()
-    # Stored before: 63-bit keys, the digest's top 63 bits.
-    legacy["r"] = [k << 15 for k in s.recent_events]
-    back = decode_state(orjson.dumps(legacy))
-    assert back == s
 
 
 def test_unknown_format_and_trailing_bytes_are_refused() -> None:
