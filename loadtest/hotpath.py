@@ -28,7 +28,7 @@ import orjson
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.redis_store import OFFSET_FIELD_PREFIX, OFFSETS_KNOWN_FIELD, pack_commands, user_hash
+from state.redis_store import fenced_write_args, pack_commands
 from stream.batch import SegmentNames, process_batch
 from stream.checkpoint import ModelParams, merge
 from stream.events import DeadLetter, Event, Limits, decode
@@ -119,13 +119,9 @@ def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) ->
             if not u.write:
                 continue
             blob = encode_state(u.state)
-            args: list[str | bytes] = [str(len(u.state.offsets)), blob]
-            for pos, off in u.state.offsets.items():
-                args += [OFFSET_FIELD_PREFIX + pos, str(off)]
-            for k, v in user_hash(u, model.version, now_ms).items():
-                args += [k, v]
-            args += [OFFSETS_KNOWN_FIELD, str(len(u.state.offsets))]
-            commands.append([b"EVALSHA", b"0" * 40, b"2", keys.user(u.user_id), "s", *args])
+            args = fenced_write_args(u, blob, model.version, now_ms)
+            user_keys = (keys.user(u.user_id), keys.state(u.user_id))
+            commands.append([b"EVALSHA", b"0" * 40, b"2", *user_keys, *args])
             stored[u.user_id] = blob
         packed = pack_commands(commands)
         t4 = clock()

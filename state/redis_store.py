@@ -53,6 +53,21 @@ def user_hash(
     return fields
 
 
+def fenced_write_args(
+    update: UserUpdate, state: bytes, model_version: int, updated_at_ms: int
+) -> list[str | bytes]:
+    """ARGV of :data:`FENCED_WRITE` for one user: the offset pair count, the encoded
+    ``state``, the offset pairs, then the other hash fields and ``_on`` (pure)."""
+    offsets = update.state.offsets
+    args: list[str | bytes] = [str(len(offsets)), state]
+    for pos, off in offsets.items():
+        args += [OFFSET_FIELD_PREFIX + pos, str(off)]
+    for k, v in user_hash(update, model_version, updated_at_ms).items():
+        args += [k, v]
+    args += [OFFSETS_KNOWN_FIELD, str(len(offsets))]
+    return args
+
+
 #: ``hash-max-listpack-value`` at which user hashes stay in Redis's compact encoding.
 RECOMMENDED_LISTPACK_VALUE = 1024
 
@@ -237,13 +252,7 @@ class RedisStore:
         for u in updates:
             if not u.write:
                 continue
-            offsets = u.state.offsets
-            args: list[str | bytes] = [str(len(offsets)), encode_state(u.state)]
-            for pos, off in offsets.items():
-                args += [OFFSET_FIELD_PREFIX + pos, str(off)]
-            for k, v in user_hash(u, model_version, now_ms).items():
-                args += [k, v]
-            args += [OFFSETS_KNOWN_FIELD, str(len(offsets))]
+            args = fenced_write_args(u, encode_state(u.state), model_version, now_ms)
             calls.append((self.keys.user(u.user_id), self.keys.state(u.user_id), args))
             written.append(u)
         accepted = self._fenced_writes(calls) if calls else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from state.redis_store import user_hash
+from state.redis_store import fenced_write_args, user_hash
 from stream.batch import UserUpdate
 from stream.events import Event
 from stream.features import DAY_MS, HOUR_MS, apply_events, compute_features, full_features
@@ -106,3 +106,15 @@ def test_user_hash_does_not_change_the_update() -> None:
     user_hash(u, 1, T)
     assert orjson.dumps(u.state.to_dict()) == before
     assert u.features == features
+
+
+def test_fenced_write_args_follow_the_scripts_layout() -> None:
+    u = make_update(2, "high_value", T)
+    args = fenced_write_args(u, b"\x02state", 4, T)
+    # ARGV[1] the offset pair count, ARGV[2] the state, then the offset pairs ...
+    assert args[:2] == ["2", b"\x02state"]
+    assert args[2:6] == ["_o:shop.clicks:0", "8", "_o:shop.purchases:2", "19"]
+    # ... then the hash's fields, and last how many partitions the state has input from.
+    rest = dict(zip(args[6::2], args[7::2], strict=True))
+    assert {k: v for k, v in rest.items() if k != "_on"} == user_hash(u, 4, T)
+    assert args[-2:] == ["_on", "2"]
