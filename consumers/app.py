@@ -52,13 +52,14 @@ from consumers import topics
 from consumers.http import Health, serve
 from consumers.metrics import Metrics
 from state.redis_store import RedisStore
-from stream.batch import ASSIGN_POS, BatchResult, SegmentNames, process_batch
+from stream.batch import BatchResult, SegmentNames, process_batch
 from stream.checkpoint import merge, refit_due, retired_ids
 from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
 from stream.events import DeadLetter, Event, Limits, decode
 from stream.model import SegmentModel
 from stream.naming import profiles
 from stream.privacy import user_id_mapper
+from stream.reassessment import ASSIGN_POS, QueueEntry
 from stream.selection import silhouette
 from stream.settings import Settings
 
@@ -156,6 +157,8 @@ class Segmenter:
         self._last_catalogue = 0.0
         self._last_sync = time.monotonic()
         self._reassess_pending = False
+        #: Retired segments whose members are still to be queued, and the retiring version.
+        self._to_queue: dict[int, int] = {}
         self._moves_at_refresh = (0, 0)
         self._failures = 0
         # Input positions ("topic:partition") -> offset below which this process has
@@ -330,7 +333,7 @@ class Segmenter:
         dead: list[DeadLetter],
         last: dict[tuple[str, int], int],
         now_ms: int,
-        reassess: list[str] | None = None,
+        reassess: dict[str, QueueEntry] | None = None,
     ) -> BatchResult:
         """One batch in one transaction: read, decide, publish, write, commit offsets."""
         assert self._producer is not None and self._consumer is not None
@@ -341,9 +344,9 @@ class Segmenter:
         txn = self.settings.transactional
         if txn:
             self._producer.begin_transaction()
-        states = self.store.load_states([*by_user, *(reassess or [])])
-        # Users with events whose stored first assignment may not have been committed
-        # (a crash between its Redis write and its transaction's commit): still queued.
+        states = self.store.load_states([*by_user, *(reassess or {})])
+        # Users with events whose stored change is an assignment: if they are still queued
+        # with the token it was made for, its commit is in doubt (stream.reassessment).
         assigned = [
             u
             for u in by_user
@@ -351,7 +354,7 @@ class Segmenter:
             and st.last_change is not None
             and st.last_change.pos == ASSIGN_POS
         ]
-        queued = self.store.queued(assigned) if assigned else set()
+        entries = {**self.store.queue_entries(assigned), **(reassess or {})}
         result = process_batch(
             by_user,
             states,
@@ -360,14 +363,14 @@ class Segmenter:
             self.settings.hysteresis_margin,
             self.settings.dedupe_window,
             now_ms,
-            reassess=reassess or [],
-            queued=queued,
+            reassess=list(reassess or {}),
+            queued=entries,
             committed=self._committed,
         )
         self._publish(dead, result)
         if self.model.unassigned:
             # Queued with the batch, before its offsets commit: a crash cannot lose them.
-            self.store.add_reassess(self.model.unassigned)
+            self.store.queue(self.model.unassigned, self.model.version)
             self.model.unassigned = []
         if not txn:
             self._flush()
@@ -388,8 +391,12 @@ class Segmenter:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         for tp in offsets:
             self._committed[f"{tp.topic}:{tp.partition}"] = tp.offset
-        if queued:
-            self.store.done_reassess(sorted(queued))  # their assignment is now published
+        # Committed: queue entries whose users were decided leave the queue, and those whose
+        # in-doubt assignment went out again get a fresh token. (A crash right here leaves
+        # them as they were: the assignment would be published once more.)
+        settle = {u: v for u, v in result.settle.items() if u not in written.fenced_users}
+        self.store.settle(settle)
+        self.metrics.republished_changes.inc(result.republished)
         return result
 
     def _recover(self, exc: Exception, first: dict[tuple[str, int], int]) -> None:
@@ -495,7 +502,6 @@ class Segmenter:
                 m.events.labels("all", "all", outcome).inc(n)
         changes, moves = result.changes, result.moves
         m.segment_moves.inc(moves)
-        m.republished_changes.inc(sum(1 for u in result.updates if u.republish is not None))
         m.segment_changes.inc(changes)
         m.users_updated.inc(sum(1 for u in result.updates if u.write))
         st = self.stats
@@ -524,6 +530,7 @@ class Segmenter:
             or now - self._last_sync >= s.model_sync_interval_s
         ):
             self.sync_model()
+        self._queue_retired()
         if self._reassess_pending and self.model.ready:
             self.reassess_users()
         if now - self._last_catalogue >= self.settings.catalogue_interval_s:
@@ -577,7 +584,7 @@ class Segmenter:
     def _adopt(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
         before = self.model.centres() if self.model.ready else None
         ids = list(self.model.ids)
-        was_ready = self.model.ready
+        was_ready, version = self.model.ready, self.model.version
         self.model.adopt(doc)
         if before is not None and ids == self.model.ids:
             drift = float(np.sqrt(((self.model.centres() - before) ** 2).sum(axis=1)).max())
@@ -590,16 +597,43 @@ class Segmenter:
                 e["event"],
                 ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("event", "segment")),
             )
-        retired = retired_ids(events)
-        if retired:
-            n = self.store.queue_members(retired)
-            log.info("queued %d members of retired segments %s for a new segment", n, retired)
+        # Every process queues the members of the segments its adoption retires, not only
+        # the one whose merge retired them: users this process moved into such a segment
+        # while it still had it joined its members after the retiring process listed them.
+        retired = sorted(set(ids) - set(self.model.ids)) if was_ready else []
+        retired = sorted({*retired, *retired_ids(events)})
+        for seg in retired:
+            self._to_queue[seg] = self.model.version
+        self._queue_retired()
+        if self.model.ready and self.model.version != version:
+            # Entries left for a newer version than the one this process had are due now.
+            self._reassess_pending = True
         if self.model.ready and (not was_ready or ids != self.model.ids):
             if not was_ready:
                 log.info("model seeded: %s", (doc.get("k_choice") or {}).get("reason", ""))
-            self._reassess_pending = True
             self.refresh_catalogue()
         self._model_gauges()
+
+    def _queue_retired(self) -> None:
+        """Queue the members of retired segments; what Redis refuses is tried again later."""
+        if not self._to_queue:
+            return
+        segments = sorted(self._to_queue)
+        version = max(self._to_queue.values())
+        try:
+            n = self.store.queue_members(segments, version)
+        except RedisError as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("members of retired segments %s not queued yet: %s", segments, exc)
+            return
+        self._to_queue.clear()
+        self._reassess_pending = True
+        log.info(
+            "segments %s retired at model version %d: %d more members queued to move",
+            segments,
+            version,
+            n,
+        )
 
     def _model_gauges(self) -> None:
         m = self.metrics
@@ -609,28 +643,36 @@ class Segmenter:
         m.model_segments.set(self.model.n_clusters)
 
     def reassess_users(self, batch: int = 1000) -> None:
-        """Give a segment to queued users: seen during warm-up, or in a retired segment.
+        """Decide queued users: seen during warm-up, or members of a retired segment.
 
-        Runs like a batch without input, in one transaction; users leave the queue only
-        after it committed, so a crash leaves them queued (and a replay republishes the
-        same change ids). A process assesses only users whose input partitions it owns:
-        the owner also handles their events, in the same thread, so an assignment and the
-        user's next event are never decided by two processes at once.
+        Runs like a batch without input, in one transaction; entries leave the queue only
+        after it committed (:mod:`stream.reassessment`), so a crash leaves them queued
+        (and a replay republishes the same change ids). A process decides only users
+        whose input partitions it owns: the owner also handles their events, in the same
+        thread, so a user is never decided by two processes at once. The transaction
+        commits the consumer's positions of those partitions (already committed, so
+        nothing moves): a process that lost them in a rebalance is fenced off by the
+        group, as for any batch. Entries for a newer model version than this process's
+        wait until it adopts that version.
         """
         assert self._consumer is not None
         try:
             queued = self.store.reassess_batch(batch)
             owned = {f"{tp.topic}:{tp.partition}" for tp in self._consumer.assignment()}
-            states = self.store.load_states(queued) if queued else {}
-            users = [
-                u for u in queued if (st := states.get(u)) is not None and set(st.offsets) <= owned
-            ]
-            if not users:
-                # Nothing queued here; other processes' users wait for their owners.
+            states = self.store.load_states(list(queued)) if queued else {}
+            inputs = {u: set(st.offsets) for u, st in states.items() if st is not None}
+            due = {
+                u: e
+                for u, e in queued.items()
+                if inputs.get(u) and inputs[u] <= owned and e.version <= self.model.version
+            }
+            if not due:
+                # Nothing to do here now; other processes' users wait for their owners, and
+                # entries for a newer version for this process's next adoption.
                 self._reassess_pending = False
                 return
-            result = self._apply({}, [], {}, int(time.time() * 1000), reassess=users)
-            self.store.done_reassess(users)
+            positions = self._positions(set().union(*(inputs[u] for u in due)))
+            result = self._apply({}, [], positions, int(time.time() * 1000), reassess=due)
         except (SegmenterError, KafkaException) as exc:
             self._recover(exc, {})
             return
@@ -639,7 +681,21 @@ class Segmenter:
         self.metrics.segment_moves.inc(moves)
         self.stats.changes += changes
         self.stats.moves += moves
-        log.info("assessed %d queued users: %d segment changes", len(users), changes)
+        log.info("assessed %d queued users: %d segment changes", len(due), changes)
+
+    def _positions(self, positions: set[str]) -> dict[tuple[str, int], int]:
+        """The last consumed offset of each input position (``topic:partition``) that has
+        one, in the form :meth:`_apply` commits (it adds one)."""
+        assert self._consumer is not None
+        parts = []
+        for pos in positions:
+            topic, _, part = pos.rpartition(":")
+            parts.append(TopicPartition(topic, int(part)))
+        return {
+            (tp.topic, tp.partition): tp.offset - 1
+            for tp in self._consumer.position(parts)
+            if tp.offset >= 0
+        }
 
     def refresh_catalogue(self) -> None:
         """Rename segments from their profiles, publish sizes to ``seg:segments``, and
@@ -650,14 +706,24 @@ class Segmenter:
         model, m = self.model, self.metrics
         self.names.refresh(model)
         profs = profiles(model.centres(), model.scaler, model.ids)
+        # Segment ids this model does not have: their membership sets must be empty.
+        retired = sorted(set(range(int(model.doc["next_id"]))) - set(model.ids))
         try:
             sizes = self.store.segment_sizes(model.ids)
             self.store.write_catalogue(profs, sizes)
             reservoir = self.store.reservoir()
+            left = self.store.segment_sizes(retired) if retired else []
         except RedisError as exc:
             m.redis_errors.inc()
             log.warning("catalogue not refreshed: %s", exc)
             return
+        # A process still on an older version can move users into a segment after the
+        # retiring process (and every other that adopted the retirement) listed its
+        # members, and die before it adopts the retirement itself: those users are found
+        # here, by whichever process looks next.
+        for seg, n in zip(retired, left, strict=True):
+            if n:
+                self._to_queue[seg] = model.version
         m.segment_users.clear()
         for p, size in zip(profs, sizes, strict=True):
             m.segment_users.labels(str(p.segment), p.name).set(size)

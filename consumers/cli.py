@@ -356,7 +356,7 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
                 return ckpt.refit(cur, reservoir, params, now_ms)
 
         doc, events = store.commit_model(build, every_ms, now_ms)
-        queued = store.queue_members(ckpt.retired_ids(events))
+        queued = store.queue_members(ckpt.retired_ids(events), int(doc["version"]))
         what = (
             f"version {args.version} is current again"
             if args.action == "rollback"

@@ -9,7 +9,8 @@ already applied. Membership sets are updated in the same pipeline, after the has
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from stream.errors import ModelError, RedisError
 from stream.features import UserState, stored_features
 from stream.messages import iso_ms
 from stream.naming import SegmentProfile
+from stream.reassessment import TOKEN_BITS, QueueEntry
 from stream.settings import Settings
 from stream.state_codec import decode_state, encode_state
 
@@ -114,6 +116,49 @@ return 1
 """
 _CAS_ATTEMPTS = 20
 
+#: Queue users (ARGV[2], ARGV[4], ...) in the reassessment hash KEYS[1] from model version
+#: ARGV[1] on, each with the fresh token after it; a user already queued keeps their token
+#: and has their version raised. Returns how many users were not queued before.
+QUEUE_USERS = """
+local version = tonumber(ARGV[1])
+local added = 0
+for i = 2, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then
+    local v, t = string.match(cur, '^(%d+):(%d+)$')
+    if v and tonumber(v) < version then
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. ':' .. t)
+    end
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. ':' .. ARGV[i + 1])
+    added = added + 1
+  end
+end
+return added
+"""
+
+#: For each (user, token, up-to version, fresh token) in ARGV: if the user's entry in
+#: KEYS[1] still holds the token, remove it when its version is at most the up-to version,
+#: else give it the fresh token. Returns how many entries were removed.
+SETTLE_USERS = """
+local removed = 0
+for i = 1, #ARGV, 4 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur then
+    local v, t = string.match(cur, '^(%d+):(%d+)$')
+    if t == ARGV[i + 1] then
+      if tonumber(v) <= tonumber(ARGV[i + 2]) then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+        removed = removed + 1
+      else
+        redis.call('HSET', KEYS[1], ARGV[i], v .. ':' .. ARGV[i + 3])
+      end
+    end
+  end
+end
+return removed
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class WriteResult:
@@ -122,6 +167,8 @@ class WriteResult:
     written: int
     fenced: int
     moves: int
+    #: The users whose writes were fenced off.
+    fenced_users: frozenset[str] = frozenset()
 
 
 def pack_commands(commands: Iterable[Sequence[str | bytes]]) -> bytes:
@@ -272,7 +319,12 @@ class RedisStore:
             moves += 1
         if moves:
             _run(pipe, "update segment membership")
-        return WriteResult(written=len(written) - len(fenced), fenced=len(fenced), moves=moves)
+        return WriteResult(
+            written=len(written) - len(fenced),
+            fenced=len(fenced),
+            moves=moves,
+            fenced_users=frozenset(fenced),
+        )
 
     def _fenced_writes(self, calls: list[tuple[str, str, list[str | bytes]]]) -> list[Any]:
         """Run :data:`FENCED_WRITE` for every (keys, args), pipelined; load it if missing.
@@ -480,40 +532,80 @@ class RedisStore:
 
     # -- users to (re)assess ------------------------------------------------------------
 
-    def add_reassess(self, user_ids: Sequence[str]) -> None:
-        """Queue users for a segment without an event of theirs (warm-up, retired segment)."""
-        if user_ids:
-            _call(lambda: self._r.sadd(self.keys.reassess, *user_ids), "queue users to assess")
+    def queue(self, user_ids: Sequence[str], version: int) -> int:
+        """Queue users for a decision without an event of theirs, from model ``version``
+        on (:mod:`stream.reassessment`); returns how many were not queued already.
 
-    def reassess_batch(self, count: int) -> list[str]:
-        """Up to ``count`` queued users (they stay queued until :meth:`done_reassess`)."""
-        raw = _call(lambda: self._r.srandmember(self.keys.reassess, count), "read users to assess")
-        return [u.decode() for u in raw]
-
-    def queued(self, user_ids: Sequence[str]) -> set[str]:
-        """Which of ``user_ids`` are queued for reassessment (one round trip)."""
-        flags = _call(
-            lambda: self._r.smismember(self.keys.reassess, list(user_ids)), "read queued users"
+        A user already queued keeps the token of their entry, so an assignment whose
+        commit is in doubt is still recognised; their entry's version is raised to
+        ``version`` if it is lower.
+        """
+        if not user_ids:
+            return 0
+        args: list[str] = [str(version)]
+        for uid in user_ids:
+            args += [uid, str(_token())]
+        n = _call(
+            lambda: self._r.eval(QUEUE_USERS, 1, self.keys.reassess, *args), "queue users to assess"
         )
-        return {u for u, f in zip(user_ids, flags, strict=True) if f}
+        return int(n)
 
-    def done_reassess(self, user_ids: Sequence[str]) -> None:
-        if user_ids:
-            _call(lambda: self._r.srem(self.keys.reassess, *user_ids), "dequeue assessed users")
+    def queue_entries(self, user_ids: Sequence[str]) -> dict[str, QueueEntry]:
+        """The queue entries of those of ``user_ids`` that are queued (one round trip)."""
+        if not user_ids:
+            return {}
+        raw = _call(lambda: self._r.hmget(self.keys.reassess, list(user_ids)), "read queued users")
+        entries = {uid: QueueEntry.parse(v) for uid, v in zip(user_ids, raw, strict=True)}
+        return {uid: e for uid, e in entries.items() if e is not None}
 
-    def queue_members(self, segments: Sequence[int], chunk: int = 1000) -> int:
-        """Queue every member of ``segments`` for reassessment (after they were retired)."""
+    def reassess_batch(self, count: int) -> dict[str, QueueEntry]:
+        """Up to ``count`` queued users, picked at random, with their entries (they stay
+        queued until :meth:`settle` removes them)."""
+        raw = _call(
+            lambda: self._r.hrandfield(self.keys.reassess, count, withvalues=True),
+            "read users to assess",
+        )
+        out: dict[str, QueueEntry] = {}
+        for uid, value in zip(raw[::2], raw[1::2], strict=True):
+            entry = QueueEntry.parse(value)
+            if entry is not None:
+                out[uid.decode()] = entry
+        return out
+
+    def settle(self, settled: Mapping[str, tuple[QueueEntry, int]]) -> int:
+        """After a batch committed: remove each entry still holding the token it was
+        decided with, if its version is at most the given one; give the others a fresh
+        token (:func:`stream.reassessment.settlement`). Returns how many were removed."""
+        if not settled:
+            return 0
+        args: list[str] = []
+        for uid, (entry, upto) in settled.items():
+            args += [uid, str(entry.token), str(upto), str(_token())]
+        n = _call(
+            lambda: self._r.eval(SETTLE_USERS, 1, self.keys.reassess, *args),
+            "settle queued users",
+        )
+        return int(n)
+
+    def queue_length(self) -> int:
+        return int(_call(lambda: self._r.hlen(self.keys.reassess), "count queued users"))
+
+    def queue_members(self, segments: Sequence[int], version: int, chunk: int = 1000) -> int:
+        """Queue every member of ``segments`` (retired at model ``version``) to move; returns
+        how many were not queued already."""
         queued = 0
         for seg in segments:
-            batch: list[str] = []
-            for m in self._r.sscan_iter(self.keys.members(seg), count=chunk):
-                batch.append(m.decode())
-                if len(batch) >= chunk:
-                    self.add_reassess(batch)
-                    queued += len(batch)
-                    batch = []
-            self.add_reassess(batch)
-            queued += len(batch)
+            cursor = 0
+            while True:
+                cursor, found = _call(
+                    lambda seg=seg, cursor=cursor: self._r.sscan(
+                        self.keys.members(seg), cursor, count=chunk
+                    ),
+                    "list the members of a retired segment",
+                )
+                queued += self.queue([m.decode() for m in found], version)
+                if not cursor:
+                    break
         return queued
 
     # -- erasure ---------------------------------------------------------------------------
@@ -549,7 +641,7 @@ class RedisStore:
         pipe = self._r.pipeline(transaction=not self.cluster)
         for i in segments:
             pipe.srem(k.members(i), user_id)
-        pipe.srem(k.reassess, user_id)
+        pipe.hdel(k.reassess, user_id)
         if self.cluster:
             removed = _run(pipe, "remove a user from the segments")
             removed.append(_call(lambda: self._r.delete(state_key), "delete a user's state"))
@@ -617,6 +709,10 @@ def _decode_model(blob: bytes, key: str) -> dict[str, Any]:
             f"{key} does not hold a model checkpoint; delete it to start fresh"
         ) from None
     return check(doc)
+
+
+def _token() -> int:
+    return secrets.randbits(TOKEN_BITS)
 
 
 def _safe(url: str) -> str:

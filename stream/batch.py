@@ -19,6 +19,7 @@ from stream.features import UserState, apply_events, compute_features
 from stream.messages import SegmentChange, change_id
 from stream.model import SegmentModel
 from stream.naming import profiles
+from stream.reassessment import ASSIGN_POS, QueueEntry, in_doubt, settlement
 from stream.scaling import to_vector
 from stream.stored_change import StoredChange
 
@@ -60,6 +61,14 @@ class BatchResult:
     replayed: int = 0
     duplicates: int = 0
     late: int = 0
+    #: Queue entries this batch dealt with, and up to which model version each may leave
+    #: the queue once the batch committed (``-1``: it stays, with a fresh token).
+    settle: dict[str, tuple[QueueEntry, int]] = field(default_factory=dict)
+
+    @property
+    def republished(self) -> int:
+        """Changes whose commit was in doubt, published again (every path counts)."""
+        return sum(1 for u in self.updates if u.republish is not None)
 
     @property
     def changes(self) -> int:
@@ -106,24 +115,16 @@ def _in_doubt_change(
     return *lc.segments(), lc.value()
 
 
-def _in_doubt_assignment(before: UserState | None) -> tuple[int | None, int, bytes] | None:
-    """The stored first assignment of a user still queued for one (its commit in doubt)."""
-    if before is None or before.last_change is None or before.last_change.pos != ASSIGN_POS:
-        return None
-    return *before.last_change.segments(), before.last_change.value()
-
-
 def _delivered(
     lc: StoredChange | None,
-    user_id: str,
-    queued: Collection[str],
+    entry: QueueEntry | None,
     committed: Mapping[str, int],
 ) -> bool:
     """Whether a stored last change is known committed, so no replay can need it again."""
     if lc is None:
         return False
     if lc.pos == ASSIGN_POS:
-        return user_id not in queued
+        return not in_doubt(lc, entry)
     return lc.offset < committed.get(lc.pos, -1)
 
 
@@ -143,10 +144,6 @@ class _Pending:
     learn: bool
 
 
-#: Trigger position of the first segment given to a user seen before the model was ready.
-ASSIGN_POS = "assign"
-
-
 def process_batch(
     events_by_user: Mapping[str, Sequence[Event]],
     states: Mapping[str, UserState | None],
@@ -156,7 +153,7 @@ def process_batch(
     dedupe_window: int,
     emitted_at_ms: int,
     reassess: Sequence[str] = (),
-    queued: Collection[str] = (),
+    queued: Mapping[str, QueueEntry] | None = None,
     committed: Mapping[str, int] | None = None,
 ) -> BatchResult:
     """Fold a batch into user states, assign segments, and learn.
@@ -167,20 +164,30 @@ def process_batch(
     remembered in ``model.unassigned``; pass them as ``reassess`` (with their states and
     no events) once it is, and they get their first segment without being learned twice.
     Users whose segment was retired are reassessed the same way: they move to the nearest
-    current segment. ``queued`` names users still queued for reassessment: for those, a
-    stored assignment (``last_change`` at ``ASSIGN_POS``) may never have been committed,
-    and it is published again before anything their events trigger.
+    current segment.
+
+    ``queued`` holds the queue entries (:mod:`stream.reassessment`) of the ``reassess``
+    users and of users with events whose stored change is an assignment. A stored
+    assignment made for the entry a user is still queued with may never have been
+    committed: it is published again, before anything else the batch does for the user.
+    A ``reassess`` user whose entry is for a newer model version than ``model``'s is left
+    for later (only that republishing is done). What each entry needs once the batch
+    committed is in :attr:`BatchResult.settle`.
 
     ``committed`` maps input positions (``topic:partition``) to the offset below which
     their batches are known committed. A stored change triggered below it, or a stored
-    assignment of a user no longer queued, can no longer be in doubt: it is dropped from
-    the state written, which keeps a user's hash small once their change is delivered.
+    assignment no longer in doubt, is dropped from the state written, which keeps a
+    user's state small once their change is delivered.
     """
     committed = committed or {}
+    queued = queued or {}
     result = BatchResult()
     pending: list[_Pending] = []
+    # Queued users this batch published an in-doubt assignment of again.
+    republished: set[str] = set()
     for user_id, events in events_by_user.items():
         before = states.get(user_id)
+        entry = queued.get(user_id)
         applied = apply_events(before, events, dedupe_window)
         result.replayed += applied.replayed
         result.duplicates += applied.duplicates
@@ -188,9 +195,10 @@ def process_batch(
         for ev in applied.applied:
             result.applied[(ev.topic, ev.type)] += 1
         republish = _in_doubt_change(before, events)
-        if republish is None and user_id in queued:
-            republish = _in_doubt_assignment(before)
-        if republish is None and _delivered(applied.state.last_change, user_id, queued, committed):
+        if republish is None and before is not None and in_doubt(before.last_change, entry):
+            republish = _stored(before.last_change)
+            republished.add(user_id)
+        if republish is None and _delivered(applied.state.last_change, entry, committed):
             applied.state.last_change = None
         if republish is not None:
             prev, seg, value = republish
@@ -225,17 +233,18 @@ def process_batch(
         )
     for user_id in reassess:
         state = states.get(user_id)
-        if state is None or user_id in events_by_user:
+        entry = queued.get(user_id)
+        if state is None or entry is None or user_id in events_by_user:
             continue
-        previous = state.segment
-        if state.segment is not None and model.slot(state.segment) is not None:
-            lc = state.last_change
-            if lc is not None and lc.pos == ASSIGN_POS:
-                # Assigned before, but the commit of that assignment is in doubt.
-                prev, seg = lc.segments()
-                result.updates.append(
-                    UserUpdate(user_id, state, {}, prev, None, None, lc.value(), seg, write=False)
-                )
+        if in_doubt(state.last_change, entry):
+            # Assigned for this very entry, but the commit of that assignment is unknown.
+            prev, seg, value = _stored(state.last_change)
+            result.updates.append(
+                UserUpdate(user_id, state, {}, prev, None, None, value, seg, write=False)
+            )
+            republished.add(user_id)
+        if model.version < entry.version or model.slot(state.segment) is not None:
+            # Too old a model to judge the entry, or nothing to move: no decision here.
             continue
         features = compute_features(state)
         pending.append(
@@ -244,26 +253,43 @@ def process_batch(
                 state.copy(),
                 features,
                 to_vector(features),
-                previous,
-                f"{ASSIGN_POS}:{model.epoch}:{state.last_event_ms}",
+                state.segment,
+                f"{ASSIGN_POS}:{model.epoch}:{entry.token}",
                 ASSIGN_POS,
-                -1,
+                entry.token,
                 state.last_event_ms,
                 learn=False,
             )
         )
 
-    if not pending:
-        return result
-    if not model.ready:
+    if pending and not model.ready:
         for p in pending:
             if p.user_id not in model.unassigned:
                 model.unassigned.append(p.user_id)
             result.updates.append(
                 UserUpdate(p.user_id, p.state, p.features, p.previous, None, None)
             )
-        return result
+        pending = []
+    if pending:
+        _decide(pending, model, names, margin, emitted_at_ms, result)
+    _settle(queued, states, republished, model, result)
+    return result
 
+
+def _stored(lc: StoredChange | None) -> tuple[int | None, int, bytes]:
+    assert lc is not None
+    return *lc.segments(), lc.value()
+
+
+def _decide(
+    pending: list[_Pending],
+    model: SegmentModel,
+    names: SegmentNames,
+    margin: float,
+    emitted_at_ms: int,
+    result: BatchResult,
+) -> None:
+    """Decide every pending user with the model as it is, then learn from them."""
     if not names.names:
         names.refresh(model)
     zs = model.scale(np.stack([p.raw for p in pending]))
@@ -298,4 +324,26 @@ def process_batch(
     for p in pending:
         if p.learn:
             model.learn(p.raw)
-    return result
+
+
+def _settle(
+    queued: Mapping[str, QueueEntry],
+    states: Mapping[str, UserState | None],
+    republished: Collection[str],
+    model: SegmentModel,
+    result: BatchResult,
+) -> None:
+    """Record, for every queue entry of a user this batch touched, what becomes of it."""
+    final: dict[str, int | None] = {}
+    for u in result.updates:
+        final[u.user_id] = u.state.segment if u.write else u.republish_segment
+    for user_id, entry in queued.items():
+        if user_id not in final:
+            st = states.get(user_id)
+            if st is None:
+                continue
+            final[user_id] = st.segment
+        current = model.ready and model.slot(final[user_id]) is not None
+        upto = settlement(entry, model.version, current)
+        if upto >= 0 or user_id in republished:
+            result.settle[user_id] = (entry, upto)

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -53,7 +54,8 @@ def wait_committed(
 def check_exact(
     settings: Settings, rds: redis.Redis, expected: dict[str, Expected]
 ) -> dict[str, int]:
-    """Assert exact per-user counts, membership and unique change ids; return figures."""
+    """Assert exact per-user counts and membership, then everything :func:`check_changes`
+    checks; return the figures."""
     p = settings.redis_prefix
     counted = 0
     all_ids = segment_ids(rds, p)
@@ -67,21 +69,58 @@ def check_exact(
         seg = h["segment"]
         member_of = [i for i in all_ids if rds.sismember(f"{p}segment:{{{i}}}:members", uid)]
         assert member_of == [int(seg)], (uid, seg, member_of)
+    return {"counted": counted, **check_changes(settings, rds, expected)}
+
+
+def chain_breaks(messages: list[dict[str, Any]]) -> list[str]:
+    """Users whose changes, in the order given, do not chain: the first from ``null``,
+    each next one from the segment of the one before."""
+    last: dict[str, Any] = {}
+    broken: list[str] = []
+    for msg in messages:
+        uid = msg["user_id"]
+        if msg["previous_segment"] != last.get(uid) and uid not in broken:
+            broken.append(uid)
+        last[uid] = msg["segment"]
+    return broken
+
+
+def check_changes(
+    settings: Settings, rds: redis.Redis, expected: dict[str, Expected]
+) -> dict[str, int]:
+    """Read ``segments.changes`` (read_committed) and assert: no change id twice; one first
+    segment per user; each user's changes chain; each user's last change is their segment
+    in Redis; nobody is in a segment the newest model lacks. Return the figures."""
+    p = settings.redis_prefix
     changes = read_topic(settings.kafka_bootstrap, settings.changes_topic)
     ids = Counter(orjson.loads(r.value)["change_id"] for r in changes)
     duplicates = sum(n - 1 for n in ids.values())
     assert duplicates == 0, [cid for cid, n in ids.items() if n > 1][:5]
-    last: dict[str, dict[str, object]] = {}
-    firsts: Counter[str] = Counter()
-    for r in sorted(changes, key=lambda r: (r.partition, r.offset)):
-        msg = orjson.loads(r.value)
-        if msg["previous_segment"] is None:
-            firsts[msg["user_id"]] += 1
-        last[msg["user_id"]] = msg
+    # A user's changes share a key, so one partition holds them in publication order.
+    ordered = [
+        orjson.loads(r.value) for r in sorted(changes, key=lambda r: (r.partition, r.offset))
+    ]
+    firsts = Counter(m["user_id"] for m in ordered if m["previous_segment"] is None)
     assert set(firsts) == set(expected) and set(firsts.values()) == {1}
+    broken = chain_breaks(ordered)
+    assert broken == [], broken[:5]
+    last = {m["user_id"]: m for m in ordered}
     for uid, msg in last.items():
         assert str(msg["segment"]) == rds.hget(f"{p}user:{{{uid}}}", "segment"), uid
-    return {"counted": counted, "changes": len(changes), "duplicates": duplicates}
+    current = set(orjson.loads(rds.get(f"{p}model"))["ids"])  # type: ignore[arg-type]
+    in_retired = [
+        u for u in expected if int(rds.hget(f"{p}user:{{{u}}}", "segment")) not in current
+    ]  # type: ignore[arg-type]
+    assert in_retired == [], in_retired[:5]
+    for i in segment_ids(rds, p):
+        if i not in current:
+            assert rds.scard(f"{p}segment:{{{i}}}:members") == 0, i
+    return {
+        "changes": len(changes),
+        "duplicates": duplicates,
+        "broken_chains": len(broken),
+        "in_retired": len(in_retired),
+    }
 
 
 def test_kill_minus_nine_at_random_points(

@@ -11,6 +11,7 @@ from consumers.devstack.servers import Server
 from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
 from stream.checkpoint import ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError
+from stream.reassessment import QueueEntry
 from stream.scaling import MODEL_FEATURES, OnlineScaler
 
 pytestmark = pytest.mark.integration
@@ -93,13 +94,33 @@ def test_seeding_is_kept_and_rollback_is_a_new_version(store: RedisStore) -> Non
 
 
 def test_reassess_queue_and_members_of_retired_segments(store: RedisStore) -> None:
-    store.add_reassess(["a", "b"])
-    assert sorted(store.reassess_batch(10)) == ["a", "b"]
-    store.done_reassess(["a"])
-    assert store.reassess_batch(10) == ["b"]
+    assert store.queue(["a", "b"], version=0) == 2
+    first = store.reassess_batch(10)
+    assert sorted(first) == ["a", "b"] and {e.version for e in first.values()} == {0}
+    assert first["a"].token != first["b"].token
+    # Queued again (a segment retired at version 5): tokens kept, version raised.
+    assert store.queue(["a", "c"], version=5) == 1
+    again = store.queue_entries(["a", "b", "c", "nobody"])
+    assert sorted(again) == ["a", "b", "c"]
+    assert again["a"] == QueueEntry(5, first["a"].token) and again["b"] == first["b"]
+    # Settled with the entry as it was read: a's version was raised since, so it stays
+    # with a fresh token; b goes; c, settled with a token it never had, is left alone.
+    settled = {
+        "a": (first["a"], 4),
+        "b": (first["b"], 4),
+        "c": (QueueEntry(5, again["c"].token + 1), 5),
+    }
+    assert store.settle(settled) == 1
+    after = store.queue_entries(["a", "b", "c"])
+    assert sorted(after) == ["a", "c"] and after["c"] == again["c"]
+    assert after["a"].version == 5 and after["a"].token != first["a"].token
+    # Settled with -1 (published again, not resolved): stays, with a fresh token.
+    assert store.settle({"c": (again["c"], -1)}) == 0
+    assert store.queue_entries(["c"])["c"].token != again["c"].token
     store.client.sadd(store.keys.members(7), *[f"m{i}" for i in range(2500)])
-    assert store.queue_members([7], chunk=1000) == 2500
-    assert len(store.reassess_batch(5000)) == 2501
+    assert store.queue_members([7], version=6, chunk=1000) == 2500
+    queued = store.reassess_batch(5000)
+    assert len(queued) == 2502 and queued["m7"].version == 6
 
 
 def test_encoding_advice_names_the_setting_when_hashes_would_not_stay_compact(

@@ -16,6 +16,7 @@ from stream.events import Event
 from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState, apply_events, compute_features
 from stream.messages import change_id
 from stream.model import SegmentModel
+from stream.reassessment import QueueEntry
 from stream.scaling import to_vector
 from stream.stored_change import StoredChange
 
@@ -333,14 +334,31 @@ def test_users_seen_before_warmup_are_remembered(world) -> None:
     assert model.unassigned == ["u1", "u2", "u3", "u4"]
 
 
+def entries(*users: str, version: int = 0) -> dict[str, QueueEntry]:
+    """Queue entries for ``users``, with distinct tokens."""
+    return {u: QueueEntry(version, 1000 + i) for i, u in enumerate(users)}
+
+
+def assign_u1(shop: Shop, model: SegmentModel, names: SegmentNames):
+    """After the warm start, u1 gets its first segment from the queue: the states, u1's
+    queue entry and its update."""
+    states, _, _ = warm_up(shop, model, names)
+    queued = entries("u1")
+    assigned = process_batch(
+        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=queued
+    ).updates[0]
+    return states, queued, assigned
+
+
 def test_reassess_gives_a_first_segment_without_learning(world) -> None:
     shop, model, names = world
     states, _, _ = warm_up(shop, model, names)
     snapshot = {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()}
     centres = model.local_centres().copy()
     updates = observed(model)
+    queued = entries("u1", "u2", "nobody")
     r = process_batch(
-        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1", "u2", "nobody"]
+        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=list(queued), queued=queued
     )
     assert observed(model) == updates
     np.testing.assert_array_equal(model.local_centres(), centres)
@@ -350,17 +368,21 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
         c, s = u.change, u.state
         assert c is not None and u.decision is not None
         last = states[u.user_id].last_event_ms  # type: ignore[union-attr]
+        token = queued[u.user_id].token
         assert c.previous_segment is None
         assert s.segment == c.segment
-        key = f"assign:{model.epoch}:{last}"
+        key = f"assign:{model.epoch}:{token}"
         assert c.change_id == change_id(u.user_id, key, None, c.segment)
         assert c.event_time_ms == last
-        assert s.last_change == StoredChange.of("assign", -1, c)
+        assert s.last_change == StoredChange.of("assign", token, c)
         assert s.last_change.value() == c.to_json()
-    # Reassessed again (its commit in doubt), the assignment is republished as it was.
+    # Both leave the queue once the batch committed; the unknown user's entry stays.
+    assert r.settle == {u: (queued[u], model.version) for u in ("u1", "u2")}
+    assert r.republished == 0
+    # Reassessed again with the same entries (the commit in doubt): republished as it was.
     assigned = {u.user_id: u.state for u in r.updates}
     again = process_batch(
-        {}, assigned, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1", "u2"]
+        {}, assigned, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1", "u2"], queued=queued
     )
     first = {u.user_id: u.change for u in r.updates}
     assert [(u.user_id, u.write, u.change) for u in again.updates] == [
@@ -372,6 +394,8 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
         assert c is not None
         assert u.republish == c.to_json()
         assert u.republish_segment == c.segment
+    assert again.republished == 2
+    assert again.settle == {u: (queued[u], model.version) for u in ("u1", "u2")}
 
 
 def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
@@ -379,34 +403,93 @@ def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
     states, _, _ = warm_up(shop, model, names)
     updates = observed(model)
     batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
-    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"])
+    queued = entries("u1")
+    r = process_batch(
+        batch, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=queued
+    )
     assert [u.user_id for u in r.updates] == ["u1"]
     assert observed(model) == updates + 1  # learned once, from its events
     (u,) = r.updates
     assert u.change is not None
     assert u.state.last_change is not None and u.state.last_change.pos == "shop.clicks:0"
+    assert r.settle == {"u1": (queued["u1"], model.version)}  # it has a segment now
 
 
 def test_a_queued_users_assignment_is_published_again_before_their_event(world) -> None:
     shop, model, names = world
-    states, _, _ = warm_up(shop, model, names)
-    assigned = process_batch(
-        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"]
-    ).updates[0]
+    states, queued, assigned = assign_u1(shop, model, names)
     assert assigned.change is not None
     states["u1"] = assigned.state
     batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
-    # Still queued: the assignment's commit is in doubt, so it goes out again, first.
-    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued={"u1"})
+    # Still queued with the same token: the assignment's commit is in doubt, so it goes
+    # out again, first.
+    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued=queued)
     first, *rest = r.updates
     assert first.republish == assigned.change.to_json() and not first.write
     assert [u.user_id for u in rest] == ["u1"] and rest[0].write
+    assert r.republished == 1 and r.settle == {"u1": (queued["u1"], model.version)}
     # Not queued any more (the assignment was committed): nothing is published again.
     r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED)
-    assert all(u.republish is None for u in r.updates)
+    assert all(u.republish is None for u in r.updates) and r.settle == {}
     # ... and the delivered assignment is dropped from the state written.
     (u,) = [u for u in r.updates if u.write]
     assert u.state.last_change is None
+
+
+def test_queued_for_another_reason_an_old_assignment_is_not_published_again(world) -> None:
+    shop, model, names = world
+    states, _queued, assigned = assign_u1(shop, model, names)
+    states["u1"] = assigned.state
+    # The assignment committed and its entry went; later the user is queued again (their
+    # segment retired, say) under a new token.
+    requeued = {"u1": QueueEntry(model.version, 555)}
+    batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
+    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued=requeued)
+    assert r.republished == 0 and all(u.republish is None for u in r.updates)
+    # The same on the reassessment path: nothing published, the entry simply resolved.
+    r = process_batch(
+        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=requeued
+    )
+    assert r.updates == [] and r.settle == {"u1": (requeued["u1"], model.version)}
+
+
+def test_an_entry_for_a_newer_model_version_waits(world) -> None:
+    shop, model, names = world
+    states, queued, assigned = assign_u1(shop, model, names)
+    states["u1"] = assigned.state
+    # Queued to move by a newer version than this model's (which still has the segment).
+    newer = {"u1": QueueEntry(model.version + 1, 777)}
+    r = process_batch(
+        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=newer
+    )
+    assert r.updates == [] and r.settle == {}  # left queued, for a newer model
+    batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
+    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued=newer)
+    assert r.settle == {} and r.republished == 0  # decided, but still to be moved later
+    # Queued again by that newer version while its first assignment was in doubt (the
+    # token kept): published again, and given a fresh token rather than removed.
+    doubt = {"u1": QueueEntry(model.version + 1, queued["u1"].token)}
+    r = process_batch(
+        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=doubt
+    )
+    assert r.republished == 1 and r.settle == {"u1": (doubt["u1"], -1)}
+
+
+def test_members_of_a_retired_segment_move_to_a_current_one(world) -> None:
+    shop, model, names = world
+    _states, _queued, assigned = assign_u1(shop, model, names)
+    gone = max(model.ids) + 5  # a segment this model does not have
+    st = assigned.state.copy()
+    st.segment, st.last_change = gone, None
+    retired = {"u1": QueueEntry(model.version, 9)}
+    r = process_batch(
+        {}, {"u1": st}, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=retired
+    )
+    (u,) = r.updates
+    assert u.change is not None and u.change.previous_segment == gone
+    assert u.state.segment in model.ids
+    assert u.state.last_change == StoredChange.of("assign", 9, u.change)
+    assert r.settle == {"u1": (retired["u1"], model.version)}
 
 
 def test_a_stored_change_is_kept_until_its_batch_is_known_committed(world) -> None:
