@@ -26,6 +26,7 @@ producer flush before 7 and a consumer commit after it.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import logging
 import math
@@ -55,7 +56,7 @@ from state.redis_store import RedisStore
 from stream.batch import BatchResult, SegmentNames, process_batch
 from stream.checkpoint import merge, refit_due, retired_ids
 from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
-from stream.events import DeadLetter, Event, Limits, decode
+from stream.events import ADVICE, DeadLetter, Event, Limits, decode, dominant_reason
 from stream.model import SegmentModel
 from stream.naming import profiles
 from stream.privacy import user_id_mapper
@@ -143,7 +144,7 @@ class Segmenter:
         self.limits = Limits(
             max_event_bytes=settings.max_event_bytes,
             max_future_skew_ms=int(settings.max_future_skew_s * 1000),
-            min_ts_ms=int(time.mktime((settings.min_event_year, 1, 1, 0, 0, 0, 0, 0, 0)) * 1000),
+            min_ts_ms=calendar.timegm((settings.min_event_year, 1, 1, 0, 0, 0)) * 1000,
         )
         self.store = RedisStore.from_settings(settings)
         # Raw user id -> its pseudonym, the id stored and published; None: ids as they are.
@@ -161,6 +162,8 @@ class Segmenter:
         self._to_queue: dict[int, int] = {}
         self._moves_at_refresh = (0, 0)
         self._failures = 0
+        #: Dead-letter reasons already reported as covering most of a batch.
+        self._reasons_said: set[str] = set()
         # Input positions ("topic:partition") -> offset below which this process has
         # committed their batches; stored changes triggered below it are delivered.
         self._committed: dict[str, int] = {}
@@ -314,6 +317,7 @@ class Segmenter:
                 by_user[r.user_id].append(r)
         if not last:
             return BatchResult()
+        self._say_dead_letters(dead, len(msgs))
         if self._stored_id is not None:
             # Once per user of the batch (after decode checked the key against the raw
             # id), before anything is read, stored or published.
@@ -326,6 +330,25 @@ class Segmenter:
         self._failures = 0
         self._record(msgs, dead, result, started)
         return result
+
+    def _say_dead_letters(self, dead: list[DeadLetter], total: int) -> None:
+        """Log once per reason when most of a batch is dead-lettered for that reason."""
+        found = dominant_reason(dead, total)
+        if found is None or found[0] in self._reasons_said:
+            return
+        reason, n = found
+        self._reasons_said.add(reason)
+        example = next(d.detail for d in dead if d.reason == reason)
+        log.warning(
+            "%d of %d messages in a batch went to %s as %s (e.g. %s): %s. Said once per "
+            "reason; segmenter_dead_letters_total{reason} keeps counting.",
+            n,
+            total,
+            self.settings.deadletter_topic,
+            reason,
+            example,
+            ADVICE.get(reason, "see the dead letters' detail header"),
+        )
 
     def _apply(
         self,

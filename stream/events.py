@@ -38,7 +38,20 @@ class Limits:
 
     max_event_bytes: int = 65536
     max_future_skew_ms: int = 3_600_000
-    min_ts_ms: int = 946_684_800_000  # 2000-01-01T00:00:00Z
+    #: Earliest event time accepted: the epoch by default, so that a backfill of any
+    #: history is accepted (``SEGMENTER_MIN_EVENT_YEAR`` raises it).
+    min_ts_ms: int = 0
+
+    def time_range(self, now_ms: int) -> str:
+        """The accepted event times in words, for dead-letter details.
+
+        >>> Limits().time_range(1_700_000_000_000)
+        'from 1970-01-01T00:00:00Z to 2023-11-14T23:13:20Z (now plus 3600 s)'
+        """
+        start = (_EPOCH + timedelta(milliseconds=self.min_ts_ms)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        end = _EPOCH + timedelta(milliseconds=now_ms + self.max_future_skew_ms)
+        skew = self.max_future_skew_ms // 1000
+        return f"from {start} to {end.strftime('%Y-%m-%dT%H:%M:%SZ')} (now plus {skew} s)"
 
 
 class Event(NamedTuple):
@@ -79,6 +92,44 @@ class DeadLetter:
     topic: str
     partition: int
     offset: int
+
+
+#: What a person can do about each dead-letter reason, when most of the input has it.
+ADVICE: dict[str, str] = {
+    "timestamp_out_of_range": "event times must lie within the accepted range: raise "
+    "SEGMENTER_MAX_FUTURE_SKEW_S for clocks that run ahead, or lower "
+    "SEGMENTER_MIN_EVENT_YEAR if it was raised; epoch seconds are not epoch milliseconds",
+    "bad_timestamp": "send ts as epoch milliseconds (a JSON number) or an ISO-8601 string",
+    "not_json": "the producer does not write JSON: check its value serialiser",
+    "not_utf8": "the producer does not write UTF-8 JSON: check its value serialiser",
+    "not_object": "each message must be one JSON object, not an array or a scalar",
+    "missing_field": "every event needs event_id, user_id, type and ts (and amount for a "
+    "purchase): check the producer's field names",
+    "key_mismatch": "key every message by its user_id, so that a user's clicks and "
+    "purchases reach the same partition",
+    "unknown_type": "type must be one of " + ", ".join(EVENT_TYPES),
+    "oversized": "raise SEGMENTER_MAX_EVENT_BYTES, or send smaller events",
+}
+
+
+def dominant_reason(dead: list[DeadLetter], total: int) -> tuple[str, int] | None:
+    """The dead-letter reason of most of a batch of ``total`` messages, and its count.
+
+    ``None`` unless one reason covers more than half of the batch (and the batch is not
+    tiny): a few bad messages are routine, a batch that is mostly one kind of bad message
+    is a producer or configuration problem a person should hear about.
+
+    >>> dl = DeadLetter("not_json", "", b"x", None, "t", 0, 0)
+    >>> dominant_reason([dl] * 6, 10), dominant_reason([dl] * 5, 10), dominant_reason([dl], 1)
+    (('not_json', 6), None, None)
+    """
+    if total < 10 or 2 * len(dead) <= total:
+        return None
+    counts: dict[str, int] = {}
+    for d in dead:
+        counts[d.reason] = counts.get(d.reason, 0) + 1
+    reason, n = max(counts.items(), key=lambda kv: kv[1])
+    return (reason, n) if 2 * n > total else None
 
 
 class _Invalid(ValueError):
@@ -195,7 +246,9 @@ def _validate(
             raise _Invalid("missing_field", "ts")
         ts_ms = parse_timestamp(ts)
     if ts_ms < limits.min_ts_ms or ts_ms > now_ms + limits.max_future_skew_ms:
-        raise _Invalid("timestamp_out_of_range", f"ts {ts_ms} is before 2000 or in the future")
+        raise _Invalid(
+            "timestamp_out_of_range", f"ts {ts_ms} is outside {limits.time_range(now_ms)}"
+        )
     if key is not None and key != user_id.encode():
         # Co-partitioning of the input topics rests on key == user_id.
         raise _Invalid("key_mismatch", "the Kafka key differs from user_id")

@@ -76,7 +76,7 @@ class Settings:
     # Input validation
     max_event_bytes: int = 65536
     max_future_skew_s: float = 3600.0
-    min_event_year: int = 2000
+    min_event_year: int = 1970
     dedupe_window: int = 32
     # Model
     n_clusters: int = 0

@@ -20,7 +20,7 @@ from stream.events import (
 )
 
 NOW = 1_700_000_000_000  # 2023-11-14T22:13:20Z
-MIN_TS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MIN_TS = 0  # 1970-01-01T00:00:00Z: no floor by default
 SKEW = 3_600_000
 TOPIC, PARTITION, OFFSET = "shop.clicks", 3, 41
 MISSING = object()
@@ -117,10 +117,8 @@ BAD: list[tuple[str, bytes | None, bytes | None, str, str]] = [
     ("ts boolean", doc(ts=True), b"u1", "bad_timestamp", "boolean"),
     ("ts null", doc(ts=None), b"u1", "bad_timestamp", "NoneType"),
     ("ts list", doc(ts=[NOW]), b"u1", "bad_timestamp", "list"),
-    ("ts just before 2000", doc(ts=MIN_TS - 1), b"u1", "timestamp_out_of_range", ""),
-    ("ts ISO 1999", doc(ts="1999-12-31T23:59:59.999Z"), b"u1", "timestamp_out_of_range", ""),
-    ("ts epoch seconds", doc(ts=NOW // 1000), b"u1", "timestamp_out_of_range", ""),
-    ("ts negative", doc(ts=-1), b"u1", "timestamp_out_of_range", ""),
+    ("ts before 1970", doc(ts=MIN_TS - 1), b"u1", "timestamp_out_of_range", "from 1970"),
+    ("ts ISO 1969", doc(ts="1969-12-31T23:59:59.999Z"), b"u1", "timestamp_out_of_range", ""),
     ("ts just past skew", doc(ts=NOW + SKEW + 1), b"u1", "timestamp_out_of_range", ""),
     ("ts far future", doc(ts="2100-01-01T00:00:00Z"), b"u1", "timestamp_out_of_range", ""),
     ("ts epoch micros", doc(ts=NOW * 1000), b"u1", "timestamp_out_of_range", ""),
@@ -200,6 +198,18 @@ def test_timestamp_bounds_are_inclusive() -> None:
     late = run(doc(ts=NOW + SKEW))
     assert isinstance(early, Event) and early.ts_ms == MIN_TS
     assert isinstance(late, Event) and late.ts_ms == NOW + SKEW
+
+
+def test_history_from_the_nineties_is_accepted_by_default() -> None:
+    old = run(doc(ts="1997-01-01T00:00:00Z"))
+    assert isinstance(old, Event) and old.ts_ms == 852_076_800_000
+
+
+def test_a_raised_floor_is_named_in_the_dead_letter() -> None:
+    limits = Limits(min_ts_ms=946_684_800_000)  # SEGMENTER_MIN_EVENT_YEAR=2000
+    dl = run(doc(ts="1999-12-31T23:59:59.999Z"), limits=limits)
+    assert isinstance(dl, DeadLetter) and dl.reason == "timestamp_out_of_range"
+    assert "from 2000-01-01T00:00:00Z to 2023-11-14T23:13:20Z" in dl.detail
 
 
 def test_limits_are_configurable() -> None:

@@ -27,7 +27,7 @@ DEFAULTS = {
     "batch_timeout_s": 0.02,
     "max_event_bytes": 65536,
     "max_future_skew_s": 3600.0,
-    "min_event_year": 2000,
+    "min_event_year": 1970,
     "dedupe_window": 32,
     "n_clusters": 0,
     "k_min": 3,
