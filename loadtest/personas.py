@@ -121,6 +121,12 @@ class Persona:
         Probability that one step of a session leaves the preferred categories.
     max_purchases
         Cap on purchases per user in one simulated span; ``None`` for no cap.
+    comeback
+        Range from which each user's return to full ``activity`` after the lapse is drawn,
+        at or after ``departure``; ``(1, 1)`` means a lapsed user never comes back.
+    residual_buys
+        Whether the sessions of a lapsed user (the ``residual`` ones) may end in a
+        purchase.
     """
 
     name: str
@@ -141,6 +147,8 @@ class Persona:
     n_categories: int
     p_explore: float
     max_purchases: int | None = None
+    comeback: tuple[float, float] = (1.0, 1.0)
+    residual_buys: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -156,6 +164,12 @@ class Persona:
             raise ValueError(
                 f"arrival and departure must satisfy 0 <= arrival <= departure <= 1, "
                 f"got {self.arrival} and {self.departure}"
+            )
+        c_lo, c_hi = self.comeback
+        if not d_hi <= c_lo <= c_hi <= 1.0:
+            raise ValueError(
+                f"comeback must satisfy departure <= comeback <= 1, got {self.comeback} "
+                f"after departure {self.departure}"
             )
         if not 0 <= self.searches[0] <= self.searches[1]:
             raise ValueError(f"searches must be an ordered range, got {self.searches}")
@@ -279,6 +293,54 @@ PERSONAS: dict[str, Persona] = {
             order_total=(60.0, 0.5),
             n_categories=3,
             p_explore=0.1,
+        ),
+        # The personas below have no share by default, so that the default mix (and every
+        # seed's events) stays as it was; scenarios that want them name them in ``shares``.
+        #
+        # Bought a few times in the first weeks, then went dormant: no purchase after the
+        # lapse, and only a rare visit. Unlike the lapsing customer, never a regular.
+        Persona(
+            name="dormant_customer",
+            share=0.0,
+            activity=2.0,
+            arrival=(0.0, 0.0),
+            departure=(0.05, 0.2),
+            residual=0.005,
+            searches=(0, 2),
+            views=(2, 6),
+            p_click=0.4,
+            p_add=0.55,
+            p_remove=0.15,
+            p_checkout=0.8,
+            p_reorder=0.15,
+            price=(10.0, 150.0),
+            order_total=(50.0, 0.5),
+            n_categories=3,
+            p_explore=0.1,
+            max_purchases=4,
+            residual_buys=False,
+        ),
+        # Shopped early in the span, vanished for a long middle stretch, and came back near
+        # its end: a win-back that worked, or a seasonal shopper.
+        Persona(
+            name="reactivated_customer",
+            share=0.0,
+            activity=1.0,
+            arrival=(0.0, 0.0),
+            departure=(0.15, 0.3),
+            residual=0.0,
+            searches=(0, 3),
+            views=(2, 8),
+            p_click=0.45,
+            p_add=0.45,
+            p_remove=0.2,
+            p_checkout=0.7,
+            p_reorder=0.1,
+            price=(10.0, 250.0),
+            order_total=(70.0, 0.5),
+            n_categories=4,
+            p_explore=0.15,
+            comeback=(0.8, 0.9),
         ),
     )
 }
@@ -410,11 +472,17 @@ class _Group:
 
 
 def _apportion(n: int, shares: Mapping[str, float]) -> dict[str, int]:
-    """Split ``n`` by ``shares`` with the largest-remainder method (exact total)."""
+    """Split ``n`` by ``shares`` with the largest-remainder method (exact total).
+
+    A zero share gets no one, not even a leftover user.
+    """
     total = sum(shares.values())
     quotas = {name: n * s / total for name, s in shares.items()}
     counts = {name: int(q) for name, q in quotas.items()}
-    by_remainder = sorted(quotas, key=lambda name: (counts[name] - quotas[name], name))
+    by_remainder = sorted(
+        (name for name in quotas if shares[name] > 0),
+        key=lambda name: (counts[name] - quotas[name], name),
+    )
     for name in by_remainder[: n - sum(counts.values())]:
         counts[name] += 1
     return counts
@@ -503,11 +571,16 @@ class ShopperSimulator:
         self._favourites: dict[str, list[str]] = {}
         self._arrival: dict[str, float] = {}
         self._departure: dict[str, float] = {}
+        # Only users of a persona that comes back have an entry (and a draw), so the draws
+        # of the other personas are the same as before returns existed.
+        self._comeback: dict[str, float] = {}
         for user, name in self._truth.items():
             p = PERSONAS[name]
             self._favourites[user] = self._draw_favourites(p, rng)
             self._arrival[user] = rng.uniform(*p.arrival) if p.arrival[1] > 0 else 0.0
             self._departure[user] = rng.uniform(*p.departure) if p.departure[0] < 1 else 1.0
+            if p.comeback[0] < 1:
+                self._comeback[user] = rng.uniform(*p.comeback)
         self.shift = shift
         self._set_up_shift(shift)
         # Events per session of each persona, to turn session rates into traffic; drawn
@@ -587,6 +660,7 @@ class ShopperSimulator:
         self._new_favourites: dict[str, list[str]] = {}
         self._lapsed_at_shift: set[str] = set()
         self._new_departure: dict[str, float] = {}
+        self._new_comeback: dict[str, float] = {}
         if shift is None:
             return
         candidates = sorted(u for u, name in self._truth.items() if name == shift.from_persona)
@@ -612,10 +686,15 @@ class ShopperSimulator:
                 target, rng, keep=self._favourites[user]
             )
             departure = rng.uniform(*target.departure) if target.departure[0] < 1 else 1.0
-            if departure <= self._shift_frac:
-                self._lapsed_at_shift.add(user)
-            else:
+            comeback = rng.uniform(*target.comeback) if target.comeback[0] < 1 else 1.0
+            if departure > self._shift_frac:
                 self._new_departure[user] = departure
+            elif comeback <= self._shift_frac:
+                continue  # lapsed and back again before the shift: active from it
+            else:
+                self._lapsed_at_shift.add(user)
+            if comeback < 1.0:
+                self._new_comeback[user] = comeback
 
     def ground_truth(self) -> dict[str, str]:
         """Return user id -> persona name at the end of the span, for every user.
@@ -755,10 +834,11 @@ class ShopperSimulator:
     # -- traffic ------------------------------------------------------------------------
 
     def _transitions(self) -> list[tuple[float, int, str]]:
-        """(span fraction, 0 = arrives / 1 = lapses / 2 = shifts, user), in time order.
+        """(span fraction, 0 = arrives / 1 = lapses / 2 = shifts / 3 = comes back, user),
+        in time order.
 
-        A shifted user's own arrival and lapse count only up to the shift; after it,
-        the lapse drawn for the persona shifted to.
+        A shifted user's own arrival, lapse and return count only up to the shift; after
+        it, the lapse and return drawn for the persona shifted to.
         """
         out = []
         cut = self._shift_frac
@@ -770,10 +850,15 @@ class ShopperSimulator:
                 out.append((arrival, 0, user))
             if self._departure[user] < 1.0 and not (shifted and self._departure[user] > cut):
                 out.append((self._departure[user], 1, user))
+            comeback = self._comeback.get(user, 1.0)
+            if comeback < 1.0 and not (shifted and comeback > cut):
+                out.append((comeback, 3, user))
             if shifted:
                 out.append((cut, 2, user))
                 if user in self._new_departure and self._new_departure[user] < 1.0:
                     out.append((self._new_departure[user], 1, user))
+                if user in self._new_comeback:
+                    out.append((self._new_comeback[user], 3, user))
         out.sort()
         return out
 
@@ -840,6 +925,9 @@ class ShopperSimulator:
         elif kind == 1:
             active.remove(user)
             lapsed.add(user)
+        elif kind == 3:
+            lapsed.remove(user)
+            active.add(user)
         else:
             for g in (active, lapsed):
                 if user in g.index:
@@ -958,6 +1046,7 @@ class ShopperSimulator:
                         self._apply(groups, personas, transitions[t])
                         t += 1
                         refresh()
+                    lapsed_now = True
                     if total_weight <= 0.0:
                         # Everyone has lapsed for good: the last to go shops once more.
                         user = transitions[t - 1][2]
@@ -970,11 +1059,14 @@ class ShopperSimulator:
                                 chosen = g
                                 break
                         user = chosen.users[int(rand() * len(chosen.users))]
+                        lapsed_now = chosen is groups[personas[user]][1]
                     if user in busy:
                         continue  # one session per user at a time
                     name = personas[user]
                     cap = caps.get(name)
-                    may_buy = cap is None or bought.get(user, 0) < cap
+                    may_buy = (cap is None or bought.get(user, 0) < cap) and (
+                        PERSONAS[name].residual_buys or not lapsed_now
+                    )
                     favourites = (
                         self._favourites[user]
                         if name == start_personas[user]

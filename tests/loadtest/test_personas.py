@@ -15,9 +15,11 @@ import pytest
 
 from loadtest.personas import (
     CATEGORIES,
+    DEFAULT_SHARES,
     MALFORMED_KINDS,
     MAX_EVENT_BYTES,
     PERSONAS,
+    PersonaShift,
     ShopperSimulator,
     malformed_event,
 )
@@ -149,7 +151,7 @@ def test_sessions_are_coherent(run: tuple[dict[str, str], Events]) -> None:
 
 def test_shares_are_respected() -> None:
     assert Counter(ShopperSimulator(1000, 1, START, END).ground_truth().values()) == {
-        name: 200 for name in PERSONAS
+        name: 200 for name, share in DEFAULT_SHARES.items() if share > 0
     }
     sim = ShopperSimulator(
         1001, 1, START, END, shares={"window_shopper": 3.0, "loyal_high_spender": 1.0}
@@ -356,3 +358,127 @@ def test_small_populations_and_short_spans_work() -> None:
     assert len(events) == 300
     assert {e["user_id"] for e in events} == {"u000001"}
     assert all(START <= int(e["ts"]) <= START + 1000 for e in events)  # type: ignore[call-overload]
+
+
+# -- personas outside the default mix ------------------------------------------------------
+
+QUARTER_START = END - 90 * DAY
+LIFECYCLE = {
+    "loyal_high_spender": 1.0,
+    "dormant_customer": 1.0,
+    "reactivated_customer": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def lifecycle() -> tuple[dict[str, str], Events]:
+    sim = ShopperSimulator(600, 5, QUARTER_START, END, shares=LIFECYCLE)
+    return sim.ground_truth(), list(sim.events(80_000))
+
+
+def _span_share(ts: int) -> float:
+    return (ts - QUARTER_START) / (END - QUARTER_START)
+
+
+def test_the_default_mix_leaves_the_lifecycle_personas_out() -> None:
+    assert DEFAULT_SHARES["dormant_customer"] == DEFAULT_SHARES["reactivated_customer"] == 0.0
+    assert sum(share > 0 for share in DEFAULT_SHARES.values()) == 5
+    truth = ShopperSimulator(997, 2, START, END).ground_truth()
+    assert not {"dormant_customer", "reactivated_customer"} & set(truth.values())
+    # A zero share gets no leftover user either, whatever the rounding.
+    for n in (1, 2, 3, 7, 11):
+        sim = ShopperSimulator(n, 1, START, END, shares={**DEFAULT_SHARES, "new_user": 0.3})
+        assert "dormant_customer" not in sim.ground_truth().values()
+
+
+def test_dormant_customers_buy_a_few_times_early_then_go_silent(
+    lifecycle: tuple[dict[str, str], Events],
+) -> None:
+    truth, events = lifecycle
+    dormant = [e for e in events if truth[str(e["user_id"])] == "dormant_customer"]
+    purchases = Counter(e["user_id"] for e in dormant if e["type"] == "purchase")
+    assert len(purchases) > 100
+    assert max(purchases.values()) <= PERSONAS["dormant_customer"].max_purchases  # type: ignore[operator]
+    late = [e for e in dormant if _span_share(int(e["ts"])) > 0.25]  # type: ignore[call-overload]
+    # After the lapse: no purchase at all, and hardly a visit.
+    assert not [e for e in late if e["type"] == "purchase"]
+    assert len(late) < 0.03 * len(dormant)
+
+
+def test_reactivated_customers_vanish_in_the_middle_and_come_back(
+    lifecycle: tuple[dict[str, str], Events],
+) -> None:
+    truth, events = lifecycle
+    users = {u for u, p in truth.items() if p == "reactivated_customer"}
+    by_third: dict[str, Counter[str]] = defaultdict(Counter)
+    for e in events:
+        if e["user_id"] in users:
+            share = _span_share(int(e["ts"]))  # type: ignore[call-overload]
+            part = "early" if share < 0.15 else "late" if share > 0.9 else "middle"
+            by_third[part][str(e["user_id"])] += 1
+    # The middle runs from 0.3 (the latest lapse) to 0.8 (the earliest return).
+    middle = [
+        e
+        for e in events
+        if e["user_id"] in users and 0.3 < _span_share(int(e["ts"])) < 0.8  # type: ignore[call-overload]
+    ]
+    assert middle == []
+    both = set(by_third["early"]) & set(by_third["late"])
+    assert len(both) > 0.8 * len(users)
+    late_buys = {
+        e["user_id"]
+        for e in events
+        if e["user_id"] in users and e["type"] == "purchase" and _span_share(int(e["ts"])) > 0.8  # type: ignore[call-overload]
+    }
+    assert len(late_buys) > 0.3 * len(users)
+
+
+def test_loyal_customers_in_the_lifecycle_mix_shop_throughout(
+    lifecycle: tuple[dict[str, str], Events],
+) -> None:
+    truth, events = lifecycle
+    loyal = [e for e in events if truth[str(e["user_id"])] == "loyal_high_spender"]
+    middle = [e for e in loyal if 0.4 < _span_share(int(e["ts"])) < 0.7]  # type: ignore[call-overload]
+    assert len(middle) > 0.2 * len(loyal)
+
+
+def test_a_shift_into_the_reactivated_persona_follows_its_lapse_and_return() -> None:
+    shift = PersonaShift(
+        at=0.5, share=1.0, from_persona="window_shopper", to_persona="reactivated_customer"
+    )
+    sim = ShopperSimulator(
+        200,
+        3,
+        QUARTER_START,
+        END,
+        shares={"window_shopper": 1.0, "loyal_high_spender": 1.0},
+        shift=shift,
+    )
+    events = list(sim.events(20_000))
+    shifted = set(sim.shifted_users())
+    assert shifted and all(sim.ground_truth()[u] == "reactivated_customer" for u in shifted)
+    # Their lapse (0.15 to 0.3) is before the shift, so they are silent from it until they
+    # come back (0.8 to 0.9).
+    gap = [
+        e
+        for e in events
+        if e["user_id"] in shifted and 0.52 < _span_share(int(e["ts"])) < 0.8  # type: ignore[call-overload]
+    ]
+    assert gap == []
+    assert any(
+        e["user_id"] in shifted and _span_share(int(e["ts"])) > 0.9  # type: ignore[call-overload]
+        for e in events
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [
+        ({"comeback": (0.1, 0.5)}, "comeback"),
+        ({"comeback": (0.9, 0.8)}, "comeback"),
+        ({"comeback": (0.9, 1.2)}, "comeback"),
+    ],
+)
+def test_bad_comebacks_name_themselves(change: dict[str, object], name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        dataclasses.replace(PERSONAS["lapsing_customer"], **change)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from stream import selection
 from stream.selection import KChoice, choose_k, kmeans_plus_plus, lloyd, silhouette
@@ -328,3 +328,199 @@ def test_choose_k_validation_names_the_argument(
     args: dict[str, Any] = {"k_min": 2, "k_max": 4} | kwargs
     with pytest.raises(ValueError, match=f"^{name} "):
         choose_k(points, args.pop("k_min"), args.pop("k_max"), np.random.default_rng(0), **args)
+
+
+# -- prediction strength ------------------------------------------------------------------
+
+
+def zero_inflated(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Four groups shaped like the user features: a spike at zero on the money axes for
+    the two groups that do not buy, heavy right tails for the two that do, and overlap."""
+    truth = np.repeat(np.arange(4), n)
+    x = np.zeros((4 * n, 4))
+    # Activity (log events): browsers are busy, buyers less so.
+    x[:, 0] = np.log1p(rng.gamma(np.where(truth < 2, 30.0, 8.0), 2.0))
+    buys = truth >= 2
+    # Purchases and spend: zero for non-buyers, log-normal for buyers; the big spenders
+    # spend ten times more per order.
+    x[buys, 1] = np.log1p(rng.poisson(4.0, buys.sum()) + 1)
+    x[buys, 2] = rng.normal(np.where(truth[buys] == 3, 6.0, 3.5), 0.6)
+    # Recency: the two non-buying groups differ in how long ago they were last seen.
+    x[:, 3] = np.where(truth == 0, rng.normal(0.5, 0.3, 4 * n), rng.normal(2.5, 0.4, 4 * n))
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    order = rng.permutation(4 * n)
+    return x[order], truth[order]
+
+
+def test_prediction_strength_is_one_for_separated_blobs_and_lower_past_them() -> None:
+    points, _ = blobs(np.random.default_rng(0), corners(3), 60, 1.0)
+    rng = np.random.default_rng(1)
+    assert selection.prediction_strength(points, 1, rng) == 1.0
+    assert selection.prediction_strength(points, 3, rng) == 1.0
+    assert selection.prediction_strength(points, 4, rng) < 0.8
+    assert selection.prediction_strength(points, 6, rng) < 0.8
+
+
+def test_prediction_strength_is_deterministic_for_a_seed() -> None:
+    points = np.random.default_rng(3).normal(size=(200, 3))
+    a = selection.prediction_strength(points, 3, np.random.default_rng(5), n_splits=3)
+    b = selection.prediction_strength(points, 3, np.random.default_rng(5), n_splits=3)
+    assert a == b
+    assert 0.0 <= a <= 1.0
+
+
+def test_pair_share_counts_the_pairs_kept_together() -> None:
+    # Test cluster 0: four points, predicted 0, 0, 0, 1: 6 of its 12 ordered pairs kept.
+    # Test cluster 1: two points predicted together, all kept. Cluster 2: a singleton.
+    test = np.array([0, 0, 0, 0, 1, 1, 2])
+    predicted = np.array([0, 0, 0, 1, 2, 2, 1])
+    assert selection._pair_share(test, predicted, 3) == 0.5
+
+
+@pytest.mark.parametrize("true_k", [2, 3, 4, 5, 6])
+def test_choose_k_by_prediction_strength_finds_the_separated_blobs(true_k: int) -> None:
+    truth = corners(true_k)
+    points, labels = blobs(np.random.default_rng(true_k), truth, 40, 1.0)
+    choice = choose_k(
+        points, 2, 7, np.random.default_rng(100 + true_k), criterion="prediction_strength"
+    )
+    assert choice.k == true_k
+    assert sorted(choice.scores) == [2, 3, 4, 5, 6, 7]
+    assert same_partition(np.argmin(selection._sq_distances(points, choice.centres), 1), labels)
+    assert choice.reason.startswith(
+        f"k={true_k} is the largest k whose prediction strength ({choice.scores[true_k]:.3f}) "
+        f"reaches 0.70 on {40 * true_k} users: segments found on one half of the users, "
+        "applied to the other half, keep that share of each segment's pairs of users together"
+    )
+    assert all(s < 0.7 for k, s in choice.scores.items() if k > true_k)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_choose_k_by_prediction_strength_on_zero_inflated_groups(seed: int) -> None:
+    points, truth = zero_inflated(np.random.default_rng(seed), 150)
+    choice = choose_k(points, 2, 7, np.random.default_rng(seed), criterion="prediction_strength")
+    assert choice.k == 4
+    labels = np.argmin(selection._sq_distances(points, choice.centres), axis=1)
+    assert adjusted_rand_score(truth, labels) > 0.9
+    # The shape silhouette is known to misjudge: it merges two of the groups.
+    assert choose_k(points, 2, 7, np.random.default_rng(seed)).k < 4
+
+
+def test_choose_k_by_silhouette_is_the_default() -> None:
+    points, _ = zero_inflated(np.random.default_rng(4), 60)
+    a = choose_k(points, 2, 5, np.random.default_rng(2))
+    b = choose_k(points, 2, 5, np.random.default_rng(2), criterion="silhouette")
+    assert (a.k, a.scores, a.reason) == (b.k, b.scores, b.reason)
+    np.testing.assert_array_equal(a.centres, b.centres)
+    assert "silhouette" in a.reason
+
+
+def test_choose_k_by_prediction_strength_is_deterministic_for_a_seed() -> None:
+    points = np.random.default_rng(0).normal(size=(300, 4))
+    kwargs: dict[str, Any] = {"criterion": "prediction_strength", "n_splits": 3}
+    a = choose_k(points, 2, 4, np.random.default_rng(9), **kwargs)
+    b = choose_k(points, 2, 4, np.random.default_rng(9), **kwargs)
+    assert (a.k, a.scores, a.reason) == (b.k, b.scores, b.reason)
+    np.testing.assert_array_equal(a.centres, b.centres)
+
+
+def test_choose_k_by_prediction_strength_takes_the_largest_strong_k(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    strengths = {2: 0.95, 3: 0.6, 4: 0.75, 5: 0.5}
+    monkeypatch.setattr(selection, "prediction_strength", lambda p, k, rng, **kw: strengths[k])
+    points, _ = blobs(np.random.default_rng(6), corners(4), 20, 1.0)
+    choice = choose_k(points, 2, 5, np.random.default_rng(0), criterion="prediction_strength")
+    # A weak k below a strong one does not stop the search: k=4 is kept over k=2.
+    assert choice.k == 4
+    assert choice.scores == strengths
+    assert choice.centres.shape == (4, 3)
+    assert choice.reason.endswith("random halvings); k=2 0.950, k=3 0.600, k=5 0.500")
+    high = choose_k(
+        points, 2, 5, np.random.default_rng(0), criterion="prediction_strength", min_strength=0.9
+    )
+    assert high.k == 2
+
+
+def test_choose_k_by_prediction_strength_when_no_k_is_strong_enough(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    strengths = {2: 0.4, 3: 0.55, 4: 0.55}
+    monkeypatch.setattr(selection, "prediction_strength", lambda p, k, rng, **kw: strengths[k])
+    points, _ = blobs(np.random.default_rng(6), corners(4), 20, 1.0)
+    choice = choose_k(points, 2, 4, np.random.default_rng(0), criterion="prediction_strength")
+    assert choice.k == 3  # the highest; the tie goes to the smaller k
+    assert choice.reason.startswith(
+        "k=3 has the highest prediction strength (0.550) on 80 users, as no k reaches 0.70: "
+    )
+
+
+def test_choose_k_by_prediction_strength_with_a_fixed_k_and_few_distinct_rows() -> None:
+    rng = np.random.default_rng(5)
+    points = np.repeat(corners(3), 10, axis=0)[rng.permutation(30)]
+    choice = choose_k(points, 2, 5, np.random.default_rng(0), criterion="prediction_strength")
+    assert choice.k == 3
+    assert sorted(choice.scores) == [2, 3]
+    assert choice.reason.endswith("k=4, k=5 skipped, as the points have only 3 distinct rows")
+    fixed = choose_k(points, 2, 2, np.random.default_rng(0), criterion="prediction_strength")
+    assert fixed.k == 2
+    assert fixed.reason.startswith(
+        f"k=2 is fixed (k_min = k_max); its prediction strength is {fixed.scores[2]:.3f} "
+        "on 30 users"
+    )
+
+
+def test_choose_k_by_prediction_strength_when_halves_are_too_small() -> None:
+    points = np.arange(26.0).reshape(13, 2)
+    choice = choose_k(
+        points, 2, 4, np.random.default_rng(0), sample_size=8, criterion="prediction_strength"
+    )
+    assert sorted(choice.scores) == [2, 3]
+    assert choice.reason.endswith(
+        "k=4 could not be scored, as half the points are fewer than twice k"
+    )
+
+
+def test_choosing_k_by_prediction_strength_is_fast() -> None:
+    import time
+
+    points, _ = zero_inflated(np.random.default_rng(0), 750)  # 3,000 users
+    t0 = time.process_time()
+    choose_k(points, 2, 8, np.random.default_rng(0), criterion="prediction_strength")
+    # A few seconds on one core; generous for a slow test machine.
+    assert time.process_time() - t0 < 20.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"criterion": "elbow"}, "criterion"),
+        ({"criterion": "prediction_strength", "min_strength": 0.0}, "min_strength"),
+        ({"criterion": "prediction_strength", "min_strength": 1.5}, "min_strength"),
+        ({"criterion": "prediction_strength", "n_splits": 0}, "n_splits"),
+        ({"criterion": "prediction_strength", "n_init": 0}, "n_init"),
+    ],
+)
+def test_choose_k_validation_of_the_criterion_names_the_argument(
+    kwargs: dict[str, Any], name: str
+) -> None:
+    points = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(ValueError, match=f"^{name} "):
+        choose_k(points, 2, 4, np.random.default_rng(0), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("points", "k", "kwargs", "name"),
+    [
+        (np.zeros(10), 2, {}, "points"),
+        (np.random.default_rng(0).normal(size=(10, 2)), 0, {}, "k"),
+        (np.random.default_rng(0).normal(size=(15, 2)), 4, {}, "points"),
+        (np.random.default_rng(0).normal(size=(10, 2)), 2, {"n_splits": 0}, "n_splits"),
+        (np.random.default_rng(0).normal(size=(10, 2)), 2, {"n_init": 0}, "n_init"),
+    ],
+)
+def test_prediction_strength_validation_names_the_argument(
+    points: np.ndarray, k: int, kwargs: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{name} "):
+        selection.prediction_strength(points, k, np.random.default_rng(0), **kwargs)
