@@ -30,6 +30,7 @@ import calendar
 import contextlib
 import logging
 import math
+import random
 import socket
 import time
 from collections import defaultdict
@@ -53,7 +54,7 @@ from consumers import topics
 from consumers.http import Health, serve
 from consumers.metrics import Metrics
 from state.redis_store import RedisStore
-from stream.batch import BatchResult, SegmentNames, process_batch
+from stream.batch import BatchResult, Clock, SegmentNames, partition_of, process_batch
 from stream.checkpoint import merge, refit_due, retired_ids
 from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
 from stream.events import ADVICE, DeadLetter, Event, Limits, decode, dominant_reason
@@ -63,11 +64,13 @@ from stream.privacy import user_id_mapper
 from stream.reassessment import ASSIGN_POS, QueueEntry
 from stream.selection import silhouette
 from stream.settings import Settings
+from stream.timers import TIMER_POS
+from stream.watermark import Watermark
 
 log = logging.getLogger("segmenter")
 
 _E2E_SAMPLES = 100
-#: Reservoir vectors the live silhouette gauge is computed on (it is quadratic).
+#: Sampled users the live silhouette gauge is computed on (it is quadratic).
 _QUALITY_SAMPLE = 1000
 #: At shutdown, how long queued users may take to get their segment.
 _DRAIN_S = 20.0
@@ -82,6 +85,7 @@ class RunStats:
     dead_letters: int = 0
     changes: int = 0
     moves: int = 0  # changes of users who already had a segment
+    swept: int = 0  # users re-decided because their timer came due
     users_updated: int = 0
     batches: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -151,6 +155,17 @@ class Segmenter:
         self._stored_id = user_id_mapper(settings.user_id_key)
         self.model = SegmentModel(settings.model_params())
         self.names = SegmentNames()
+        #: The group's event-time clock: every feature is taken as of it.
+        self.watermark = Watermark(
+            int(settings.watermark_lateness_s * 1000), int(settings.watermark_idle_s * 1000)
+        )
+        self._last_watermark_sync = 0.0
+        self._sample_rng = random.Random(settings.seed)
+        self._sample_size = 0
+        self._last_refit_wall = 0.0
+        #: Whether every user of this process's partitions is to be re-decided (the
+        #: segments changed).
+        self._resweep = False
         self.stats = RunStats()
         self._delivery_errors: list[str] = []
         self._consumer: Consumer | None = None
@@ -301,6 +316,7 @@ class Segmenter:
         dead: list[DeadLetter] = []
         first: dict[tuple[str, int], int] = {}
         last: dict[tuple[str, int], int] = {}
+        high: dict[tuple[str, int], int] = {}  # highest event time per input partition
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -315,8 +331,13 @@ class Segmenter:
                 dead.append(r)
             else:
                 by_user[r.user_id].append(r)
+                if r.ts_ms > high.get((topic, part), -1):
+                    high[(topic, part)] = r.ts_ms
         if not last:
             return BatchResult()
+        for (topic, part), ts in high.items():
+            self.watermark.observe(f"{topic}:{part}", ts, now_ms)
+        self.watermark.advance(now_ms)
         self._say_dead_letters(dead, len(msgs))
         if self._stored_id is not None:
             # Once per user of the batch (after decode checked the key against the raw
@@ -357,8 +378,10 @@ class Segmenter:
         last: dict[tuple[str, int], int],
         now_ms: int,
         reassess: dict[str, QueueEntry] | None = None,
+        sweep: dict[str, int] | None = None,
     ) -> BatchResult:
-        """One batch in one transaction: read, decide, publish, write, commit offsets."""
+        """One batch in one transaction: read, decide, publish, write, commit offsets; then
+        what the commit settles (queue entries, timers, the user sample)."""
         assert self._producer is not None and self._consumer is not None
         if self._renew_producer:
             self._renew_producer = False
@@ -367,17 +390,22 @@ class Segmenter:
         txn = self.settings.transactional
         if txn:
             self._producer.begin_transaction()
-        states = self.store.load_states([*by_user, *(reassess or {})])
-        # Users with events whose stored change is an assignment: if they are still queued
-        # with the token it was made for, its commit is in doubt (stream.reassessment).
-        assigned = [
-            u
-            for u in by_user
-            if (st := states.get(u)) is not None
-            and st.last_change is not None
-            and st.last_change.pos == ASSIGN_POS
-        ]
+        states = self.store.load_states([*by_user, *(reassess or {}), *(sweep or {})])
+        # Users with events whose stored change was made without an event: if the queue
+        # entry or the timer it was made for still stands, its commit is in doubt
+        # (stream.reassessment, stream.timers).
+        assigned, timed = [], {}
+        for u in by_user:
+            st = states.get(u)
+            if st is None or st.last_change is None:
+                continue
+            if st.last_change.pos == ASSIGN_POS:
+                assigned.append(u)
+            elif st.last_change.pos == TIMER_POS:
+                timed[u] = partition_of(st)
         entries = {**self.store.queue_entries(assigned), **(reassess or {})}
+        timers = {**self.store.timer_due(timed), **(sweep or {})}
+        clock = Clock(self.watermark.value, self.settings.rfm_horizon)
         result = process_batch(
             by_user,
             states,
@@ -389,6 +417,9 @@ class Segmenter:
             reassess=list(reassess or {}),
             queued=entries,
             committed=self._committed,
+            clock=clock,
+            sweep=list(sweep or {}),
+            timers=timers,
         )
         self._publish(dead, result)
         if self.model.unassigned:
@@ -397,7 +428,9 @@ class Segmenter:
             self.model.unassigned = []
         if not txn:
             self._flush()
-        written = self.store.write_updates(result.updates, self.model.version, now_ms)
+        written = self.store.write_updates(
+            result.updates, self.model.version, now_ms, clock.watermark_ms
+        )
         if written.fenced:
             self.metrics.fenced_writes.inc(written.fenced)
             log.warning("%d user writes fenced off: newer state exists", written.fenced)
@@ -415,10 +448,16 @@ class Segmenter:
         for tp in offsets:
             self._committed[f"{tp.topic}:{tp.partition}"] = tp.offset
         # Committed: queue entries whose users were decided leave the queue, and those whose
-        # in-doubt assignment went out again get a fresh token. (A crash right here leaves
-        # them as they were: the assignment would be published once more.)
-        settle = {u: v for u, v in result.settle.items() if u not in written.fenced_users}
-        self.store.settle(settle)
+        # in-doubt assignment went out again get a fresh token; timers move on to each
+        # user's next due time. (A crash right here leaves them as they were: a change made
+        # without an event would be published once more.)
+        fenced = written.fenced_users
+        self.store.settle({u: v for u, v in result.settle.items() if u not in fenced})
+        self.store.set_timers({u: v for u, v in result.timers.items() if u not in fenced})
+        new_users = [u for u in by_user if states.get(u) is None and u not in fenced]
+        self._sample_size = self.store.sample_users(
+            new_users, self.settings.reservoir_size, self._sample_rng
+        )
         self.metrics.republished_changes.inc(result.republished)
         return result
 
@@ -541,8 +580,8 @@ class Segmenter:
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        # Until the warm start, sync after every batch: the sooner the shared reservoir
-        # is full, the sooner users get segments.
+        # Until the warm start, sync after every batch: the sooner the user sample is
+        # full, the sooner users get segments.
         # After it, sync every model_sync_interval_s, or sooner when this process has learned
         # from model_sync_updates users (a backlog moves through days of event time fast).
         s = self.settings
@@ -553,9 +592,15 @@ class Segmenter:
             or now - self._last_sync >= s.model_sync_interval_s
         ):
             self.sync_model()
+        if now - self._last_watermark_sync >= s.watermark_sync_interval_s:
+            self.sync_watermark()
         self._queue_retired()
         if self._reassess_pending and self.model.ready:
             self.reassess_users()
+        if self.model.ready:
+            if self._resweep:
+                self._make_all_due()
+            self.sweep_timers()
         if now - self._last_catalogue >= self.settings.catalogue_interval_s:
             self.refresh_catalogue()
             # Queued users whose partitions came to this process in a rebalance.
@@ -578,19 +623,24 @@ class Segmenter:
                 if doc is not None and int(doc["merges"]) != model.merges:
                     self._adopt(doc, [])
                 return
-            stored = self.store.push_reservoir(model.take_samples(), s.reservoir_size)
             delta = model.delta()
             params = model.params
+            wm = self.watermark.value
+            refit_allowed = time.monotonic() - self._last_refit_wall >= s.model_refit_min_interval_s
+            tried = {"refit": False}  # whether the build that was committed tried a refit
 
             def build(
                 current: dict[str, Any] | None,
             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 seeding = (current is None or not current["ready"]) and (
-                    stored >= params.warmup_users
+                    self._sample_size >= params.warmup_users
                 )
-                needed = seeding or refit_due(current, params, delta.updates)
-                reservoir = self.store.reservoir() if needed else None
-                return merge(current, delta, reservoir, params, now_ms)
+                refit = refit_allowed and refit_due(current, params, delta.updates, wm)
+                snapshot = self.store.snapshot(wm, s.rfm_horizon) if seeding or refit else None
+                tried["refit"] = refit
+                if refit:
+                    self._last_refit_wall = time.monotonic()
+                return merge(current, delta, snapshot, params, now_ms, wm)
 
             doc, events = self.store.commit_model(
                 build, int(s.checkpoint_interval_s * 1000), now_ms
@@ -602,13 +652,20 @@ class Segmenter:
             log.warning("model not synced: %s", exc)
             return
         self.metrics.model_syncs.labels("merged").inc()
+        if tried["refit"]:
+            kept = any("refit" in str(e.get("cause", "")) for e in events)
+            self.metrics.refits.labels("kept" if kept else "not_kept").inc()
         self._adopt(doc, events)
 
     def _adopt(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
         before = self.model.centres() if self.model.ready else None
         ids = list(self.model.ids)
-        was_ready, version = self.model.ready, self.model.version
+        was_ready, version, epoch = self.model.ready, self.model.version, self.model.epoch
         self.model.adopt(doc)
+        if was_ready and self.model.ready and self.model.epoch != epoch:
+            # The segments themselves changed (a refit, a re-seed, a rollback): every user
+            # is re-decided by the sweep, not only those who send an event.
+            self._resweep = True
         if before is not None and ids == self.model.ids:
             drift = float(np.sqrt(((self.model.centres() - before) ** 2).sum(axis=1)).max())
             self.metrics.model_sync_drift.set(drift)
@@ -664,6 +721,80 @@ class Segmenter:
         m.model_epoch.set(self.model.epoch)
         m.model_ready.set(1 if self.model.ready else 0)
         m.model_segments.set(self.model.n_clusters)
+
+    def sync_watermark(self) -> None:
+        """Share this process's partition clocks through Redis and take the others'."""
+        self._last_watermark_sync = time.monotonic()
+        try:
+            shared = self.store.share_watermark(self.watermark.take_moved())
+        except RedisError as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("watermark not shared: %s", exc)
+            return
+        self.watermark.merge(shared)
+        wm = self.watermark.advance(int(time.time() * 1000))
+        self.metrics.watermark.set(wm / 1000)
+
+    def _owned_partitions(self) -> set[int]:
+        """Input partition numbers this process owns on every input topic."""
+        assert self._consumer is not None
+        s = self.settings
+        by_topic: dict[str, set[int]] = defaultdict(set)
+        for tp in self._consumer.assignment():
+            by_topic[tp.topic].add(tp.partition)
+        return by_topic[s.clicks_topic] & by_topic[s.purchases_topic]
+
+    def _make_all_due(self) -> None:
+        assert self._consumer is not None
+        wm = self.watermark.value
+        try:
+            n = self.store.make_due(self._owned_partitions(), wm)
+        except RedisError as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("users not yet brought forward for the new segments: %s", exc)
+            return
+        self._resweep = False
+        log.info(
+            "model version %d changed the segments: %d users due for a new look",
+            self.model.version,
+            n,
+        )
+
+    def sweep_timers(self) -> None:
+        """Re-decide users whose event-time timer the watermark passed (at most
+        ``sweep_batch`` a call, so live events are never starved), in a transaction like a
+        batch's; their changes say why (:mod:`stream.timers`)."""
+        assert self._consumer is not None
+        wm = self.watermark.value
+        if not wm:
+            return
+        try:
+            parts = self._owned_partitions()
+            due = self.store.due_users(parts, wm, self.settings.sweep_batch)
+            if not due:
+                self.metrics.timers_due.set(0)
+                return
+            states = self.store.load_states(list(due))
+            owned = {f"{tp.topic}:{tp.partition}" for tp in self._consumer.assignment()}
+            inputs = {u: set(st.offsets) for u, st in states.items() if st is not None}
+            mine = {u: d for u, d in due.items() if inputs.get(u) and inputs[u] <= owned}
+            if not mine:
+                return
+            positions = self._positions(set().union(*(inputs[u] for u in mine)))
+            result = self._apply({}, [], positions, int(time.time() * 1000), sweep=mine)
+            self.metrics.timers_due.set(self.store.timers_due_count(parts, wm))
+        except (SegmenterError, KafkaException) as exc:
+            self._recover(exc, {})
+            return
+        changes, moves = result.changes, result.moves
+        self.metrics.swept_users.inc(len(mine))
+        self.metrics.segment_changes.inc(changes)
+        self.metrics.segment_moves.inc(moves)
+        self.stats.changes += changes
+        self.stats.moves += moves
+        self.stats.swept += len(mine)
+        if changes:
+            log.info("swept %d users due by the watermark: %d segment changes", len(mine), changes)
 
     def reassess_users(self, batch: int = 1000) -> None:
         """Decide queued users: seen during warm-up, or members of a retired segment.
@@ -728,13 +859,15 @@ class Segmenter:
             return
         model, m = self.model, self.metrics
         self.names.refresh(model)
-        profs = profiles(model.centres(), model.scaler, model.ids)
+        profs = profiles(model.centres(), model.scaler, model.ids, population=model.population)
         # Segment ids this model does not have: their membership sets must be empty.
         retired = sorted(set(range(int(model.doc["next_id"]))) - set(model.ids))
         try:
             sizes = self.store.segment_sizes(model.ids)
             self.store.write_catalogue(profs, sizes)
-            reservoir = self.store.reservoir()
+            sample = self.store.snapshot(
+                self.watermark.value, self.settings.rfm_horizon, limit=_QUALITY_SAMPLE
+            )
             left = self.store.segment_sizes(retired) if retired else []
         except RedisError as exc:
             m.redis_errors.inc()
@@ -754,8 +887,8 @@ class Segmenter:
         if total and model.n_clusters > 1:
             probs = [n / total for n in sizes if n]
             m.size_entropy.set(-sum(p * math.log(p) for p in probs) / math.log(model.n_clusters))
-        if len(reservoir) > model.n_clusters:
-            z = model.scale(reservoir[-_QUALITY_SAMPLE:])
+        if len(sample) > model.n_clusters:
+            z = model.scale(sample)
             labels = np.argmin(model.distances(z), axis=1)
             if len(set(labels.tolist())) > 1:
                 m.silhouette.set(silhouette(z, labels))

@@ -182,21 +182,26 @@ def print_segments(settings: Settings) -> int:
     if not catalogue:
         print("no segments yet: the model is still warming up, or nothing was processed")
         return EXIT_NOT_FOUND
+    from stream.messages import iso_ms
+
+    wm = group_watermark(store, settings, int(time.time() * 1000))
+    print(f"event-time watermark: {iso_ms(wm) if wm else 'none yet'}")
     cols = (
         "events_30d",
-        "purchases_30d",
-        "spend_30d",
+        "frequency",
+        "monetary",
+        "avg_order_value",
         "days_since_last_purchase",
+        "days_since_last_event",
         "conversion_rate_30d",
-        "cart_abandonment_30d",
-        "tenure_days",
     )
-    short = ("events", "orders", "spend", "days_since_buy", "conv", "abandon", "tenure_d")
-    print(f"{'id':>2}  {'name':16} {'users':>6}  " + "  ".join(f"{c:>14}" for c in short))
+    short = ("events_30d", "orders", "spend", "basket", "days_since_buy", "days_quiet", "conv")
+    width = max(16, *(len(e["name"]) for e in catalogue))
+    print(f"{'id':>2}  {'name':{width}} {'users':>6}  " + "  ".join(f"{c:>14}" for c in short))
     for e in catalogue:
         prof = e["profile"]
         vals = "  ".join(f"{prof[c]:>14.2f}" for c in cols)
-        print(f"{e['segment']:>2}  {e['name']:16} {e['size']:>6}  {vals}")
+        print(f"{e['segment']:>2}  {e['name']:{width}} {e['size']:>6}  {vals}")
     for e in catalogue:
         print(f"  {e['name']}: {e['description']}")
     return EXIT_OK
@@ -243,8 +248,12 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     """Why a user is in their segment: distances to every centre and what drove it."""
     import orjson
 
+    from consumers.forget import stored_user_id
+    from stream.features import compute_features
+    from stream.messages import iso_ms
     from stream.model import SegmentModel
-    from stream.scaling import MODEL_FEATURES, to_human, to_vector
+    from stream.naming import population_profile
+    from stream.scaling import MODEL_FEATURES, to_vector
 
     store, user = _open_user(settings, args.user)
     if user is None:
@@ -259,16 +268,25 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
         print("the model is still warming up: no segments yet", file=sys.stderr)
         return EXIT_NOT_FOUND
     names = {e["segment"]: e["name"] for e in store.read_catalogue()}
-    features = orjson.loads(user["features"])
+    # The features as of the group's clock now, not as of the user's last write.
+    wm = group_watermark(store, settings, int(time.time() * 1000))
+    state = store.load_states([stored_user_id(settings, args.user)]).popitem()[1]
+    features = (
+        orjson.loads(user["features"])
+        if state is None
+        else compute_features(state, wm, settings.rfm_horizon)
+    )
     z = model.scale(to_vector(features))
     dist = model.distances(z)
     current = int(user["segment"]) if user.get("segment") else None
     d = model.decide(current, z, dist, settings.hysteresis_margin)
-    typical = to_human(model.scaler.mean)
+    typical = population_profile(model.scaler, model.population)
     print(
         f"user {args.user}: segment {user.get('segment', '-')} "
-        f"({user.get('segment_name', '-')}), model version {model.version}"
+        f"({names.get(current, user.get('segment_name', '-')) if current is not None else '-'}), "
+        f"model version {model.version}, RFM {user.get('rfm', '-')}"
     )
+    print(f"features as of the watermark, {iso_ms(wm) if wm else 'none yet'}")
     print(f"\n  {'feature':26} {'user':>12} {'typical':>12}")
     for name in MODEL_FEATURES:
         value = features.get(name)
@@ -280,11 +298,14 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
         mark = "  <- current" if sid == current else ""
         print(f"  {sid:>7} {names.get(sid, '?'):18} {dist[j]:>9.3f}{mark}")
     if current is not None and model.slot(current) is None:
-        print(f"  segment {current} was retired; the user moves on their next event")
+        print(f"  segment {current} was retired; the user is queued to move")
     print(f"\n  margin to the runner-up ({d.runner_up}): {d.margin:.3f}")
     print(f"  features that drove it: {', '.join(d.top_features) or 'none stands out'}")
     if d.segment != current:
-        print(f"  with the current centres it would move to segment {d.segment} on its next event")
+        print(
+            f"  with the current centres it moves to segment {d.segment} at its next look: "
+            "its next event, or the sweep when its timer or a change of segments comes due"
+        )
     return EXIT_OK
 
 
@@ -326,8 +347,18 @@ def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def group_watermark(store: Any, settings: Settings, now_ms: int) -> int:
+    """The consumer group's event-time watermark, from the partition clocks in Redis."""
+    from stream.watermark import Watermark
+
+    w = Watermark(int(settings.watermark_lateness_s * 1000), int(settings.watermark_idle_s * 1000))
+    w.merge(store.share_watermark({}))
+    return w.advance(now_ms)
+
+
 def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
-    """Model versions, lineage history, rollback to a kept version, refit on the reservoir."""
+    """Model versions, lineage history, rollback to a kept version, refit on the user
+    sample as of the watermark."""
     from state.redis_store import RedisStore
     from stream import checkpoint as ckpt
     from stream.messages import iso_ms
@@ -347,13 +378,14 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
                 return ckpt.rollback(cur or old, old, now_ms)
 
         else:
-            reservoir = store.reservoir()
+            wm = group_watermark(store, settings, now_ms)
+            snapshot = store.snapshot(wm, settings.rfm_horizon)
             params = settings.model_params()
 
             def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 if cur is None:
                     raise ModelError("there is no model yet; there is nothing to refit")
-                return ckpt.refit(cur, reservoir, params, now_ms)
+                return ckpt.refit(cur, snapshot, params, now_ms, wm)
 
         doc, events = store.commit_model(build, every_ms, now_ms)
         queued = store.queue_members(ckpt.retired_ids(events), int(doc["version"]))
@@ -581,7 +613,8 @@ def parser() -> argparse.ArgumentParser:
         help="model versions, segment lineage history, rollback to a version, refit",
         description="versions: the kept checkpoints. history: segments born, retired, merged "
         "and split. rollback VERSION: make a kept version current again (processes adopt it "
-        "at their next sync). refit: fit the centres afresh on the shared reservoir, k chosen "
+        "at their next sync). refit: fit the centres afresh on the user sample as of the "
+        "watermark, k chosen "
         "by silhouette, matched to the current segments so ids keep their meaning.",
     )
     mod.add_argument("action", choices=("versions", "history", "rollback", "refit"))

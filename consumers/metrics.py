@@ -137,8 +137,8 @@ class Metrics:
         )
         self.silhouette = Gauge(
             "segmenter_model_silhouette",
-            "Silhouette of the current segments on the shared reservoir (-1..1, higher is "
-            "better separated).",
+            "Silhouette of the current segments on the model's user sample as of the "
+            "watermark (-1..1, higher is better separated).",
             registry=registry,
         )
         self.size_entropy = Gauge(
@@ -154,6 +154,29 @@ class Metrics:
         self.assigned_partitions = Gauge(
             "segmenter_assigned_partitions",
             "Input partitions this process owns.",
+            registry=registry,
+        )
+        self.watermark = Gauge(
+            "segmenter_event_time_watermark_seconds",
+            "The consumer group's event-time watermark (Unix time): every feature is taken "
+            "as of it.",
+            registry=registry,
+        )
+        self.timers_due = Gauge(
+            "segmenter_timers_due",
+            "Users of this process's partitions whose event-time timer the watermark passed "
+            "and who still wait to be re-decided (the sweep's backlog).",
+            registry=registry,
+        )
+        self.swept_users = Counter(
+            "segmenter_swept_users_total",
+            "Users re-decided because time alone passed a threshold of theirs.",
+            registry=registry,
+        )
+        self.refits = Counter(
+            "segmenter_model_refits_total",
+            "Automatic refits on the user sample, by outcome (kept, not_kept).",
+            ["outcome"],
             registry=registry,
         )
         self.last_batch_time = Gauge(

@@ -30,10 +30,11 @@ from loadtest.personas import ShopperSimulator
 from state.keys import Keys
 from state.redis_store import fenced_write_args, pack_commands
 from stream.batch import SegmentNames, process_batch
-from stream.checkpoint import ModelParams, merge
+from stream.checkpoint import ModelParams, merge, refit_due
 from stream.events import DeadLetter, Event, Limits, decode
-from stream.features import UserState
+from stream.features import UserState, compute_features
 from stream.model import SegmentModel
+from stream.scaling import to_vector
 from stream.state_codec import decode_state, encode_state
 
 #: Stages in the order a batch goes through them.
@@ -92,7 +93,6 @@ def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) ->
     model = SegmentModel(params)
     doc, _ = merge(None, model.delta(), None, params, 0)
     model.adopt(doc)
-    samples: list[np.ndarray] = []
     names = SegmentNames()
     limits = Limits()
     offsets: dict[tuple[str, int], int] = defaultdict(int)
@@ -127,9 +127,16 @@ def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) ->
         t4 = clock()
         # Once a batch, as the shared model's sync merges what was learned (the process
         # syncs every 2 s or 200 updates, so about as often at this rate).
-        samples = [*samples, *model.take_samples()][-params.reservoir_size :]
-        reservoir = np.stack(samples) if samples else None
-        doc, _ = merge(doc, model.delta(), reservoir, params, now_ms)
+        # Seeds and refits are made on a snapshot of sampled users as of the watermark
+        # (here: the first users stored, as of the batch's newest event).
+        wm = max(e.ts_ms for evs in by_user.values() for e in evs)
+        snapshot = None
+        if not doc["ready"] or refit_due(doc, params, model.delta().updates, wm):
+            sampled = list(stored)[: params.reservoir_size]
+            snapshot = np.stack(
+                [to_vector(compute_features(decode_state(stored[u]), wm)) for u in sampled]
+            )
+        doc, _ = merge(doc, model.delta(), snapshot, params, now_ms, wm)
         model.adopt(doc)
         t5 = clock()
         spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)

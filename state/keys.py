@@ -6,6 +6,8 @@ hash slot, and each segment's membership set in one slot of its own.
 >>> k = Keys("seg:")
 >>> k.user("u1"), k.state("u1"), k.members(3), k.segments, k.model
 ('seg:user:{u1}', 'seg:user:{u1}:state', 'seg:segment:{3}:members', 'seg:segments', 'seg:model')
+>>> k.timers(2), k.watermark, k.sample
+('seg:timers:{2}', 'seg:watermark', 'seg:model:sample')
 """
 
 from __future__ import annotations
@@ -48,3 +50,22 @@ class Keys:
     @property
     def reassess(self) -> str:
         return f"{self.prefix}model:reassess"
+
+    @property
+    def sample(self) -> str:
+        """The uniform sample of users seeds and refits are made on: slot -> user id."""
+        return f"{self.prefix}model:sample"
+
+    @property
+    def users_seen(self) -> str:
+        """How many users the sample was drawn from (a counter)."""
+        return f"{self.prefix}model:users"
+
+    def timers(self, partition: int) -> str:
+        """The event-time timers of one input partition's users: user id -> due time."""
+        return f"{self.prefix}timers:{{{partition}}}"
+
+    @property
+    def watermark(self) -> str:
+        """Each input partition's highest event time: ``topic:partition`` -> clock."""
+        return f"{self.prefix}watermark"

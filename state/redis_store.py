@@ -9,6 +9,7 @@ already applied. Membership sets are updated in the same pipeline, after the has
 from __future__ import annotations
 
 import hashlib
+import random
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,16 +24,18 @@ from state.keys import Keys
 from stream.batch import UserUpdate
 from stream.checkpoint import check
 from stream.errors import ModelError, RedisError
-from stream.features import UserState, stored_features
+from stream.features import UserState, compute_features, stored_features
 from stream.messages import iso_ms
 from stream.naming import SegmentProfile
 from stream.reassessment import TOKEN_BITS, QueueEntry
+from stream.scaling import MODEL_FEATURES, to_vector
 from stream.settings import Settings
 from stream.state_codec import decode_state, encode_state
+from stream.watermark import PartitionClock
 
 
 def user_hash(
-    update: UserUpdate, model_version: int, updated_at_ms: int
+    update: UserUpdate, model_version: int, updated_at_ms: int, watermark_ms: int = 0
 ) -> dict[str | bytes, str | bytes]:
     """The public fields of ``seg:user:{id}`` for one update, all text (pure).
 
@@ -42,9 +45,14 @@ def user_hash(
     s = update.state
     fields: dict[str | bytes, str | bytes] = {
         "last_event_time": iso_ms(s.last_event_ms),
+        # The event time the features are taken as of: the group's watermark, or the
+        # user's own last event when that is later.
+        "features_as_of": iso_ms(max(watermark_ms, s.last_event_ms)),
         "updated_at": iso_ms(updated_at_ms),
         "model_version": str(model_version),
     }
+    if update.rfm is not None:
+        fields["rfm"] = update.rfm.code
     if s.segment is not None:
         fields["segment"] = str(s.segment)
         fields["segment_name"] = s.segment_name or ""
@@ -56,7 +64,7 @@ def user_hash(
 
 
 def fenced_write_args(
-    update: UserUpdate, state: bytes, model_version: int, updated_at_ms: int
+    update: UserUpdate, state: bytes, model_version: int, updated_at_ms: int, watermark_ms: int = 0
 ) -> list[str | bytes]:
     """ARGV of :data:`FENCED_WRITE` for one user: the offset pair count, the encoded
     ``state``, the offset pairs, then the other hash fields and ``_on`` (pure)."""
@@ -64,7 +72,7 @@ def fenced_write_args(
     args: list[str | bytes] = [str(len(offsets)), state]
     for pos, off in offsets.items():
         args += [OFFSET_FIELD_PREFIX + pos, str(off)]
-    for k, v in user_hash(update, model_version, updated_at_ms).items():
+    for k, v in user_hash(update, model_version, updated_at_ms, watermark_ms).items():
         args += [k, v]
     args += [OFFSETS_KNOWN_FIELD, str(len(offsets))]
     return args
@@ -135,6 +143,28 @@ for i = 2, #ARGV, 2 do
   end
 end
 return added
+"""
+
+#: For each (partition, highest event time, clock) in ARGV, set the field of the watermark
+#: hash KEYS[1] to the clock unless the stored one is as high; return the whole hash.
+SHARE_WATERMARK = """
+for i = 1, #ARGV, 3 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  local high = cur and tonumber(string.match(cur, '^(%d+):'))
+  if not high or high < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+  end
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+#: Move up to ARGV[2] timers of KEYS[1] due after ARGV[1] to ARGV[1]; return how many.
+MAKE_DUE = """
+local later = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(later) do
+  redis.call('ZADD', KEYS[1], ARGV[1], member)
+end
+return #later
 """
 
 #: For each (user, token, up-to version, fresh token) in ARGV: if the user's entry in
@@ -285,7 +315,11 @@ class RedisStore:
         }
 
     def write_updates(
-        self, updates: Sequence[UserUpdate], model_version: int, now_ms: int
+        self,
+        updates: Sequence[UserUpdate],
+        model_version: int,
+        now_ms: int,
+        watermark_ms: int = 0,
     ) -> WriteResult:
         """Write the batch's user hashes, then the membership moves of those written.
 
@@ -299,7 +333,7 @@ class RedisStore:
         for u in updates:
             if not u.write:
                 continue
-            args = fenced_write_args(u, encode_state(u.state), model_version, now_ms)
+            args = fenced_write_args(u, encode_state(u.state), model_version, now_ms, watermark_ms)
             calls.append((self.keys.user(u.user_id), self.keys.state(u.user_id), args))
             written.append(u)
         accepted = self._fenced_writes(calls) if calls else []
@@ -513,22 +547,145 @@ class RedisStore:
             raise ModelError(f"there is no model version {version}; see: segmenter model versions")
         return _decode_model(blob, self.keys.model_versions)
 
-    def push_reservoir(self, points: Sequence[Any], size: int) -> int:
-        """Append user vectors to the shared reservoir, keep the newest ``size``; its length."""
-        pipe = self._r.pipeline(transaction=False)
-        if points:
-            pipe.rpush(
-                self.keys.reservoir,
-                *(orjson.dumps(p, option=orjson.OPT_SERIALIZE_NUMPY) for p in points),
-            )
-            pipe.ltrim(self.keys.reservoir, -size, -1)
-        pipe.llen(self.keys.reservoir)
-        return int(_run(pipe, "add to the model reservoir")[-1])
+    # -- the user sample and its snapshot ----------------------------------------------
 
-    def reservoir(self) -> np.ndarray:
-        """The shared reservoir's raw user vectors, as rows."""
-        raw = _call(lambda: self._r.lrange(self.keys.reservoir, 0, -1), "read the reservoir")
-        return np.array([orjson.loads(r) for r in raw], float)
+    def sample_users(self, new_users: Sequence[str], size: int, rng: random.Random) -> int:
+        """Offer users seen for the first time to the uniform sample of ``size`` users
+        (reservoir sampling over users, not events); returns the sample's size.
+
+        The n-th user ever seen replaces a random slot with probability ``size / n``, so
+        every user is in the sample with the same chance, however often they shop.
+        """
+        if not new_users:
+            return int(_call(lambda: self._r.hlen(self.keys.sample), "read the user sample"))
+        total = int(
+            _call(
+                lambda: self._r.incrby(self.keys.users_seen, len(new_users)),
+                "count users seen",
+            )
+        )
+        slots: dict[str, str] = {}
+        for i, uid in enumerate(new_users, start=total - len(new_users) + 1):
+            slot = i - 1 if i <= size else rng.randrange(i)
+            if slot < size:
+                slots[str(slot)] = uid
+        pipe = self._r.pipeline(transaction=False)
+        if slots:
+            pipe.hset(self.keys.sample, mapping=slots)
+        pipe.hlen(self.keys.sample)
+        return int(_run(pipe, "add to the user sample")[-1])
+
+    def sampled_users(self) -> list[str]:
+        raw = _call(lambda: self._r.hvals(self.keys.sample), "read the user sample")
+        return sorted({u.decode() for u in raw})
+
+    def snapshot(
+        self, watermark_ms: int, rfm_horizon: str = "365d", limit: int | None = None
+    ) -> np.ndarray:
+        """One model vector per sampled user, as of ``watermark_ms``: what seeds and refits
+        are made on (rows in user id order; the first ``limit`` users only, if given)."""
+        users = self.sampled_users()[:limit]
+        states = self.load_states(users) if users else {}
+        rows = [
+            to_vector(compute_features(st, watermark_ms, rfm_horizon))
+            for _, st in sorted(states.items())
+            if st is not None
+        ]
+        return np.stack(rows) if rows else np.empty((0, len(MODEL_FEATURES)))
+
+    # -- event-time timers ----------------------------------------------------------------
+
+    def timer_due(self, users: Mapping[str, int]) -> dict[str, int]:
+        """The due times of the timers of ``users`` (user -> input partition) that have one."""
+        if not users:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for uid, part in users.items():
+            pipe.zscore(self.keys.timers(part), uid)
+        raw = _run(pipe, "read user timers")
+        return {uid: int(v) for uid, v in zip(users, raw, strict=True) if v is not None}
+
+    def due_users(self, partitions: Iterable[int], until_ms: int, limit: int) -> dict[str, int]:
+        """Users of ``partitions`` whose timers are due at or before ``until_ms``, earliest
+        first, at most ``limit`` per partition, with their due times."""
+        parts = sorted(partitions)
+        if not parts:
+            return {}
+        pipe = self._r.pipeline(transaction=False)
+        for part in parts:
+            pipe.zrangebyscore(
+                self.keys.timers(part), "-inf", until_ms, start=0, num=limit, withscores=True
+            )
+        out: dict[str, int] = {}
+        for rows in _run(pipe, "read due timers"):
+            for uid, due in rows:
+                out[uid.decode()] = int(due)
+        return out
+
+    def timers_due_count(self, partitions: Iterable[int], until_ms: int) -> int:
+        """How many users of ``partitions`` are due at or before ``until_ms`` (the sweep's
+        backlog)."""
+        pipe = self._r.pipeline(transaction=False)
+        for part in sorted(partitions):
+            pipe.zcount(self.keys.timers(part), "-inf", until_ms)
+        return sum(int(n) for n in _run(pipe, "count due timers"))
+
+    def set_timers(self, timers: Mapping[str, tuple[int, int | None]]) -> None:
+        """Set each user's timer (input partition, due time), or remove it (``None``)."""
+        if not timers:
+            return
+        adds: dict[int, dict[str, int]] = {}
+        removes: dict[int, list[str]] = {}
+        for uid, (part, due) in timers.items():
+            if due is None:
+                removes.setdefault(part, []).append(uid)
+            else:
+                adds.setdefault(part, {})[uid] = due
+        pipe = self._r.pipeline(transaction=False)
+        for part, members in adds.items():
+            pipe.zadd(self.keys.timers(part), members)
+        for part, gone in removes.items():
+            pipe.zrem(self.keys.timers(part), *gone)
+        _run(pipe, "set user timers")
+
+    def make_due(self, partitions: Iterable[int], due_ms: int, chunk: int = 10_000) -> int:
+        """Bring every timer of ``partitions`` due later than ``due_ms`` forward to it, so
+        the sweep re-decides every user (after the model's segments changed); returns how
+        many timers moved. Runs in chunks, so Redis is never blocked for long."""
+        moved = 0
+        for part in sorted(partitions):
+            while True:
+                n = int(
+                    _call(
+                        lambda part=part: self._r.eval(
+                            MAKE_DUE, 1, self.keys.timers(part), str(due_ms), str(chunk)
+                        ),
+                        "bring timers forward",
+                    )
+                )
+                moved += n
+                if n < chunk:
+                    break
+        return moved
+
+    # -- the shared watermark -------------------------------------------------------------
+
+    def share_watermark(self, moved: Mapping[str, PartitionClock]) -> dict[str, PartitionClock]:
+        """Report the partition clocks that moved here (kept only where higher than the
+        stored ones) and return every partition's clock."""
+        args: list[str] = []
+        for pos, clock in moved.items():
+            args += [pos, str(clock.max_event_ms), clock.encode()]
+        raw = _call(
+            lambda: self._r.eval(SHARE_WATERMARK, 1, self.keys.watermark, *args),
+            "share the watermark",
+        )
+        out: dict[str, PartitionClock] = {}
+        for pos, value in zip(raw[::2], raw[1::2], strict=True):
+            parsed = PartitionClock.parse(value)
+            if parsed is not None:
+                out[pos.decode()] = parsed
+        return out
 
     # -- users to (re)assess ------------------------------------------------------------
 
@@ -616,9 +773,9 @@ class RedisStore:
         ``user_id`` is the id as stored: the pseudonym when ids are pseudonymised. Removed:
         the user hash, the state key (windows, applied offsets, de-duplication keys, last
         change published), the user's membership of every segment the model ever gave out
-        (current and retired ones) and their entry in the reassessment queue. Nothing else
-        holds a user id: the reservoir holds feature vectors without ids, the model and
-        the catalogue aggregates.
+        (current and retired ones), their entry in the reassessment queue, their
+        event-time timer and their slot in the model's user sample. Nothing else holds a
+        user id: the model and the catalogue hold aggregates.
 
         On one server it is one ``MULTI``/``EXEC`` transaction: readers see the user whole
         or not at all. On a Redis Cluster the membership sets and the queue live in other
@@ -633,6 +790,17 @@ class RedisStore:
         k = self.keys
         user_key, state_key = k.user(user_id), k.state(user_id)
         segment = _call(lambda: self._r.hget(user_key, "segment"), "read a user")
+        # Every partition's timers, found by name rather than from the state (which may be
+        # missing or unreadable): there are as many keys as input partitions.
+        timer_keys = sorted(
+            _call(
+                lambda: list(self._r.scan_iter(match=k.timers(0).replace("{0}", "{*}"))),
+                "list the timers",
+            )
+        )
+
+        sample = _call(lambda: self._r.hgetall(k.sample), "read the user sample")
+        slots = [slot for slot, uid in sample.items() if uid.decode() == user_id]
         model = self.load_model()
         ids = set(range(int(model["next_id"]))) if model is not None else set()
         if segment is not None:
@@ -642,6 +810,10 @@ class RedisStore:
         for i in segments:
             pipe.srem(k.members(i), user_id)
         pipe.hdel(k.reassess, user_id)
+        for key in timer_keys:
+            pipe.zrem(key, user_id)
+        if slots:
+            pipe.hdel(k.sample, *slots)
         if self.cluster:
             removed = _run(pipe, "remove a user from the segments")
             removed.append(_call(lambda: self._r.delete(state_key), "delete a user's state"))
@@ -650,13 +822,20 @@ class RedisStore:
             pipe.delete(state_key)
             pipe.delete(user_key)
             removed = _run(pipe, "erase a user")
-        *members, queued, state, user = (int(n) for n in removed)
+        counts = [int(n) for n in removed]
+        members = counts[: len(segments)]
+        queued = counts[len(segments)]
+        timers = sum(counts[len(segments) + 1 : len(segments) + 1 + len(timer_keys)])
+        sampled = sum(counts[len(segments) + 1 + len(timer_keys) : -2])
+        state, user = counts[-2:]
         return Erasure(
             user_key=user_key,
             user_hash=user > 0,
             state=state > 0,
             segments=tuple(i for i, n in zip(segments, members, strict=True) if n),
             reassess=queued > 0,
+            timer=timers > 0,
+            sample=sampled > 0,
         )
 
     def close(self) -> None:
@@ -677,10 +856,21 @@ class Erasure:
     segments: tuple[int, ...]
     #: Whether the user was queued for reassessment.
     reassess: bool
+    #: Whether the user had an event-time timer.
+    timer: bool = False
+    #: Whether the user was in the model's user sample.
+    sample: bool = False
 
     @property
     def removed_anything(self) -> bool:
-        return self.user_hash or self.state or bool(self.segments) or self.reassess
+        return (
+            self.user_hash
+            or self.state
+            or bool(self.segments)
+            or self.reassess
+            or self.timer
+            or self.sample
+        )
 
     def describe(self) -> list[str]:
         """One line per thing removed, for people (empty when nothing was there)."""
@@ -692,6 +882,10 @@ class Erasure:
         lines += [f"membership of segment {i}" for i in self.segments]
         if self.reassess:
             lines.append("entry in the reassessment queue")
+        if self.timer:
+            lines.append("event-time timer")
+        if self.sample:
+            lines.append("slot in the model's user sample")
         return lines
 
 

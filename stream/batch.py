@@ -15,23 +15,16 @@ import numpy as np
 
 from stream.decision import Decision
 from stream.events import Event
+from stream.feature_registry import MESSAGE_FEATURES
 from stream.features import UserState, apply_events, compute_features
 from stream.messages import SegmentChange, change_id
 from stream.model import SegmentModel
 from stream.naming import profiles
 from stream.reassessment import ASSIGN_POS, QueueEntry, in_doubt, settlement
+from stream.rfm import RFMScores, rfm_scores
 from stream.scaling import to_vector
 from stream.stored_change import StoredChange
-
-#: Features carried on every segment-change message (the full set is in Redis).
-MESSAGE_FEATURES: tuple[str, ...] = (
-    "events_30d",
-    "purchases_30d",
-    "spend_30d",
-    "days_since_last_purchase",
-    "avg_order_value",
-    "conversion_rate_30d",
-)
+from stream.timers import TIMER_POS, next_due, quiet_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +43,8 @@ class UserUpdate:
     republish_segment: int | None = None
     #: False when only ``republish`` is to be done: the stored state is already current.
     write: bool = True
+    #: The user's RFM quintile scores against the population (``None`` before a fit).
+    rfm: RFMScores | None = None
 
 
 @dataclass
@@ -64,6 +59,9 @@ class BatchResult:
     #: Queue entries this batch dealt with, and up to which model version each may leave
     #: the queue once the batch committed (``-1``: it stays, with a fresh token).
     settle: dict[str, tuple[QueueEntry, int]] = field(default_factory=dict)
+    #: Every user this batch wrote or swept: their input partition and next due time
+    #: (``None``: no timer), to set once the batch committed.
+    timers: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     @property
     def republished(self) -> int:
@@ -91,7 +89,7 @@ class SegmentNames:
 
     def refresh(self, model: SegmentModel) -> None:
         if model.ready:
-            profs = profiles(model.centres(), model.scaler, model.ids)
+            profs = profiles(model.centres(), model.scaler, model.ids, population=model.population)
             self.names = {p.segment: p.name for p in profs}
 
     def get(self, segment: int) -> str:
@@ -118,6 +116,7 @@ def _in_doubt_change(
 def _delivered(
     lc: StoredChange | None,
     entry: QueueEntry | None,
+    due: int | None,
     committed: Mapping[str, int],
 ) -> bool:
     """Whether a stored last change is known committed, so no replay can need it again."""
@@ -125,7 +124,23 @@ def _delivered(
         return False
     if lc.pos == ASSIGN_POS:
         return not in_doubt(lc, entry)
+    if lc.pos == TIMER_POS:
+        return lc.offset != due
     return lc.offset < committed.get(lc.pos, -1)
+
+
+def partition_of(state: UserState) -> int:
+    """The input partition of a user (their topics are co-partitioned, so one number)."""
+    pos = next(iter(state.offsets))
+    return int(pos.rpartition(":")[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """What a batch is decided as of: the group's watermark and the RFM horizon."""
+
+    watermark_ms: int = 0
+    rfm_horizon: str = "365d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +157,7 @@ class _Pending:
     trigger_offset: int
     trigger_ts: int
     learn: bool
+    reason: str | None = None
 
 
 def process_batch(
@@ -155,16 +171,21 @@ def process_batch(
     reassess: Sequence[str] = (),
     queued: Mapping[str, QueueEntry] | None = None,
     committed: Mapping[str, int] | None = None,
+    *,
+    clock: Clock | None = None,
+    sweep: Sequence[str] = (),
+    timers: Mapping[str, int] | None = None,
 ) -> BatchResult:
     """Fold a batch into user states, assign segments, and learn.
 
-    Users are learned from once per batch, however many events they sent, so very active
-    users do not dominate the centres. Decisions use the centres as they were before this
-    batch's learning (predict, then learn). Users seen before the model was ready are
-    remembered in ``model.unassigned``; pass them as ``reassess`` (with their states and
-    no events) once it is, and they get their first segment without being learned twice.
-    Users whose segment was retired are reassessed the same way: they move to the nearest
-    current segment.
+    Features are taken as of ``clock.watermark_ms``, the group's event-time watermark
+    (or a user's own latest event, when later). Users are learned from once per batch,
+    however many events they sent, so very active users do not dominate the centres.
+    Decisions use the centres as they were before this batch's learning (predict, then
+    learn). Users seen before the model was ready are remembered in ``model.unassigned``;
+    pass them as ``reassess`` (with their states and no events) once it is, and they get
+    their first segment without being learned twice. Users whose segment was retired are
+    reassessed the same way: they move to the nearest current segment.
 
     ``queued`` holds the queue entries (:mod:`stream.reassessment`) of the ``reassess``
     users and of users with events whose stored change is an assignment. A stored
@@ -174,20 +195,34 @@ def process_batch(
     for later (only that republishing is done). What each entry needs once the batch
     committed is in :attr:`BatchResult.settle`.
 
+    ``sweep`` names users whose timer (:mod:`stream.timers`) the watermark passed: they
+    are re-decided as of the watermark, with no event, and a change says why.
+    ``timers`` maps them, and users with events whose stored change a sweep made, to their
+    timer's due time: a stored sweep change made at the due time the timer still stands
+    at may never have been committed, and is published again first. The next due time of
+    every user written is in :attr:`BatchResult.timers`.
+
     ``committed`` maps input positions (``topic:partition``) to the offset below which
     their batches are known committed. A stored change triggered below it, or a stored
-    assignment no longer in doubt, is dropped from the state written, which keeps a
-    user's state small once their change is delivered.
+    assignment or sweep change no longer in doubt, is dropped from the state written,
+    which keeps a user's state small once their change is delivered.
     """
     committed = committed or {}
     queued = queued or {}
+    timers = timers or {}
+    clock = clock or Clock()
+    wm = clock.watermark_ms
     result = BatchResult()
     pending: list[_Pending] = []
     # Queued users this batch published an in-doubt assignment of again.
     republished: set[str] = set()
+
+    def features_of(state: UserState) -> dict[str, float | None]:
+        return compute_features(state, wm, clock.rfm_horizon)
+
     for user_id, events in events_by_user.items():
         before = states.get(user_id)
-        entry = queued.get(user_id)
+        entry, due = queued.get(user_id), timers.get(user_id)
         applied = apply_events(before, events, dedupe_window)
         result.replayed += applied.replayed
         result.duplicates += applied.duplicates
@@ -198,7 +233,9 @@ def process_batch(
         if republish is None and before is not None and in_doubt(before.last_change, entry):
             republish = _stored(before.last_change)
             republished.add(user_id)
-        if republish is None and _delivered(applied.state.last_change, entry, committed):
+        if republish is None and before is not None and _swept(before.last_change, due):
+            republish = _stored(before.last_change)
+        if republish is None and _delivered(applied.state.last_change, entry, due, committed):
             applied.state.last_change = None
         if republish is not None:
             prev, seg, value = republish
@@ -208,12 +245,12 @@ def process_batch(
         if not applied.applied:
             if applied.duplicates or applied.late:
                 # Offsets moved: the state must still be written so a replay skips them.
-                features = compute_features(applied.state)
+                features = features_of(applied.state)
                 result.updates.append(
                     UserUpdate(user_id, applied.state, features, applied.state.segment, None, None)
                 )
             continue
-        features = compute_features(applied.state)
+        features = features_of(applied.state)
         raw = to_vector(features)
         model.observe(raw)
         t = applied.applied[-1]
@@ -238,27 +275,47 @@ def process_batch(
             continue
         if in_doubt(state.last_change, entry):
             # Assigned for this very entry, but the commit of that assignment is unknown.
-            prev, seg, value = _stored(state.last_change)
-            result.updates.append(
-                UserUpdate(user_id, state, {}, prev, None, None, value, seg, write=False)
-            )
+            result.updates.append(_again(user_id, state))
             republished.add(user_id)
         if model.version < entry.version or model.slot(state.segment) is not None:
             # Too old a model to judge the entry, or nothing to move: no decision here.
             continue
-        features = compute_features(state)
         pending.append(
-            _Pending(
+            _without_event(
                 user_id,
-                state.copy(),
+                state,
+                features_of(state),
+                (f"{ASSIGN_POS}:{model.epoch}:{entry.token}", ASSIGN_POS, entry.token),
+                max(wm, state.last_event_ms),
+                None
+                if state.segment is None
+                else f"segment {state.segment} retired at model version {entry.version}",
+            )
+        )
+    for user_id in sweep:
+        state, due = states.get(user_id), timers.get(user_id)
+        if state is None or due is None or user_id in events_by_user or user_id in queued:
+            continue
+        if _swept(state.last_change, due):
+            # Re-decided at this due time before, its commit unknown: publish it again;
+            # the timer then moves on.
+            result.updates.append(_again(user_id, state))
+            result.timers[user_id] = (partition_of(state), next_due(state, max(wm, due)))
+            continue
+        if state.segment is None:
+            # Waits in the queue for its first segment; the timer moves on meanwhile, so
+            # it does not keep the head of the due list.
+            result.timers[user_id] = (partition_of(state), next_due(state, max(wm, due)))
+            continue
+        features = features_of(state)
+        pending.append(
+            _without_event(
+                user_id,
+                state,
                 features,
-                to_vector(features),
-                state.segment,
-                f"{ASSIGN_POS}:{model.epoch}:{entry.token}",
-                ASSIGN_POS,
-                entry.token,
-                state.last_event_ms,
-                learn=False,
+                (f"{TIMER_POS}:{due}", TIMER_POS, due),
+                due,
+                quiet_reason(features, model.version),
             )
         )
 
@@ -271,9 +328,50 @@ def process_batch(
             )
         pending = []
     if pending:
-        _decide(pending, model, names, margin, emitted_at_ms, result)
+        _decide(pending, model, names, margin, emitted_at_ms, wm, result)
     _settle(queued, states, republished, model, result)
+    for u in result.updates:
+        if u.write and u.state.offsets:
+            result.timers[u.user_id] = (partition_of(u.state), next_due(u.state, wm))
     return result
+
+
+def _swept(lc: StoredChange | None, due: int | None) -> bool:
+    """Whether ``lc`` is a change a sweep made at the due time the timer still stands at
+    (its commit unknown: a committed sweep moves the timer on)."""
+    return lc is not None and due is not None and lc.pos == TIMER_POS and lc.offset == due
+
+
+def _again(user_id: str, state: UserState) -> UserUpdate:
+    """The update that publishes ``state``'s stored change again, as it was."""
+    prev, seg, value = _stored(state.last_change)
+    return UserUpdate(user_id, state, {}, prev, None, None, value, seg, write=False)
+
+
+def _without_event(
+    user_id: str,
+    state: UserState,
+    features: dict[str, float | None],
+    trigger: tuple[str, str, int],
+    trigger_ts: int,
+    reason: str | None,
+) -> _Pending:
+    """A user to decide with no event of theirs; ``trigger`` is the change id's key, the
+    stored change's position and its offset (the queue token or the due time)."""
+    key, pos, offset = trigger
+    return _Pending(
+        user_id,
+        state.copy(),
+        features,
+        to_vector(features),
+        state.segment,
+        key,
+        pos,
+        offset,
+        trigger_ts,
+        learn=False,
+        reason=reason,
+    )
 
 
 def _stored(lc: StoredChange | None) -> tuple[int | None, int, bytes]:
@@ -287,6 +385,7 @@ def _decide(
     names: SegmentNames,
     margin: float,
     emitted_at_ms: int,
+    watermark_ms: int,
     result: BatchResult,
 ) -> None:
     """Decide every pending user with the model as it is, then learn from them."""
@@ -297,11 +396,12 @@ def _decide(
     for p, z, d in zip(pending, zs, dists, strict=True):
         state, prev = p.state, p.previous
         decision = model.decide(prev, z, d, margin)
+        scores = _rfm(p.features, model)
         change = None
         if decision.changed:
             state.segment = decision.segment
             state.segment_name = names.get(decision.segment)
-            state.segment_since_ms = state.last_event_ms
+            state.segment_since_ms = max(p.trigger_ts, state.last_event_ms)
             change = SegmentChange(
                 change_id=change_id(p.user_id, p.trigger_key, prev, decision.segment),
                 user_id=p.user_id,
@@ -316,14 +416,30 @@ def _decide(
                 runner_up_segment=decision.runner_up,
                 top_features=decision.top_features,
                 features={k: p.features[k] for k in MESSAGE_FEATURES},
+                watermark_ms=watermark_ms,
+                reason=p.reason,
+                rfm=None if scores is None else (scores.r, scores.f, scores.m),
             )
             state.last_change = StoredChange.of(p.trigger_pos, p.trigger_offset, change)
         else:
             state.segment_name = names.get(decision.segment)
-        result.updates.append(UserUpdate(p.user_id, state, p.features, prev, change, decision))
+        result.updates.append(
+            UserUpdate(p.user_id, state, p.features, prev, change, decision, rfm=scores)
+        )
     for p in pending:
         if p.learn:
             model.learn(p.raw)
+
+
+def _rfm(features: Mapping[str, float | None], model: SegmentModel) -> RFMScores | None:
+    if model.rfm is None:
+        return None
+    return rfm_scores(
+        features["days_since_last_purchase"],
+        features["frequency"] or 0.0,
+        features["monetary"] or 0.0,
+        model.rfm,
+    )
 
 
 def _settle(

@@ -40,8 +40,9 @@ import numpy as np
 
 from stream.errors import ModelError
 from stream.matching import Lineage, match_centres
-from stream.scaling import MODEL_FEATURES, OnlineScaler
-from stream.selection import choose_k, silhouette
+from stream.rfm import RFMSketches, sketches_of
+from stream.scaling import DAYS_CAP, MODEL_FEATURES, OnlineScaler, to_human
+from stream.selection import KChoice, choose_k, lloyd
 
 CHECKPOINT_FORMAT = 2
 #: Recent wins forget with a horizon of about 1,000 user updates.
@@ -53,8 +54,6 @@ DEAD_SHARE = 0.1
 #: Two centres have collapsed onto each other when closer than this fraction of the
 #: match threshold; the one with fewer recent wins is then re-seeded.
 COLLAPSE_FRACTION = 0.25
-#: An automatic refit replaces the centres only if it raises the silhouette this much.
-REFIT_GAIN = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +79,20 @@ class ModelParams:
         The learning state is published as a new model version when the last
         publication is this old, or when this many user updates were merged since it,
         whichever comes first (a backlog moves through days of event time in seconds).
-    refit_updates
-        Every this many merged user updates, the centres are fitted afresh on the
-        reservoir and replace the learned ones if that raises the silhouette by 0.02
-        (0 = never): a model seeded on new users then follows them as they mature.
+    refit_interval_ms, refit_updates
+        A refit is due when the watermark has moved this much event time since the last
+        fit, or this many user updates were merged since it (0 turns either off; both 0:
+        no automatic refit). It fits the centres afresh on a snapshot of one vector per
+        sampled user as of the watermark (k chosen again), and keeps the result only when
+        it lowers the inertia on that snapshot by ``refit_gain`` (or k changed): the
+        online learner's centres drift with whoever is active, and can settle in a poor
+        local optimum; the refit brings them back to every user, quiet ones included.
+    refit_gain
+        Relative inertia reduction a refit with an unchanged k must bring to be kept.
+    refit_starts
+        k-means++ starts per candidate k at a seed or refit (the best is kept).
+    k_criterion
+        How k is chosen (:func:`stream.selection.choose_k`).
     seed
         Seed of k-means++ and of the k choice.
     """
@@ -92,11 +101,15 @@ class ModelParams:
     k_max: int = 8
     warmup_users: int = 200
     halflife: float = 0.01
-    match_threshold: float = 1.0
+    match_threshold: float = 2.0
     reservoir_size: int = 2000
     publish_interval_ms: int = 10_000
     publish_updates: int = 500
-    refit_updates: int = 0
+    refit_interval_ms: int = 7 * 86_400_000
+    refit_updates: int = 50_000
+    refit_gain: float = 0.01
+    refit_starts: int = 5
+    k_criterion: str = "prediction_strength"
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -114,6 +127,12 @@ class ModelParams:
             raise ValueError(f"match_threshold must be positive, got {self.match_threshold}")
         if self.refit_updates < 0:
             raise ValueError(f"refit_updates must be 0 or more, got {self.refit_updates}")
+        if self.refit_interval_ms < 0:
+            raise ValueError(f"refit_interval_ms must be 0 or more, got {self.refit_interval_ms}")
+        if not 0.0 <= self.refit_gain < 1.0:
+            raise ValueError(f"refit_gain must be in [0, 1), got {self.refit_gain}")
+        if self.refit_starts < 1:
+            raise ValueError(f"refit_starts must be at least 1, got {self.refit_starts}")
         if self.publish_updates < 1:
             raise ValueError(f"publish_updates must be at least 1, got {self.publish_updates}")
         if self.publish_interval_ms < 0:
@@ -251,22 +270,23 @@ def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 def merge(
     doc: dict[str, Any] | None,
     delta: ModelDelta,
-    reservoir: np.ndarray | None,
+    snapshot: np.ndarray | None,
     params: ModelParams,
     now_ms: int,
+    watermark_ms: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fold ``delta`` into checkpoint ``doc``; return the next version and its new events.
 
-    ``reservoir`` (raw vectors) is needed only before the warm start (when it holds at
-    least ``warmup_users`` vectors the centres are seeded from it) and when
-    :func:`refit_due` says an automatic refit is due.
+    ``snapshot`` (raw model vectors, one per sampled user, as of the watermark) is needed
+    only before the warm start (when it holds at least ``warmup_users`` users the centres
+    are seeded from it) and when :func:`refit_due` says an automatic refit is due.
 
     Examples
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> blobs = np.concatenate([rng.normal(c, 0.1, (100, 9)) for c in (0.0, 3.0, 6.0)])
-    >>> s = OnlineScaler.empty(9)
+    >>> blobs = np.concatenate([rng.normal(c, 0.1, (100, 10)) for c in (0.0, 3.0, 6.0)])
+    >>> s = OnlineScaler.empty(10)
     >>> for x in blobs:
     ...     s.learn(x)
     >>> delta = ModelDelta(0, 0, None, None, None, 0, s, len(blobs), blobs[:0])
@@ -298,10 +318,15 @@ def merge(
             wins = wins * WIN_DECAY**delta.learned + delta.counts
         doc.update(centres=centres.tolist(), counts=counts.tolist(), recent_wins=wins.tolist())
         events += _reseed_dead(doc, scaler, delta.recent, params)
-        if not events and reservoir is not None and refit_due(doc, params):
-            events += _refit(doc, reservoir, params, "automatic refit", force=False)
-    elif reservoir is not None and len(reservoir) >= params.warmup_users:
-        events += _seed(doc, scaler.transform(_canonical(reservoir)), params)
+        if (
+            not events
+            and snapshot is not None
+            and len(snapshot) >= params.warmup_users
+            and refit_due(doc, params, watermark_ms=watermark_ms)
+        ):
+            events += _refit(doc, snapshot, params, "automatic refit", False, watermark_ms)
+    elif snapshot is not None and len(snapshot) >= params.warmup_users:
+        events += _seed(doc, snapshot, params, watermark_ms)
     published = doc["version"]
     stamped = _publish(doc, events, params, now_ms)
     if doc["version"] != published:
@@ -309,23 +334,74 @@ def merge(
     return doc, stamped
 
 
-def _seed(doc: dict[str, Any], points: np.ndarray, params: ModelParams) -> list[dict[str, Any]]:
-    choice = choose_k(
-        points, params.k_min, params.k_max, np.random.default_rng(params.seed + doc["epoch"])
+def snapshot_scaler(snapshot: np.ndarray) -> OnlineScaler:
+    """Scaler statistics of a snapshot: one vector per user, so every user weighs the same
+    however often they shop, and the population as it is now, not as it was."""
+    n = len(snapshot)
+    mean = snapshot.mean(axis=0)
+    m2 = ((snapshot - mean) ** 2).sum(axis=0)
+    return OnlineScaler(n, mean, m2)
+
+
+def rfm_population(snapshot: np.ndarray) -> RFMSketches:
+    """The RFM sketches of a snapshot's users (recency, orders and spend in human units;
+    a user a year or more from a purchase, or who never bought, adds no recency)."""
+    human = [to_human(row) for row in snapshot]
+    return sketches_of(
+        (
+            h["days_since_last_purchase"] if h["days_since_last_purchase"] < DAYS_CAP else None
+            for h in human
+        ),
+        (h["frequency"] for h in human),
+        (h["monetary"] for h in human),
     )
+
+
+def _fitted(doc: dict[str, Any], snapshot: np.ndarray, watermark_ms: int) -> OnlineScaler:
+    """Record a fit on ``snapshot``: its scaler becomes the learning scaler, its medians
+    the typical customer names are given against."""
+    scaler = snapshot_scaler(snapshot)
+    doc["scaler"] = scaler.to_dict()
+    doc["population"] = np.median(snapshot, axis=0).tolist()
+    doc["rfm"] = rfm_population(snapshot).to_dict()
+    doc["fitted_at_updates"] = int(doc["updates"])
+    doc["fitted_at_event_ms"] = int(watermark_ms)
+    return scaler
+
+
+def _k_choice(choice: KChoice) -> dict[str, Any]:
+    return {
+        "k": choice.k,
+        "scores": {str(k): round(v, 4) for k, v in choice.scores.items()},
+        "n_points": choice.n_points,
+        "reason": choice.reason,
+    }
+
+
+def _choose(points: np.ndarray, params: ModelParams, epoch: int) -> KChoice:
+    return choose_k(
+        points,
+        params.k_min,
+        params.k_max,
+        np.random.default_rng(params.seed + epoch),
+        n_init=params.refit_starts,
+        criterion=params.k_criterion,
+    )
+
+
+def _seed(
+    doc: dict[str, Any], snapshot: np.ndarray, params: ModelParams, watermark_ms: int
+) -> list[dict[str, Any]]:
+    scaler = _fitted(doc, snapshot, watermark_ms)
+    points = scaler.transform(_canonical(snapshot))
+    choice = _choose(points, params, doc["epoch"])
     lineage = match_centres(
         np.empty((0, points.shape[1])), [], choice.centres, int(doc["next_id"]), 1.0
     )
     counts = np.bincount(_nearest(points, choice.centres), minlength=choice.k).astype(float)
     _replace_centres(doc, choice.centres, lineage, counts)
     doc["ready"] = True
-    doc["fitted_at_updates"] = int(doc["updates"])
-    doc["k_choice"] = {
-        "k": choice.k,
-        "scores": {str(k): round(v, 4) for k, v in choice.scores.items()},
-        "n_points": choice.n_points,
-        "reason": choice.reason,
-    }
+    doc["k_choice"] = _k_choice(choice)
     return _caused(lineage.events(), "warm start: " + choice.reason)
 
 
@@ -380,78 +456,91 @@ def _reseed_dead(
 
 def refit(
     doc: dict[str, Any],
-    reservoir: np.ndarray,
+    snapshot: np.ndarray,
     params: ModelParams,
     now_ms: int,
+    watermark_ms: int = 0,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Fit the centres afresh on the reservoir (k chosen again) and match them to the old.
-
-    Segment ids whose centres moved less than ``match_threshold`` are kept; the rest are
-    born or retired, with merges and splits recorded.
-    """
+    """Fit the centres afresh on ``snapshot`` (k chosen again), kept whatever the gain,
+    and match them to the old: segment ids whose centres moved less than
+    ``match_threshold`` are kept; the rest are born or retired, with merges and splits
+    recorded."""
     doc = check(dict(doc))
     if not doc["ready"]:
         raise ModelError("the model has not been seeded yet; there is nothing to refit")
-    if len(reservoir) < params.warmup_users:
+    if len(snapshot) < params.warmup_users:
         raise ModelError(
-            f"the reservoir holds {len(reservoir)} users, fewer than warmup_users "
+            f"the user sample holds {len(snapshot)} users, fewer than warmup_users "
             f"({params.warmup_users}); let more traffic through first"
         )
     doc["merges"] = int(doc["merges"]) + 1
-    events = _refit(doc, reservoir, params, "refit", force=True)
+    events = _refit(doc, snapshot, params, "refit", True, watermark_ms)
     return doc, _publish(doc, events, params, now_ms)
 
 
-def refit_due(doc: dict[str, Any] | None, params: ModelParams, pending: int = 0) -> bool:
-    """Whether merging ``pending`` more user updates into ``doc`` makes an automatic refit
-    due (and so needs the reservoir): every ``refit_updates`` user updates since the last
-    fit."""
-    if doc is None or not doc["ready"] or not params.refit_updates:
+def refit_due(
+    doc: dict[str, Any] | None, params: ModelParams, pending: int = 0, watermark_ms: int = 0
+) -> bool:
+    """Whether an automatic refit is due (and so needs the snapshot) once ``pending`` more
+    user updates are merged into ``doc`` at ``watermark_ms``: ``refit_interval_ms`` of
+    event time or ``refit_updates`` user updates since the last fit."""
+    if doc is None or not doc["ready"]:
         return False
     since = int(doc["updates"]) + pending - int(doc.get("fitted_at_updates", 0))
-    return since >= params.refit_updates
+    if params.refit_updates and since >= params.refit_updates:
+        return True
+    fitted_at = int(doc.get("fitted_at_event_ms", 0))
+    return bool(params.refit_interval_ms) and watermark_ms - fitted_at >= params.refit_interval_ms
+
+
+def _inertia(points: np.ndarray, centres: np.ndarray) -> float:
+    d2 = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+    return float(d2.min(axis=1).sum())
 
 
 def _refit(
-    doc: dict[str, Any], reservoir: np.ndarray, params: ModelParams, what: str, force: bool
+    doc: dict[str, Any],
+    snapshot: np.ndarray,
+    params: ModelParams,
+    what: str,
+    force: bool,
+    watermark_ms: int,
 ) -> list[dict[str, Any]]:
-    """Refit ``doc`` in place on ``reservoir``; unless ``force``, only if the new centres'
-    silhouette on the reservoir beats the current ones' by ``REFIT_GAIN``."""
-    doc["fitted_at_updates"] = int(doc["updates"])
-    scaler = OnlineScaler.from_dict(doc["scaler"])
-    points = scaler.transform(_canonical(reservoir))
-    choice = choose_k(
-        points, params.k_min, params.k_max, np.random.default_rng(params.seed + doc["epoch"])
-    )
-    old = np.array(doc["centres"], float)
-    current = _score(points, old)
-    new = choice.scores.get(choice.k, -1.0)
-    if not force and new < current + REFIT_GAIN:
+    """Refit ``doc`` in place on ``snapshot``; unless ``force``, keep the new centres only
+    if k changed or they lower the inertia on the snapshot by ``refit_gain``."""
+    old_scaler = OnlineScaler.from_dict(doc["scaler"])
+    old_population = doc.get("population")
+    scaler = _fitted(doc, snapshot, watermark_ms)
+    points = scaler.transform(_canonical(snapshot))
+    old = _reexpress(np.array(doc["centres"], float), old_scaler, scaler)
+    choice = _choose(points, params, doc["epoch"])
+    centres = choice.centres
+    if choice.k == len(old):
+        # The old centres are one more start: Lloyd from them keeps ids where the groups
+        # did not move, and the better of the two fits is kept.
+        warm, _ = lloyd(points, old.copy())
+        if _inertia(points, warm) < _inertia(points, centres):
+            centres = warm
+    before, after = _inertia(points, old), _inertia(points, centres)
+    if not force and choice.k == len(old) and after >= (1.0 - params.refit_gain) * before:
+        # Not worth it: keep the centres (in the snapshot's units) and the old population.
+        doc["centres"] = old.tolist()
+        if old_population is not None:
+            doc["population"] = old_population
         return []
-    lineage = match_centres(
-        old, doc["ids"], choice.centres, int(doc["next_id"]), params.match_threshold
-    )
-    counts = np.bincount(_nearest(points, choice.centres), minlength=choice.k).astype(float)
-    _replace_centres(doc, choice.centres, lineage, counts)
-    doc["k_choice"] = {
-        "k": choice.k,
-        "scores": {str(k): round(v, 4) for k, v in choice.scores.items()},
-        "n_points": choice.n_points,
-        "reason": choice.reason,
-    }
+    lineage = match_centres(old, doc["ids"], centres, int(doc["next_id"]), params.match_threshold)
+    counts = np.bincount(_nearest(points, centres), minlength=len(centres)).astype(float)
+    _replace_centres(doc, centres, lineage, counts)
+    doc["k_choice"] = _k_choice(choice)
     doc.pop("rolled_back_from", None)
     moved = {str(i): round(d, 4) for i, d in lineage.kept.items()}
-    cause = f"{what} (silhouette {current:.3f} -> {new:.3f}): {choice.reason}; kept {moved}"
+    n = len(points)
+    cause = (
+        f"{what} on {n:,} users (inertia {before / n:.3f} -> {after / n:.3f} per user): "
+        f"{choice.reason}; kept {moved}"
+    )
     # A refit always publishes, even when every id survived: its centres are new.
     return _caused(lineage.events(), cause) or [{"event": "refit", "cause": cause}]
-
-
-def _score(points: np.ndarray, centres: np.ndarray) -> float:
-    """Silhouette of the nearest-centre labelling (on at most 1,000 points, as choose_k)."""
-    labels = _nearest(points[:1000], centres)
-    if len(set(labels.tolist())) < 2:
-        return -1.0
-    return silhouette(points[:1000], labels)
 
 
 def rollback(

@@ -4,10 +4,12 @@ A user's state is a plain, serialisable :class:`UserState`. :func:`apply_events`
 batch of that user's events into a copy of it and :func:`compute_features` reads the
 features in human units off it. Both are pure.
 
-Windows are kept as sparse count buckets at three grains: minutes for the 1 h window,
-hours for 24 h, days for 7 d and 30 d. A window is exact to its grain (the 24 h window
-counts the current hour and the 23 before it). The clock is the user's latest event time,
-never the wall clock, so replaying history yields what the live run did.
+Windows are kept as sparse count buckets at five grains: minutes for the 1 h window, hours
+for 24 h, days for 7 d and 30 d, weeks for 90 d and 28-day periods for 365 d
+(:data:`stream.feature_registry.WINDOWS`). A window is exact to its grain. Features are
+computed as of a given event time, the group's watermark: a customer who goes quiet ages
+with everyone else's clock, not their own. Never the wall clock, so replaying history
+yields what the live run did.
 """
 
 from __future__ import annotations
@@ -18,16 +20,30 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from stream.events import EVENT_TYPES, TYPE_INDEX, Event
+from stream.feature_registry import (
+    COUNT_FEATURES,
+    DAY_MS,
+    FEATURE_NAMES,
+    HOUR_MS,
+    LONGEST_WINDOW_MS,
+    MINUTE_MS,
+    PERIOD_MS,
+    RFM_HORIZONS,
+    WEEK_MS,
+    WINDOWS,
+)
 
 if TYPE_CHECKING:
     from stream.stored_change import StoredChange
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
+__all__ = ["DAY_MS", "FEATURE_NAMES", "HOUR_MS", "MINUTE_MS", "PERIOD_MS", "WEEK_MS"]
 
-#: Events older than this, relative to the user's latest event, are late and ignored.
-RETENTION_MS = 30 * DAY_MS
+#: Events older than this, relative to the user's latest event, are late and ignored:
+#: the longest window could no longer count them.
+RETENTION_MS = LONGEST_WINDOW_MS
+#: Categories seen within this long of the latest event are remembered (the 30 d
+#: diversity feature).
+CATEGORY_RETENTION_MS = 30 * DAY_MS
 #: How many distinct categories a user's state remembers (oldest seen are evicted).
 MAX_CATEGORIES = 32
 
@@ -38,14 +54,9 @@ _PURCHASE = TYPE_INDEX["purchase"]
 _VIEW = TYPE_INDEX["view"]
 _ADD = TYPE_INDEX["add_to_cart"]
 
-# (window name, grain in ms, how many grains the window spans)
-WINDOWS: tuple[tuple[str, int, int], ...] = (
-    ("1h", MINUTE_MS, 60),
-    ("24h", HOUR_MS, 24),
-    ("7d", DAY_MS, 7),
-    ("30d", DAY_MS, 30),
-)
-_TYPE_NAMES = ("views", "clicks", "add_to_cart", "remove_from_cart", "purchases", "searches")
+#: The bucket grains, finest first, and how many buckets of each the windows need.
+GRAINS: tuple[int, ...] = (MINUTE_MS, HOUR_MS, DAY_MS, WEEK_MS, PERIOD_MS)
+KEEP: dict[int, int] = {g: max(w.span for w in WINDOWS if w.grain_ms == g) for g in GRAINS}
 
 
 def event_key(event_id: str) -> int:
@@ -70,6 +81,8 @@ class UserState:
     minutes: dict[int, list[float]] = field(default_factory=dict)
     hours: dict[int, list[float]] = field(default_factory=dict)
     days: dict[int, list[float]] = field(default_factory=dict)
+    weeks: dict[int, list[float]] = field(default_factory=dict)
+    periods: dict[int, list[float]] = field(default_factory=dict)
     lifetime: list[float] = field(default_factory=lambda: [0.0] * _ROW)
     last_purchase_ms: int | None = None
     categories: dict[str, int] = field(default_factory=dict)
@@ -83,6 +96,10 @@ class UserState:
     #: been committed, so it is published again, byte for byte.
     last_change: StoredChange | None = None
 
+    def buckets(self) -> tuple[dict[int, list[float]], ...]:
+        """The bucket maps, in :data:`GRAINS` order."""
+        return (self.minutes, self.hours, self.days, self.weeks, self.periods)
+
     def to_dict(self) -> dict[str, object]:
         """The state as JSON-ready plain values (the inverse of :meth:`from_dict`)."""
         return {
@@ -91,6 +108,8 @@ class UserState:
             "m": [[k, *v] for k, v in self.minutes.items()],
             "h": [[k, *v] for k, v in self.hours.items()],
             "d": [[k, *v] for k, v in self.days.items()],
+            "w": [[k, *v] for k, v in self.weeks.items()],
+            "q": [[k, *v] for k, v in self.periods.items()],
             "t": self.lifetime,
             "p": self.last_purchase_ms,
             "c": self.categories,
@@ -121,6 +140,8 @@ class UserState:
             minutes=rows(d["m"]),
             hours=rows(d["h"]),
             days=rows(d["d"]),
+            weeks=rows(d.get("w", [])),
+            periods=rows(d.get("q", [])),
             lifetime=list(d["t"]),
             last_purchase_ms=d["p"],
             categories=dict(d["c"]),
@@ -140,6 +161,8 @@ class UserState:
             minutes={k: list(v) for k, v in self.minutes.items()},
             hours={k: list(v) for k, v in self.hours.items()},
             days={k: list(v) for k, v in self.days.items()},
+            weeks={k: list(v) for k, v in self.weeks.items()},
+            periods={k: list(v) for k, v in self.periods.items()},
             lifetime=list(self.lifetime),
             last_purchase_ms=self.last_purchase_ms,
             categories=dict(self.categories),
@@ -180,16 +203,14 @@ def _add(buckets: dict[int, list[float]], index: int, type_idx: int, spend: floa
 
 
 def _prune(state: UserState) -> None:
+    # Windows only move forward: what no window counts as of the user's latest event,
+    # none will count later.
     now = state.last_event_ms
-    for buckets, grain, span in (
-        (state.minutes, MINUTE_MS, 60),
-        (state.hours, HOUR_MS, 24),
-        (state.days, DAY_MS, 30),
-    ):
-        oldest = now // grain - span + 1
+    for buckets, grain in zip(state.buckets(), GRAINS, strict=True):
+        oldest = now // grain - KEEP[grain] + 1
         for k in [k for k in buckets if k < oldest]:
             del buckets[k]
-    cutoff = now - RETENTION_MS
+    cutoff = now - CATEGORY_RETENTION_MS
     cats = state.categories
     for c in [c for c, seen in cats.items() if seen <= cutoff]:
         del cats[c]
@@ -203,7 +224,8 @@ def apply_events(
     An event is skipped as *replayed* when its Kafka offset is at or below the offset
     already applied for its topic-partition (the state records it), as a *duplicate* when
     its ``event_id`` is among the user's last ``dedupe_window`` applied events, and as
-    *late* when it is older than the 30-day retention relative to the user's latest event.
+    *late* when it is older than the longest window (364 days) relative to the user's
+    latest event.
 
     Examples
     --------
@@ -256,6 +278,8 @@ def apply_events(
         if ts // HOUR_MS >= hour_from:
             _add(s.hours, ts // HOUR_MS, t, spend)
         _add(s.days, ts // DAY_MS, t, spend)
+        _add(s.weeks, ts // WEEK_MS, t, spend)
+        _add(s.periods, ts // PERIOD_MS, t, spend)
         lifetime[t] += 1
         lifetime[_SPEND] += spend
         if t == _PURCHASE and (s.last_purchase_ms is None or ts > s.last_purchase_ms):
@@ -280,27 +304,13 @@ def _window_sum(buckets: dict[int, list[float]], now_index: int, span: int) -> l
     return [float(sum(col)) for col in zip(*rows, strict=True)] if rows else [0.0] * _ROW
 
 
-#: The per-window count features (``views_1h`` ... ``events_30d``), in output order.
-COUNT_FEATURES: tuple[str, ...] = tuple(
-    f"{t}_{w}" for w, _, _ in WINDOWS for t in (*_TYPE_NAMES, "events")
-)
 _COUNTS = frozenset(COUNT_FEATURES)
+_TYPES_PLUS_ALL = len(EVENT_TYPES) + 1
 # Per window: its type-count names, then its events name.
 _WINDOW_NAMES = tuple(
-    COUNT_FEATURES[i * (_N_TYPES + 1) : (i + 1) * (_N_TYPES + 1)] for i in range(len(WINDOWS))
+    COUNT_FEATURES[i * _TYPES_PLUS_ALL : (i + 1) * _TYPES_PLUS_ALL] for i in range(len(WINDOWS))
 )
-#: Every feature :func:`compute_features` returns, in its order.
-FEATURE_NAMES: tuple[str, ...] = (
-    *COUNT_FEATURES,
-    "spend_7d",
-    "spend_30d",
-    "avg_order_value",
-    "days_since_last_purchase",
-    "conversion_rate_30d",
-    "cart_abandonment_30d",
-    "category_diversity_30d",
-    "tenure_days",
-)
+_GRAIN_INDEX = {g: i for i, g in enumerate(GRAINS)}
 
 
 def stored_features(features: dict[str, float | None]) -> dict[str, float | int | None]:
@@ -328,42 +338,61 @@ def full_features(stored: dict[str, float | None]) -> dict[str, float | None]:
     return {**dict.fromkeys(COUNT_FEATURES, 0), **stored}
 
 
-def compute_features(state: UserState) -> dict[str, float | None]:
-    """The user's features in human units, as of their latest event.
+def compute_features(
+    state: UserState, now_ms: int | None = None, rfm_horizon: str = "365d"
+) -> dict[str, float | None]:
+    """The user's features in human units, as of event time ``now_ms``.
 
-    Counts per event type per window (``views_1h`` ... ``searches_30d``), ``spend_7d``
-    and ``spend_30d`` in order currency, and the derived RFM and behaviour features.
+    ``now_ms`` is the group's watermark; the user's own latest event is used when it is
+    later (or when ``now_ms`` is not given), as a user's features never leave out their
+    own events. Counts per event type per window (``views_1h`` ... ``searches_365d``),
+    spend per window, lifetime totals, RFM frequency and monetary over ``rfm_horizon``,
+    and the derived behaviour features (:mod:`stream.feature_registry` describes each).
 
     Examples
     --------
     >>> from stream.events import Event
     >>> evs = [Event("a", "u", "view", 0 + 1_700_000_000_000, "c", 0, 1),
     ...        Event("b", "u", "purchase", 1_700_000_060_000, "p", 0, 1, amount=30.0)]
-    >>> f = compute_features(apply_events(None, evs).state)
+    >>> st = apply_events(None, evs).state
+    >>> f = compute_features(st)
     >>> (f["views_1h"], f["purchases_30d"], f["conversion_rate_30d"], f["avg_order_value"])
     (1.0, 1.0, 1.0, 30.0)
+
+    Forty days later on the group's clock, with no event of the user's own:
+
+    >>> g = compute_features(st, now_ms=1_700_000_060_000 + 40 * DAY_MS)
+    >>> g["purchases_30d"], g["frequency"], g["days_since_last_purchase"]
+    (0.0, 1.0, 40.0)
     """
-    now = state.last_event_ms
+    if rfm_horizon not in RFM_HORIZONS:
+        raise ValueError(f"rfm_horizon must be one of {', '.join(RFM_HORIZONS)}, got {rfm_horizon}")
+    now = state.last_event_ms if now_ms is None else max(now_ms, state.last_event_ms)
     out: dict[str, float | None] = {}
     sums: dict[str, list[float]] = {}
-    grains = {MINUTE_MS: state.minutes, HOUR_MS: state.hours, DAY_MS: state.days}
-    for (name, grain, span), names in zip(WINDOWS, _WINDOW_NAMES, strict=True):
-        row = _window_sum(grains[grain], now // grain, span)
-        sums[name] = row
+    grains = state.buckets()
+    for w, names in zip(WINDOWS, _WINDOW_NAMES, strict=True):
+        row = _window_sum(grains[_GRAIN_INDEX[w.grain_ms]], now // w.grain_ms, w.span)
+        sums[w.name] = row
         out.update(zip(names[:-1], row, strict=False))  # the type counts (not the spend)
         out[names[-1]] = sum(row[:_N_TYPES])
     m = sums["30d"]
-    out["spend_7d"] = round(sums["7d"][_SPEND], 2)
-    out["spend_30d"] = round(m[_SPEND], 2)
-    life_purchases = state.lifetime[_PURCHASE]
-    out["avg_order_value"] = (
-        round(state.lifetime[_SPEND] / life_purchases, 2) if life_purchases else 0.0
-    )
+    for name in ("7d", "30d", "90d", "365d"):
+        out[f"spend_{name}"] = round(sums[name][_SPEND], 2)
+    life = state.lifetime
+    out["purchases_lifetime"] = float(life[_PURCHASE])
+    out["spend_lifetime"] = round(life[_SPEND], 2)
+    horizon = life if rfm_horizon == "lifetime" else sums[rfm_horizon]
+    out["frequency"] = float(horizon[_PURCHASE])
+    out["monetary"] = round(horizon[_SPEND], 2)
+    life_purchases = life[_PURCHASE]
+    out["avg_order_value"] = round(life[_SPEND] / life_purchases, 2) if life_purchases else 0.0
     out["days_since_last_purchase"] = (
         None
         if state.last_purchase_ms is None
         else round((now - state.last_purchase_ms) / DAY_MS, 3)
     )
+    out["days_since_last_event"] = round((now - state.last_event_ms) / DAY_MS, 3)
     views, purchases, adds = m[_VIEW], m[_PURCHASE], m[_ADD]
     # Rates to four decimals: finer steps mean nothing to a reader or to the model.
     if views:
@@ -371,7 +400,7 @@ def compute_features(state: UserState) -> dict[str, float | None]:
     else:
         out["conversion_rate_30d"] = 1.0 if purchases else 0.0
     out["cart_abandonment_30d"] = round(max(0.0, 1.0 - purchases / adds), 4) if adds else 0.0
-    cutoff = now - RETENTION_MS
+    cutoff = now - CATEGORY_RETENTION_MS
     out["category_diversity_30d"] = float(sum(1 for t in state.categories.values() if t > cutoff))
     out["tenure_days"] = round((now - state.first_seen_ms) / DAY_MS, 3)
     return out

@@ -63,6 +63,13 @@ class SegmentChange:
     runner_up_segment: int
     top_features: tuple[str, ...]
     features: dict[str, float | None]
+    #: The group's event-time watermark the features were taken as of (0: not known).
+    watermark_ms: int = 0
+    #: Why the change came without an event of the user's own (``no purchase for 45
+    #: days``); ``None`` for a change an event triggered.
+    reason: str | None = None
+    #: The user's RFM quintile scores (recency, frequency, monetary; 1-5, 5 best).
+    rfm: tuple[int, int, int] | None = None
 
     def to_json(self) -> bytes:
         """The message value for ``segments.changes`` and ``segments.current``."""
@@ -77,11 +84,21 @@ class SegmentChange:
                 "segment_name": self.segment_name,
                 "model_version": self.model_version,
                 "event_time": iso_ms(self.event_time_ms),
+                "watermark": iso_ms(self.watermark_ms) if self.watermark_ms else None,
                 "emitted_at": iso_ms(self.emitted_at_ms),
                 "explanation": {
                     "distance_margin": self.distance_margin,
                     "runner_up_segment": self.runner_up_segment,
                     "top_features": list(self.top_features),
+                    "reason": self.reason,
+                },
+                "rfm": None
+                if self.rfm is None
+                else {
+                    "recency": self.rfm[0],
+                    "frequency": self.rfm[1],
+                    "monetary": self.rfm[2],
+                    "code": "%d%d%d" % self.rfm,  # noqa: UP031
                 },
                 "features": self.features,
             }

@@ -9,13 +9,15 @@ what one process needs between syncs of the shared model (:mod:`stream.checkpoin
   once per user update with a counted step, and the statistics of what was observed since
   the adoption; these make the :class:`~stream.checkpoint.ModelDelta` handed to the next
   merge;
-- a sample of user vectors for the shared reservoir (every vector before the warm start,
-  then a thinning share of them).
+- the most recent user vectors, where a dead centre is re-seeded from (and, for a model
+  without Redis, :meth:`SegmentModel.sync_local`, what it is seeded and refitted on).
+
+Processes share the fits through Redis: seeds and refits are made on a snapshot of one
+vector per sampled user as of the watermark (:meth:`state.redis_store.RedisStore.snapshot`).
 """
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from dataclasses import replace
 from typing import Any
@@ -25,11 +27,10 @@ from river import cluster
 
 from stream.checkpoint import ModelDelta, ModelParams, check, empty_checkpoint, merge
 from stream.decision import Decision, decide
+from stream.rfm import RFMSketches
 from stream.scaling import MODEL_FEATURES, OnlineScaler
 
 _RECENT_POINTS = 256
-#: After the warm start, at least this share of user vectors still reaches the reservoir.
-_MIN_SAMPLE_RATE = 0.01
 
 
 class SegmentModel:
@@ -46,6 +47,8 @@ class SegmentModel:
 
     >>> import numpy as np
     >>> m = SegmentModel(ModelParams(k_min=2, k_max=2, warmup_users=8, reservoir_size=8))
+    >>> m.population is None
+    True
     >>> rng = np.random.default_rng(0)
     >>> for v in rng.normal(size=(8, len(MODEL_FEATURES))):
     ...     m.observe(v)
@@ -59,11 +62,9 @@ class SegmentModel:
     def __init__(self, params: ModelParams | None = None) -> None:
         self.params = params or ModelParams()
         self.features = MODEL_FEATURES
-        self._rng = random.Random(self.params.seed)
         #: Users seen before the centres were seeded, still to get a first segment.
         self.unassigned: list[str] = []
         self._recent: deque[np.ndarray] = deque(maxlen=_RECENT_POINTS)
-        self._samples: list[np.ndarray] = []
         self._local_reservoir: deque[np.ndarray] = deque(maxlen=self.params.reservoir_size)
         self.adopt(empty_checkpoint())
 
@@ -81,6 +82,11 @@ class SegmentModel:
         self.ready = pub is not None
         self.version = int(doc["version"])
         self.ids: list[int] = [int(i) for i in doc["ids"]] if self.ready else []
+        #: The typical customer's raw vector (medians of the last fit's snapshot), which
+        #: segment names are given against; ``None`` before a fit recorded one.
+        self.population: list[float] | None = doc.get("population")
+        #: The population's RFM sketches from the last fit, which users are scored against.
+        self.rfm: RFMSketches | None = RFMSketches.from_dict(doc["rfm"]) if doc.get("rfm") else None
         self._slots = {sid: j for j, sid in enumerate(self.ids)}
         d = len(self.features)
         self.scaler = OnlineScaler.from_dict(pub["scaler"] if pub else doc["scaler"])
@@ -142,14 +148,11 @@ class SegmentModel:
     # -- local learning -------------------------------------------------------------------
 
     def observe(self, raw: np.ndarray) -> None:
-        """Count one user vector for the scaler and, maybe, sample it for the reservoir."""
+        """Count one user vector for the scaler and keep it among the recent ones."""
         self._seen.learn(raw)
         self._observed += 1
         self._recent.append(raw)
-        total = self.updates + self._observed
-        rate = 1.0 if not self.ready else max(self.params.reservoir_size / total, _MIN_SAMPLE_RATE)
-        if rate >= 1.0 or self._rng.random() < rate:
-            self._samples.append(raw.copy())
+        self._local_reservoir.append(raw)
 
     def learn(self, raw: np.ndarray) -> None:
         """Move the nearest local centre toward user vector ``raw`` with River's update.
@@ -205,16 +208,11 @@ class SegmentModel:
         """Whether anything was observed since the last adoption."""
         return self._observed > 0
 
-    def take_samples(self) -> list[np.ndarray]:
-        """The user vectors sampled for the reservoir since the last call."""
-        out, self._samples = self._samples, []
-        return out
-
-    def sync_local(self, now_ms: int) -> list[dict[str, Any]]:
-        """Merge into this process's own checkpoint (no other process, no Redis)."""
-        self._local_reservoir.extend(self.take_samples())
+    def sync_local(self, now_ms: int, watermark_ms: int = 0) -> list[dict[str, Any]]:
+        """Merge into this process's own checkpoint (no other process, no Redis); its
+        newest ``reservoir_size`` observed vectors stand in for the snapshot."""
         reservoir = np.stack(self._local_reservoir) if self._local_reservoir else None
-        doc, events = merge(self.doc, self.delta(), reservoir, self.params, now_ms)
+        doc, events = merge(self.doc, self.delta(), reservoir, self.params, now_ms, watermark_ms)
         self.adopt(doc)
         return events
 

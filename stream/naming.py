@@ -1,10 +1,35 @@
 """Segment profiles in human units, and names a marketer understands.
 
-A segment's profile is its centroid mapped back to human units (orders, spend, days).
-Its name comes from the first rule, in order, that the profile satisfies, compared with
-the population's typical user: the scaler's mean mapped back the same way, which for the
-log-compressed features is a geometric mean (a typical user, not one pulled up by a few
-big spenders).
+A segment's profile is its centroid mapped back to human units (orders, spend, days): as
+the model averages log-compressed values, that is close to its members' median. It is
+compared with the population's typical customer: the medians of one vector per user of
+the shared sample, kept with the model (``population`` in the checkpoint), or the
+scaler's mean where a checkpoint has none. Each name is a rule over the two, tried in
+order (:data:`DEFAULT_RULES`), in the vocabulary of RFM segmentation:
+
+=================  ============================================================================
+``new``            arrived lately: tenure under a week, and under half the typical customer's
+``dormant``        no purchase for two months or more (or never), and quiet: hardly any
+                   activity in the last 30 days
+``at_risk``        bought before, but the last purchase is a month or more ago and at least
+                   twice as long ago as the typical customer's (taken within 2 weeks to 2
+                   months: where the typical visitor never bought, "recent" still means
+                   weeks)
+``window_shopper`` browses at least as much as the typical customer, buys next to nothing
+``high_value``     recent, orders at least twice as often (and twice at least), spends at
+                   least three times the typical customer, in baskets well above the
+                   typical one
+``loyal``          recent and orders at least twice as often as the typical customer (and
+                   twice at least)
+``bargain_hunter`` buys at least as often as the typical customer, in small baskets, after
+                   abandoning carts or browsing many categories
+``potential``      bought recently, but not yet often
+``low_value``      everyone else: infrequent, small
+=================  ============================================================================
+
+Names never differ by a number alone: when two segments fall under one rule, each also
+gets the word of the feature that sets them apart most, with ``more`` or ``less``
+(``window_shopper_more_activity``).
 """
 
 from __future__ import annotations
@@ -14,9 +39,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.scaling import OnlineScaler, to_human
+from stream.scaling import MODEL_FEATURES, OnlineScaler, to_human
 
 Profile = dict[str, float]
+
+#: The word a name uses for each model feature when two segments differ by it.
+FEATURE_WORDS: dict[str, str] = {
+    "events_30d": "activity",
+    "frequency": "orders",
+    "monetary": "spend",
+    "avg_order_value": "basket",
+    "days_since_last_purchase": "lapsed",
+    "days_since_last_event": "quiet",
+    "conversion_rate_30d": "conversion",
+    "cart_abandonment_30d": "abandonment",
+    "category_diversity_30d": "variety",
+    "tenure_days": "tenure",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,33 +67,74 @@ class NamingRule:
     applies: Callable[[Profile, Profile], bool]
 
 
+def _typical_recency(pop: Profile) -> float:
+    """The typical customer's days since a purchase, within 2 weeks to 2 months: in a shop
+    where the typical visitor never bought (recency at its cap), "recent" still means
+    weeks, not a year."""
+    return min(max(pop["days_since_last_purchase"], 14.0), 60.0)
+
+
+def _recent(p: Profile, pop: Profile) -> bool:
+    return p["days_since_last_purchase"] <= 1.25 * _typical_recency(pop)
+
+
+def _frequent(p: Profile, pop: Profile) -> bool:
+    """Orders at least twice as often as the typical customer, and at least twice."""
+    return p["frequency"] >= max(2 * pop["frequency"], 2.0)
+
+
 #: The default rules, tried in order; the last always applies.
 DEFAULT_RULES: tuple[NamingRule, ...] = (
     NamingRule(
         "new",
-        "Arrived in the last few days; little history yet.",
-        lambda p, pop: p["tenure_days"] < 3,
+        "Arrived lately; little history yet: onboard them.",
+        lambda p, pop: p["tenure_days"] < 7 and p["tenure_days"] < 0.5 * pop["tenure_days"],
     ),
     NamingRule(
-        "window_shopper",
-        "Browse a lot but rarely buy.",
-        lambda p, pop: p["purchases_30d"] < 0.5 and p["events_30d"] >= pop["events_30d"],
-    ),
-    NamingRule(
-        "high_value",
-        "Buy often, in large baskets, and spend well above the typical customer.",
+        "dormant",
+        "No purchase for two months or more and hardly any activity: reactivate or suppress.",
         lambda p, pop: (
-            p["spend_30d"] >= 2 * max(pop["spend_30d"], 1.0)
-            and p["avg_order_value"] >= 2 * pop["avg_order_value"]
-            and p["purchases_30d"] >= 1.5
+            p["days_since_last_purchase"] >= 60
+            and p["events_30d"] < max(0.25 * pop["events_30d"], 1.0)
         ),
     ),
     NamingRule(
-        "bargain_hunter",
-        "Buy small baskets after filling and emptying carts across many categories.",
+        "at_risk",
+        "Bought before, but not for much longer than usual: win them back before they go.",
         lambda p, pop: (
-            p["purchases_30d"] >= 1
-            and p["avg_order_value"] < 2 * pop["avg_order_value"]
+            p["frequency"] >= 0.5
+            and p["days_since_last_purchase"] >= max(30.0, 2 * _typical_recency(pop))
+        ),
+    ),
+    NamingRule(
+        "window_shopper",
+        "Browse a lot, rarely buy: nudge them with reminders.",
+        lambda p, pop: (
+            p["frequency"] < max(0.25 * pop["frequency"], 0.5)
+            and p["events_30d"] >= pop["events_30d"]
+        ),
+    ),
+    NamingRule(
+        "high_value",
+        "Recent, frequent, big spenders: retain them, VIP treatment.",
+        lambda p, pop: (
+            _recent(p, pop)
+            and _frequent(p, pop)
+            and p["monetary"] >= 3 * max(pop["monetary"], 1.0)
+            and p["avg_order_value"] >= 1.5 * pop["avg_order_value"]
+        ),
+    ),
+    NamingRule(
+        "loyal",
+        "Recent and frequent: reward their loyalty.",
+        lambda p, pop: _recent(p, pop) and _frequent(p, pop),
+    ),
+    NamingRule(
+        "bargain_hunter",
+        "Buy often in small baskets, after comparing carts and categories: coupons.",
+        lambda p, pop: (
+            p["frequency"] >= max(pop["frequency"], 0.5)
+            and p["avg_order_value"] < pop["avg_order_value"]
             and (
                 p["cart_abandonment_30d"] >= 0.3
                 or p["category_diversity_30d"] >= pop["category_diversity_30d"]
@@ -62,16 +142,15 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         ),
     ),
     NamingRule(
-        "at_risk",
-        "Bought before, but not for two weeks or more.",
-        lambda p, pop: p["days_since_last_purchase"] >= 14 and p["avg_order_value"] > 1,
+        "potential",
+        "Bought recently, but not often yet: nurture and cross-sell.",
+        lambda p, pop: p["frequency"] >= 0.5 and _recent(p, pop),
     ),
     NamingRule(
-        "dormant",
-        "Little activity of any kind lately.",
-        lambda p, pop: p["events_30d"] < 0.5 * pop["events_30d"],
+        "low_value",
+        "Infrequent, small or quiet: low-cost automation.",
+        lambda p, pop: True,
     ),
-    NamingRule("regular", "Steady shoppers with typical activity and spend.", lambda p, pop: True),
 )
 
 
@@ -85,35 +164,84 @@ class SegmentProfile:
     centroid: Profile
 
 
+def population_profile(scaler: OnlineScaler, population: Sequence[float] | None) -> Profile:
+    """The typical customer in human units: ``population`` (medians of raw model vectors)
+    when the model has it, else the scaler's mean."""
+    raw = scaler.mean if population is None else np.asarray(population, float)
+    return to_human(raw)
+
+
 def profiles(
     centres: np.ndarray,
     scaler: OnlineScaler,
     ids: Sequence[int] | None = None,
     rules: tuple[NamingRule, ...] = DEFAULT_RULES,
+    population: Sequence[float] | None = None,
 ) -> list[SegmentProfile]:
-    """Name every segment; names repeat only with a numeric suffix (``at_risk_2``).
+    """Name every segment (the module docstring lists the rules).
 
-    ``ids`` are the segment ids of the centres' rows (default: the row numbers). Suffixes
-    go to segments in id order, so the oldest segment keeps the plain name.
+    ``ids`` are the segment ids of the centres' rows (default: the row numbers);
+    ``population`` the typical customer's raw model vector (see :func:`population_profile`).
 
     Examples
     --------
     >>> import numpy as np
-    >>> from stream.scaling import MODEL_FEATURES
+    >>> from stream.scaling import MODEL_FEATURES, to_vector
     >>> s = OnlineScaler.empty(len(MODEL_FEATURES))
-    >>> s.learn(np.zeros(len(MODEL_FEATURES))); s.learn(np.ones(len(MODEL_FEATURES)))
-    >>> [p.name for p in profiles(np.zeros((2, len(MODEL_FEATURES))), s)]
-    ['new', 'new_2']
+    >>> typical = {"events_30d": 20, "frequency": 2, "monetary": 80, "avg_order_value": 40,
+    ...            "days_since_last_purchase": 10, "days_since_last_event": 2,
+    ...            "conversion_rate_30d": 0.1, "cart_abandonment_30d": 0.4,
+    ...            "category_diversity_30d": 3, "tenure_days": 90}
+    >>> s.learn(to_vector(typical)); s.learn(to_vector(typical))
+    >>> browsers = [{**typical, "frequency": 0, "monetary": 0, "events_30d": e} for e in (30, 90)]
+    >>> centres = s.transform(np.stack([to_vector(b) for b in browsers]))
+    >>> [p.name for p in profiles(centres, s)]
+    ['window_shopper_less_activity', 'window_shopper_more_activity']
     """
-    population = to_human(scaler.mean)
-    out: list[SegmentProfile] = []
-    used: dict[str, int] = {}
+    pop = population_profile(scaler, population)
     seg_ids = list(range(len(centres))) if ids is None else list(ids)
-    for i, centre in sorted(zip(seg_ids, centres, strict=True), key=lambda t: t[0]):
-        human = to_human(scaler.inverse(centre))
-        rule = next(r for r in rules if r.applies(human, population))
-        used[rule.name] = used.get(rule.name, 0) + 1
-        name = rule.name if used[rule.name] == 1 else f"{rule.name}_{used[rule.name]}"
-        out.append(SegmentProfile(i, name, rule.description, human))
-    order = {sid: n for n, sid in enumerate(seg_ids)}
-    return sorted(out, key=lambda p: order[p.segment])
+    humans = [to_human(scaler.inverse(c)) for c in centres]
+    chosen = [next(r for r in rules if r.applies(h, pop)) for h in humans]
+    names = [r.name for r in chosen]
+    for base in set(names):
+        rows = [j for j, n in enumerate(names) if n == base]
+        if len(rows) > 1:
+            for j, qualifier in zip(rows, _qualifiers(centres[rows]), strict=True):
+                names[j] = f"{base}_{qualifier}"
+    return [
+        SegmentProfile(sid, name, rule.description, human)
+        for sid, name, rule, human in zip(seg_ids, names, chosen, humans, strict=True)
+    ]
+
+
+#: Rank words by how many segments share a name.
+_RANKS: dict[int, tuple[str, ...]] = {
+    2: ("less", "more"),
+    3: ("less", "mid", "more"),
+    4: ("least", "less", "more", "most"),
+    5: ("least", "less", "mid", "more", "most"),
+}
+
+
+def _qualifiers(centres: np.ndarray) -> list[str]:
+    """Words that tell apart segments under one name: their rank on the feature on which
+    their centres spread most (``less_activity``, ``more_activity``). Past five segments
+    under one name, ranks share a word, and segments sharing one are told apart by the
+    feature of the second-largest spread."""
+    spread = centres.max(axis=0) - centres.min(axis=0)
+    first, second = (int(j) for j in np.argsort(-spread)[:2])
+    n = len(centres)
+    order = [int(r) for r in np.argsort(centres[:, first], kind="stable")]
+    ranks = _RANKS.get(n) or tuple(_RANKS[5][r * 5 // n] for r in range(n))
+    out = {row: f"{ranks[rank]}_{_word(first)}" for rank, row in enumerate(order)}
+    for word in set(out.values()):
+        rows = sorted((r for r in out if out[r] == word), key=lambda r: centres[r, second])
+        if len(rows) > 1:
+            # At most two share a word (n <= 10); three if more, still told apart.
+            for rank, row in zip(_RANKS[len(rows)], rows, strict=True):
+                out[row] = f"{word}_{rank}_{_word(second)}"
+    return [out[row] for row in range(n)]
+
+
+def _word(j: int) -> str:
+    return FEATURE_WORDS.get(MODEL_FEATURES[j], MODEL_FEATURES[j])

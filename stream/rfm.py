@@ -6,10 +6,15 @@ highest spend ("545"). Each digit is the quintile of the user's value among ever
 :class:`~stream.quantiles.QuantileSketch` (the share of the population below the value
 plus half the share tied with it), inverted for recency, where fewer days is better.
 
-Mid-ranks keep ties together: every user with no orders gets the same frequency score,
-the middle of the run of zeros. With 70% of users at zero that is 2 (rank 0.35); when
-90% or more are at zero it is 3, since 3 is then where a zero sits in the population.
-A user who never purchased has no recency and scores r = 1.
+Mid-ranks keep ties together: users with equal values get equal scores. A user with no
+orders (or no spend) over the horizon scores 1 on frequency (monetary) however many share
+that zero: a marketer reads a 1 as "nothing", and a zero sitting mid-population (when
+most users have not bought) would otherwise score 3. A user who never purchased has no
+recency and scores r = 1.
+
+The segmenter rebuilds the sketches at every fit of the model, from the same snapshot of
+one vector per sampled user as of the watermark (:func:`sketches_of`), so that every user
+weighs the same, however often they shop.
 
 Scores are relative to the population as of the watermark (the shared event-time clock):
 the sketches hold the values users had at their updates, with older ones decayed away.
@@ -19,6 +24,7 @@ move, and two users with equal values get equal scores only against the same ske
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +159,21 @@ def rfm_scores(
     '111'
     """
     r = 1 if recency_days is None else _quintile(1.0 - sketches.recency.rank(recency_days))
-    f = _quintile(sketches.frequency.rank(orders))
-    m = _quintile(sketches.monetary.rank(spend))
+    f = 1 if orders <= 0 else _quintile(sketches.frequency.rank(orders))
+    m = 1 if spend <= 0 else _quintile(sketches.monetary.rank(spend))
     return RFMScores(r, f, m)
+
+
+def sketches_of(
+    recency_days: Iterable[float | None], orders: Iterable[float], spend: Iterable[float]
+) -> RFMSketches:
+    """Sketches of a population given as one value of each per user.
+
+    >>> s = sketches_of([1.0, None, 30.0], [2, 0, 1], [50.0, 0.0, 20.0])
+    >>> s.recency.count, s.frequency.count
+    (2.0, 3.0)
+    """
+    out = RFMSketches()
+    for r, f, m in zip(recency_days, orders, spend, strict=True):
+        out.learn(r, f, m)
+    return out

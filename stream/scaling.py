@@ -1,47 +1,48 @@
-"""Online feature scaling: log-compression of heavy-tailed features, then standardisation.
+"""Online feature scaling: caps and log-compression of heavy-tailed features, then
+standardisation.
 
-Spend, counts and durations are heavy-tailed, so they are compressed with ``log1p`` before
-standardising; rates in [0, 1] are used as they are. Means and variances are learned online
-(Welford), one update per user update.
+Which features the model uses, their caps and whether they are log-compressed come from
+:mod:`stream.feature_registry`. Means and variances are learned online (Welford) and
+merged across processes exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-#: The features the model clusters on, in vector order.
-MODEL_FEATURES: tuple[str, ...] = (
-    "events_30d",
-    "purchases_30d",
-    "spend_30d",
-    "days_since_last_purchase",
-    "avg_order_value",
-    "conversion_rate_30d",
-    "cart_abandonment_30d",
-    "category_diversity_30d",
-    "tenure_days",
-)
-#: Features that are compressed with log1p before scaling.
-LOG_FEATURES = frozenset(MODEL_FEATURES) - {"conversion_rate_30d", "cart_abandonment_30d"}
-#: Recency and tenure saturate: past this many days the difference stops mattering, and a
-#: user who never purchased counts as this far from a purchase.
-DAYS_CAP = 60.0
+from stream.feature_registry import DAYS_CAP, FEATURES_BY_NAME, MODEL_FEATURES
 
-_LOG_MASK = np.array([f in LOG_FEATURES for f in MODEL_FEATURES])
+__all__ = ["DAYS_CAP", "LOG_FEATURES", "MODEL_FEATURES", "OnlineScaler", "to_human", "to_vector"]
+
+_MODEL = [FEATURES_BY_NAME[n] for n in MODEL_FEATURES]
+#: Features that are compressed with log1p before scaling (heavy-tailed counts, money and
+#: days); rates in [0, 1] are used as they are.
+LOG_FEATURES = frozenset(f.name for f in _MODEL if f.log)
+_LOG_MASK = np.array([f.log for f in _MODEL])
+_CAPS = np.array([np.inf if f.cap is None else f.cap for f in _MODEL])
+_MISSING = [(i, f.name, f.missing) for i, f in enumerate(_MODEL)]
 _VAR_FLOOR = 1e-6
+#: The smallest spread the scaler divides by, per model feature (the registry's
+#: resolutions): see :attr:`OnlineScaler.std`.
+STD_FLOOR = np.array([f.resolution for f in _MODEL])
 
 
-def to_vector(features: dict[str, float | None]) -> np.ndarray:
-    """The model-space (log-compressed, unscaled) vector of a user's human features."""
+def to_vector(features: Mapping[str, float | None]) -> np.ndarray:
+    """The model-space (capped, log-compressed, unscaled) vector of a user's features.
+
+    >>> v = to_vector({"frequency": 3.0, "days_since_last_purchase": None})
+    >>> float(v[MODEL_FEATURES.index("days_since_last_purchase")]) == float(np.log1p(DAYS_CAP))
+    True
+    """
     raw = np.empty(len(MODEL_FEATURES))
-    for i, name in enumerate(MODEL_FEATURES):
+    for i, name, missing in _MISSING:
         v = features.get(name)
-        if name in ("days_since_last_purchase", "tenure_days"):
-            v = DAYS_CAP if v is None else min(v, DAYS_CAP)
-        raw[i] = 0.0 if v is None else v
+        raw[i] = missing if v is None else v
+    np.minimum(raw, _CAPS, out=raw)
     raw[_LOG_MASK] = np.log1p(raw[_LOG_MASK])
     return raw
 
@@ -85,8 +86,15 @@ class OnlineScaler:
 
     @property
     def std(self) -> np.ndarray:
+        """The spread per dimension, never below a floor. For the model's vectors the
+        floor is each feature's resolution (:data:`STD_FLOOR`): a feature almost every
+        user shares would otherwise get a tiny spread, and any centre a little off it
+        would sit many units away from everyone."""
         var = self.m2 / self.count if self.count > 1 else np.ones_like(self.mean)
-        return np.sqrt(np.maximum(var, _VAR_FLOOR))
+        std = np.sqrt(np.maximum(var, _VAR_FLOOR))
+        if std.shape == STD_FLOOR.shape:
+            std = np.maximum(std, STD_FLOOR)
+        return std
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Standardise ``x`` (one vector or a matrix of row vectors)."""

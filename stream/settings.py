@@ -20,7 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from stream.checkpoint import ModelParams
 from stream.errors import ConfigError
+from stream.feature_registry import RFM_HORIZONS
 from stream.privacy import MIN_SECRET_BYTES
+from stream.selection import K_CRITERIA
 
 ENV_PREFIX = "SEGMENTER_"
 #: The environment variable naming the optional TOML settings file.
@@ -85,14 +87,25 @@ class Settings:
     kmeans_halflife: float = 0.01
     warmup_users: int = 200
     reservoir_size: int = 2000
-    segment_match_threshold: float = 1.0
+    segment_match_threshold: float = 2.0
     seed: int = 42
     hysteresis_margin: float = 0.15
     model_sync_interval_s: float = 2.0
     model_sync_updates: int = 200
     model_publish_interval_s: float = 10.0
     model_publish_updates: int = 500
-    model_refit_updates: int = 0
+    model_refit_updates: int = 50_000
+    model_refit_interval_days: float = 7.0
+    # A backlog moves through a refit interval of event time in moments, and a refit
+    # costs about a second: no process tries one sooner than this after its last.
+    model_refit_min_interval_s: float = 5.0
+    k_criterion: str = "prediction_strength"
+    # Event time
+    rfm_horizon: str = "365d"
+    watermark_lateness_s: float = 300.0
+    watermark_idle_s: float = 10.0
+    watermark_sync_interval_s: float = 1.0
+    sweep_batch: int = 1000
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health: loopback unless asked for, as a process may run where its port
@@ -141,6 +154,29 @@ class Settings:
         if self.model_refit_updates < 0:
             raise ConfigError(
                 "model_refit_updates", f"must be 0 (never) or more, got {self.model_refit_updates}"
+            )
+        if not self.model_refit_interval_days >= 0:
+            raise ConfigError(
+                "model_refit_interval_days",
+                f"must be 0 (never) or more, got {self.model_refit_interval_days}",
+            )
+        if self.k_criterion not in K_CRITERIA:
+            raise ConfigError(
+                "k_criterion", f"must be one of {', '.join(K_CRITERIA)}, got {self.k_criterion!r}"
+            )
+        if self.rfm_horizon not in RFM_HORIZONS:
+            raise ConfigError(
+                "rfm_horizon", f"must be one of {', '.join(RFM_HORIZONS)}, got {self.rfm_horizon!r}"
+            )
+        if not self.watermark_lateness_s >= 0:
+            raise ConfigError(
+                "watermark_lateness_s", f"must be 0 or more, got {self.watermark_lateness_s}"
+            )
+        _check_positive(self, "watermark_idle_s", "watermark_sync_interval_s", "sweep_batch")
+        if not self.model_refit_min_interval_s >= 0:
+            raise ConfigError(
+                "model_refit_min_interval_s",
+                f"must be 0 or more, got {self.model_refit_min_interval_s}",
             )
         if not self.segment_match_threshold > 0:
             raise ConfigError(
@@ -199,6 +235,8 @@ class Settings:
             publish_interval_ms=int(self.model_publish_interval_s * 1000),
             publish_updates=self.model_publish_updates,
             refit_updates=self.model_refit_updates,
+            refit_interval_ms=int(self.model_refit_interval_days * 86_400_000),
+            k_criterion=self.k_criterion,
             seed=self.seed,
         )
 

@@ -25,7 +25,7 @@ Examples
 >>> s = apply_events(None, [e]).state
 >>> blob = encode_state(s)
 >>> decode_state(blob) == s, len(blob), len(orjson.dumps(s.to_dict()))
-(True, 153, 281)
+(True, 185, 340)
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState
+from stream.features import GRAINS, UserState
 from stream.stored_change import StoredChange
 
 #: The first byte of a blob in this format.
-FORMAT = 2
+FORMAT = 3
 
 _NO_TIME = -1
 # format, latest event, first seen, last purchase, segment, segment since, then counts of
-# minute, hour and day rows, categories, de-dup keys, offsets, and flags
-_HEADER = struct.Struct("<BqqqiqBBBBBBB")
+# minute, hour, day, week and period rows, categories, de-dup keys, offsets, and flags
+_HEADER = struct.Struct("<BqqqiqBBBBBBBBB")
 _LIFETIME = struct.Struct("<6Id")
 _NARROW = struct.Struct("<7B")  # relative index, six counts
 _SPEND = struct.Struct("<7Bd")  # relative index | 0x40, six counts, spend
@@ -56,7 +56,7 @@ _LC = struct.Struct("<qI")
 _KEY_BYTES = 6
 _HAS_LAST_CHANGE = 1
 _HAS_SEGMENT_NAME = 2
-_GRAINS = (MINUTE_MS, HOUR_MS, DAY_MS)
+_GRAINS = GRAINS
 
 
 def _rows(buckets: dict[int, list[float]], now_index: int, out: list[bytes]) -> None:
@@ -104,6 +104,8 @@ def encode_state(s: UserState) -> bytes:
             len(s.minutes),
             len(s.hours),
             len(s.days),
+            len(s.weeks),
+            len(s.periods),
             len(s.categories),
             len(s.recent_events),
             len(s.offsets),
@@ -112,7 +114,7 @@ def encode_state(s: UserState) -> bytes:
         _LIFETIME.pack(*(int(c) for c in s.lifetime[:6]), s.lifetime[6]),
     ]
     now = s.last_event_ms
-    for buckets, grain in zip((s.minutes, s.hours, s.days), _GRAINS, strict=True):
+    for buckets, grain in zip(s.buckets(), _GRAINS, strict=True):
         _rows(buckets, now // grain, out)
     for name, seen in s.categories.items():
         _text(name, out)
@@ -180,7 +182,12 @@ def decode_state(blob: bytes) -> UserState:
         If the blob is not in this format.
     """
     if not blob or blob[0] != FORMAT:
-        raise ValueError(f"unknown user-state format {blob[:1]!r}")
+        raise ValueError(
+            f"unknown user-state format {blob[:1]!r} (this version writes {FORMAT}): the "
+            "state was written by another version of the segmenter. Start on an empty key "
+            "space (a new SEGMENTER_REDIS_PREFIX) and a new consumer group, which reads the "
+            "input topics again from the start"
+        )
     r = _Reader(blob, 0)
     (
         _,
@@ -192,6 +199,8 @@ def decode_state(blob: bytes) -> UserState:
         n_min,
         n_hour,
         n_day,
+        n_week,
+        n_period,
         n_cat,
         n_keys,
         n_off,
@@ -201,9 +210,11 @@ def decode_state(blob: bytes) -> UserState:
     s = UserState(
         first_seen_ms=first,
         last_event_ms=last,
-        minutes=_read_rows(r, n_min, last // MINUTE_MS),
-        hours=_read_rows(r, n_hour, last // HOUR_MS),
-        days=_read_rows(r, n_day, last // DAY_MS),
+        minutes=_read_rows(r, n_min, last // _GRAINS[0]),
+        hours=_read_rows(r, n_hour, last // _GRAINS[1]),
+        days=_read_rows(r, n_day, last // _GRAINS[2]),
+        weeks=_read_rows(r, n_week, last // _GRAINS[3]),
+        periods=_read_rows(r, n_period, last // _GRAINS[4]),
         lifetime=[*counts, spend],
         last_purchase_ms=None if last_purchase == _NO_TIME else last_purchase,
         segment=None if segment < 0 else segment,

@@ -27,12 +27,13 @@ from dataclasses import dataclass
 import orjson
 
 from stream.events import parse_timestamp
-from stream.features import FEATURE_NAMES
+from stream.feature_registry import FEATURE_NAMES
 from stream.messages import SCHEMA_VERSION, SegmentChange
 
 # previous segment (-1: none), segment, model version, event time, emission time,
-# distance margin, runner-up, then counts of top features and of features
-_FIELDS = struct.Struct("<iiqqqdiBB")
+# watermark, distance margin, runner-up, RFM scores (0: none), then counts of top features
+# and of features
+_FIELDS = struct.Struct("<iiqqqqdiBBBBB")
 _LEN = struct.Struct("<H")
 _FLOAT = struct.Struct("<d")
 _NO_NAME = 0xFFFF
@@ -115,8 +116,10 @@ def _pack(c: SegmentChange) -> bytes:
             c.model_version,
             c.event_time_ms,
             c.emitted_at_ms,
+            c.watermark_ms,
             c.distance_margin,
             c.runner_up_segment,
+            *(c.rfm or (0, 0, 0)),
             len(c.top_features),
             len(c.features),
         ),
@@ -129,19 +132,32 @@ def _pack(c: SegmentChange) -> bytes:
             out.append(bytes([_INDEX[name]]) + _FLOAT.pack(v))
     _text(c.user_id, out)
     _text(c.segment_name, out)
-    if c.previous_segment_name is None:
-        out.append(_LEN.pack(_NO_NAME))
-    else:
-        _text(c.previous_segment_name, out)
+    for optional in (c.previous_segment_name, c.reason):
+        if optional is None:
+            out.append(_LEN.pack(_NO_NAME))
+        else:
+            _text(optional, out)
     return b"".join(out)
 
 
 def _unpack(data: bytes, at: int) -> SegmentChange:
     change_id = data[at : at + 16].hex()
     at += 16
-    prev, segment, version, event_ms, emitted_ms, margin, runner_up, n_top, n_f = (
-        _FIELDS.unpack_from(data, at)
-    )
+    (
+        prev,
+        segment,
+        version,
+        event_ms,
+        emitted_ms,
+        watermark_ms,
+        margin,
+        runner_up,
+        r,
+        f,
+        m,
+        n_top,
+        n_f,
+    ) = _FIELDS.unpack_from(data, at)
     at += _FIELDS.size
     top = tuple(FEATURE_NAMES[i] for i in data[at : at + n_top])
     at += n_top
@@ -155,7 +171,7 @@ def _unpack(data: bytes, at: int) -> SegmentChange:
             (features[FEATURE_NAMES[i]],) = _FLOAT.unpack_from(data, at)
             at += _FLOAT.size
     texts: list[str | None] = []
-    for _ in range(3):
+    for _ in range(4):
         (n,) = _LEN.unpack_from(data, at)
         at += _LEN.size
         if n == _NO_NAME:
@@ -163,7 +179,7 @@ def _unpack(data: bytes, at: int) -> SegmentChange:
         else:
             texts.append(data[at : at + n].decode())
             at += n
-    user_id, segment_name, prev_name = texts
+    user_id, segment_name, prev_name, reason = texts
     assert user_id is not None and segment_name is not None
     return SegmentChange(
         change_id=change_id,
@@ -179,6 +195,9 @@ def _unpack(data: bytes, at: int) -> SegmentChange:
         runner_up_segment=runner_up,
         top_features=top,
         features=features,
+        watermark_ms=watermark_ms,
+        reason=reason,
+        rfm=(r, f, m) if r else None,
     )
 
 
@@ -203,6 +222,11 @@ def _parse(raw: bytes) -> SegmentChange | None:
             runner_up_segment=x["runner_up_segment"],
             top_features=tuple(x["top_features"]),
             features=m["features"],
+            watermark_ms=0 if m.get("watermark") is None else parse_timestamp(m["watermark"]),
+            reason=x.get("reason"),
+            rfm=None
+            if m.get("rfm") is None
+            else (m["rfm"]["recency"], m["rfm"]["frequency"], m["rfm"]["monetary"]),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

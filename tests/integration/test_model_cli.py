@@ -2,44 +2,73 @@
 
 from __future__ import annotations
 
-import numpy as np
+import random
+
 import orjson
 import pytest
 import redis
 
 from state.redis_store import RedisStore
 from stream.checkpoint import ModelDelta, merge
+from stream.events import Event
+from stream.features import apply_events
 from stream.scaling import MODEL_FEATURES, OnlineScaler
 from stream.settings import Settings
+from stream.state_codec import encode_state
+from stream.watermark import PartitionClock
 from tests.integration.conftest import cli
 
 pytestmark = pytest.mark.integration
 D = len(MODEL_FEATURES)
 
 
+T0 = 1_700_000_000_000
+HOUR = 3_600_000
+
+
+def write_users(store: RedisStore, kind: str, n: int) -> list[str]:
+    """``n`` users of one kind, their states written as a batch would, and sampled."""
+    users = []
+    rng = random.Random(kind)
+    for i in range(n):
+        uid = f"{kind}-{i:03d}"
+        x = rng.gauss(1.0, 0.05)  # a little spread within the kind
+        if kind == "big":  # five large orders
+            evs = [
+                Event(f"{uid}-{j}", uid, "purchase", T0 - j * HOUR, "p", 0, j, amount=300.0 * x)
+                for j in range(5)
+            ]
+        elif kind == "small":  # one small order
+            evs = [Event(f"{uid}-0", uid, "purchase", T0, "p", 0, 0, amount=5.0 * x)]
+        else:  # browsing only
+            evs = [Event(f"{uid}-{j}", uid, "view", T0 - j * HOUR, "c", 0, j) for j in range(40)]
+        store.client.set(store.keys.state(uid), encode_state(apply_events(None, evs).state))
+        users.append(uid)
+    store.sample_users(users, 1000, random.Random(0))
+    return users
+
+
 def test_history_refit_versions_and_rollback(settings: Settings, rds: redis.Redis) -> None:
     s = settings.replace(n_clusters=0, k_min=2, k_max=4, warmup_users=60, reservoir_size=300)
     params = s.model_params()
     store = RedisStore.from_settings(s)
-    rng = np.random.default_rng(0)
-    two = np.concatenate([rng.normal(c, 0.2, (50, D)) for c in (0.0, 4.0)])
+    store.share_watermark({"c:0": PartitionClock(T0, 0)})  # the group's clock: T0
+    write_users(store, "big", 50)
+    write_users(store, "small", 50)
     scaler = OnlineScaler.empty(D)
-    for x in two:
-        scaler.learn(x)
-    store.push_reservoir(list(two), s.reservoir_size)
-    delta = ModelDelta(0, 0, None, None, None, 0, scaler, len(two), two[:0])
-    store.commit_model(lambda c: merge(c, delta, store.reservoir(), params, 1000), 10**6, 1000)
+    snapshot = store.snapshot(T0)
+    delta = ModelDelta(0, 0, None, None, None, 0, scaler, 0, snapshot[:0])
+    store.commit_model(lambda c: merge(c, delta, snapshot, params, 1000, T0), 10**6, 1000)
     rds.sadd(f"{s.redis_prefix}segment:{{1}}:members", "u-in-1")
 
     out = cli(s, "model", "history")
     assert out.returncode == 0, out.stderr
-    assert "k = 2: k=2 has the highest silhouette" in out.stdout
+    assert "k = 2: k=2 is the largest k whose prediction strength" in out.stdout
     assert out.stdout.count(" born ") == 2
 
-    # The behaviour splits: one group becomes two. A refit finds three segments, keeps
+    # A third kind of customer arrives. A refit on the sample finds three segments, keeps
     # both old ids (their centres barely move) and announces the new one.
-    three = np.concatenate([rng.normal(c, 0.2, (50, D)) for c in (0.0, 4.0, 8.0)])
-    store.push_reservoir(list(three), s.reservoir_size)
+    write_users(store, "browser", 50)
     out = cli(s, "model", "refit")
     assert out.returncode == 0, out.stderr
     doc = orjson.loads(rds.get(f"{s.redis_prefix}model"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numpy as np
@@ -11,8 +12,11 @@ from consumers.devstack.servers import Server
 from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
 from stream.checkpoint import ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError
+from stream.events import Event
+from stream.features import apply_events
 from stream.reassessment import QueueEntry
 from stream.scaling import MODEL_FEATURES, OnlineScaler
+from stream.state_codec import encode_state
 
 pytestmark = pytest.mark.integration
 D = len(MODEL_FEATURES)
@@ -75,15 +79,40 @@ def test_versions_are_kept_every_interval_and_trimmed(store: RedisStore) -> None
         store.model_version(1)
 
 
+def test_the_user_sample_is_uniform_over_users_and_bounded(store: RedisStore) -> None:
+    rng = random.Random(1)
+    size = 100
+    # 2,000 users arrive in batches of 50: each ends in the sample with chance 1/20.
+    users = [f"u{i:04d}" for i in range(2000)]
+    for start in range(0, 2000, 50):
+        assert store.sample_users(users[start : start + 50], size, rng) == min(size, start + 50)
+    sampled = store.sampled_users()
+    assert len(sampled) == size
+    early = sum(1 for u in sampled if int(u[1:]) < 1000)
+    assert 30 <= early <= 70  # half the users came first: about half the sample
+    assert store.sample_users([], size, rng) == size  # nothing new: just the size
+
+
+def test_the_snapshot_is_one_vector_per_sampled_user_as_of_the_watermark(
+    store: RedisStore,
+) -> None:
+    day = 86_400_000
+    t0 = 1_700_000_000_000
+    for i, uid in enumerate(("a", "b")):
+        ev = Event(f"e{i}", uid, "purchase", t0, "shop.purchases", 0, i, amount=50.0)
+        store.client.set(store.keys.state(uid), encode_state(apply_events(None, [ev]).state))
+    store.sample_users(["a", "b", "never-written"], 10, random.Random(0))
+    snap = store.snapshot(t0 + 40 * day)
+    assert snap.shape == (2, D)
+    recency = MODEL_FEATURES.index("days_since_last_purchase")
+    np.testing.assert_allclose(snap[:, recency], np.log1p(40.0))  # as of the watermark
+    assert store.snapshot(t0 + 40 * day, limit=1).shape == (1, D)
+
+
 def test_seeding_is_kept_and_rollback_is_a_new_version(store: RedisStore) -> None:
     rng = np.random.default_rng(0)
     pts = np.concatenate([rng.normal(c, 0.2, (20, D)) for c in (0.0, 5.0)])
-    assert store.push_reservoir(list(pts), P.reservoir_size) == 40
-    assert store.push_reservoir(list(pts[:10]), P.reservoir_size) == 40  # trimmed
-    np.testing.assert_allclose(store.reservoir()[-10:], pts[:10])
-    seeded, events = store.commit_model(
-        lambda c: merge(c, delta(20, 3), store.reservoir(), P, 5), 10**9, 5
-    )
+    seeded, events = store.commit_model(lambda c: merge(c, delta(20, 3), pts, P, 5), 10**9, 5)
     assert seeded["ready"] and [e["event"] for e in events] == ["born", "born"]
     store.commit_model(lambda c: merge(c, delta(2, 4), None, P, 6), 10**9, 6)
     assert [v["version"] for v in store.model_versions()] == [1]  # seeding: kept

@@ -8,6 +8,7 @@ from state.redis_store import fenced_write_args, user_hash
 from stream.batch import UserUpdate
 from stream.events import Event
 from stream.features import DAY_MS, HOUR_MS, apply_events, compute_features, full_features
+from stream.rfm import RFMScores
 from stream.state_codec import decode_state, encode_state
 from stream.stored_change import StoredChange
 
@@ -30,6 +31,7 @@ def test_fields_of_a_segmented_user() -> None:
     h = user_hash(u, model_version=4, updated_at_ms=T + 1234)
     assert set(h) == {
         "last_event_time",
+        "features_as_of",
         "updated_at",
         "model_version",
         "segment",
@@ -41,6 +43,8 @@ def test_fields_of_a_segmented_user() -> None:
     assert h["segment_name"] == "high_value"
     assert h["segment_since"] == "2023-11-14T21:13:20.000Z"
     assert h["last_event_time"] == "2023-11-14T22:13:20.000Z"
+    # No watermark given: the features are as of the user's own last event.
+    assert h["features_as_of"] == h["last_event_time"]
     assert h["updated_at"] == "2023-11-14T22:13:21.234Z"
     assert h["model_version"] == "4"
     assert all(isinstance(v, str) for v in h.values())
@@ -85,8 +89,40 @@ def test_missing_segment_since_falls_back_to_the_last_event() -> None:
 
 def test_no_segment_fields_without_a_segment() -> None:
     h = user_hash(make_update(None, None, None), 0, T)
-    assert set(h) == {"last_event_time", "updated_at", "model_version", "features"}
+    assert set(h) == {
+        "last_event_time",
+        "features_as_of",
+        "updated_at",
+        "model_version",
+        "features",
+    }
     assert h["model_version"] == "0"
+
+
+def test_features_are_as_of_the_watermark_when_it_is_later() -> None:
+    u = make_update(2, "high_value", T)
+    later = user_hash(u, 1, T, watermark_ms=T + 2 * DAY_MS)
+    assert later["features_as_of"] == "2023-11-16T22:13:20.000Z"
+    assert later["last_event_time"] == "2023-11-14T22:13:20.000Z"
+    # A watermark behind the user's own last event does not take their features back.
+    earlier = user_hash(u, 1, T, watermark_ms=T - DAY_MS)
+    assert earlier["features_as_of"] == earlier["last_event_time"]
+
+
+def test_rfm_code_only_when_scores_exist() -> None:
+    u = make_update(2, "high_value", T)
+    assert "rfm" not in user_hash(u, 1, T)
+    scored = UserUpdate("u42", u.state, u.features, None, None, None, rfm=RFMScores(5, 3, 4))
+    h = user_hash(scored, 1, T)
+    assert h["rfm"] == "534"
+    assert set(h) - set(user_hash(u, 1, T)) == {"rfm"}
+
+
+def test_fenced_write_args_carry_the_watermark() -> None:
+    u = make_update(2, "high_value", T)
+    args = fenced_write_args(u, b"\x02state", 4, T, watermark_ms=T + DAY_MS)
+    rest = dict(zip(args[6::2], args[7::2], strict=True))
+    assert rest["features_as_of"] == "2023-11-15T22:13:20.000Z"
 
 
 def test_state_round_trips() -> None:

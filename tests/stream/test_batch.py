@@ -10,15 +10,23 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.batch import MESSAGE_FEATURES, BatchResult, SegmentNames, process_batch
+from stream.batch import (
+    MESSAGE_FEATURES,
+    BatchResult,
+    Clock,
+    SegmentNames,
+    partition_of,
+    process_batch,
+)
 from stream.checkpoint import ModelParams
 from stream.events import Event
 from stream.features import DAY_MS, HOUR_MS, MINUTE_MS, UserState, apply_events, compute_features
 from stream.messages import change_id
 from stream.model import SegmentModel
 from stream.reassessment import QueueEntry
-from stream.scaling import to_vector
+from stream.scaling import MODEL_FEATURES, to_vector
 from stream.stored_change import StoredChange
+from stream.timers import TIMER_POS, next_due, quiet_reason
 
 T = 1_700_000_000_000
 EMITTED = T + 5_000
@@ -242,7 +250,8 @@ def test_late_only_users_are_written_without_learning(world) -> None:
     shop, model, names = world
     states, _, _ = warm_up(shop, model, names)
     updates = observed(model)
-    r = run({"u2": [shop.ev("u2", "click", T - 45 * DAY_MS)]}, states, model, names)
+    # Late: older than the longest window (364 days) before u2's latest event.
+    r = run({"u2": [shop.ev("u2", "click", T - 400 * DAY_MS)]}, states, model, names)
     assert r.late == 1
     assert observed(model) == updates
     (u,) = r.updates
@@ -319,7 +328,7 @@ def test_segment_names_fall_back_and_refresh() -> None:
     model = small_model()
     names.refresh(model)  # not ready: nothing to name
     assert names.names == {}
-    for v in np.random.default_rng(0).normal(size=(4, 9)):
+    for v in np.random.default_rng(0).normal(size=(4, len(MODEL_FEATURES))):
         model.observe(v)
     model.sync_local(now_ms=T)
     names.refresh(model)
@@ -512,3 +521,252 @@ def test_a_stored_change_is_kept_until_its_batch_is_known_committed(world) -> No
     # Committed past the trigger: no replay can need it, so it is dropped.
     assert written({"shop.purchases:0": lc.offset + 1}).last_change is None
     assert states["u5"].last_change == lc  # the input state is not changed
+
+
+# -- event time: the clock, the sweep and its timers ---------------------------------------
+
+
+def test_features_are_computed_as_of_the_clocks_watermark(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    wm = T + 10 * DAY_MS
+    batch = {"u9": shop.buyer("u9", 120.0)}  # a new user: last event two days before T
+    r = process_batch(
+        batch, states, model, names, MARGIN, WINDOW, EMITTED, clock=Clock(wm, "lifetime")
+    )
+    (u,) = r.updates
+    assert u.features == compute_features(u.state, wm, "lifetime")
+    assert u.features != compute_features(u.state)
+    # As of the watermark, not the user's own last event: twelve days of quiet.
+    assert u.features["days_since_last_event"] == 12.0
+    assert u.features["days_since_last_purchase"] == 12.0
+    assert u.features["events_7d"] == 0.0
+    assert (u.features["frequency"], u.features["monetary"]) == (3.0, 360.0)
+    c = u.change
+    assert c is not None and c.previous_segment is None and c.reason is None
+    assert c.watermark_ms == wm
+    assert c.event_time_ms == batch["u9"][-1].ts_ms
+    assert c.features == {k: u.features[k] for k in MESSAGE_FEATURES}
+    assert orjson.loads(c.to_json())["watermark"] == "2023-11-24T22:13:20.000Z"
+    # The decision used the vector of those features.
+    z = model.scale(to_vector(u.features))
+    assert u.decision is not None
+    np.testing.assert_allclose(
+        u.decision.margin, model.decide(None, z, model.distances(z), MARGIN).margin
+    )
+
+
+def test_a_watermark_behind_the_users_events_changes_nothing(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    batch = {"u5": [shop.ev("u5", "view", T + MINUTE_MS)]}
+    behind = process_batch(
+        batch, states, model, names, MARGIN, WINDOW, EMITTED, clock=Clock(T - DAY_MS)
+    )
+    none = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED)
+    assert behind.updates[0].features == none.updates[0].features
+    assert none.updates[0].features == compute_features(behind.updates[0].state)
+
+
+def sweep(
+    states: dict[str, UserState | None],
+    model: SegmentModel,
+    names: SegmentNames,
+    users: Sequence[str],
+    due: int,
+    wm: int,
+    timers: dict[str, int] | None = None,
+    events: dict[str, Sequence[Event]] | None = None,
+) -> BatchResult:
+    """Sweep ``users`` whose timers stand at ``due`` (unless ``timers`` says otherwise),
+    with no hysteresis, so a user nearer another centre moves."""
+    return process_batch(
+        events or {},
+        states,
+        model,
+        names,
+        0.0,
+        WINDOW,
+        EMITTED,
+        clock=Clock(wm),
+        sweep=users,
+        timers={u: due for u in users} if timers is None else timers,
+    )
+
+
+#: A month of quiet after the warm-up: buyers u5 and u7 last bought two days before T.
+DUE = T + 31 * DAY_MS - 1_000
+WM = T + 31 * DAY_MS
+
+
+def test_a_swept_user_moves_with_the_reason(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    before = states["u5"]
+    assert before is not None and before.segment is not None
+    updates, centres = observed(model), model.local_centres().copy()
+    r = sweep(states, model, names, ["u5"], DUE, WM)
+    (u,) = r.updates
+    c = u.change
+    assert c is not None and u.decision is not None and u.write
+    assert c.previous_segment == u.previous_segment == before.segment != c.segment
+    assert u.features == compute_features(before, WM)
+    assert c.reason == quiet_reason(u.features) == "no purchase for 33 days"
+    assert c.change_id == change_id("u5", f"timer:{DUE}", before.segment, c.segment)
+    assert c.event_time_ms == DUE and c.watermark_ms == WM
+    assert u.state.segment == c.segment and u.state.segment_since_ms == DUE
+    assert u.state.last_change == StoredChange.of(TIMER_POS, DUE, c)
+    doc = orjson.loads(c.to_json())
+    assert doc["explanation"]["reason"] == "no purchase for 33 days"
+    # Nothing learned from a sweep, and the input state is left as it was.
+    assert observed(model) == updates
+    np.testing.assert_array_equal(model.local_centres(), centres)
+    assert states["u5"] is before and before.segment == c.previous_segment
+    # The timer moves on to the next threshold after the watermark.
+    assert r.timers == {"u5": (0, next_due(u.state, WM))}
+    assert r.timers["u5"][1] == before.last_purchase_ms + 45 * DAY_MS  # type: ignore[operator]
+
+
+def test_a_swept_user_who_stays_is_written_without_a_change(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    st = states["u6"]
+    assert st is not None
+    r = sweep(states, model, names, ["u6"], DUE, WM)
+    (u,) = r.updates
+    assert u.change is None and u.decision is not None and not u.decision.changed
+    assert u.write and u.state.segment == st.segment
+    assert u.state.last_change == st.last_change
+    assert u.features == compute_features(st, WM)
+    assert r.timers == {"u6": (0, next_due(st, WM))}
+    assert r.timers["u6"][1] == st.last_event_ms + 45 * DAY_MS
+
+
+def test_a_sweep_change_id_is_stable_for_the_same_due_time(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    first = sweep(states, model, names, ["u5"], DUE, WM).updates[0].change
+    again = sweep(states, model, names, ["u5"], DUE, WM + HOUR_MS).updates[0].change
+    other = sweep(states, model, names, ["u5"], DUE + 1, WM).updates[0].change
+    assert first is not None and again is not None and other is not None
+    assert first.change_id == again.change_id != other.change_id
+
+
+def test_an_in_doubt_sweep_change_is_published_again_while_the_timer_stands(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    moved = sweep(states, model, names, ["u5"], DUE, WM).updates[0]
+    assert moved.change is not None
+    states["u5"] = moved.state
+    # The timer still stands at DUE: the sweep's commit is in doubt, so the change goes
+    # out again byte for byte, and nothing else is decided for the user.
+    r = sweep(states, model, names, ["u5"], DUE, WM + HOUR_MS)
+    (u,) = r.updates
+    assert not u.write and u.change is None and u.decision is None
+    assert u.republish == moved.change.to_json()
+    assert u.republish_segment == moved.change.segment
+    assert r.republished == 1
+    assert r.timers == {"u5": (0, next_due(moved.state, WM + HOUR_MS))}
+    # The same when an event of the user's comes first: republished, then decided.
+    ev = shop.ev("u5", "view", WM)
+    r = sweep(states, model, names, [], DUE, WM, timers={"u5": DUE}, events={"u5": [ev]})
+    first, *rest = r.updates
+    assert first.republish == moved.change.to_json() and not first.write
+    assert [x.user_id for x in rest] == ["u5"] and rest[0].write
+
+
+def test_a_committed_sweep_change_is_not_published_again(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    moved = sweep(states, model, names, ["u5"], DUE, WM).updates[0]
+    assert moved.change is not None
+    states["u5"] = moved.state
+    # The commit moved the timer on: the user is decided again at the new due time, and
+    # the stored change is not taken for one in doubt.
+    later = next_due(moved.state, WM)
+    assert later is not None
+    r = sweep(states, model, names, ["u5"], later, later)
+    assert r.republished == 0 and all(x.republish is None for x in r.updates)
+    (u,) = r.updates
+    assert u.write and u.decision is not None
+    # An event with the timer moved on (and hysteresis keeping the segment): no
+    # republish, and the delivered sweep change is dropped from the state written.
+    ev = shop.ev("u5", "view", WM)
+    r = process_batch(
+        {"u5": [ev]}, states, model, names, 0.99, WINDOW, EMITTED, timers={"u5": later}
+    )
+    (u,) = r.updates
+    assert u.republish is None and u.write and u.change is None
+    assert u.state.last_change is None
+    # With the timer still at DUE, the same event finds the change in doubt: it is
+    # published again and kept in the state.
+    r = process_batch({"u5": [ev]}, states, model, names, 0.99, WINDOW, EMITTED, timers={"u5": DUE})
+    first, written = r.updates
+    assert first.republish == moved.change.to_json()
+    assert written.change is None and written.state.last_change == moved.state.last_change
+
+
+def test_who_the_sweep_leaves_alone(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    # u1 has no segment yet (seen before the warm start): it waits in the queue, and its
+    # timer moves on past the watermark so it does not hold the head of the due list.
+    assert states["u1"] is not None and states["u1"].segment is None
+    r = sweep(states, model, names, ["u1", "nobody"], DUE, WM)
+    assert r.updates == [] and list(r.timers) == ["u1"]
+    part, due = r.timers["u1"]
+    assert part == 0 and (due is None or due > WM)
+    # No timer: nothing is due.
+    r = sweep(states, model, names, ["u5"], DUE, WM, timers={})
+    assert r.updates == []
+    # A queued user is decided by the reassessment, not the sweep.
+    r = process_batch(
+        {},
+        states,
+        model,
+        names,
+        0.0,
+        WINDOW,
+        EMITTED,
+        queued={"u5": QueueEntry(0, 1)},
+        clock=Clock(WM),
+        sweep=["u5"],
+        timers={"u5": DUE},
+    )
+    assert r.updates == []
+    # A user with events in the batch is decided by them, once, and learned from.
+    updates = observed(model)
+    ev = shop.ev("u5", "view", WM)
+    r = sweep(states, model, names, ["u5"], DUE, WM, events={"u5": [ev]})
+    (u,) = r.updates
+    assert u.decision is not None and u.change is None
+    assert observed(model) == updates + 1
+
+
+def test_batch_result_timers_cover_every_written_user(world) -> None:
+    shop, model, names = world
+    r1 = run({"u1": shop.buyer("u1", 300.0), "u2": shop.browser("u2")}, {}, model, names)
+    # Before the warm start too: their timers are set from their own last events.
+    assert r1.timers == {u.user_id: (0, next_due(u.state, 0)) for u in r1.updates}
+    st = r1.updates[0].state
+    assert r1.timers["u1"][1] == st.last_purchase_ms + 7 * DAY_MS  # type: ignore[operator]
+    _, batch3, r3 = warm_up(Shop(), small_model(), SegmentNames())
+    assert set(r3.timers) == {"u5", "u6", "u7", "u8"}
+    # A republish alone writes nothing, so sets no timer.
+    replay = run(batch3, {u.user_id: u.state for u in r3.updates}, small_model(), names)
+    assert replay.updates and replay.timers == {}
+    # The partition is the user's input partition.
+    ev = Event("p3", "u9", "view", T, "shop.clicks", 3, 10)
+    r = run({"u9": [ev]}, {}, small_model(), SegmentNames())
+    assert r.timers == {"u9": (3, T + 7 * DAY_MS)}
+    assert partition_of(r.updates[0].state) == 3
+
+
+def test_a_year_of_quiet_leaves_no_timer(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    st = states["u6"]
+    assert st is not None
+    wm = st.last_event_ms + 364 * DAY_MS
+    r = sweep(states, model, names, ["u6"], wm, wm)
+    assert r.timers == {"u6": (0, None)}

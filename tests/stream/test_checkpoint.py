@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -14,11 +16,13 @@ from stream.checkpoint import (
     refit,
     refit_due,
     retired_ids,
+    rfm_population,
     rollback,
+    snapshot_scaler,
 )
 from stream.errors import ModelError
 from stream.model import SegmentModel
-from stream.scaling import MODEL_FEATURES, OnlineScaler
+from stream.scaling import MODEL_FEATURES, OnlineScaler, to_vector
 
 D = len(MODEL_FEATURES)
 BLOBS = np.array([[0.0] * D, [4.0] * D, [8.0] * D])
@@ -48,19 +52,28 @@ def seeded(n: int = 40) -> dict:
     return doc
 
 
-def test_warm_start_chooses_k_by_silhouette_and_records_why() -> None:
+def test_warm_start_chooses_k_and_records_why() -> None:
     doc = seeded()
     assert doc["ready"] and doc["k"] == 3 and doc["ids"] == [0, 1, 2] and doc["next_id"] == 3
     choice = doc["k_choice"]
     assert choice["k"] == 3 and choice["n_points"] == 120
-    assert max(choice["scores"], key=lambda k: choice["scores"][k]) == "3"
+    assert set(choice["scores"]) == {"2", "3", "4", "5"}
     assert "k=3" in choice["reason"]
+    assert P.k_criterion in choice["reason"].replace(" ", "_")
     assert [e["event"] for e in doc["events"]] == ["born", "born", "born"]
     assert all(e["cause"].startswith("warm start") for e in doc["events"])
     # Seeded centres sit on the blobs (in raw units).
     raw = OnlineScaler.from_dict(doc["scaler"]).inverse(np.array(doc["centres"]))
     assert sorted(np.round(raw[:, 0]).tolist()) == [0.0, 4.0, 8.0]
     assert sum(doc["counts"]) == 120
+
+
+def test_warm_start_by_silhouette_takes_the_highest() -> None:
+    pts = points(40)
+    doc, _ = merge(None, warm_delta(pts), pts, replace(P, k_criterion="silhouette"), now_ms=0)
+    choice = doc["k_choice"]
+    assert choice["k"] == 3 and "silhouette" in choice["reason"]
+    assert max(choice["scores"], key=lambda k: choice["scores"][k]) == "3"
 
 
 def test_a_fixed_k_is_kept() -> None:
@@ -147,11 +160,13 @@ def test_a_dead_centre_is_reseeded_as_a_new_segment() -> None:
     # Segment 2 stops winning: recent wins all on 0 and 1.
     doc = {**doc, "recent_wins": [500.0, 500.0, 0.0]}
     far = points(20, seed=6, centres=np.array([[20.0] * D]))
-    m = SegmentModel(P)
+    # A threshold under the gap between neighbouring blobs: no merge is recorded.
+    p = replace(P, match_threshold=1.0)
+    m = SegmentModel(p)
     m.adopt(doc)
     for x in far:
         m.observe(x)
-    merged, events = merge(doc, m.delta(), None, P, 7)
+    merged, events = merge(doc, m.delta(), None, p, 7)
     kinds = sorted(e["event"] for e in events)
     assert kinds == ["born", "retired"]
     assert merged["ids"] == [0, 1, 3] and merged["next_id"] == 4
@@ -250,6 +265,12 @@ def test_check_rejects_other_formats_and_features() -> None:
         ({"halflife": 0.0}, "halflife"),
         ({"match_threshold": 0.0}, "match_threshold"),
         ({"reservoir_size": 10}, "reservoir_size"),
+        ({"refit_updates": -1}, "refit_updates"),
+        ({"refit_interval_ms": -1}, "refit_interval_ms"),
+        ({"refit_gain": 1.0}, "refit_gain"),
+        ({"refit_gain": -0.1}, "refit_gain"),
+        ({"refit_starts": 0}, "refit_starts"),
+        ({"publish_updates": 0}, "publish_updates"),
     ],
 )
 def test_params_are_validated_by_name(kwargs: dict, name: str) -> None:
@@ -257,22 +278,133 @@ def test_params_are_validated_by_name(kwargs: dict, name: str) -> None:
         ModelParams(**kwargs)
 
 
-def test_an_automatic_refit_replaces_the_centres_only_when_it_scores_better() -> None:
-    p = ModelParams(k_min=2, k_max=5, warmup_users=60, reservoir_size=600, refit_updates=50)
+def test_an_automatic_refit_with_the_same_k_is_kept_only_when_it_gains_enough() -> None:
     doc = seeded()  # three blobs, k = 3, fitted at 120 updates
-    assert not refit_due(doc, p) and refit_due(doc, p, pending=50)
+    strict = replace(P, refit_updates=50, refit_interval_ms=0, refit_gain=0.05)
+    assert not refit_due(doc, strict) and refit_due(doc, strict, pending=50)
+    m = SegmentModel(strict)
+    m.adopt(doc)
+    same = points(40, seed=12)  # a new sample of the same three blobs
+    d = delta_from(m, same[:60])
+    # Fitting afresh lowers the inertia on this sample by about 1.2 %: under a 5 % bar,
+    # the centres are left alone ...
+    merged, events = merge(doc, d, same, strict, 5)
+    assert events == [] and merged["ids"] == doc["ids"] and merged["epoch"] == doc["epoch"]
+    assert merged["fitted_at_updates"] == merged["updates"] == 180  # not due again at once
+    assert not refit_due(merged, strict)
+    assert merged["population"] == doc["population"]  # the names' reference stays too
+    # ... though the learning scaler and the RFM sketches are the snapshot's now.
+    scaler = OnlineScaler.from_dict(merged["scaler"])
+    assert scaler.count == len(same)
+    np.testing.assert_allclose(scaler.mean, same.mean(axis=0))
+    assert merged["rfm"] == rfm_population(same).to_dict()
+    # Over a 1 % bar, the new centres replace the old ones, every id kept.
+    refitted, events = merge(doc, d, same, replace(strict, refit_gain=0.01), 5)
+    assert [e["event"] for e in events] == ["refit"]
+    assert events[0]["cause"].startswith("automatic refit on 120 users (inertia 0.084 -> 0.083")
+    assert sorted(refitted["ids"]) == doc["ids"]
+    assert refitted["epoch"] == doc["epoch"] + 1
+    assert refitted["version"] == doc["version"] + 1  # published at once
+
+
+def test_an_automatic_refit_that_changes_k_is_kept() -> None:
+    p = replace(P, refit_updates=50, refit_interval_ms=0, refit_gain=0.5)
+    doc = seeded()
     m = SegmentModel(p)
     m.adopt(doc)
-    same = points(40, seed=12)
-    merged, events = merge(doc, delta_from(m, same[:60]), same, p, 5)
-    assert events == [] and merged["ids"] == doc["ids"]  # no better fit: left alone
-    assert merged["fitted_at_updates"] == merged["updates"]
     four = points(40, seed=13, centres=np.array([[0.0] * D, [4.0] * D, [8.0] * D, [12.0] * D]))
-    m.adopt(merged)
     for x in four[:60]:
         m.observe(x)
-    refitted, events = merge(merged, m.delta(), four, p, 6)
+    refitted, events = merge(doc, m.delta(), four, p, 6)
     assert refitted["k"] == 4 and set(doc["ids"]) < set(refitted["ids"])
     assert [e["event"] for e in events] == ["born"]
-    assert events[0]["cause"].startswith("automatic refit (silhouette")
-    assert refitted["version"] == merged["version"] + 1  # published at once
+    assert events[0]["cause"].startswith("automatic refit on 160 users")
+    assert refitted["version"] == doc["version"] + 1  # published at once
+    assert refitted["k_choice"]["k"] == 4
+
+
+def test_no_automatic_refit_without_a_snapshot_or_when_turned_off() -> None:
+    doc = seeded()
+    due = replace(P, refit_updates=50, refit_interval_ms=0, refit_gain=0.0)
+    m = SegmentModel(due)
+    m.adopt(doc)
+    four = points(40, seed=13, centres=np.array([[0.0] * D, [4.0] * D, [8.0] * D, [12.0] * D]))
+    d = delta_from(m, four[:60])
+    merged, events = merge(doc, d, None, due, 6)  # due, but no snapshot to fit on
+    assert events == [] and merged["k"] == 3 and refit_due(merged, due)
+    off = replace(due, refit_updates=0)
+    merged, events = merge(doc, d, four, off, 6, watermark_ms=10**13)
+    assert events == [] and merged["k"] == 3 and not refit_due(merged, off, pending=10**9)
+
+
+def test_a_refit_is_due_by_event_time_since_the_last_fit() -> None:
+    week = 7 * 86_400_000
+    t0 = 1_700_000_000_000
+    p = replace(P, refit_updates=0, refit_interval_ms=week, refit_gain=0.0)
+    pts = points(40)
+    doc, _ = merge(None, warm_delta(pts), pts, p, now_ms=0, watermark_ms=t0)
+    assert doc["fitted_at_event_ms"] == t0
+    assert not refit_due(doc, p, pending=10**6, watermark_ms=t0 + week - 1)
+    assert refit_due(doc, p, watermark_ms=t0 + week)
+    assert not refit_due(None, p) and not refit_due(empty_checkpoint(), p, watermark_ms=10**13)
+    by_updates = replace(p, refit_interval_ms=0, refit_updates=100)
+    assert not refit_due(doc, by_updates, pending=99, watermark_ms=10**13)
+    assert refit_due(doc, by_updates, pending=100)
+    # A merge at a watermark a week on refits, and the next is due a week after that.
+    m = SegmentModel(p)
+    m.adopt(doc)
+    later = points(40, seed=21)
+    merged, events = merge(doc, delta_from(m, later[:10]), later, p, 1, watermark_ms=t0 + week)
+    assert [e["event"] for e in events] == ["refit"]
+    assert merged["fitted_at_event_ms"] == t0 + week
+    assert not refit_due(merged, p, watermark_ms=t0 + 2 * week - 1)
+    assert refit_due(merged, p, watermark_ms=t0 + 2 * week)
+
+
+def test_a_forced_refit_records_its_watermark_and_the_snapshot_statistics() -> None:
+    doc = seeded()
+    snap = points(40, seed=8)
+    new, _ = refit(doc, snap, P, now_ms=9, watermark_ms=123_456)
+    assert new["fitted_at_event_ms"] == 123_456
+    assert new["fitted_at_updates"] == new["updates"]
+    np.testing.assert_allclose(new["population"], np.median(snap, axis=0))
+    np.testing.assert_allclose(OnlineScaler.from_dict(new["scaler"]).mean, snap.mean(axis=0))
+
+
+def test_the_warm_start_fits_on_the_snapshot_not_on_the_updates() -> None:
+    snapshot = points(40)
+    # The updates merged (one busy user's many vectors, say) are far from the snapshot.
+    busy = points(10, seed=5) + 100.0
+    doc, _ = merge(None, warm_delta(busy), snapshot, P, now_ms=0)
+    assert doc["ready"] and doc["k"] == 3 and doc["updates"] == 30
+    scaler = OnlineScaler.from_dict(doc["scaler"])
+    assert scaler.count == 120
+    np.testing.assert_allclose(scaler.mean, snapshot.mean(axis=0))
+    np.testing.assert_allclose(scaler.std, snapshot.std(axis=0))
+    np.testing.assert_allclose(doc["population"], np.median(snapshot, axis=0))
+    assert doc["rfm"] == rfm_population(snapshot).to_dict()
+    assert (doc["fitted_at_updates"], doc["fitted_at_event_ms"]) == (30, 0)
+
+
+def test_rfm_population_leaves_out_recency_of_users_who_never_bought() -> None:
+    def user(recency: float | None, orders: float, spend: float) -> np.ndarray:
+        return to_vector(
+            {"frequency": orders, "monetary": spend, "days_since_last_purchase": recency}
+        )
+
+    snapshot = np.stack(
+        [user(3.0, 2, 80.0), user(40.0, 1, 20.0), user(400.0, 1, 5.0), user(None, 0, 0.0)]
+    )
+    sk = rfm_population(snapshot)
+    # A purchase a year or more ago (capped at 365) and no purchase at all add no recency.
+    assert sk.recency.count == 2.0
+    assert sk.frequency.count == sk.monetary.count == 4.0
+
+
+def test_snapshot_scaler_weighs_every_user_once() -> None:
+    snap = points(20, seed=3)
+    s = snapshot_scaler(snap)
+    assert s.count == 60
+    np.testing.assert_allclose(s.mean, snap.mean(axis=0))
+    np.testing.assert_allclose(s.m2, ((snap - snap.mean(axis=0)) ** 2).sum(axis=0))
+    np.testing.assert_allclose(s.m2, stats(snap).m2)

@@ -7,6 +7,7 @@ import math
 import random
 
 import orjson
+import pytest
 
 from stream.events import EVENT_TYPES, DeadLetter, Event, Limits, decode
 
@@ -97,9 +98,13 @@ def mutate(rng: random.Random) -> tuple[bytes, bytes | None]:
     return raw, key
 
 
-def test_ten_thousand_hostile_payloads() -> None:
+#: 2000-01-01T00:00:00Z, a lower bound a deployment may set (SEGMENTER_MIN_EVENT_YEAR).
+Y2K_MS = 946_684_800_000
+
+
+@pytest.mark.parametrize("limits", [Limits(), Limits(min_ts_ms=Y2K_MS)], ids=["1970", "2000"])
+def test_ten_thousand_hostile_payloads(limits: Limits) -> None:
     rng = random.Random(20261123)
-    limits = Limits()
     reasons: set[str] = set()
     accepted = 0
     for i in range(10_000):
@@ -115,7 +120,7 @@ def test_ten_thousand_hostile_payloads() -> None:
         assert isinstance(result, Event)
         assert result.type in EVENT_TYPES
         assert result.user_id and result.event_id
-        assert 946_684_800_000 <= result.ts_ms <= NOW + limits.max_future_skew_ms
+        assert limits.min_ts_ms <= result.ts_ms <= NOW + limits.max_future_skew_ms
         if result.type == "purchase":
             assert result.amount is not None and math.isfinite(result.amount)
             assert result.amount >= 0

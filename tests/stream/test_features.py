@@ -16,7 +16,9 @@ from stream.features import (
     HOUR_MS,
     MAX_CATEGORIES,
     MINUTE_MS,
+    PERIOD_MS,
     RETENTION_MS,
+    WEEK_MS,
     UserState,
     apply_events,
     compute_features,
@@ -64,6 +66,12 @@ def features_of(events: list[Event]) -> dict[str, float | None]:
         ("7d", 8 * DAY_MS, 0.0),
         ("30d", 29 * DAY_MS, 1.0),
         ("30d", 31 * DAY_MS, 0.0),
+        # 13 weeks: always counts 84 days back, never 92.
+        ("90d", 84 * DAY_MS, 1.0),
+        ("90d", 92 * DAY_MS, 0.0),
+        # 13 periods of 28 days: always counts 336 days back, never 364.
+        ("365d", 336 * DAY_MS, 1.0),
+        ("365d", 364 * DAY_MS, 0.0),
     ],
 )
 def test_window_edges(window: str, age_ms: int, expected: float) -> None:
@@ -85,6 +93,10 @@ def test_window_edges(window: str, age_ms: int, expected: float) -> None:
         # NOW is 10:30:30 into its day: the 7 d window starts 6 d 10:30:30 before.
         ("7d", 6 * DAY_MS + NOW - DAY0, 6 * DAY_MS + NOW - DAY0 + 1),
         ("30d", 29 * DAY_MS + NOW - DAY0, 29 * DAY_MS + NOW - DAY0 + 1),
+        # The 90 d window starts at the start of the week 12 weeks before NOW's.
+        ("90d", 12 * WEEK_MS + NOW % WEEK_MS, 12 * WEEK_MS + NOW % WEEK_MS + 1),
+        # The 365 d window starts at the start of the period 12 periods before NOW's.
+        ("365d", 12 * PERIOD_MS + NOW % PERIOD_MS, 12 * PERIOD_MS + NOW % PERIOD_MS + 1),
     ],
 )
 def test_windows_are_exact_to_their_grain(window: str, inside: int, outside: int) -> None:
@@ -312,9 +324,9 @@ def test_late_events_are_counted_and_ignored() -> None:
     first = apply_events(None, [feed("view", NOW, category="a")]).state
     before = compute_features(first)
     late = [
-        feed("purchase", NOW - RETENTION_MS, amount=99.0),  # exactly 30 days: late
+        feed("purchase", NOW - RETENTION_MS, amount=99.0),  # exactly 364 days: late
         feed("view", NOW - RETENTION_MS - 1, category="z"),
-        feed("click", NOW - 60 * DAY_MS),
+        feed("click", NOW - 400 * DAY_MS),
     ]
     r = apply_events(first, late)
     assert (r.late, r.duplicates, r.replayed, r.applied) == (3, 0, 0, ())
@@ -447,9 +459,27 @@ def test_empty_state_round_trips() -> None:
 def test_state_dict_layout() -> None:
     s = _rich_state()
     d = s.to_dict()
-    assert set(d) == {"f", "l", "m", "h", "d", "t", "p", "c", "r", "o", "s", "sn", "ss", "lc"}
+    assert set(d) == {
+        *("f", "l", "m", "h", "d", "w", "q", "t", "p", "c", "r", "o", "s", "sn", "ss", "lc"),
+    }
     assert d["l"] == NOW and d["p"] == NOW - DAY_MS
     assert [NOW // DAY_MS, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0] in d["d"]  # view, add_to_cart
+    # Weeks start on Thursdays (the epoch's weekday): NOW is a Saturday, so the view three
+    # days before falls in the week before; all four events share NOW's 28-day period.
+    week = NOW // WEEK_MS
+    assert sorted(d["w"]) == [
+        [week - 1, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [week, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 12.34],
+    ]
+    assert d["q"] == [[NOW // PERIOD_MS, 2.0, 0.0, 1.0, 0.0, 1.0, 0.0, 12.34]]
+
+
+def test_a_state_without_week_and_period_rows_reads_as_empty_ones() -> None:
+    d = _rich_state().to_dict()
+    del d["w"], d["q"]
+    back = UserState.from_dict(d)
+    assert back.weeks == {} and back.periods == {}
+    assert back.days == _rich_state().days
 
 
 def test_apply_events_does_not_mutate_its_input() -> None:
@@ -475,7 +505,7 @@ def test_apply_result_counts_are_consistent() -> None:
     first = apply_events(None, [feed("view", NOW, event_id="d")]).state
     evs = [
         feed("view", NOW, event_id="d"),  # duplicate
-        feed("view", NOW - 31 * DAY_MS),  # late
+        feed("view", NOW - 400 * DAY_MS),  # late
         feed("click", NOW - HOUR_MS),  # applied
     ]
     r = apply_events(first, evs + evs[:1])  # last one replayed by offset
@@ -486,3 +516,134 @@ def test_feature_names_are_what_compute_features_returns() -> None:
     assert tuple(compute_features(UserState(last_event_ms=NOW, first_seen_ms=NOW))) == (
         FEATURE_NAMES
     )
+
+
+def _shopper() -> UserState:
+    """A customer with orders spread over ten months, last seen at NOW."""
+    feed = Feed()
+    evs = [
+        feed("purchase", NOW - 300 * DAY_MS, amount=80.0),
+        feed("purchase", NOW - 120 * DAY_MS, amount=40.0),
+        feed("purchase", NOW - 20 * DAY_MS, amount=25.5),
+        feed("view", NOW - 3 * DAY_MS, category="books"),
+        feed("purchase", NOW - 2 * DAY_MS, amount=14.5),
+        feed("view", NOW, category="toys"),
+    ]
+    return apply_events(None, evs).state
+
+
+def test_long_windows_lifetime_totals_and_rfm() -> None:
+    f = compute_features(_shopper())
+    assert (f["purchases_7d"], f["purchases_30d"], f["purchases_90d"]) == (1, 2, 2)
+    assert (f["purchases_365d"], f["purchases_lifetime"]) == (4, 4)
+    assert (f["spend_30d"], f["spend_90d"], f["spend_365d"]) == (40.0, 40.0, 160.0)
+    assert f["spend_lifetime"] == 160.0
+    assert f["events_365d"] == 6.0 and f["views_90d"] == 2.0
+    # RFM frequency and monetary default to the 365 d horizon.
+    assert (f["frequency"], f["monetary"]) == (4.0, 160.0)
+    assert f["avg_order_value"] == 40.0
+    assert f["days_since_last_purchase"] == 2.0
+    assert f["days_since_last_event"] == 0.0
+    assert f["tenure_days"] == 300.0
+
+
+@pytest.mark.parametrize(
+    ("horizon", "frequency", "monetary"),
+    [("30d", 2.0, 40.0), ("90d", 2.0, 40.0), ("365d", 4.0, 160.0), ("lifetime", 4.0, 160.0)],
+)
+def test_rfm_horizon(horizon: str, frequency: float, monetary: float) -> None:
+    f = compute_features(_shopper(), rfm_horizon=horizon)
+    assert (f["frequency"], f["monetary"]) == (frequency, monetary)
+    # The horizon changes nothing else.
+    others = {k: v for k, v in f.items() if k not in ("frequency", "monetary")}
+    base = compute_features(_shopper())
+    assert others == {k: v for k, v in base.items() if k not in ("frequency", "monetary")}
+
+
+def test_an_unknown_rfm_horizon_is_refused() -> None:
+    with pytest.raises(ValueError, match="rfm_horizon must be one of 30d, 90d, 365d, lifetime"):
+        compute_features(_shopper(), rfm_horizon="7d")
+
+
+def test_features_as_of_a_later_watermark() -> None:
+    st = _shopper()
+    f = compute_features(st, now_ms=NOW + 45 * DAY_MS)
+    # The short windows emptied with no event of the user's own ...
+    for w in ("1h", "24h", "7d", "30d"):
+        assert f[f"events_{w}"] == 0.0, w
+    assert f["spend_30d"] == 0.0 and f["conversion_rate_30d"] == 0.0
+    # ... recency and tenure grew with the watermark ...
+    assert f["days_since_last_purchase"] == 47.0
+    assert f["days_since_last_event"] == 45.0
+    assert f["tenure_days"] == 345.0
+    # ... categories were seen more than 30 days before it ...
+    assert f["category_diversity_30d"] == 0.0
+    # ... and the 365 d frequency still counts the older orders, but for the one now 345
+    # days old (the 13 periods reach back 337 to 364 days; from here, not that far).
+    assert f["frequency"] == 3.0 and f["monetary"] == 80.0
+    assert f["purchases_90d"] == 2.0  # 47 and 65 days before the watermark
+    # Lifetime totals and the order value never age.
+    assert (f["purchases_lifetime"], f["spend_lifetime"], f["avg_order_value"]) == (4, 160, 40)
+    # The state itself is what it was: only the clock moved.
+    assert compute_features(st) == compute_features(_shopper())
+
+
+def test_a_year_after_the_last_event_only_lifetime_totals_remain() -> None:
+    f = compute_features(_shopper(), now_ms=NOW + 400 * DAY_MS)
+    assert all(f[f"events_{w}"] == 0.0 for w in ("1h", "24h", "7d", "30d", "90d", "365d"))
+    assert (f["frequency"], f["monetary"]) == (0.0, 0.0)
+    assert (
+        compute_features(_shopper(), now_ms=NOW + 400 * DAY_MS, rfm_horizon="lifetime")["frequency"]
+        == 4.0
+    )
+    assert f["purchases_lifetime"] == 4.0 and f["spend_lifetime"] == 160.0
+    # Days are not capped here (the model caps them): a reader sees the real age.
+    assert f["days_since_last_event"] == 400.0 and f["days_since_last_purchase"] == 402.0
+
+
+def test_a_watermark_behind_the_users_last_event_is_ignored() -> None:
+    st = _shopper()
+    assert compute_features(st, now_ms=NOW - 10 * DAY_MS) == compute_features(st)
+    assert compute_features(st, now_ms=NOW) == compute_features(st)
+    assert compute_features(st, now_ms=0) == compute_features(st)
+
+
+def test_never_bought_has_no_recency_even_as_of_a_later_watermark() -> None:
+    feed = Feed()
+    st = apply_events(None, [feed("view", NOW)]).state
+    f = compute_features(st, now_ms=NOW + 10 * DAY_MS)
+    assert f["days_since_last_purchase"] is None
+    assert f["days_since_last_event"] == 10.0
+    assert (f["frequency"], f["monetary"], f["purchases_lifetime"]) == (0.0, 0.0, 0.0)
+
+
+def test_a_300_day_old_event_is_not_late_but_a_400_day_old_one_is() -> None:
+    feed = Feed()
+    first = apply_events(None, [feed("view", NOW)]).state
+    r = apply_events(
+        first,
+        [
+            feed("purchase", NOW - 300 * DAY_MS, amount=60.0),
+            feed("purchase", NOW - 400 * DAY_MS, amount=99.0),
+        ],
+    )
+    assert r.late == 1
+    assert [e.ts_ms for e in r.applied] == [NOW - 300 * DAY_MS]
+    f = compute_features(r.state)
+    assert (f["purchases_365d"], f["spend_365d"], f["frequency"]) == (1.0, 60.0, 1.0)
+    assert (f["purchases_lifetime"], f["spend_lifetime"]) == (1.0, 60.0)
+    assert f["days_since_last_purchase"] == 300.0
+    assert f["tenure_days"] == 300.0
+    assert r.state.first_seen_ms == NOW - 300 * DAY_MS
+
+
+def test_long_buckets_are_pruned_to_what_the_windows_keep() -> None:
+    feed = Feed()
+    evs = [feed("view", NOW - d * DAY_MS) for d in range(0, 364, 7)]
+    s = apply_events(None, evs).state
+    # 13 weeks and 13 periods at most, 30 days; minutes and hours only near the latest.
+    assert set(s.weeks) == set(range(NOW // WEEK_MS - 12, NOW // WEEK_MS + 1))
+    assert set(s.periods) <= set(range(NOW // PERIOD_MS - 12, NOW // PERIOD_MS + 1))
+    assert len(s.days) == 5  # days 0, 7, 14, 21 and 28
+    assert len(s.hours) == 1 and len(s.minutes) == 1
+    assert s.lifetime[0] == 52.0  # every view counts in the lifetime total

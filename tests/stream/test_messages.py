@@ -100,6 +100,9 @@ def change(**kw: object) -> SegmentChange:
             "avg_order_value": 152.07,
             "conversion_rate_30d": 0.4,
         },
+        watermark_ms=1_795_425_000_000,
+        reason="no purchase for 45 days",
+        rfm=(5, 4, 5),
     )
     return replace(base, **kw)
 
@@ -117,12 +120,15 @@ def test_to_json_has_the_whole_contract() -> None:
         "segment_name": "high_value",
         "model_version": 4,
         "event_time": "2026-11-23T09:14:03.120Z",
+        "watermark": "2026-11-23T09:10:00.000Z",
         "emitted_at": "2026-11-23T09:14:03.410Z",
         "explanation": {
             "distance_margin": 0.8123,
             "runner_up_segment": 3,
             "top_features": ["spend_30d", "purchases_30d", "conversion_rate_30d"],
+            "reason": "no purchase for 45 days",
         },
+        "rfm": {"recency": 5, "frequency": 4, "monetary": 5, "code": "545"},
         "features": {
             "events_30d": 41.0,
             "purchases_30d": 6.0,
@@ -144,8 +150,10 @@ def test_to_json_has_the_whole_contract() -> None:
         "segment_name",
         "model_version",
         "event_time",
+        "watermark",
         "emitted_at",
         "explanation",
+        "rfm",
         "features",
     ]
 

@@ -51,22 +51,42 @@ def test_not_ready_until_a_sync_finds_enough_users() -> None:
     assert m.ready and (m.merges, m.version, m.updates) == (2, 1, 60)
     assert m.n_clusters == 3 and m.ids == [0, 1, 2]
     assert [e["event"] for e in events] == ["born"] * 3
-    assert m.doc["k_choice"]["k"] == 3 and "silhouette" in m.doc["k_choice"]["reason"]
+    assert m.doc["k_choice"]["k"] == 3 and "prediction strength" in m.doc["k_choice"]["reason"]
 
 
-def test_every_vector_is_sampled_before_the_warm_start_and_a_share_after() -> None:
-    m = SegmentModel(params())
-    for v in blobs(10):
+def test_sync_local_fits_on_the_newest_observed_vectors() -> None:
+    m = SegmentModel(params(refit_updates=100, refit_interval_ms=0))
+    assert m.population is None and m.rfm is None
+    for v in blobs(30):
         m.observe(v)
-    assert len(m.take_samples()) == 30
-    assert m.take_samples() == []
+    m.sync_local(now_ms=0)
+    assert m.ready and m.population is not None and m.rfm is not None
+    np.testing.assert_allclose(m.population, np.median(blobs(30), axis=0))
+    # 300 users of a population far away: the refit due after 100 updates is made on the
+    # newest reservoir_size (200) vectors only, so the typical customer is one of them.
+    far = blobs(100, seed=4) + 50.0
+    for v in far:
+        m.observe(v)
+    events = m.sync_local(now_ms=1)
+    assert events and all("automatic refit on 200 users" in e["cause"] for e in events)
+    assert m.population is not None
+    np.testing.assert_allclose(m.population, np.median(far[-200:], axis=0))
+    assert m.doc["fitted_at_updates"] == m.updates == 390
+
+
+def test_the_population_and_rfm_sketches_come_from_the_checkpoint() -> None:
     m = seeded()
-    for v in blobs(500, seed=3):
-        m.observe(v)
-    n = len(m.take_samples())
-    # reservoir_size / updates thins the sample (about 200 * ln(1590 / 90) = 574 of
-    # 1,500 here), never below 1 %.
-    assert 400 <= n <= 750
+    doc = m.to_dict()
+    assert doc["population"] == m.population
+    n = SegmentModel(params())
+    n.adopt(doc)
+    assert n.population == m.population
+    assert n.rfm is not None and m.rfm is not None
+    assert n.rfm.to_dict() == m.rfm.to_dict() == doc["rfm"]
+    # A checkpoint without them (written before they were kept) adopts as "not known".
+    old = {k: v for k, v in doc.items() if k not in ("population", "rfm")}
+    n.adopt(old)
+    assert n.population is None and n.rfm is None and n.ready
 
 
 def test_decisions_use_the_adopted_centres_and_learning_the_local_copy() -> None:
@@ -138,13 +158,12 @@ def test_two_processes_at_the_same_version_decide_alike() -> None:
     a, b = SegmentModel(params()), SegmentModel(params())
     shared = empty_checkpoint()
     pts = blobs(40)
-    reservoir: list[np.ndarray] = []
     for m, half in ((a, pts[::2]), (b, pts[1::2])):
         for v in half:
             m.observe(v)
-        reservoir += m.take_samples()
+    # Both merge with the same snapshot of every user (what Redis would hand them).
     for m in (a, b):
-        shared, _ = merge(shared, m.delta(), np.stack(reservoir), m.params, 0)
+        shared, _ = merge(shared, m.delta(), pts, m.params, 0)
         m.adopt(shared)
     a.adopt(shared)
     assert a.version == b.version == 2 and a.merges == b.merges == 2 and a.ready

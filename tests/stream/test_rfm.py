@@ -96,12 +96,12 @@ def test_never_purchased_has_recency_1_and_adds_no_recency() -> None:
     assert rfm_scores(None, 0, 0.0, s).r == 1
 
 
-def test_all_zero_population_scores_the_middle() -> None:
+def test_nothing_scores_one_even_when_most_have_nothing() -> None:
     s = RFMSketches()
     for _ in range(1000):
         s.learn(None, 0, 0.0)
     scores = rfm_scores(None, 0, 0.0, s)
-    assert (scores.r, scores.f, scores.m) == (1, 3, 3)
+    assert (scores.r, scores.f, scores.m) == (1, 1, 1)
     assert rfm_scores(2.0, 1, 5.0, s).code == "355"  # no purchaser yet to compare with
 
 
@@ -114,9 +114,9 @@ def test_zero_inflated_population_keeps_zeros_low() -> None:
     s = RFMSketches()
     for r, f, m in zip(recency.tolist(), orders.tolist(), spend.tolist(), strict=True):
         s.learn(None if np.isnan(r) else r, f, m)
-    # A zero ranks in the middle of the 70% of zeros (0.35): score 2, for every zero.
+    # No orders, no spend: 1, whatever share of the population has nothing.
     nobody = rfm_scores(None, 0, 0.0, s)
-    assert nobody.code == "122"
+    assert nobody.code == "111"
     # Every buyer ranks above all the zeros: 4 or 5.
     for i in np.flatnonzero(buyers)[:500].tolist():
         scores = rfm_scores(recency[i], orders[i], spend[i], s)

@@ -11,30 +11,36 @@ from stream.scaling import DAYS_CAP, LOG_FEATURES, MODEL_FEATURES, OnlineScaler,
 
 HUMAN: dict[str, float | None] = {
     "events_30d": 41.0,
-    "purchases_30d": 6.0,
-    "spend_30d": 912.4,
-    "days_since_last_purchase": 2.5,
+    "frequency": 6.0,
+    "monetary": 912.4,
     "avg_order_value": 152.07,
+    "days_since_last_purchase": 2.5,
+    "days_since_last_event": 0.75,
     "conversion_rate_30d": 0.4,
     "cart_abandonment_30d": 0.25,
     "category_diversity_30d": 7.0,
     "tenure_days": 33.125,
 }
+RECENCY = MODEL_FEATURES.index("days_since_last_purchase")
+QUIET = MODEL_FEATURES.index("days_since_last_event")
+TENURE = MODEL_FEATURES.index("tenure_days")
 
 
 def test_model_features() -> None:
     assert MODEL_FEATURES == (
         "events_30d",
-        "purchases_30d",
-        "spend_30d",
-        "days_since_last_purchase",
+        "frequency",
+        "monetary",
         "avg_order_value",
+        "days_since_last_purchase",
+        "days_since_last_event",
         "conversion_rate_30d",
         "cart_abandonment_30d",
         "category_diversity_30d",
         "tenure_days",
     )
     assert set(MODEL_FEATURES) - LOG_FEATURES == {"conversion_rate_30d", "cart_abandonment_30d"}
+    assert set(MODEL_FEATURES) >= LOG_FEATURES
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -92,14 +98,20 @@ def test_to_vector_values() -> None:
         math.log1p(41.0),
         math.log1p(6.0),
         math.log1p(912.4),
-        math.log1p(2.5),
         math.log1p(152.07),
+        math.log1p(2.5),
+        math.log1p(0.75),
         0.4,
         0.25,
         math.log1p(7.0),
         math.log1p(33.125),
     ]
     np.testing.assert_allclose(v, expected, rtol=1e-15)
+
+
+def test_to_vector_ignores_features_the_model_does_not_use() -> None:
+    extra = {**HUMAN, "spend_30d": 5.0, "views_1h": 3.0, "purchases_lifetime": 99.0}
+    np.testing.assert_array_equal(to_vector(extra), to_vector(HUMAN))
 
 
 def test_to_human_inverts_to_vector() -> None:
@@ -109,32 +121,54 @@ def test_to_human_inverts_to_vector() -> None:
 
 def test_none_recency_is_the_cap() -> None:
     never = to_vector({**HUMAN, "days_since_last_purchase": None})
-    assert DAYS_CAP == 60.0
-    assert never[3] == pytest.approx(math.log1p(60.0))
-    assert to_human(never)["days_since_last_purchase"] == 60.0
+    assert DAYS_CAP == 365.0
+    assert never[RECENCY] == pytest.approx(math.log1p(365.0))
+    assert to_human(never)["days_since_last_purchase"] == 365.0
+    # Never bought sits where a year without a purchase does: no further.
+    year = to_vector({**HUMAN, "days_since_last_purchase": 365.0})
+    assert never[RECENCY] == year[RECENCY]
+    assert to_vector({**HUMAN, "days_since_last_event": None})[QUIET] == pytest.approx(
+        math.log1p(365.0)
+    )
 
 
 def test_days_are_capped() -> None:
-    v = to_vector({**HUMAN, "days_since_last_purchase": 400.0, "tenure_days": 90.0})
-    assert v[3] == pytest.approx(math.log1p(60.0))
-    assert v[8] == pytest.approx(math.log1p(60.0))
-    # Only recency and tenure are capped.
-    assert to_vector({**HUMAN, "events_30d": 400.0})[0] == pytest.approx(math.log1p(400.0))
+    v = to_vector(
+        {
+            **HUMAN,
+            "days_since_last_purchase": 400.0,
+            "days_since_last_event": 1000.0,
+            "tenure_days": 900.0,
+        }
+    )
+    assert v[RECENCY] == pytest.approx(math.log1p(365.0))
+    assert v[QUIET] == pytest.approx(math.log1p(365.0))
+    assert v[TENURE] == pytest.approx(math.log1p(365.0))
+    # Below the cap, days are kept as they are (a fortnight is not a month).
+    assert to_vector({**HUMAN, "tenure_days": 364.0})[TENURE] == pytest.approx(math.log1p(364.0))
+    # Only the day features are capped: counts and money are not.
+    big = to_vector({**HUMAN, "events_30d": 4000.0, "monetary": 1e6, "frequency": 500.0})
+    assert big[0] == pytest.approx(math.log1p(4000.0))
+    assert big[1] == pytest.approx(math.log1p(500.0))
+    assert big[2] == pytest.approx(math.log1p(1e6))
 
 
 def test_missing_and_none_features_are_zero() -> None:
     v = to_vector({"tenure_days": None})
-    assert v[8] == pytest.approx(math.log1p(60.0))  # tenure None is capped like recency
-    np.testing.assert_array_equal(v[[0, 1, 2, 4, 5, 6, 7]], 0.0)
-    assert v[3] == pytest.approx(math.log1p(60.0))
+    # Missing days since a purchase or an event: a year away; anything else: zero.
+    assert v[RECENCY] == pytest.approx(math.log1p(365.0))
+    assert v[QUIET] == pytest.approx(math.log1p(365.0))
+    others = [i for i in range(len(MODEL_FEATURES)) if i not in (RECENCY, QUIET)]
+    np.testing.assert_array_equal(v[others], 0.0)
 
 
 def test_to_human_clips_impossible_values() -> None:
-    v = np.array([-1.0, -0.5, 0.0, 1.0, 2.0, -0.3, 1.7, 0.5, 3.0])
+    v = np.array([-1.0, -0.5, 0.0, 0.2, 1.0, 2.0, -0.3, 1.7, 0.5, 3.0])
     h = to_human(v)
-    assert h["events_30d"] == 0.0 and h["purchases_30d"] == 0.0
+    assert h["events_30d"] == 0.0 and h["frequency"] == 0.0 and h["monetary"] == 0.0
     assert h["conversion_rate_30d"] == 0.0
     assert h["cart_abandonment_30d"] == 1.0
     assert h["days_since_last_purchase"] == round(math.e - 1, 3)
+    assert h["days_since_last_event"] == round(math.expm1(2.0), 3)
     assert h["tenure_days"] == round(math.expm1(3.0), 3)
     assert v[0] == -1.0  # the input is not modified

@@ -35,14 +35,21 @@ DEFAULTS = {
     "kmeans_halflife": 0.01,
     "warmup_users": 200,
     "reservoir_size": 2000,
-    "segment_match_threshold": 1.0,
+    "segment_match_threshold": 2.0,
     "seed": 42,
     "hysteresis_margin": 0.15,
     "model_sync_interval_s": 2.0,
     "model_sync_updates": 200,
     "model_publish_interval_s": 10.0,
     "model_publish_updates": 500,
-    "model_refit_updates": 0,
+    "model_refit_updates": 50_000,
+    "model_refit_interval_days": 7.0,
+    "k_criterion": "prediction_strength",
+    "rfm_horizon": "365d",
+    "watermark_lateness_s": 300.0,
+    "watermark_idle_s": 10.0,
+    "watermark_sync_interval_s": 1.0,
+    "sweep_batch": 1000,
     "checkpoint_interval_s": 300.0,
     "catalogue_interval_s": 5.0,
     "metrics_host": "127.0.0.1",
@@ -160,6 +167,15 @@ def test_environment_overrides_the_file() -> None:
         ("SEGMENTER_CHECKPOINT_INTERVAL_S", "0"),
         ("SEGMENTER_CATALOGUE_INTERVAL_S", "0.0"),
         ("SEGMENTER_PURCHASES_TOPIC", "shop.clicks"),
+        ("SEGMENTER_MODEL_REFIT_UPDATES", "-1"),
+        ("SEGMENTER_MODEL_REFIT_INTERVAL_DAYS", "-0.5"),
+        ("SEGMENTER_K_CRITERION", "elbow"),
+        ("SEGMENTER_RFM_HORIZON", "7d"),
+        ("SEGMENTER_RFM_HORIZON", "forever"),
+        ("SEGMENTER_WATERMARK_LATENESS_S", "-1"),
+        ("SEGMENTER_WATERMARK_IDLE_S", "0"),
+        ("SEGMENTER_WATERMARK_SYNC_INTERVAL_S", "0"),
+        ("SEGMENTER_SWEEP_BATCH", "0"),
     ],
 )
 def test_bad_environment_values_name_the_variable(var: str, value: str) -> None:
@@ -342,6 +358,9 @@ def test_k_is_fixed_by_n_clusters_or_chosen_from_a_range() -> None:
         "SEGMENTER_CHECKPOINT_INTERVAL_S",
         "SEGMENTER_CATALOGUE_INTERVAL_S",
         "SEGMENTER_MAX_FUTURE_SKEW_S",
+        "SEGMENTER_MODEL_REFIT_INTERVAL_DAYS",
+        "SEGMENTER_WATERMARK_LATENESS_S",
+        "SEGMENTER_WATERMARK_IDLE_S",
     ],
 )
 def test_nan_is_rejected(var: str) -> None:
@@ -350,3 +369,38 @@ def test_nan_is_rejected(var: str) -> None:
 
 def test_negative_future_skew_is_rejected() -> None:
     assert key_of({"SEGMENTER_MAX_FUTURE_SKEW_S": "-60"}) == "SEGMENTER_MAX_FUTURE_SKEW_S"
+
+
+def test_event_time_settings_reach_the_model_params() -> None:
+    s = load_settings(
+        {
+            "SEGMENTER_MODEL_REFIT_INTERVAL_DAYS": "1.5",
+            "SEGMENTER_MODEL_REFIT_UPDATES": "0",
+            "SEGMENTER_RFM_HORIZON": "lifetime",
+        }
+    )
+    p = s.model_params()
+    assert p.refit_interval_ms == 36 * 3_600_000
+    assert p.refit_updates == 0
+    assert p.k_criterion == "prediction_strength"
+    assert s.rfm_horizon == "lifetime"
+    assert Settings().model_params().refit_interval_ms == 7 * 86_400_000
+
+
+@pytest.mark.parametrize("criterion", ["silhouette", "prediction_strength"])
+def test_every_k_criterion_reaches_the_model(criterion: str) -> None:
+    s = load_settings({"SEGMENTER_K_CRITERION": criterion})
+    assert s.model_params().k_criterion == criterion
+
+
+@pytest.mark.parametrize("horizon", ["30d", "90d", "365d", "lifetime"])
+def test_every_rfm_horizon_is_accepted(horizon: str) -> None:
+    assert load_settings({"SEGMENTER_RFM_HORIZON": horizon}).rfm_horizon == horizon
+
+
+def test_refits_may_be_turned_off() -> None:
+    s = load_settings(
+        {"SEGMENTER_MODEL_REFIT_UPDATES": "0", "SEGMENTER_MODEL_REFIT_INTERVAL_DAYS": "0"}
+    )
+    p = s.model_params()
+    assert (p.refit_updates, p.refit_interval_ms) == (0, 0)
