@@ -58,6 +58,7 @@ from stream.batch import BatchResult, Clock, SegmentNames, partition_of, process
 from stream.checkpoint import merge, refit_due, retired_ids
 from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
 from stream.events import ADVICE, DeadLetter, Event, Limits, decode, dominant_reason
+from stream.feature_registry import DAY_MS
 from stream.model import SegmentModel
 from stream.naming import profiles
 from stream.privacy import user_id_mapper
@@ -594,6 +595,9 @@ class Segmenter:
             self.sync_model()
         if now - self._last_watermark_sync >= s.watermark_sync_interval_s:
             self.sync_watermark()
+        if self._caught_up(now):
+            self._last_refit_wall = now  # one try per interval, even if Redis is away
+            self.sync_model(caught_up=True)
         self._queue_retired()
         if self._reassess_pending and self.model.ready:
             self.reassess_users()
@@ -606,19 +610,23 @@ class Segmenter:
             # Queued users whose partitions came to this process in a rebalance.
             self._reassess_pending = self.model.ready
 
-    def sync_model(self) -> None:
+    def sync_model(self, caught_up: bool = False) -> None:
         """Merge what this process learned into the shared model, and adopt the result.
 
         The merge runs under a version fence (:meth:`RedisStore.commit_model`), so when
         several processes sync at once each merge sees the others' and none is lost. A
         process with nothing new only adopts a newer version if there is one. If Redis is
         away the local learning is kept and merged at the next sync.
+
+        ``caught_up``: the input is idle and the watermark moved a day or more since the
+        last fit: refit now (if it lowers the inertia), so a backlog just drained, or a
+        quiet night, ends on centres fitted to the users as they are now.
         """
         self._last_sync = time.monotonic()
         model, s = self.model, self.settings
         now_ms = int(time.time() * 1000)
         try:
-            if not model.dirty:
+            if not model.dirty and not caught_up:
                 doc = self.store.load_model()
                 if doc is not None and int(doc["merges"]) != model.merges:
                     self._adopt(doc, [])
@@ -626,7 +634,10 @@ class Segmenter:
             delta = model.delta()
             params = model.params
             wm = self.watermark.value
-            refit_allowed = time.monotonic() - self._last_refit_wall >= s.model_refit_min_interval_s
+            refit_allowed = (
+                caught_up
+                or time.monotonic() - self._last_refit_wall >= s.model_refit_min_interval_s
+            )
             tried = {"refit": False}  # whether the build that was committed tried a refit
 
             def build(
@@ -635,12 +646,14 @@ class Segmenter:
                 seeding = (current is None or not current["ready"]) and (
                     self._sample_size >= params.warmup_users
                 )
-                refit = refit_allowed and refit_due(current, params, delta.updates, wm)
+                refit = refit_allowed and (
+                    caught_up or refit_due(current, params, delta.updates, wm)
+                )
                 snapshot = self.store.snapshot(wm, s.rfm_horizon) if seeding or refit else None
                 tried["refit"] = refit
                 if refit:
                     self._last_refit_wall = time.monotonic()
-                return merge(current, delta, snapshot, params, now_ms, wm)
+                return merge(current, delta, snapshot, params, now_ms, wm, refit=caught_up)
 
             doc, events = self.store.commit_model(
                 build, int(s.checkpoint_interval_s * 1000), now_ms
@@ -721,6 +734,19 @@ class Segmenter:
         m.model_epoch.set(self.model.epoch)
         m.model_ready.set(1 if self.model.ready else 0)
         m.model_segments.set(self.model.n_clusters)
+
+    def _caught_up(self, now: float) -> bool:
+        """Whether the input has been idle a while and the watermark moved a day or more
+        past the last fit (see :meth:`sync_model`)."""
+        s, model = self.settings, self.model
+        last = self.stats.last_batch_at
+        return (
+            model.ready
+            and last is not None
+            and now - last >= 2 * s.model_sync_interval_s
+            and now - self._last_refit_wall >= s.model_refit_min_interval_s
+            and self.watermark.value - int(model.doc.get("fitted_at_event_ms", 0)) >= DAY_MS
+        )
 
     def sync_watermark(self) -> None:
         """Share this process's partition clocks through Redis and take the others'."""

@@ -274,12 +274,14 @@ def merge(
     params: ModelParams,
     now_ms: int,
     watermark_ms: int = 0,
+    refit: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fold ``delta`` into checkpoint ``doc``; return the next version and its new events.
 
     ``snapshot`` (raw model vectors, one per sampled user, as of the watermark) is needed
     only before the warm start (when it holds at least ``warmup_users`` users the centres
-    are seeded from it) and when :func:`refit_due` says an automatic refit is due.
+    are seeded from it) and when an automatic refit is due (:func:`refit_due`, or
+    ``refit``: try one now, kept on the same terms).
 
     Examples
     --------
@@ -322,7 +324,7 @@ def merge(
             not events
             and snapshot is not None
             and len(snapshot) >= params.warmup_users
-            and refit_due(doc, params, watermark_ms=watermark_ms)
+            and (refit or refit_due(doc, params, watermark_ms=watermark_ms))
         ):
             events += _refit(doc, snapshot, params, "automatic refit", False, watermark_ms)
     elif snapshot is not None and len(snapshot) >= params.warmup_users:

@@ -11,18 +11,18 @@ order (:data:`DEFAULT_RULES`), in the vocabulary of RFM segmentation:
 ``new``            arrived lately: tenure under a week, and under half the typical customer's
 ``dormant``        no purchase for two months or more (or never), and quiet: hardly any
                    activity in the last 30 days
-``at_risk``        bought before, but the last purchase is a month or more ago and at least
-                   twice as long ago as the typical customer's (taken within 2 weeks to 2
+``at_risk``        bought before, but the last purchase is three weeks or more ago and at
+                   least twice as long ago as the typical customer's (taken within 2 weeks to 2
                    months: where the typical visitor never bought, "recent" still means
                    weeks)
 ``window_shopper`` browses at least as much as the typical customer, buys next to nothing
 ``high_value``     recent, orders at least twice as often (and twice at least), spends at
                    least three times the typical customer, in baskets well above the
                    typical one
-``loyal``          recent and orders at least twice as often as the typical customer (and
-                   twice at least)
 ``bargain_hunter`` buys at least as often as the typical customer, in small baskets, after
                    abandoning carts or browsing many categories
+``loyal``          recent and orders at least twice as often as the typical customer (and
+                   twice at least)
 ``potential``      bought recently, but not yet often
 ``low_value``      everyone else: infrequent, small
 =================  ============================================================================
@@ -103,7 +103,7 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         "Bought before, but not for much longer than usual: win them back before they go.",
         lambda p, pop: (
             p["frequency"] >= 0.5
-            and p["days_since_last_purchase"] >= max(30.0, 2 * _typical_recency(pop))
+            and p["days_since_last_purchase"] >= max(21.0, 2 * _typical_recency(pop))
         ),
     ),
     NamingRule(
@@ -125,11 +125,6 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         ),
     ),
     NamingRule(
-        "loyal",
-        "Recent and frequent: reward their loyalty.",
-        lambda p, pop: _recent(p, pop) and _frequent(p, pop),
-    ),
-    NamingRule(
         "bargain_hunter",
         "Buy often in small baskets, after comparing carts and categories: coupons.",
         lambda p, pop: (
@@ -140,6 +135,11 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
                 or p["category_diversity_30d"] >= pop["category_diversity_30d"]
             )
         ),
+    ),
+    NamingRule(
+        "loyal",
+        "Recent and frequent: reward their loyalty.",
+        lambda p, pop: _recent(p, pop) and _frequent(p, pop),
     ),
     NamingRule(
         "potential",

@@ -152,8 +152,8 @@ def test_default_rules_order() -> None:
         "at_risk",
         "window_shopper",
         "high_value",
-        "loyal",
         "bargain_hunter",
+        "loyal",
         "potential",
         "low_value",
     ]
@@ -186,8 +186,9 @@ def test_the_typical_customer_is_a_regular_buyer_not_a_special_segment() -> None
         (DORMANT, "at_risk", "dormant"),
         # A high-value customer is loyal too.
         (HIGH_VALUE, "loyal", "high_value"),
-        # A loyal customer in small baskets who abandons carts also meets bargain_hunter.
-        ({**LOYAL, "avg_order_value": 15.0, "monetary": 90.0}, "bargain_hunter", "loyal"),
+        # A frequent buyer of small baskets who abandons carts is loyal too, but what sets
+        # them apart is the bargain hunting.
+        ({**LOYAL, "avg_order_value": 15.0, "monetary": 90.0}, "loyal", "bargain_hunter"),
         # A bargain hunter who bought recently also meets potential.
         ({**BARGAIN_HUNTER, "days_since_last_purchase": 3.0}, "potential", "bargain_hunter"),
     ],
@@ -272,8 +273,9 @@ def test_the_qualifier_is_the_feature_that_sets_them_apart_most() -> None:
         "window_shopper_less_variety",
         "window_shopper_more_variety",
     ]
-    # Two loyal segments apart by basket size (spending alike).
-    loyal = [{**LOYAL, "avg_order_value": v} for v in (55.0, 20.0)]
+    # Two loyal segments apart by basket size (spending alike), both baskets above the
+    # typical one (a small one would make a bargain hunter).
+    loyal = [{**LOYAL, "avg_order_value": v} for v in (55.0, 44.0)]
     assert names(*loyal) == ["loyal_more_basket", "loyal_less_basket"]
 
 
