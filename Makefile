@@ -38,7 +38,11 @@ bench: setup $(VENV)/.bench
 bench-quick: setup $(VENV)/.bench
 	$(BIN)/python -m loadtest.suite --quick
 
+# Segment quality: every scenario live and as a backlog, plus the CDNOW purchase history
+# (the quality extra) against a batch RFM k-means (scikit-learn, in the dev extra).
+# Report in loadtest/results/<UTC date>/quality.md and quality.json.
 quality: setup
+	$(BIN)/pip install -q -e '.[dev,quality]'
 	$(BIN)/python -m loadtest.quality
 
 down: $(BIN)/segmenter

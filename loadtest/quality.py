@@ -1,665 +1,239 @@
-"""Segment quality against the generator's ground truth and a batch baseline.
+"""Segment quality: every scenario in every mode, and one real purchase history.
 
-Starts its own Redis and broker on free loopback ports (stopped by PID at the end),
-generates shoppers with known personas, runs one segmenter over them, then scores the
-segments it left in Redis.
+Starts its own Redis and broker on free loopback ports (stopped by PID at the end). For
+each scenario of :mod:`loadtest.scenarios` and each mode, it simulates the scenario's
+shoppers (known personas), feeds their events to one ``segmenter run`` process, waits
+until everything is committed and settled, and scores the segments left in Redis:
 
-The events are fed as they would arrive live: produced at ``--rate`` events/s while the
-segmenter consumes them (by default 2,000/s: the 100,000 events of 30 days in 50 s, 14.4 h
-of event time a second), so that each of its micro-batches spans a short stretch of
-event time.
-``--backlog`` produces them all first, then starts the segmenter: its batches are then
-full (``SEGMENTER_BATCH_MAX_EVENTS``, 5,000 messages, at least a day and a half of event
-time each) and it decides each user once per batch, which blurs every event-time figure
-below.
+``live``
+    the events are produced at ``--rate`` events/s (4,000 by default) while the
+    segmenter consumes them, so each micro-batch spans a short stretch of event time and
+    the sweeps of event-time timers and the model's refits happen along the way;
+``backlog``
+    every event is produced first, then the segmenter drains them.
 
-Scores:
+Each run has its own input and output topics, consumer group and Redis prefix; the
+segmenter chooses k (``n_clusters=0``) and otherwise runs on its defaults. A run is over
+when the group's committed offsets reach the input topics' ends, the reassessment queue
+(``seg:model:reassess``) is empty, no timer is due, and nothing has moved for a few
+seconds after the partitions went idle (so the watermark has reached the end).
 
-- adjusted Rand index and normalised mutual information against the personas, each
-  user's persona being the one they have at the end of the span;
-- agreement (adjusted Rand index) with scikit-learn's batch KMeans on the same scaled
-  feature snapshot, same k;
-- silhouette of the live assignment on that snapshot;
-- normalised entropy of the segment sizes (1 = equal sizes);
-- flap rate: segment changes per user beyond each user's first segment.
+Then the real data set: the CDNOW purchase history (:mod:`loadtest.real_data`) is
+written as JSON lines, sent with ``segmenter replay`` into fresh topics, drained by a
+``segmenter run``, and compared with the batch RFM k-means as of the end of the data.
 
-Time to re-segment. Unless ``--no-shift`` is given, the shoppers' behaviour shifts
-part-way through the span (:data:`~loadtest.personas.DEFAULT_SHIFT`: from 60 % of the
-span on, half the window shoppers buy like loyal high spenders; ``--shift-*`` change
-that). After the run the whole ``segments.changes`` topic is read back, and
-:func:`resegmentation` works out from it:
+The measures and the report are :mod:`loadtest.quality_metrics` (pure, tested apart).
+Output: ``quality.md`` (for people) and ``quality.json`` in ``--out`` (by default
+``loadtest/results/<UTC date>/``).
 
-- the target segment: the segment that most *unshifted* users of the persona shifted to
-  (loyal high spenders, by default) are in at the end (their last change); and, beside
-  it, the segment most shifted users are in at the end, which tells whether they joined
-  their new peers or were put in a segment of their own;
-- re-segmented: the share of shifted users whose segment changes into the target
-  segment at or after their shift (event time). The rest, whether they moved elsewhere
-  or not at all, are not re-segmented. Users already in the target segment just before
-  the shift are left out of the share and counted apart;
-- time to re-segment: for the re-segmented users, the event time from the shift to the
-  change into the target segment, in hours, median and 90th percentile;
-- events to re-segment: for the re-segmented users, the median number of their events
-  from the shift up to and including the one that triggered the change;
-- false moves: the same share for the control group, the users of the persona shifted
-  from who did not shift: how many of them moved into the target segment after the
-  shift all the same.
-
-Event time is the simulated shoppers' clock, compressed as above: hours here are hours
-of the shoppers' lives, not of the run.
-With the shift on, the scores above it count each shifted user under the persona shifted
-to, so they are not comparable with those of a ``--no-shift`` run.
-
-    python -m loadtest.quality --users 1000 --events 100000
-    python -m loadtest.quality --no-shift
+    python -m loadtest.quality
+    python -m loadtest.quality --scenario three --mode live --skip-real --out /tmp/q
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
-import math
-import tempfile
-import threading
+import contextlib
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
 import time
+import traceback
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from loadtest.generator import (
-    GenerateReport,
-    add_shift_arguments,
-    produce_events,
-    shift_from_args,
+from loadtest.quality_metrics import (
+    ari,
+    hours_to_lapse,
+    merged_personas,
+    moves_and_reversals,
+    names_correct,
+    render_report,
+    scenario_targets,
+    segment_summaries,
+    zscore,
 )
-from loadtest.personas import DEFAULT_SHIFT, PersonaShift
+from loadtest.scenarios import SCENARIOS, Scenario
 
 if TYPE_CHECKING:
-    from consumers.devstack.servers import Server
+    from loadtest.stack import SegmenterProcess, Stack
+    from stream.settings import Settings
 
-# The segmenter, its local stack and scikit-learn are imported where a run needs them, so
-# that the scoring functions below can be imported and tested on their own.
-
-_DAYS = 30.0  # simulated span
-_HOUR_MS = 3_600_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-_RATE = 2000.0  # events/s fed to the segmenter while it runs
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+MODES = ("live", "backlog")
+#: Events/s of the live mode.
+RATE = 4000.0
+#: Partitions of each input topic.
+PARTITIONS = 4
+#: Seconds without any change (after the input is committed) that end a run.
+QUIET_S = 5.0
+#: The longest a run may take to settle after its input was produced.
+DRAIN_TIMEOUT_S = 900.0
 
 
-def _input_row(rate: float | None, events: int) -> str:
-    if rate is None:
-        return "backlog: all events produced, then consumed"
-    per_s = _DAYS * 24 * rate / events if events else 0.0
-    return f"{rate:.0f} events/s, consumed as produced ({per_s:.1f} h of event time per second)"
+def _log(msg: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SETTING=VALUE",
-        help="a segmenter setting for this run, e.g. --set n_clusters=5 (repeatable)",
+# -- producing a scenario ---------------------------------------------------------------
+
+
+@dataclass
+class Produced:
+    """What was produced for one run, with the ground truth needed to score it."""
+
+    events: int = 0
+    elapsed_s: float = 0.0
+    #: Persona of every simulated user at the end of the span.
+    personas: dict[str, str] = field(default_factory=dict)
+    #: Users with at least one event.
+    seen: set[str] = field(default_factory=set)
+    #: Each user's last purchase time (epoch ms), for users with a purchase.
+    last_purchase_ms: dict[str, int] = field(default_factory=dict)
+
+
+def produce_scenario(s: Settings, scenario: Scenario, seed: int, rate: float | None) -> Produced:
+    """Simulate ``scenario`` over the span ending now and produce its events to the input
+    topics of ``s`` (at ``rate`` events/s, or as fast as the broker takes them)."""
+    from consumers.producer import Deliveries, event_producer_config, input_topic, send
+    from loadtest.personas import ShopperSimulator
+
+    end_ms = int(time.time() * 1000)
+    sim = ShopperSimulator(
+        scenario.n_users, seed, end_ms - scenario.span_ms, end_ms, shares=scenario.shares
     )
-    ap.add_argument("--out", default="loadtest/out/quality.md")
-    ap.add_argument(
-        "--rate",
-        type=_positive_float,
-        default=_RATE,
-        help=f"events/s, consumed as they are produced (default {_RATE:.0f})",
-    )
-    ap.add_argument(
-        "--backlog",
-        action="store_true",
-        help="produce every event first, then start the segmenter on the backlog",
-    )
-    add_shift_arguments(ap, default_at=DEFAULT_SHIFT.at)
-    ap.add_argument(
-        "--no-shift", action="store_true", help="no behaviour shift, no time-to-re-segment rows"
-    )
-    args = ap.parse_args(argv)
-    try:
-        args.shift = None if args.no_shift else shift_from_args(args)
-    except ValueError as exc:
-        ap.error(str(exc))
-    from consumers.devstack import servers
+    out = Produced(personas=sim.ground_truth())
 
-    with tempfile.TemporaryDirectory(prefix="segmenter-quality-") as tmp:
-        rds = servers.start_redis(Path(tmp) / "redis")
-        broker = servers.start_broker(Path(tmp) / "broker", prefer=args.broker)
-        try:
-            report = measure(args, broker, rds, Path(tmp))
-        finally:
-            broker.stop()
-            rds.stop()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report)
-    print(report)
-    return 0
+    def messages() -> Iterator[tuple[str, bytes, bytes | None]]:
+        for event in sim.events(scenario.n_events):
+            user = str(event["user_id"])
+            out.seen.add(user)
+            if event["type"] == "purchase":
+                out.last_purchase_ms[user] = int(event["ts"])  # type: ignore[call-overload]
+            topic = input_topic(event["type"], s.clicks_topic, s.purchases_topic)
+            yield topic, orjson.dumps(event), user.encode()
+
+    deliveries = Deliveries()
+    config = event_producer_config(s.kafka_bootstrap, s.kafka_client_config())
+    producer = Producer({**config, "on_delivery": deliveries.report})
+    started = time.monotonic()
+    sent = send(producer, messages(), deliveries, rate)
+    deliveries.confirm(producer, sent)
+    out.events = sent
+    out.elapsed_s = time.monotonic() - started
+    return out
 
 
-def measure(args: argparse.Namespace, broker: Server, rds: Server, tmp: Path) -> str:
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import (
-        adjusted_rand_score,
-        normalized_mutual_info_score,
-        silhouette_score,
+# -- running the segmenter to the end ---------------------------------------------------
+
+
+def run_settings(stack: Stack, tag: str) -> Settings:
+    """Settings of one run: its own topics, group and Redis prefix; k chosen."""
+    return stack.settings(
+        group_id=f"quality-{tag}",
+        clicks_topic=f"q.{tag}.clicks",
+        purchases_topic=f"q.{tag}.purchases",
+        changes_topic=f"q.{tag}.changes",
+        current_topic=f"q.{tag}.current",
+        deadletter_topic=f"q.{tag}.deadletter",
+        redis_prefix=f"q:{tag}:",
+        n_clusters=0,
     )
 
-    from consumers import topics
-    from consumers.app import Segmenter
-    from consumers.devstack import servers
-    from state.redis_store import RedisStore
-    from stream.scaling import to_vector
-    from stream.settings import load_settings
 
-    overrides = {f"SEGMENTER_{k.upper()}": v for k, v in (a.split("=", 1) for a in args.set)}
-    s = load_settings(overrides).replace(
-        kafka_bootstrap=broker.address,
-        redis_url=f"redis://{rds.address}/0",
-        metrics_port=servers.free_port(),
-        transactional=broker.kind == "kafka",
-    )
-    topics.create_topics(
-        topics.admin_client(s), {s.clicks_topic: (4, {}), s.purchases_topic: (4, {})}
-    )
-    gt_path = tmp / "ground_truth.json"
-    rate: float | None = None if getattr(args, "backlog", False) else args.rate
-
-    def generate() -> GenerateReport:
-        return produce_events(
-            s.kafka_bootstrap,
-            s.clicks_topic,
-            s.purchases_topic,
-            args.users,
-            args.events,
-            args.seed,
-            rate,
-            _DAYS,
-            str(gt_path),
-            shift=getattr(args, "shift", None),
-        )
-
-    # A backlog: everything produced, then consumed. At a set rate: consumed as produced.
-    gen = generate() if rate is None else None
-    seg = Segmenter(s)
-    seg.start()
-    stop = threading.Event()
-    worker = threading.Thread(target=seg.run, args=(stop,))
-    worker.start()
-    try:
-        if gen is None:
-            gen = generate()
-    finally:
-        deadline = time.monotonic() + 600
-        while gen and seg.stats.messages < gen.events_sent and time.monotonic() < deadline:
-            time.sleep(0.1)
-        time.sleep(1.0)  # let the warm-up assignments of the last turn finish
-        stop.set()
-        worker.join()
-        seg.close()
-
-    ground_truth = orjson.loads(gt_path.read_bytes())
-    truth: dict[str, str] = ground_truth["personas"]  # persona at the end of the span
-    store = RedisStore.from_settings(s)
-    users, live, vectors = [], [], []
-    model = seg.model
-    for uid in truth:
-        h = store.read_user(uid)
-        if h is None or "segment" not in h:
-            continue
-        users.append(uid)
-        live.append(int(h["segment"]))
-        vectors.append(to_vector(orjson.loads(h["features"])))
-    catalogue = {e["segment"]: e for e in store.read_catalogue()}
-    checkpoint = store.load_model() or {}
-    store.close()
-    changes = read_topic_values(s.kafka_bootstrap, s.changes_topic)
-    flapping = flap_figures(changes)
-    lineage = Counter(str(e["event"]) for e in checkpoint.get("events", []))
-    x = model.scale(np.stack(vectors))
-    personas = [truth[u] for u in users]
-    k = model.n_clusters
-    batch = KMeans(n_clusters=k, n_init=10, random_state=args.seed).fit_predict(x)
-    sizes = Counter(live)
-    probs = [n / len(live) for n in sizes.values()]
-    entropy = -sum(p * math.log(p) for p in probs) / math.log(k)
-    flaps = max(0, seg.stats.changes - len(users)) / len(users)
-
-    rows = [
-        ("users segmented / in ground truth", f"{len(users)} / {len(truth)}"),
-        ("events", f"{gen.events_sent}"),
-        ("broker", broker.kind),
-        ("input", _input_row(rate, gen.events_sent)),
-        ("adjusted Rand index vs personas", f"{adjusted_rand_score(personas, live):.3f}"),
-        (
-            "normalised mutual information vs personas",
-            f"{normalized_mutual_info_score(personas, live):.3f}",
-        ),
-        ("agreement with batch KMeans (ARI)", f"{adjusted_rand_score(batch, live):.3f}"),
-        ("batch KMeans ARI vs personas (reference)", f"{adjusted_rand_score(personas, batch):.3f}"),
-        ("silhouette (live)", f"{silhouette_score(x, live):.3f}"),
-        ("silhouette (batch KMeans, reference)", f"{silhouette_score(x, batch):.3f}"),
-        ("segment size entropy (1 = equal)", f"{entropy:.3f}"),
-        ("flap rate (changes per user after the first)", f"{flaps:.3f}"),
-        (
-            "reversals: moves undone (A -> B -> A) within 24 h of event time, per move",
-            f"{flapping.reversals} of {flapping.moves} ({flapping.reversal_rate:.3f})",
-        ),
-        ("k, and why", str((checkpoint.get("k_choice") or {}).get("reason", "-"))),
-        (
-            "segments born / retired / merged / split over the run",
-            " / ".join(str(lineage[e]) for e in ("born", "retired", "merged", "split")),
-        ),
-        ("model versions published", str(checkpoint.get("version", 0))),
-    ]
-    shift: PersonaShift | None = getattr(args, "shift", None)
-    if shift is not None:
-        figures = resegmentation(changes, ground_truth, gen.shifted_event_times)
-        rows += resegmentation_rows(figures, shift, catalogue)
-    lines = ["# Segment quality", "", "| measure | value |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in rows]
-    lines += ["", "| segment | name | users | personas in it |", "|---|---|---|---|"]
-    for sid in sorted(sizes):
-        mix = Counter(p for p, lab in zip(personas, live, strict=True) if lab == sid)
-        top = ", ".join(f"{p} {n}" for p, n in mix.most_common(3))
-        name = catalogue.get(sid, {}).get("name", "?")
-        lines.append(f"| {sid} | {name} | {sizes[sid]} | {top} |")
-    return "\n".join(lines) + "\n"
+def wait_assigned(proc: SegmenterProcess, timeout: float = 120.0) -> None:
+    """Wait until the segmenter holds its input partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.check()
+        if proc.assigned() > 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the segmenter held no partition after {timeout:.0f}s")
 
 
-@dataclass(frozen=True, slots=True)
-class Flapping:
-    """Moves (changes of users who had a segment) and how many of them were undone."""
-
-    moves: int
-    reversals: int
-
-    @property
-    def reversal_rate(self) -> float:
-        return self.reversals / self.moves if self.moves else 0.0
+_SETTLE_KEYS = (
+    "segmenter_users_updated_total",
+    "segmenter_segment_changes_total",
+    "segmenter_swept_users_total",
+    "segmenter_event_time_watermark_seconds",
+    "segmenter_model_version",
+)
 
 
-def flap_figures(changes: list[dict[str, Any]], window_ms: int = 86_400_000) -> Flapping:
-    """Count moves, and reversals: a move back to the segment a user left less than
-    ``window_ms`` of event time earlier (duplicates by ``change_id`` count once).
-
-    >>> c = [
-    ...     {"change_id": "a", "user_id": "u", "previous_segment": None, "segment": 1,
-    ...      "event_time": 0},
-    ...     {"change_id": "b", "user_id": "u", "previous_segment": 1, "segment": 2,
-    ...      "event_time": 1000},
-    ...     {"change_id": "c", "user_id": "u", "previous_segment": 2, "segment": 1,
-    ...      "event_time": 2000},
-    ...     {"change_id": "c", "user_id": "u", "previous_segment": 2, "segment": 1,
-    ...      "event_time": 2000},
-    ... ]
-    >>> flap_figures(c)
-    Flapping(moves=2, reversals=1)
-    """
-    seen: set[str] = set()
-    left: dict[tuple[str, int], int] = {}  # (user, segment) -> event time they left it
-    moves = reversals = 0
-    for msg in sorted(changes, key=lambda m: event_time_ms(m["event_time"])):
-        if msg["change_id"] in seen:
-            continue
-        seen.add(msg["change_id"])
-        prev = msg["previous_segment"]
-        if prev is None:
-            continue
-        moves += 1
-        t = event_time_ms(msg["event_time"])
-        back = left.get((msg["user_id"], msg["segment"]))
-        if back is not None and t - back <= window_ms:
-            reversals += 1
-        left[(msg["user_id"], prev)] = t
-    return Flapping(moves, reversals)
-
-
-def event_time_ms(value: object) -> int:
-    """Epoch ms of a change message's ``event_time``: ISO-8601 (``Z`` = UTC) or ms.
-
-    >>> event_time_ms("1970-01-01T00:00:01.250Z"), event_time_ms(1250)
-    (1250, 1250)
-    """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str):
-        dt = datetime.fromisoformat(value)
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return (dt - _EPOCH) // timedelta(milliseconds=1)
-    raise ValueError(f"event_time must be ISO-8601 text or epoch ms, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Resegmentation:
-    """How fast, and how cleanly, shifted users were moved to their new segment.
-
-    Attributes
-    ----------
-    from_persona, to_persona
-        The shift's personas.
-    target_segment
-        The segment most unshifted users of ``to_persona`` are in at the end; ``None``
-        if none of them has a segment.
-    target_holders, target_persona_users
-        Unshifted ``to_persona`` users in the target segment at the end, and all of them.
-    shifted_end_segment, shifted_end_holders
-        The segment most shifted users are in at the end (``None`` if none has a
-        segment), and how many of them are.
-    shifted, shifted_already
-        Shifted users, and of them those already in the target segment just before
-        their shift (left out of the share).
-    resegmented
-        Shifted users (not already there) whose segment changed into the target one at
-        or after their shift.
-    delays_h
-        For each re-segmented user, the event time from the shift to that change, in
-        hours; sorted.
-    events_to_resegment
-        For each re-segmented user, their events from the shift up to and including the
-        one that triggered the change; sorted. ``None`` if event times were not given.
-    control, control_already, control_moved
-        Unshifted users of ``from_persona``; those already in the target segment just
-        before the shift; and of the others, those whose segment changed into the target
-        one at or after the shift (false moves).
-    """
-
-    from_persona: str
-    to_persona: str
-    target_segment: int | None
-    target_holders: int
-    target_persona_users: int
-    shifted_end_segment: int | None
-    shifted_end_holders: int
-    shifted: int
-    shifted_already: int
-    resegmented: int
-    delays_h: tuple[float, ...]
-    events_to_resegment: tuple[int, ...] | None
-    control: int
-    control_already: int
-    control_moved: int
-    #: The same figures for the segment where most shifted users end (their own segment
-    #: when the model gives converted users one): shifted users already in it at their
-    #: shift, those who moved into it after, the delays, and control users who moved in.
-    own_already: int = 0
-    own_moved: int = 0
-    own_delays_h: tuple[float, ...] = ()
-    control_own_moved: int = 0
-
-    @property
-    def share_resegmented(self) -> float | None:
-        """``resegmented`` over the shifted users not already in the target segment."""
-        n = self.shifted - self.shifted_already
-        return self.resegmented / n if n else None
-
-    @property
-    def median_delay_h(self) -> float | None:
-        return float(np.median(self.delays_h)) if self.delays_h else None
-
-    @property
-    def p90_delay_h(self) -> float | None:
-        """90th percentile of ``delays_h``, linearly interpolated."""
-        return float(np.percentile(self.delays_h, 90)) if self.delays_h else None
-
-    @property
-    def median_events(self) -> float | None:
-        e = self.events_to_resegment
-        return float(np.median(e)) if e else None
-
-    @property
-    def false_move_share(self) -> float | None:
-        """``control_moved`` over the control users not already in the target segment."""
-        n = self.control - self.control_already
-        return self.control_moved / n if n else None
-
-
-def _most_common(segments: Counter[int]) -> int | None:
-    """The segment with the most users; the lowest id among equals."""
-    return min(segments.items(), key=lambda kv: (-kv[1], kv[0]))[0] if segments else None
-
-
-def _entry_into(
-    history: Sequence[tuple[int, int]], target: int | None, since_ms: int
-) -> tuple[bool, int | None]:
-    """(already in ``target`` just before ``since_ms``, event time of the first change
-    into ``target`` at or after it, or ``None``), from one user's changes in order."""
-    held: int | None = None
-    for t, segment in history:
-        if t < since_ms:
-            held = segment
-            continue
-        if held is not None and held == target:
-            return True, None
-        if segment == target:
-            return False, t
-    return (held is not None and held == target), None
-
-
-def resegmentation(
-    changes: Iterable[Mapping[str, Any]],
-    ground_truth: Mapping[str, Any],
-    events_after_shift: Mapping[str, Sequence[int]] | None = None,
-) -> Resegmentation:
-    """Time to re-segment shifted users, from segment-change records and the ground truth.
-
-    Pure: no I/O.
-
-    Parameters
-    ----------
-    changes
-        Segment-change messages as dicts (``user_id``, ``segment``, ``event_time`` as
-        ISO-8601 or epoch ms, optionally ``change_id``), each user's in the order they
-        were decided (the order of one partition). Repeated ``change_id`` values count
-        once; users not in the ground truth are ignored.
-    ground_truth
-        The generator's ground-truth document: ``personas`` (at the end of the span),
-        ``shift`` (with ``from_persona``, ``to_persona``, ``at_ms``) and ``shifted``
-        (user -> ``{"before", "after", "at_ms"}``).
-    events_after_shift
-        Optional: for each shifted user, the sorted event times (epoch ms) of their
-        events at or after the shift, for ``events_to_resegment``.
-
-    Returns
-    -------
-    Resegmentation
+def wait_settled(
+    stack: Stack, s: Settings, proc: SegmenterProcess, timeout: float = DRAIN_TIMEOUT_S
+) -> dict[str, float]:
+    """Wait until the input is committed, the reassessment queue empty, no timer due, and
+    nothing moved for :data:`QUIET_S` after the partitions went idle; return the metrics.
 
     Raises
     ------
-    ValueError
-        If the ground truth has no shift.
+    RuntimeError
+        If that does not happen within ``timeout`` (the message says what was left).
     """
-    shift = ground_truth.get("shift")
-    if not shift:
-        raise ValueError("ground_truth has no shift to measure re-segmentation against")
-    personas: Mapping[str, str] = ground_truth["personas"]
-    shifted: Mapping[str, Mapping[str, Any]] = ground_truth.get("shifted") or {}
-    from_persona, to_persona = str(shift["from_persona"]), str(shift["to_persona"])
-    at_ms = int(shift["at_ms"])
+    from loadtest.stack import OffsetWatcher
+    from state.keys import Keys
 
-    history: dict[str, list[tuple[int, int]]] = {}
-    seen: set[str] = set()
-    for c in changes:
-        cid = c.get("change_id")
-        if cid is not None:
-            if cid in seen:
-                continue
-            seen.add(cid)
-        user = str(c["user_id"])
-        if user in personas:
-            history.setdefault(user, []).append((event_time_ms(c["event_time"]), int(c["segment"])))
-
-    holders = [u for u, p in personas.items() if p == to_persona and u not in shifted]
-    end_segments = Counter(history[u][-1][1] for u in holders if u in history)
-    target = _most_common(end_segments)
-    shifted_ends = Counter(history[u][-1][1] for u in shifted if u in history)
-    shifted_end = _most_common(shifted_ends)
-
-    already = 0
-    delays: list[float] = []
-    n_events: list[int] = []
-    for user, entry in shifted.items():
-        since = int(entry["at_ms"])
-        was_there, t = _entry_into(history.get(user, ()), target, since)
-        if was_there:
-            already += 1
-        elif t is not None:
-            delays.append((t - since) / _HOUR_MS)
-            if events_after_shift is not None:
-                times = events_after_shift.get(user, ())
-                n_events.append(bisect.bisect_right(times, t) - bisect.bisect_left(times, since))
-
-    control = [u for u, p in personas.items() if p == from_persona and u not in shifted]
-    control_already = control_moved = 0
-    for user in control:
-        was_there, t = _entry_into(history.get(user, ()), target, at_ms)
-        control_already += was_there
-        control_moved += t is not None
-
-    own_already = 0
-    own_delays: list[float] = []
-    for user, entry in shifted.items():
-        since = int(entry["at_ms"])
-        was_there, t = _entry_into(history.get(user, ()), shifted_end, since)
-        own_already += was_there
-        if not was_there and t is not None:
-            own_delays.append((t - since) / _HOUR_MS)
-    control_own_moved = sum(
-        _entry_into(history.get(u, ()), shifted_end, at_ms)[1] is not None for u in control
-    )
-
-    return Resegmentation(
-        from_persona=from_persona,
-        to_persona=to_persona,
-        target_segment=target,
-        target_holders=end_segments[target] if target is not None else 0,
-        target_persona_users=len(holders),
-        shifted_end_segment=shifted_end,
-        shifted_end_holders=shifted_ends[shifted_end] if shifted_end is not None else 0,
-        shifted=len(shifted),
-        shifted_already=already,
-        resegmented=len(delays),
-        delays_h=tuple(sorted(delays)),
-        events_to_resegment=tuple(sorted(n_events)) if events_after_shift is not None else None,
-        control=len(control),
-        control_already=control_already,
-        control_moved=control_moved,
-        own_already=own_already,
-        own_moved=len(own_delays),
-        own_delays_h=tuple(sorted(own_delays)),
-        control_own_moved=control_own_moved,
-    )
-
-
-def _share(n: int, of: int) -> str:
-    return f"{n} / {of} ({100 * n / of:.1f} %)" if of else f"{n} / 0"
-
-
-def _num(x: float | None, fmt: str = ".1f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def resegmentation_rows(
-    r: Resegmentation, shift: PersonaShift, catalogue: Mapping[int, Mapping[str, Any]]
-) -> list[tuple[str, str]]:
-    """Rows of the report table for :func:`resegmentation`'s figures."""
-
-    def segment(sid: int | None, holders: int, of: int) -> str:
-        if sid is None:
-            return "none"
-        name = catalogue.get(sid, {}).get("name") or "?"
-        return f"{sid} {name} ({holders} of {of} users)"
-
-    target = segment(r.target_segment, r.target_holders, r.target_persona_users)
-    rows = [
-        (
-            "behaviour shift (ground truth)",
-            f"{r.shifted} of {r.shifted + r.control} {r.from_persona} users shop as "
-            f"{r.to_persona} from day {shift.at * _DAYS:.1f} of {_DAYS:.0f}",
-        ),
-        (f"target segment: where most unshifted {r.to_persona} users end", target),
-        (
-            "where most shifted users end",
-            segment(r.shifted_end_segment, r.shifted_end_holders, r.shifted),
-        ),
-        (
-            "shifted users re-segmented into the target segment",
-            _share(r.resegmented, r.shifted - r.shifted_already),
-        ),
-        (
-            "time to re-segment, median (hours of event time after the shift)",
-            _num(r.median_delay_h),
-        ),
-        ("time to re-segment, 90th percentile (hours of event time)", _num(r.p90_delay_h)),
-    ]
-    if r.events_to_resegment is not None:
-        rows.append(
-            ("events from the shift to re-segmentation, median per user", _num(r.median_events))
-        )
-    rows += [
-        (
-            f"false moves: unshifted {r.from_persona} users moved into the target segment "
-            "after the shift",
-            _share(r.control_moved, r.control - r.control_already),
-        ),
-        (
-            "already in the target segment at the shift, left out (shifted / unshifted)",
-            f"{r.shifted_already} / {r.control_already}",
-        ),
-        (
-            "shifted users who moved after the shift into the segment most of them end in",
-            _share(r.own_moved, r.shifted - r.own_already),
-        ),
-        (
-            "time to that move, median / 90th percentile (hours of event time)",
-            f"{_num(_pct(r.own_delays_h, 50))} / {_num(_pct(r.own_delays_h, 90))}",
-        ),
-        (
-            f"false moves into it: unshifted {r.from_persona} users",
-            _share(r.control_own_moved, r.control),
-        ),
-    ]
-    return rows
-
-
-def _pct(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
+    watcher = OffsetWatcher(s, PARTITIONS)
+    client = stack.client()
+    reassess = Keys(s.redis_prefix).reassess
+    committed_at: float | None = None
+    last_key: tuple[float, ...] | None = None
+    still_since = time.monotonic()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            proc.check()
+            now = time.monotonic()
+            lag = watcher.lag()
+            queued = int(client.hlen(reassess))
+            m = proc.metrics()
+            due = m.get("segmenter_timers_due", 0.0)
+            key = tuple(m.get(k, -1.0) for k in _SETTLE_KEYS)
+            if key != last_key:
+                last_key, still_since = key, now
+            if lag == 0 and committed_at is None:
+                committed_at = now
+            elif lag:
+                committed_at = None
+            idle_enough = (
+                committed_at is not None and now - committed_at >= s.watermark_idle_s + 2.0
+            )
+            if (
+                idle_enough
+                and queued == 0
+                and due == 0
+                and m
+                and m.get("segmenter_model_ready", 0) >= 1
+                and now - still_since >= QUIET_S
+            ):
+                return m
+            if now > deadline:
+                raise RuntimeError(
+                    f"not settled after {timeout:.0f}s: lag {lag}, queued {queued}, "
+                    f"timers due {due:.0f}, model ready {m.get('segmenter_model_ready')}"
+                )
+            time.sleep(0.5)
+    finally:
+        watcher.close()
+        client.close()
 
 
 def read_topic_values(
     bootstrap: str, topic: str, timeout_s: float = 120.0, quiet_s: float = 1.5
 ) -> list[dict[str, Any]]:
-    """Every committed JSON value of ``topic``, from the beginning to its end.
-
-    Reads past each partition's high watermark, then until ``quiet_s`` passes with
-    nothing new (Tansu reports a watermark short of the real end). Within a partition
-    the values come in offset order.
-    """
+    """Every committed JSON value of ``topic`` (read_committed), from the beginning to
+    its end; within a partition in offset order."""
     c = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -694,6 +268,394 @@ def read_topic_values(
         return out
     finally:
         c.close()
+
+
+@dataclass
+class Final:
+    """What the segmenter left in Redis at the end of a run."""
+
+    labels: dict[str, int]
+    names: dict[int, str]
+    checkpoint: dict[str, Any]
+    watermark_ms: int
+
+    @property
+    def k(self) -> int | None:
+        k = self.checkpoint.get("k")
+        return int(k) if k is not None else None
+
+    @property
+    def k_reason(self) -> str:
+        return str((self.checkpoint.get("k_choice") or {}).get("reason", "-"))
+
+
+def read_final(stack: Stack, s: Settings, users: list[str], metrics: dict[str, float]) -> Final:
+    """Each user's segment, the catalogue's names, the model and the final watermark."""
+    from state.keys import Keys
+    from state.redis_store import RedisStore
+
+    keys = Keys(s.redis_prefix)
+    client = stack.client()
+    store = RedisStore.from_settings(s)
+    try:
+        labels: dict[str, int] = {}
+        for i in range(0, len(users), 2000):
+            chunk = users[i : i + 2000]
+            pipe = client.pipeline(transaction=False)
+            for u in chunk:
+                pipe.hget(keys.user(u), "segment")
+            for u, seg in zip(chunk, pipe.execute(), strict=True):
+                if seg is not None and seg != b"":
+                    labels[u] = int(seg)
+        names = {int(e["segment"]): str(e.get("name", "?")) for e in store.read_catalogue()}
+        checkpoint = store.load_model() or {}
+        wm_s = metrics.get("segmenter_event_time_watermark_seconds", 0.0)
+        watermark_ms = round(wm_s * 1000)
+        if not watermark_ms:  # from the shared partition clocks, as the segmenter does
+            raw = [
+                v.decode() if isinstance(v, bytes) else str(v) for v in client.hvals(keys.watermark)
+            ]
+            clocks = [int(v.split(":")[0]) for v in raw]
+            watermark_ms = max(clocks) - int(s.watermark_lateness_s * 1000) if clocks else 0
+    finally:
+        store.close()
+        client.close()
+    return Final(labels, names, checkpoint, watermark_ms)
+
+
+def batch_labels(s: Settings, users: list[str], watermark_ms: int, k: int, seed: int) -> np.ndarray:
+    """scikit-learn KMeans (true k, n_init=10) on ``users``' z-scored model vectors as of
+    ``watermark_ms``, from their states in Redis."""
+    from sklearn.cluster import KMeans
+
+    from state.redis_store import RedisStore
+    from stream.features import compute_features
+    from stream.scaling import to_vector
+
+    store = RedisStore.from_settings(s)
+    try:
+        rows = []
+        for i in range(0, len(users), 1000):
+            states = store.load_states(users[i : i + 1000])
+            for u in users[i : i + 1000]:
+                st = states[u]
+                if st is None:
+                    raise RuntimeError(f"user {u} has a segment but no state")
+                rows.append(to_vector(compute_features(st, watermark_ms, "365d")))
+    finally:
+        store.close()
+    x = zscore(np.stack(rows))
+    return np.asarray(KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x))
+
+
+@contextlib.contextmanager
+def segmenter(s: Settings, log: Path) -> Iterator[SegmenterProcess]:
+    """One ``segmenter run`` child process, stopped by its PID whatever happens."""
+    from loadtest.stack import SegmenterProcess
+
+    proc = SegmenterProcess(s, log)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
+
+
+# -- one scenario in one mode -----------------------------------------------------------
+
+
+def run_scenario(
+    stack: Stack, scenario: Scenario, mode: str, seed: int, rate: float, workdir: Path
+) -> dict[str, Any]:
+    """Run ``scenario`` in ``mode`` on its own topics and prefix, and score it."""
+    started = time.monotonic()
+    tag = f"{scenario.name}-{mode}-{uuid.uuid4().hex[:6]}"
+    s = run_settings(stack, tag)
+    stack.create_inputs(s, PARTITIONS)
+    log = workdir / f"{tag}.log"
+    if mode == "live":
+        with segmenter(s, log) as proc:
+            wait_assigned(proc)
+            _log(f"{tag}: producing {scenario.n_events:,} events at {rate:,.0f}/s")
+            produced = produce_scenario(s, scenario, seed, rate)
+            metrics = wait_settled(stack, s, proc)
+    else:
+        _log(f"{tag}: producing {scenario.n_events:,} events as a backlog")
+        produced = produce_scenario(s, scenario, seed, None)
+        with segmenter(s, log) as proc:
+            metrics = wait_settled(stack, s, proc)
+    settled = time.monotonic()
+    _log(f"{tag}: settled after {settled - started:.0f}s; scoring")
+    users = sorted(produced.seen)
+    final = read_final(stack, s, users, metrics)
+    segmented = [u for u in users if u in final.labels]
+    personas = [produced.personas[u] for u in segmented]
+    live_labels = [final.labels[u] for u in segmented]
+    batch = batch_labels(s, segmented, final.watermark_ms, scenario.true_k, seed)
+    changes = read_topic_values(s.kafka_bootstrap, s.changes_topic)
+    moves = moves_and_reversals(changes)
+    truth_seen = {u: produced.personas[u] for u in users}
+    lapse = hours_to_lapse(changes, truth_seen, produced.last_purchase_ms)
+    summaries = segment_summaries({u: final.labels[u] for u in segmented}, truth_seen, final.names)
+    row: dict[str, Any] = {
+        "name": scenario.name,
+        "mode": mode,
+        "k_true": scenario.true_k,
+        "k_chosen": final.k,
+        "ari_personas": ari(personas, live_labels),
+        "ari_batch": ari(batch.tolist(), live_labels),
+        "names_correct": names_correct(summaries),
+        "moves_per_user": moves.moves_per_user,
+        "k_choice": final.k_reason,
+        "users": len(segmented),
+        "users_with_events": len(users),
+        "events": produced.events,
+        "rate": rate if mode == "live" else None,
+        "produce_s": produced.elapsed_s,
+        "days": scenario.days,
+        "ari_batch_vs_personas": ari(personas, batch.tolist()),
+        "changes": moves.changes,
+        "moves": moves.moves,
+        "reversals": moves.reversals,
+        "lapse_customers": lapse.with_purchase,
+        "lapse_customers_all": lapse.customers,
+        "lapse_reached": lapse.reached,
+        "lapse_already": lapse.already,
+        "hours_to_lapse_median": lapse.median_h,
+        "hours_to_lapse_p90": lapse.p90_h,
+        "watermark": _iso(final.watermark_ms),
+        "model_version": final.checkpoint.get("version"),
+        "refits": int(metrics.get("segmenter_model_refits_total", 0.0)),
+        "swept": int(metrics.get("segmenter_swept_users_total", 0.0)),
+        "segments": [
+            {
+                "segment": x.segment,
+                "name": x.name,
+                "base_name": x.base,
+                "size": x.size,
+                "majority": x.majority,
+                "majority_share": x.majority_share,
+                "fits": x.fits,
+                "mix": [list(m) for m in x.mix],
+            }
+            for x in summaries
+        ],
+        "merged": merged_personas(summaries),
+        "seconds": time.monotonic() - started,
+    }
+    row["targets_met"] = scenario_targets(row)
+    return row
+
+
+# -- the real data set ------------------------------------------------------------------
+
+
+def _segmenter_command() -> list[str]:
+    script = Path(sys.executable).with_name("segmenter")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "consumers.cli"]
+
+
+def run_real(stack: Stack, seed: int, workdir: Path) -> dict[str, Any]:
+    """CDNOW through ``segmenter replay`` and one ``segmenter run``, against batch RFM."""
+    from loadtest import real_data
+    from loadtest.stack import segmenter_env
+
+    started = time.monotonic()
+    tx = real_data.load_transactions()
+    path = workdir / "cdnow.jsonl"
+    n_events = real_data.write_jsonl(path, real_data.to_events(tx))
+    tag = f"cdnow-{uuid.uuid4().hex[:6]}"
+    s = run_settings(stack, tag)
+    stack.create_inputs(s, PARTITIONS)
+    _log(f"{tag}: segmenter replay of {n_events:,} events")
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [*_segmenter_command(), "replay", str(path)],
+        env=segmenter_env(s),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    replay_s = time.monotonic() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"segmenter replay exited {done.returncode}: {done.stderr[-2000:]}")
+    t0 = time.monotonic()
+    with segmenter(s, workdir / f"{tag}.log") as proc:
+        metrics = wait_settled(stack, s, proc)
+    drain_s = time.monotonic() - t0
+    customers = sorted(set(tx.customer.tolist()))
+    users = [real_data.user_id(c) for c in customers]
+    final = read_final(stack, s, users, metrics)
+    as_of = real_data.end_ms(tx)
+    _log(f"{tag}: settled; batch RFM baseline")
+    batch = real_data.batch_rfm(tx, as_of, None, seed)
+    segmented = [u for u in users if u in final.labels]
+    mine = [final.labels[u] for u in segmented]
+    theirs = [batch.labels[real_data.customer_of(u)] for u in segmented]
+    row: dict[str, Any] = {
+        "dataset": "CDNOW (lifetimes package data)",
+        "customers": len(customers),
+        "ari_batch_rfm": ari(theirs, mine),
+        "events": n_events,
+        "segmented": len(segmented),
+        "as_of": _iso(as_of),
+        "watermark": _iso(final.watermark_ms),
+        "k_chosen": final.k,
+        "k_choice": final.k_reason,
+        "batch_k": batch.k,
+        "batch_k_reason": batch.selection.reason if batch.selection else "given",
+        "batch_silhouette": batch.silhouette,
+        "replay_s": replay_s,
+        "replay_summary": done.stdout.strip(),
+        "drain_s": drain_s,
+    }
+    profile_labels = {
+        u: f"{final.labels[u]} {final.names.get(final.labels[u], '?')}" for u in segmented
+    }
+    row["segmenter_profiles"] = [
+        dataclasses.asdict(p) for p in real_data.rfm_profiles(profile_labels, tx, as_of)
+    ]
+    row["batch_profiles"] = [dataclasses.asdict(p) for p in batch.profiles]
+    if final.k:
+        same = real_data.batch_rfm(tx, as_of, final.k, seed)
+        row["ari_batch_rfm_same_k"] = ari(
+            [same.labels[real_data.customer_of(u)] for u in segmented], mine
+        )
+        row["batch_same_k_profiles"] = [dataclasses.asdict(p) for p in same.profiles]
+    row["target_met"] = row["ari_batch_rfm"] >= 0.8
+    row["seconds"] = time.monotonic() - started
+    return row
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def _machine(stack: Stack) -> dict[str, str]:
+    from loadtest.suite import cpu_model, ram_gib
+
+    def read(p: str) -> str:
+        try:
+            return Path(p).read_text()
+        except OSError:
+            return ""
+
+    v = stack.versions()
+    return {
+        "machine": f"{cpu_model(read('/proc/cpuinfo'))}, {os.cpu_count()} cores, "
+        f"{ram_gib(read('/proc/meminfo')):.1f} GiB RAM (shared with the broker and Redis)",
+        "system": f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "broker": f"{v['broker_version']} on loopback",
+        "redis": f"Redis {v['redis_version']} on loopback",
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m loadtest.quality", description=__doc__.split("\n\n")[0]
+    )
+    ap.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help="a scenario to run (repeatable; default: all)",
+    )
+    ap.add_argument("--mode", choices=MODES, help="one mode only (default: both)")
+    ap.add_argument("--skip-real", action="store_true", help="leave out the CDNOW run")
+    ap.add_argument("--out", help="output directory (default: loadtest/results/<UTC date>)")
+    ap.add_argument("--seed", type=int, default=7, help="simulator and KMeans seed")
+    ap.add_argument("--rate", type=float, default=RATE, help="live mode events/s")
+    ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    args = ap.parse_args(argv)
+    if not args.rate > 0:
+        ap.error(f"--rate must be > 0, got {args.rate}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loadtest.stack import local_stack
+
+    args = parse_args(argv)
+    began = time.monotonic()
+    date = datetime.now(UTC).date().isoformat()
+    out = Path(args.out or f"loadtest/results/{date}")
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.scenario or list(SCENARIOS)
+    modes = [args.mode] if args.mode else list(MODES)
+    rows: list[dict[str, Any]] = []
+    real: dict[str, Any] | None = None
+    notes: list[str] = []
+    meta: dict[str, Any] = {"date": date}
+
+    def write() -> None:
+        meta["elapsed_s"] = time.monotonic() - began
+        doc = {"scenarios": rows, "real_data": real}
+        (out / "quality.json").write_bytes(
+            orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
+        (out / "quality.md").write_text(render_report(rows, real, {**meta, "notes": notes}))
+
+    with local_stack("segmenter-quality-", args.broker) as stack:
+        workdir = stack.workdir
+        meta["machine"] = _machine(stack)
+        default = stack.settings()
+        meta["config"] = {
+            "scenarios": ", ".join(
+                f"{n} ({SCENARIOS[n].true_k} personas, {SCENARIOS[n].n_users:,} users, "
+                f"{SCENARIOS[n].n_events:,} events, {SCENARIOS[n].days:.0f} days)"
+                for n in names
+            ),
+            "modes": ", ".join(modes),
+            "live rate": f"{args.rate:,.0f} events/s",
+            "input partitions": f"{PARTITIONS} per topic",
+            "seed": str(args.seed),
+            "segmenter": f"one `segmenter run` process per run; n_clusters=0 "
+            f"(k from {default.k_min} to {default.k_max} by {default.k_criterion}); "
+            f"batch_max_events {default.batch_max_events}, watermark lateness "
+            f"{default.watermark_lateness_s:.0f}s, idle {default.watermark_idle_s:.0f}s, "
+            f"refit every {default.model_refit_interval_days:g} days of event time or "
+            f"{default.model_refit_updates:,} updates; other settings default",
+        }
+        for name in names:
+            for mode in modes:
+                try:
+                    row = run_scenario(stack, SCENARIOS[name], mode, args.seed, args.rate, workdir)
+                except Exception as exc:  # a failed run is reported, never hidden
+                    traceback.print_exc()
+                    row = {
+                        "name": name,
+                        "mode": mode,
+                        "k_true": SCENARIOS[name].true_k,
+                        "k_chosen": None,
+                        "ari_personas": None,
+                        "ari_batch": None,
+                        "names_correct": None,
+                        "moves_per_user": None,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    }
+                    notes.append(f"{name} {mode} failed: {row['error']}")
+                rows.append(row)
+                _log(
+                    f"{name} {mode}: k {row.get('k_chosen')}/{row['k_true']}, ARI personas "
+                    f"{row.get('ari_personas')}, ARI batch {row.get('ari_batch')}, names "
+                    f"{row.get('names_correct')}"
+                )
+                write()
+        if not args.skip_real:
+            try:
+                real = run_real(stack, args.seed, workdir)
+                _log(f"real data: ARI vs batch RFM {real['ari_batch_rfm']:.3f}")
+            except Exception as exc:
+                traceback.print_exc()
+                real = {"dataset": "CDNOW", "customers": 0, "ari_batch_rfm": None}
+                real["error"] = f"{type(exc).__name__}: {exc}"
+                notes.append(f"real data failed: {real['error']}")
+    write()
+    print((out / "quality.md").read_text())
+    _log(f"wrote {out / 'quality.md'} and {out / 'quality.json'}")
+    return 0
 
 
 if __name__ == "__main__":

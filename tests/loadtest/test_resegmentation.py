@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from loadtest.personas import DEFAULT_SHIFT
-from loadtest.quality import Resegmentation, event_time_ms, resegmentation, resegmentation_rows
+from loadtest.resegmentation import (
+    Resegmentation,
+    event_time_ms,
+    resegmentation,
+    resegmentation_rows,
+)
 
 H = 3_600_000
 T = 1_800_000_000_000  # the shift

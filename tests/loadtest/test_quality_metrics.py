@@ -1,0 +1,396 @@
+"""The quality run's pure parts: scores, name matching, moves, time to lapse, the report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from loadtest import quality
+from loadtest.personas import PERSONAS
+from loadtest.quality_metrics import (
+    ACCEPTED_NAMES,
+    HOUR_MS,
+    RULE_NAMES,
+    ari,
+    base_name,
+    hours_to_lapse,
+    merged_personas,
+    moves_and_reversals,
+    name_fits,
+    names_correct,
+    overall_targets,
+    render_report,
+    scenario_targets,
+    segment_summaries,
+    zscore,
+)
+from stream.naming import DEFAULT_RULES
+
+H = HOUR_MS
+T0 = 1_800_000_000_000
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def change(user: str, seg: int, ms: int, name: str = "loyal", cid: str | None = None) -> dict:
+    c: dict[str, Any] = {
+        "user_id": user,
+        "segment": seg,
+        "segment_name": name,
+        "event_time": iso(ms),
+    }
+    if cid is not None:
+        c["change_id"] = cid
+    return c
+
+
+# -- ARI and scaling ---------------------------------------------------------------------
+
+
+def test_ari_is_label_free_and_penalises_merges() -> None:
+    truth = ["a"] * 5 + ["b"] * 5 + ["c"] * 5
+    assert ari(truth, [9] * 5 + [4] * 5 + [1] * 5) == pytest.approx(1.0)
+    merged = ari(truth, [0] * 10 + [1] * 5)
+    assert 0.0 < merged < 1.0
+    with pytest.raises(ValueError, match="3 truths for 2 labels"):
+        ari(["a", "b", "c"], [1, 2])
+
+
+def test_zscore_standardises_every_column_and_keeps_constants_at_zero() -> None:
+    x = np.array([[1.0, 10.0, 3.0], [2.0, 20.0, 3.0], [3.0, 60.0, 3.0]])
+    z = zscore(x)
+    assert np.allclose(z.mean(axis=0), 0.0)
+    assert np.allclose(z.std(axis=0)[:2], 1.0)
+    assert np.all(z[:, 2] == 0.0)
+
+
+# -- names -------------------------------------------------------------------------------
+
+
+def test_rule_names_are_the_naming_rules() -> None:
+    assert set(RULE_NAMES) == {r.name for r in DEFAULT_RULES}
+
+
+@pytest.mark.parametrize(
+    ("name", "base"),
+    [
+        ("window_shopper", "window_shopper"),
+        ("window_shopper_more_activity", "window_shopper"),
+        ("at_risk_less_lapsed", "at_risk"),
+        ("high_value_more_basket", "high_value"),
+        ("low_value", "low_value"),
+        ("new_more_tenure", "new"),
+        ("loyal", "loyal"),
+        ("newcomer", "newcomer"),  # not a rule followed by qualifiers
+        ("?", "?"),
+    ],
+)
+def test_base_name_strips_qualifier_words(name: str, base: str) -> None:
+    assert base_name(name) == base
+
+
+def test_every_persona_has_accepted_names_from_the_rules() -> None:
+    assert set(ACCEPTED_NAMES) == set(PERSONAS)
+    for names in ACCEPTED_NAMES.values():
+        assert names <= set(RULE_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("persona", "name", "fits"),
+    [
+        ("loyal_high_spender", "high_value", True),
+        ("loyal_high_spender", "loyal_more_spend", True),
+        ("loyal_high_spender", "potential", False),
+        ("bargain_hunter", "bargain_hunter_less_basket", True),
+        ("window_shopper", "window_shopper_more_activity", True),
+        ("window_shopper", "low_value", False),
+        ("new_user", "new", True),
+        ("new_user", "potential", True),
+        ("lapsing_customer", "at_risk", True),
+        ("lapsing_customer", "dormant", True),
+        ("dormant_customer", "dormant_more_quiet", True),
+        ("dormant_customer", "at_risk", False),
+        ("reactivated_customer", "bargain_hunter", True),
+        ("reactivated_customer", "new", False),
+        ("astronaut", "loyal", False),
+    ],
+)
+def test_name_fits(persona: str, name: str, fits: bool) -> None:
+    assert name_fits(persona, name) is fits
+
+
+def test_segment_summaries_majority_and_names_correct() -> None:
+    labels = {"a": 1, "b": 1, "c": 1, "d": 2, "e": 2, "f": 3, "x": 3}
+    personas = {
+        "a": "window_shopper",
+        "b": "window_shopper",
+        "c": "loyal_high_spender",
+        "d": "lapsing_customer",
+        "e": "lapsing_customer",
+        "f": "new_user",
+    }  # x has no persona: left out
+    names = {1: "window_shopper_more_activity", 2: "loyal", 3: "new"}
+    s = segment_summaries(labels, personas, names)
+    assert [(x.segment, x.size, x.majority, x.fits) for x in s] == [
+        (1, 3, "window_shopper", True),
+        (2, 2, "lapsing_customer", False),
+        (3, 1, "new_user", True),
+    ]
+    assert s[0].majority_share == pytest.approx(2 / 3)
+    assert names_correct(s) == pytest.approx(2 / 3)
+    assert names_correct([]) == 0.0
+    assert merged_personas(s) == ["1: window_shopper 2 + loyal_high_spender 1"]
+
+
+def test_a_tie_for_majority_goes_to_the_first_persona_by_name() -> None:
+    s = segment_summaries({"a": 1, "b": 1}, {"a": "window_shopper", "b": "bargain_hunter"}, {})
+    assert s[0].majority == "bargain_hunter"
+    assert s[0].name == "?" and not s[0].fits
+
+
+# -- moves and reversals -----------------------------------------------------------------
+
+
+def test_moves_and_reversals() -> None:
+    changes = [
+        change("u", 1, T0, cid="1"),
+        change("u", 2, T0 + 1 * H, cid="2"),
+        change("u", 1, T0 + 5 * H, cid="3"),  # back within 24 h: a reversal
+        change("u", 1, T0 + 5 * H, cid="3"),  # delivered twice: once
+        change("v", 1, T0, cid="4"),
+        change("v", 2, T0 + 1 * H, cid="5"),
+        change("v", 1, T0 + 30 * H, cid="6"),  # back after 24 h: a move, not a reversal
+        change("w", 3, T0, cid="7"),
+    ]
+    m = moves_and_reversals(changes)
+    assert (m.users, m.changes, m.moves, m.reversals) == (3, 7, 4, 1)
+    assert m.moves_per_user == pytest.approx(4 / 3)
+    assert m.reversal_rate == pytest.approx(0.25)
+
+
+def test_moves_keep_each_users_order_not_time() -> None:
+    # A sweep may decide a user with an event time below one of their earlier changes;
+    # the order of their partition is the order they were decided in.
+    changes = [change("u", 1, T0 + 10 * H), change("u", 2, T0 + 2 * H), change("u", 1, T0)]
+    m = moves_and_reversals(changes)
+    assert (m.moves, m.reversals) == (2, 1)
+
+
+def test_no_changes() -> None:
+    m = moves_and_reversals([])
+    assert (m.users, m.moves_per_user, m.reversal_rate) == (0, 0.0, 0.0)
+
+
+# -- hours to lapse ----------------------------------------------------------------------
+
+
+def test_hours_to_lapse() -> None:
+    personas = {
+        "a": "lapsing_customer",  # at_risk 40 h after the last purchase
+        "b": "dormant_customer",  # dormant 100 h after
+        "c": "lapsing_customer",  # never named at risk
+        "d": "dormant_customer",  # no purchase in the span
+        "e": "lapsing_customer",  # in an at_risk segment at the last purchase, stays
+        "f": "lapsing_customer",  # at_risk before the last purchase, then moves on
+        "w": "window_shopper",  # not lapsing: ignored
+    }
+    last = {"a": T0, "b": T0, "c": T0, "e": T0, "f": T0, "w": T0}
+    changes = [
+        change("a", 1, T0 - 5 * H, "loyal"),
+        change("a", 2, T0 + 10 * H, "potential"),
+        change("a", 3, T0 + 40 * H, "at_risk_more_lapsed"),
+        change("a", 4, T0 + 80 * H, "dormant"),  # only the first counts
+        change("b", 5, T0 + 100 * H, "dormant"),
+        change("c", 1, T0, "loyal"),
+        change("e", 3, T0 - 2 * H, "at_risk"),
+        change("f", 3, T0 - 2 * H, "at_risk"),
+        change("f", 1, T0, "loyal"),
+        change("w", 3, T0 + H, "at_risk"),
+    ]
+    lapse = hours_to_lapse(changes, personas, last)
+    assert (lapse.customers, lapse.with_purchase, lapse.reached, lapse.already) == (6, 5, 2, 1)
+    assert lapse.hours == (40.0, 100.0)
+    assert lapse.median_h == pytest.approx(70.0)
+    assert lapse.p90_h == pytest.approx(94.0)
+
+
+def test_hours_to_lapse_counts_a_change_at_the_purchase_instant() -> None:
+    lapse = hours_to_lapse([change("a", 1, T0, "dormant")], {"a": "dormant_customer"}, {"a": T0})
+    assert lapse.hours == (0.0,)
+
+
+def test_hours_to_lapse_without_any() -> None:
+    lapse = hours_to_lapse([], {"a": "window_shopper"}, {})
+    assert (lapse.customers, lapse.reached, lapse.median_h, lapse.p90_h) == (0, 0, None, None)
+
+
+# -- targets and the report --------------------------------------------------------------
+
+
+def row(name: str, mode: str, **over: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "name": name,
+        "mode": mode,
+        "k_true": 3,
+        "k_chosen": 3,
+        "ari_personas": 0.95,
+        "ari_batch": 0.97,
+        "names_correct": 1.0,
+        "moves_per_user": 0.2,
+        "users": 100,
+        "users_with_events": 100,
+        "events": 1000,
+        "moves": 20,
+        "reversals": 1,
+        "lapse_customers": 10,
+        "lapse_reached": 8,
+        "hours_to_lapse_median": 700.0,
+        "hours_to_lapse_p90": 900.0,
+        "k_choice": "k=3 because",
+        "segments": [
+            {
+                "segment": 1,
+                "name": "loyal",
+                "size": 50,
+                "fits": True,
+                "mix": [["loyal_high_spender", 50]],
+            }
+        ],
+        "seconds": 30.0,
+    }
+    return {**r, **over}
+
+
+def test_scenario_targets_treats_missing_values_as_not_met() -> None:
+    assert scenario_targets(row("a", "live")) == dict.fromkeys(
+        ("ari_personas", "ari_batch", "names_correct", "k_chosen"), True
+    )
+    failed = row("a", "live", ari_personas=None, ari_batch=float("nan"), k_chosen=None)
+    got = scenario_targets(failed)
+    assert not got["ari_personas"] and not got["ari_batch"] and not got["k_chosen"]
+
+
+def test_k_target_allows_one_miss_only() -> None:
+    one = [row("a", "live"), row("b", "live", k_chosen=4)]
+    two = [*one, row("c", "backlog", k_chosen=2)]
+    k_one = next(t for t in overall_targets(one, None) if t.threshold == "misses <= 1")
+    k_two = next(t for t in overall_targets(two, None) if t.threshold == "misses <= 1")
+    assert k_one.met and not k_two.met
+    assert "b live (k=4 of 3)" in k_one.result
+
+
+def test_real_target_not_run_is_not_met() -> None:
+    last = overall_targets([row("a", "live")], None)[-1]
+    assert (last.result, last.met) == ("not run", False)
+    last = overall_targets([row("a", "live")], {"ari_batch_rfm": 0.81})[-1]
+    assert (last.result, last.met) == ("0.810", True)
+
+
+def test_every_run_target_names_the_lowest_run() -> None:
+    rows = [row("a", "live"), row("b", "backlog", ari_personas=0.6)]
+    t = overall_targets(rows, None)[0]
+    assert not t.met
+    assert t.result == "1 of 2 runs; lowest 0.600 (b backlog)"
+
+
+def test_render_report_shows_every_run_misses_and_the_mapping() -> None:
+    rows = [row("three", "live"), row("three", "backlog", ari_personas=0.5, k_chosen=5)]
+    real = {
+        "dataset": "CDNOW",
+        "customers": 3,
+        "events": 9,
+        "segmented": 3,
+        "ari_batch_rfm": 0.4,
+        "ari_batch_rfm_same_k": 0.6,
+        "k_chosen": 3,
+        "batch_k": 2,
+        "segmenter_profiles": [
+            {
+                "segment": "1 loyal",
+                "size": 2,
+                "share": 0.5,
+                "recency_days": 3.0,
+                "orders": 4.0,
+                "spend": 100.0,
+            }
+        ],
+        "batch_profiles": [],
+    }
+    md = render_report(
+        rows,
+        real,
+        {
+            "date": "2026-01-01",
+            "elapsed_s": 99,
+            "config": {"seed": "7"},
+            "machine": {"machine": "2 cores"},
+            "notes": ["a note"],
+        },
+    )
+    assert md.startswith("# Segment quality, 2026-01-01")
+    assert "| three | live |" in md and "| three | backlog |" in md
+    assert "0.500 **not met**" in md
+    assert "5 **not met**" in md
+    assert "| lapsing_customer | at_risk, dormant |" in md
+    assert "| 1 loyal | 2 | 50.0% | 3.0 | 4.00 | 100.00 |" in md
+    assert "0.400 **not met**" in md
+    assert "| seed | 7 |" in md and "| machine | 2 cores |" in md
+    assert "- a note" in md
+    assert render_report([], None, {}).count("Not run") == 1
+
+
+def test_report_json_shape_is_serialisable() -> None:
+    doc = {"scenarios": [row("three", "live")], "real_data": None}
+    back = orjson.loads(orjson.dumps(doc))
+    assert set(back) == {"scenarios", "real_data"}
+    for key in (
+        "name",
+        "mode",
+        "k_true",
+        "k_chosen",
+        "ari_personas",
+        "ari_batch",
+        "names_correct",
+        "moves_per_user",
+    ):
+        assert key in back["scenarios"][0]
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def test_parse_args_defaults_and_options() -> None:
+    a = quality.parse_args([])
+    assert (a.scenario, a.mode, a.skip_real, a.out, a.seed) == (None, None, False, None, 7)
+    a = quality.parse_args(
+        [
+            "--scenario",
+            "three",
+            "--scenario",
+            "six",
+            "--mode",
+            "backlog",
+            "--skip-real",
+            "--out",
+            "x",
+            "--seed",
+            "3",
+        ]
+    )
+    assert (a.scenario, a.mode, a.skip_real, a.out, a.seed) == (
+        ["three", "six"],
+        "backlog",
+        True,
+        "x",
+        3,
+    )
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--scenario", "seven"])
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--rate", "0"])
