@@ -62,10 +62,9 @@ from stream.feature_registry import DAY_MS
 from stream.model import SegmentModel
 from stream.naming import profiles
 from stream.privacy import user_id_mapper
-from stream.reassessment import ASSIGN_POS, QueueEntry
+from stream.reassessment import QueueEntry
 from stream.selection import silhouette
 from stream.settings import Settings
-from stream.timers import TIMER_POS
 from stream.watermark import Watermark
 
 log = logging.getLogger("segmenter")
@@ -167,6 +166,8 @@ class Segmenter:
         #: Whether every user of this process's partitions is to be re-decided (the
         #: segments changed).
         self._resweep = False
+        #: The watermark at which the sweep last found nobody due (-1: look again).
+        self._nothing_due_at = -1
         self.stats = RunStats()
         self._delivery_errors: list[str] = []
         self._consumer: Consumer | None = None
@@ -202,6 +203,7 @@ class Segmenter:
         created = topics.ensure_output_topics(admin, counts, s, partitions)
         if created:
             log.info("created output topics: %s", ", ".join(created))
+        self._sample_size = self.store.sample_size()
         checkpoint = self.store.load_model()
         if checkpoint is not None:
             self.model.adopt(checkpoint)
@@ -248,6 +250,7 @@ class Segmenter:
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self.metrics.assigned_partitions.set(len(parts))
+        self._nothing_due_at = -1  # new partitions, new timers
         log.info("assigned %s", _fmt_parts(parts))
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
@@ -255,6 +258,8 @@ class Segmenter:
         self.metrics.assigned_partitions.set(0)
         for tp in parts:
             self._committed.pop(f"{tp.topic}:{tp.partition}", None)
+            # The next owner moves the partition's mark on: read it again if it comes back.
+            self._committed.pop(self._mark(tp.partition), None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         log.info("revoked %s", _fmt_parts(parts))
@@ -392,20 +397,18 @@ class Segmenter:
         if txn:
             self._producer.begin_transaction()
         states = self.store.load_states([*by_user, *(reassess or {}), *(sweep or {})])
-        # Users with events whose stored change was made without an event: if the queue
-        # entry or the timer it was made for still stands, its commit is in doubt
-        # (stream.reassessment, stream.timers).
-        assigned, timed = [], {}
-        for u in by_user:
+        # Changes made without an event are stored at a mark; whether their transaction
+        # committed is the group's committed mark (known for every owned partition).
+        self._load_marks({partition_of(st) for st in states.values() if st and st.offsets})
+        marks: dict[str, tuple[str, int]] = {}
+        for u in (*(reassess or {}), *(sweep or {})):
             st = states.get(u)
-            if st is None or st.last_change is None:
-                continue
-            if st.last_change.pos == ASSIGN_POS:
-                assigned.append(u)
-            elif st.last_change.pos == TIMER_POS:
-                timed[u] = partition_of(st)
-        entries = {**self.store.queue_entries(assigned), **(reassess or {})}
-        timers = {**self.store.timer_due(timed), **(sweep or {})}
+            if st is not None and st.offsets:
+                pos = self._mark(partition_of(st))
+                marks[u] = (pos, self._committed[pos])
+        for pos, seq in set(marks.values()):
+            # Committed with the batch: the group's mark moves past every change it made.
+            last[(self.settings.marks_topic, int(pos.rpartition(":")[2]))] = seq
         clock = Clock(self.watermark.value, self.settings.rfm_horizon)
         result = process_batch(
             by_user,
@@ -416,11 +419,13 @@ class Segmenter:
             self.settings.dedupe_window,
             now_ms,
             reassess=list(reassess or {}),
-            queued=entries,
+            queued=reassess,
             committed=self._committed,
             clock=clock,
             sweep=list(sweep or {}),
-            timers=timers,
+            timers=sweep,
+            marks=marks,
+            mark_topic=self.settings.marks_topic,
         )
         self._publish(dead, result)
         if self.model.unassigned:
@@ -456,11 +461,30 @@ class Segmenter:
         self.store.settle({u: v for u, v in result.settle.items() if u not in fenced})
         self.store.set_timers({u: v for u, v in result.timers.items() if u not in fenced})
         new_users = [u for u in by_user if states.get(u) is None and u not in fenced]
-        self._sample_size = self.store.sample_users(
-            new_users, self.settings.reservoir_size, self._sample_rng
-        )
+        if new_users:
+            self._sample_size = self.store.sample_users(
+                new_users, self.settings.reservoir_size, self._sample_rng
+            )
         self.metrics.republished_changes.inc(result.republished)
         return result
+
+    def _mark(self, partition: int) -> str:
+        """The mark position of an input partition (see :func:`stream.batch.process_batch`)."""
+        return f"{self.settings.marks_topic}:{partition}"
+
+    def _load_marks(self, partitions: set[int]) -> None:
+        """Read the group's committed marks of ``partitions`` this process does not know."""
+        assert self._consumer is not None
+        missing = [p for p in partitions if self._mark(p) not in self._committed]
+        if not missing:
+            return
+        topic = self.settings.marks_topic
+        try:
+            got = self._consumer.committed([TopicPartition(topic, p) for p in missing], 10)
+        except KafkaException as exc:
+            raise BrokerError(f"could not read the committed marks ({exc.args[0].str()})") from None
+        for tp in got:
+            self._committed[self._mark(tp.partition)] = max(tp.offset, 0)
 
     def _recover(self, exc: Exception, first: dict[tuple[str, int], int]) -> None:
         """Abort what the failed batch started, rewind, and back off before retrying."""
@@ -780,6 +804,7 @@ class Segmenter:
             log.warning("users not yet brought forward for the new segments: %s", exc)
             return
         self._resweep = False
+        self._nothing_due_at = -1
         log.info(
             "model version %d changed the segments: %d users due for a new look",
             self.model.version,
@@ -792,13 +817,14 @@ class Segmenter:
         batch's; their changes say why (:mod:`stream.timers`)."""
         assert self._consumer is not None
         wm = self.watermark.value
-        if not wm:
-            return
+        if not wm or wm == self._nothing_due_at:
+            return  # timers only come due as the watermark moves (or are brought forward)
         try:
             parts = self._owned_partitions()
             due = self.store.due_users(parts, wm, self.settings.sweep_batch)
             if not due:
                 self.metrics.timers_due.set(0)
+                self._nothing_due_at = wm
                 return
             states = self.store.load_states(list(due))
             owned = {f"{tp.topic}:{tp.partition}" for tp in self._consumer.assignment()}

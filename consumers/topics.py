@@ -83,6 +83,8 @@ def ensure_output_topics(
         # Compacted: the latest segment per user, for readers that bootstrap a view.
         settings.current_topic: (partitions, {"cleanup.policy": "compact"}),
         settings.deadletter_topic: (partitions, {}),
+        # No records are ever written here: only the group's committed offsets matter.
+        settings.marks_topic: (partitions, {}),
     }
     missing = {k: v for k, v in wanted.items() if k not in counts}
     if missing and not settings.create_output_topics:

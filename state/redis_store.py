@@ -557,7 +557,7 @@ class RedisStore:
         every user is in the sample with the same chance, however often they shop.
         """
         if not new_users:
-            return int(_call(lambda: self._r.hlen(self.keys.sample), "read the user sample"))
+            return self.sample_size()
         total = int(
             _call(
                 lambda: self._r.incrby(self.keys.users_seen, len(new_users)),
@@ -574,6 +574,9 @@ class RedisStore:
             pipe.hset(self.keys.sample, mapping=slots)
         pipe.hlen(self.keys.sample)
         return int(_run(pipe, "add to the user sample")[-1])
+
+    def sample_size(self) -> int:
+        return int(_call(lambda: self._r.hlen(self.keys.sample), "read the user sample"))
 
     def sampled_users(self) -> list[str]:
         raw = _call(lambda: self._r.hvals(self.keys.sample), "read the user sample")

@@ -20,7 +20,7 @@ from stream.features import UserState, apply_events, compute_features
 from stream.messages import SegmentChange, change_id
 from stream.model import SegmentModel
 from stream.naming import profiles
-from stream.reassessment import ASSIGN_POS, QueueEntry, in_doubt, settlement
+from stream.reassessment import ASSIGN_POS, QueueEntry, settlement
 from stream.rfm import RFMScores, rfm_scores
 from stream.scaling import to_vector
 from stream.stored_change import StoredChange
@@ -113,20 +113,20 @@ def _in_doubt_change(
     return *lc.segments(), lc.value()
 
 
-def _delivered(
-    lc: StoredChange | None,
-    entry: QueueEntry | None,
-    due: int | None,
-    committed: Mapping[str, int],
-) -> bool:
+def _delivered(lc: StoredChange | None, committed: Mapping[str, int]) -> bool:
     """Whether a stored last change is known committed, so no replay can need it again."""
-    if lc is None:
-        return False
-    if lc.pos == ASSIGN_POS:
-        return not in_doubt(lc, entry)
-    if lc.pos == TIMER_POS:
-        return lc.offset != due
-    return lc.offset < committed.get(lc.pos, -1)
+    return lc is not None and lc.offset < committed.get(lc.pos, -1)
+
+
+def _mark_in_doubt(lc: StoredChange | None, mark_topic: str, committed: Mapping[str, int]) -> bool:
+    """Whether ``lc`` is a change made without an event (at a mark position) whose
+    transaction is not known committed: the group's committed mark is not past it."""
+    return (
+        lc is not None
+        and bool(mark_topic)
+        and lc.pos.rpartition(":")[0] == mark_topic
+        and lc.offset >= committed.get(lc.pos, 0)
+    )
 
 
 def partition_of(state: UserState) -> int:
@@ -153,7 +153,7 @@ class _Pending:
     raw: np.ndarray
     previous: int | None
     trigger_key: str  # event id, or a stable key for a warm-up assignment
-    trigger_pos: str  # "topic:partition", or ASSIGN_POS
+    trigger_pos: str  # "topic:partition" of the event, or of the batch's mark
     trigger_offset: int
     trigger_ts: int
     learn: bool
@@ -175,6 +175,8 @@ def process_batch(
     clock: Clock | None = None,
     sweep: Sequence[str] = (),
     timers: Mapping[str, int] | None = None,
+    marks: Mapping[str, tuple[str, int]] | None = None,
+    mark_topic: str = "",
 ) -> BatchResult:
     """Fold a batch into user states, assign segments, and learn.
 
@@ -188,41 +190,43 @@ def process_batch(
     reassessed the same way: they move to the nearest current segment.
 
     ``queued`` holds the queue entries (:mod:`stream.reassessment`) of the ``reassess``
-    users and of users with events whose stored change is an assignment. A stored
-    assignment made for the entry a user is still queued with may never have been
-    committed: it is published again, before anything else the batch does for the user.
-    A ``reassess`` user whose entry is for a newer model version than ``model``'s is left
-    for later (only that republishing is done). What each entry needs once the batch
-    committed is in :attr:`BatchResult.settle`.
+    users; a ``reassess`` user whose entry is for a newer model version than ``model``'s
+    is left for later. What each entry needs once the batch committed is in
+    :attr:`BatchResult.settle`. ``sweep`` names users whose timer (:mod:`stream.timers`)
+    the watermark passed, with their due times in ``timers``: they are re-decided as of
+    the watermark, and a change says why. The next due time of every user written is in
+    :attr:`BatchResult.timers`.
 
-    ``sweep`` names users whose timer (:mod:`stream.timers`) the watermark passed: they
-    are re-decided as of the watermark, with no event, and a change says why.
-    ``timers`` maps them, and users with events whose stored change a sweep made, to their
-    timer's due time: a stored sweep change made at the due time the timer still stands
-    at may never have been committed, and is published again first. The next due time of
-    every user written is in :attr:`BatchResult.timers`.
+    A change made without an event is stored with the user's state at a *mark*: position
+    ``mark_topic:partition`` and a sequence number, given per user in ``marks``. The
+    batch's transaction commits the mark past that number in the consumer group, with
+    everything else. So a stored change at a mark the group's committed offset has not
+    passed (in ``committed``) was never committed: it is published again, byte for byte,
+    before anything else the batch does for the user, on any path.
 
-    ``committed`` maps input positions (``topic:partition``) to the offset below which
-    their batches are known committed. A stored change triggered below it, or a stored
-    assignment or sweep change no longer in doubt, is dropped from the state written,
-    which keeps a user's state small once their change is delivered.
+    ``committed`` maps input and mark positions (``topic:partition``) to the offset below
+    which their batches are known committed. A stored change below it is dropped from the
+    state written, which keeps a user's state small once their change is delivered.
     """
     committed = committed or {}
     queued = queued or {}
     timers = timers or {}
+    marks = marks or {}
     clock = clock or Clock()
     wm = clock.watermark_ms
     result = BatchResult()
     pending: list[_Pending] = []
-    # Queued users this batch published an in-doubt assignment of again.
+    # Users this batch published an in-doubt change of again.
     republished: set[str] = set()
+
+    def in_doubt(lc: StoredChange | None) -> bool:
+        return _mark_in_doubt(lc, mark_topic, committed)
 
     def features_of(state: UserState) -> dict[str, float | None]:
         return compute_features(state, wm, clock.rfm_horizon)
 
     for user_id, events in events_by_user.items():
         before = states.get(user_id)
-        entry, due = queued.get(user_id), timers.get(user_id)
         applied = apply_events(before, events, dedupe_window)
         result.replayed += applied.replayed
         result.duplicates += applied.duplicates
@@ -230,12 +234,10 @@ def process_batch(
         for ev in applied.applied:
             result.applied[(ev.topic, ev.type)] += 1
         republish = _in_doubt_change(before, events)
-        if republish is None and before is not None and in_doubt(before.last_change, entry):
+        if republish is None and before is not None and in_doubt(before.last_change):
             republish = _stored(before.last_change)
             republished.add(user_id)
-        if republish is None and before is not None and _swept(before.last_change, due):
-            republish = _stored(before.last_change)
-        if republish is None and _delivered(applied.state.last_change, entry, due, committed):
+        if republish is None and _delivered(applied.state.last_change, committed):
             applied.state.last_change = None
         if republish is not None:
             prev, seg, value = republish
@@ -269,12 +271,11 @@ def process_batch(
             )
         )
     for user_id in reassess:
-        state = states.get(user_id)
-        entry = queued.get(user_id)
-        if state is None or entry is None or user_id in events_by_user:
+        state, entry, mark = states.get(user_id), queued.get(user_id), marks.get(user_id)
+        if state is None or entry is None or mark is None or user_id in events_by_user:
             continue
-        if in_doubt(state.last_change, entry):
-            # Assigned for this very entry, but the commit of that assignment is unknown.
+        if in_doubt(state.last_change):
+            # Decided before without an event, but that transaction never committed.
             result.updates.append(_again(user_id, state))
             republished.add(user_id)
         if model.version < entry.version or model.slot(state.segment) is not None:
@@ -285,7 +286,7 @@ def process_batch(
                 user_id,
                 state,
                 features_of(state),
-                (f"{ASSIGN_POS}:{model.epoch}:{entry.token}", ASSIGN_POS, entry.token),
+                (f"{ASSIGN_POS}:{model.epoch}:{entry.token}", *mark),
                 max(wm, state.last_event_ms),
                 None
                 if state.segment is None
@@ -293,15 +294,16 @@ def process_batch(
             )
         )
     for user_id in sweep:
-        state, due = states.get(user_id), timers.get(user_id)
-        if state is None or due is None or user_id in events_by_user or user_id in queued:
+        state, due, mark = states.get(user_id), timers.get(user_id), marks.get(user_id)
+        if state is None or due is None or mark is None:
             continue
-        if _swept(state.last_change, due):
-            # Re-decided at this due time before, its commit unknown: publish it again;
-            # the timer then moves on.
+        if user_id in events_by_user or user_id in queued:
+            continue
+        if in_doubt(state.last_change):
+            # Decided before without an event, but that transaction never committed:
+            # published again, and the user is looked at afresh below.
             result.updates.append(_again(user_id, state))
-            result.timers[user_id] = (partition_of(state), next_due(state, max(wm, due)))
-            continue
+            republished.add(user_id)
         if state.segment is None:
             # Waits in the queue for its first segment; the timer moves on meanwhile, so
             # it does not keep the head of the due list.
@@ -313,7 +315,7 @@ def process_batch(
                 user_id,
                 state,
                 features,
-                (f"{TIMER_POS}:{due}", TIMER_POS, due),
+                (f"{TIMER_POS}:{due}", *mark),
                 due,
                 quiet_reason(features, model.version),
             )
@@ -334,12 +336,6 @@ def process_batch(
         if u.write and u.state.offsets:
             result.timers[u.user_id] = (partition_of(u.state), next_due(u.state, wm))
     return result
-
-
-def _swept(lc: StoredChange | None, due: int | None) -> bool:
-    """Whether ``lc`` is a change a sweep made at the due time the timer still stands at
-    (its commit unknown: a committed sweep moves the timer on)."""
-    return lc is not None and due is not None and lc.pos == TIMER_POS and lc.offset == due
 
 
 def _again(user_id: str, state: UserState) -> UserUpdate:

@@ -56,6 +56,9 @@ class Settings:
     changes_topic: str = "segments.changes"
     current_topic: str = "segments.current"
     deadletter_topic: str = "segments.deadletter"
+    # Holds no records: the group's committed offsets on it count each partition's
+    # batches without input (warm-up assignments, moves, the sweep), committed with them.
+    marks_topic: str = "segments.marks"
     create_output_topics: bool = True
     transactional: bool = True
     instance_id: str = ""

@@ -6,9 +6,8 @@ their windows empty as the group's watermark moves on. Each user therefore has a
 watermark passes it, the user is re-decided as if an event had come (the sweep in
 :mod:`consumers.app`). The owner of the user's input partitions keeps the timer in Redis
 (``seg:timers:{<partition>}``, a sorted set by due time), and a change the sweep makes is
-published exactly once like any other: it is stored with the user's state at
-:data:`TIMER_POS` with the due time as its offset, and while the timer still stands at
-that due time its commit is in doubt.
+published exactly once like any other: it is stored at a mark the sweep's transaction
+commits (:func:`stream.batch.process_batch`).
 
 Examples
 --------
@@ -31,7 +30,7 @@ from collections.abc import Mapping
 from stream.feature_registry import DAY_MS
 from stream.features import UserState
 
-#: Trigger position of a change made because time passed, with no event of the user's.
+#: Change-id key prefix of a change made because time passed, with no event of the user's.
 TIMER_POS = "timer"
 
 #: Days of quiet at which a customer is looked at again: when the 7 d and 30 d windows

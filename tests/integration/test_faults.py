@@ -114,7 +114,12 @@ def check_changes(
     changes = read_topic(settings.kafka_bootstrap, settings.changes_topic)
     ids = Counter(orjson.loads(r.value)["change_id"] for r in changes)
     duplicates = sum(n - 1 for n in ids.values())
-    assert duplicates == 0, [cid for cid, n in ids.items() if n > 1][:5]
+    twice = {cid for cid, n in ids.items() if n > 1}
+    assert duplicates == 0, [
+        (r.partition, r.offset, r.value)
+        for r in changes
+        if orjson.loads(r.value)["change_id"] in twice
+    ][:6]
     # A user's changes share a key, so one partition holds them in publication order.
     ordered = [
         orjson.loads(r.value) for r in sorted(changes, key=lambda r: (r.partition, r.offset))

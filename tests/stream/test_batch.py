@@ -26,7 +26,7 @@ from stream.model import SegmentModel
 from stream.reassessment import QueueEntry
 from stream.scaling import MODEL_FEATURES, to_vector
 from stream.stored_change import StoredChange
-from stream.timers import TIMER_POS, next_due, quiet_reason
+from stream.timers import next_due, quiet_reason
 
 T = 1_700_000_000_000
 EMITTED = T + 5_000
@@ -343,9 +343,44 @@ def test_users_seen_before_warmup_are_remembered(world) -> None:
     assert model.unassigned == ["u1", "u2", "u3", "u4"]
 
 
+#: Where changes made without an event are stored (the Shop's users are on partition 0).
+MARK_TOPIC = "segments.marks"
+MARK_POS = "segments.marks:0"
+SEQ = 5  # the mark this batch commits past
+
+
 def entries(*users: str, version: int = 0) -> dict[str, QueueEntry]:
     """Queue entries for ``users``, with distinct tokens."""
     return {u: QueueEntry(version, 1000 + i) for i, u in enumerate(users)}
+
+
+def marks_of(users: Sequence[str], seq: int = SEQ) -> dict[str, tuple[str, int]]:
+    return {u: (MARK_POS, seq) for u in users}
+
+
+def reassess(
+    states: dict[str, UserState | None],
+    model: SegmentModel,
+    names: SegmentNames,
+    queued: dict[str, QueueEntry],
+    committed: dict[str, int] | None = None,
+    events: dict[str, Sequence[Event]] | None = None,
+) -> BatchResult:
+    """A batch without input for the ``queued`` users, at mark ``SEQ``."""
+    return process_batch(
+        events or {},
+        states,
+        model,
+        names,
+        MARGIN,
+        WINDOW,
+        EMITTED,
+        reassess=list(queued),
+        queued=queued,
+        committed={MARK_POS: SEQ} if committed is None else committed,
+        marks=marks_of(list(queued)),
+        mark_topic=MARK_TOPIC,
+    )
 
 
 def assign_u1(shop: Shop, model: SegmentModel, names: SegmentNames):
@@ -353,9 +388,7 @@ def assign_u1(shop: Shop, model: SegmentModel, names: SegmentNames):
     queue entry and its update."""
     states, _, _ = warm_up(shop, model, names)
     queued = entries("u1")
-    assigned = process_batch(
-        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=queued
-    ).updates[0]
+    assigned = reassess(states, model, names, queued).updates[0]
     return states, queued, assigned
 
 
@@ -366,9 +399,7 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
     centres = model.local_centres().copy()
     updates = observed(model)
     queued = entries("u1", "u2", "nobody")
-    r = process_batch(
-        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=list(queued), queued=queued
-    )
+    r = reassess(states, model, names, queued)
     assert observed(model) == updates
     np.testing.assert_array_equal(model.local_centres(), centres)
     assert {uid: orjson.dumps(s.to_dict()) for uid, s in states.items()} == snapshot
@@ -383,16 +414,16 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
         key = f"assign:{model.epoch}:{token}"
         assert c.change_id == change_id(u.user_id, key, None, c.segment)
         assert c.event_time_ms == last
-        assert s.last_change == StoredChange.of("assign", token, c)
+        # Stored at the batch's mark: in doubt until the group's mark is past it.
+        assert s.last_change == StoredChange.of(MARK_POS, SEQ, c)
         assert s.last_change.value() == c.to_json()
     # Both leave the queue once the batch committed; the unknown user's entry stays.
     assert r.settle == {u: (queued[u], model.version) for u in ("u1", "u2")}
     assert r.republished == 0
-    # Reassessed again with the same entries (the commit in doubt): republished as it was.
+    # Read again while the group's mark is still at SEQ (that transaction never
+    # committed): published again as they were.
     assigned = {u.user_id: u.state for u in r.updates}
-    again = process_batch(
-        {}, assigned, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1", "u2"], queued=queued
-    )
+    again = reassess(assigned, model, names, {u: queued[u] for u in ("u1", "u2")})
     first = {u.user_id: u.change for u in r.updates}
     assert [(u.user_id, u.write, u.change) for u in again.updates] == [
         ("u1", False, None),
@@ -405,6 +436,11 @@ def test_reassess_gives_a_first_segment_without_learning(world) -> None:
         assert u.republish_segment == c.segment
     assert again.republished == 2
     assert again.settle == {u: (queued[u], model.version) for u in ("u1", "u2")}
+    # Once the mark is past SEQ, they were delivered: nothing goes out again.
+    after = reassess(
+        assigned, model, names, {u: queued[u] for u in ("u1", "u2")}, {MARK_POS: SEQ + 1}
+    )
+    assert after.updates == [] and after.republished == 0
 
 
 def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
@@ -413,9 +449,7 @@ def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
     updates = observed(model)
     batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
     queued = entries("u1")
-    r = process_batch(
-        batch, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=queued
-    )
+    r = reassess(states, model, names, queued, events=batch)
     assert [u.user_id for u in r.updates] == ["u1"]
     assert observed(model) == updates + 1  # learned once, from its events
     (u,) = r.updates
@@ -424,64 +458,64 @@ def test_reassess_skips_users_with_events_in_the_batch(world) -> None:
     assert r.settle == {"u1": (queued["u1"], model.version)}  # it has a segment now
 
 
-def test_a_queued_users_assignment_is_published_again_before_their_event(world) -> None:
+def test_an_in_doubt_assignment_is_published_again_before_the_users_event(world) -> None:
     shop, model, names = world
-    states, queued, assigned = assign_u1(shop, model, names)
+    states, _queued, assigned = assign_u1(shop, model, names)
     assert assigned.change is not None
     states["u1"] = assigned.state
     batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
-    # Still queued with the same token: the assignment's commit is in doubt, so it goes
-    # out again, first.
-    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued=queued)
+
+    def with_event(committed_mark: int) -> BatchResult:
+        return process_batch(
+            batch,
+            states,
+            model,
+            names,
+            MARGIN,
+            WINDOW,
+            EMITTED,
+            committed={MARK_POS: committed_mark},
+            mark_topic=MARK_TOPIC,
+        )
+
+    # The group's mark not past the assignment's: never committed, so it goes out again,
+    # first, whatever queue the user is in.
+    r = with_event(SEQ)
     first, *rest = r.updates
     assert first.republish == assigned.change.to_json() and not first.write
     assert [u.user_id for u in rest] == ["u1"] and rest[0].write
-    assert r.republished == 1 and r.settle == {"u1": (queued["u1"], model.version)}
-    # Not queued any more (the assignment was committed): nothing is published again.
-    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED)
-    assert all(u.republish is None for u in r.updates) and r.settle == {}
-    # ... and the delivered assignment is dropped from the state written.
+    assert r.republished == 1
+    # Past it: committed. Nothing is published again, and the delivered assignment is
+    # dropped from the state written.
+    r = with_event(SEQ + 1)
+    assert all(u.republish is None for u in r.updates) and r.republished == 0
     (u,) = [u for u in r.updates if u.write]
     assert u.state.last_change is None
 
 
-def test_queued_for_another_reason_an_old_assignment_is_not_published_again(world) -> None:
+def test_queued_again_a_committed_assignment_is_not_published_again(world) -> None:
     shop, model, names = world
     states, _queued, assigned = assign_u1(shop, model, names)
     states["u1"] = assigned.state
-    # The assignment committed and its entry went; later the user is queued again (their
-    # segment retired, say) under a new token.
+    # The assignment committed (the mark moved on); later the user is queued again (their
+    # segment retired, say): nothing is published again, the entry simply resolved.
     requeued = {"u1": QueueEntry(model.version, 555)}
-    batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
-    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued=requeued)
-    assert r.republished == 0 and all(u.republish is None for u in r.updates)
-    # The same on the reassessment path: nothing published, the entry simply resolved.
-    r = process_batch(
-        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=requeued
-    )
+    r = reassess(states, model, names, requeued, {MARK_POS: SEQ + 1})
     assert r.updates == [] and r.settle == {"u1": (requeued["u1"], model.version)}
 
 
 def test_an_entry_for_a_newer_model_version_waits(world) -> None:
     shop, model, names = world
-    states, queued, assigned = assign_u1(shop, model, names)
+    states, _queued, assigned = assign_u1(shop, model, names)
     states["u1"] = assigned.state
     # Queued to move by a newer version than this model's (which still has the segment).
     newer = {"u1": QueueEntry(model.version + 1, 777)}
-    r = process_batch(
-        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=newer
-    )
+    r = reassess(states, model, names, newer, {MARK_POS: SEQ + 1})
     assert r.updates == [] and r.settle == {}  # left queued, for a newer model
-    batch = {"u1": [shop.ev("u1", "view", T + MINUTE_MS)]}
-    r = process_batch(batch, states, model, names, MARGIN, WINDOW, EMITTED, queued=newer)
-    assert r.settle == {} and r.republished == 0  # decided, but still to be moved later
-    # Queued again by that newer version while its first assignment was in doubt (the
-    # token kept): published again, and given a fresh token rather than removed.
-    doubt = {"u1": QueueEntry(model.version + 1, queued["u1"].token)}
-    r = process_batch(
-        {}, states, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=doubt
-    )
-    assert r.republished == 1 and r.settle == {"u1": (doubt["u1"], -1)}
+    # With its assignment in doubt: published again, and the entry left (given a fresh
+    # token) for the newer model.
+    r = reassess(states, model, names, newer, {MARK_POS: SEQ})
+    assert r.republished == 1 and r.settle == {"u1": (newer["u1"], -1)}
 
 
 def test_members_of_a_retired_segment_move_to_a_current_one(world) -> None:
@@ -491,13 +525,12 @@ def test_members_of_a_retired_segment_move_to_a_current_one(world) -> None:
     st = assigned.state.copy()
     st.segment, st.last_change = gone, None
     retired = {"u1": QueueEntry(model.version, 9)}
-    r = process_batch(
-        {}, {"u1": st}, model, names, MARGIN, WINDOW, EMITTED, reassess=["u1"], queued=retired
-    )
+    r = reassess({"u1": st}, model, names, retired)
     (u,) = r.updates
     assert u.change is not None and u.change.previous_segment == gone
+    assert u.change.reason == f"segment {gone} retired at model version {model.version}"
     assert u.state.segment in model.ids
-    assert u.state.last_change == StoredChange.of("assign", 9, u.change)
+    assert u.state.last_change == StoredChange.of(MARK_POS, SEQ, u.change)
     assert r.settle == {"u1": (retired["u1"], model.version)}
 
 
@@ -577,9 +610,11 @@ def sweep(
     wm: int,
     timers: dict[str, int] | None = None,
     events: dict[str, Sequence[Event]] | None = None,
+    committed_mark: int = SEQ + 1,
 ) -> BatchResult:
     """Sweep ``users`` whose timers stand at ``due`` (unless ``timers`` says otherwise),
-    with no hysteresis, so a user nearer another centre moves."""
+    with no hysteresis, so a user nearer another centre moves; at mark ``SEQ + 1`` (the
+    group's mark at ``committed_mark``)."""
     return process_batch(
         events or {},
         states,
@@ -588,9 +623,12 @@ def sweep(
         0.0,
         WINDOW,
         EMITTED,
+        committed={MARK_POS: committed_mark},
         clock=Clock(wm),
         sweep=users,
         timers={u: due for u in users} if timers is None else timers,
+        marks=marks_of(users, SEQ + 1),
+        mark_topic=MARK_TOPIC,
     )
 
 
@@ -615,7 +653,7 @@ def test_a_swept_user_moves_with_the_reason(world) -> None:
     assert c.change_id == change_id("u5", f"timer:{DUE}", before.segment, c.segment)
     assert c.event_time_ms == DUE and c.watermark_ms == WM
     assert u.state.segment == c.segment and u.state.segment_since_ms == DUE
-    assert u.state.last_change == StoredChange.of(TIMER_POS, DUE, c)
+    assert u.state.last_change == StoredChange.of(MARK_POS, SEQ + 1, c)
     doc = orjson.loads(c.to_json())
     assert doc["explanation"]["reason"] == "no purchase for 33 days"
     # Nothing learned from a sweep, and the input state is left as it was.
@@ -636,7 +674,6 @@ def test_a_swept_user_who_stays_is_written_without_a_change(world) -> None:
     (u,) = r.updates
     assert u.change is None and u.decision is not None and not u.decision.changed
     assert u.write and u.state.segment == st.segment
-    assert u.state.last_change == st.last_change
     assert u.features == compute_features(st, WM)
     assert r.timers == {"u6": (0, next_due(st, WM))}
     assert r.timers["u6"][1] == st.last_event_ms + 45 * DAY_MS
@@ -652,24 +689,25 @@ def test_a_sweep_change_id_is_stable_for_the_same_due_time(world) -> None:
     assert first.change_id == again.change_id != other.change_id
 
 
-def test_an_in_doubt_sweep_change_is_published_again_while_the_timer_stands(world) -> None:
+def test_an_in_doubt_sweep_change_is_published_again(world) -> None:
     shop, model, names = world
     states, _, _ = warm_up(shop, model, names)
     moved = sweep(states, model, names, ["u5"], DUE, WM).updates[0]
     assert moved.change is not None
     states["u5"] = moved.state
-    # The timer still stands at DUE: the sweep's commit is in doubt, so the change goes
-    # out again byte for byte, and nothing else is decided for the user.
-    r = sweep(states, model, names, ["u5"], DUE, WM + HOUR_MS)
-    (u,) = r.updates
-    assert not u.write and u.change is None and u.decision is None
-    assert u.republish == moved.change.to_json()
-    assert u.republish_segment == moved.change.segment
+    # The group's mark is not past the sweep's (its transaction never committed): the
+    # change goes out again byte for byte, then the user is looked at afresh (no move:
+    # they are where the change put them).
+    r = sweep(states, model, names, ["u5"], DUE, WM + HOUR_MS, committed_mark=SEQ + 1)
+    first, *rest = r.updates
+    assert not first.write and first.change is None
+    assert first.republish == moved.change.to_json()
+    assert first.republish_segment == moved.change.segment
     assert r.republished == 1
-    assert r.timers == {"u5": (0, next_due(moved.state, WM + HOUR_MS))}
+    assert [x.change for x in rest] == [None]
     # The same when an event of the user's comes first: republished, then decided.
     ev = shop.ev("u5", "view", WM)
-    r = sweep(states, model, names, [], DUE, WM, timers={"u5": DUE}, events={"u5": [ev]})
+    r = sweep(states, model, names, [], DUE, WM, events={"u5": [ev]}, committed_mark=SEQ + 1)
     first, *rest = r.updates
     assert first.republish == moved.change.to_json() and not first.write
     assert [x.user_id for x in rest] == ["u5"] and rest[0].write
@@ -681,29 +719,31 @@ def test_a_committed_sweep_change_is_not_published_again(world) -> None:
     moved = sweep(states, model, names, ["u5"], DUE, WM).updates[0]
     assert moved.change is not None
     states["u5"] = moved.state
-    # The commit moved the timer on: the user is decided again at the new due time, and
+    # The group's mark moved past it: the user is decided again at the new due time, and
     # the stored change is not taken for one in doubt.
     later = next_due(moved.state, WM)
     assert later is not None
-    r = sweep(states, model, names, ["u5"], later, later)
+    r = sweep(states, model, names, ["u5"], later, later, committed_mark=SEQ + 2)
     assert r.republished == 0 and all(x.republish is None for x in r.updates)
     (u,) = r.updates
     assert u.write and u.decision is not None
-    # An event with the timer moved on (and hysteresis keeping the segment): no
-    # republish, and the delivered sweep change is dropped from the state written.
+    # An event (hysteresis keeping the segment): no republish, and the delivered sweep
+    # change is dropped from the state written.
     ev = shop.ev("u5", "view", WM)
     r = process_batch(
-        {"u5": [ev]}, states, model, names, 0.99, WINDOW, EMITTED, timers={"u5": later}
+        {"u5": [ev]},
+        states,
+        model,
+        names,
+        0.99,
+        WINDOW,
+        EMITTED,
+        committed={MARK_POS: SEQ + 2},
+        mark_topic=MARK_TOPIC,
     )
     (u,) = r.updates
     assert u.republish is None and u.write and u.change is None
     assert u.state.last_change is None
-    # With the timer still at DUE, the same event finds the change in doubt: it is
-    # published again and kept in the state.
-    r = process_batch({"u5": [ev]}, states, model, names, 0.99, WINDOW, EMITTED, timers={"u5": DUE})
-    first, written = r.updates
-    assert first.republish == moved.change.to_json()
-    assert written.change is None and written.state.last_change == moved.state.last_change
 
 
 def test_who_the_sweep_leaves_alone(world) -> None:
@@ -732,6 +772,8 @@ def test_who_the_sweep_leaves_alone(world) -> None:
         clock=Clock(WM),
         sweep=["u5"],
         timers={"u5": DUE},
+        marks=marks_of(["u5"]),
+        mark_topic=MARK_TOPIC,
     )
     assert r.updates == []
     # A user with events in the batch is decided by them, once, and learned from.
