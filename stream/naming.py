@@ -16,9 +16,8 @@ order (:data:`DEFAULT_RULES`), in the vocabulary of RFM segmentation:
                    months: where the typical visitor never bought, "recent" still means
                    weeks)
 ``window_shopper`` browses at least as much as the typical customer, buys next to nothing
-``high_value``     recent, orders at least twice as often (and twice at least), spends at
-                   least three times the typical customer, in baskets well above the
-                   typical one
+``high_value``     recent, orders at least as often as the typical customer, spends at
+                   least three times as much, in baskets well above the typical one
 ``bargain_hunter`` buys at least as often as the typical customer, in small baskets, after
                    abandoning carts or browsing many categories
 ``loyal``          recent and orders at least twice as often as the typical customer (and
@@ -119,7 +118,7 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         "Recent, frequent, big spenders: retain them, VIP treatment.",
         lambda p, pop: (
             _recent(p, pop)
-            and _frequent(p, pop)
+            and p["frequency"] >= max(pop["frequency"], 1.0)
             and p["monetary"] >= 3 * max(pop["monetary"], 1.0)
             and p["avg_order_value"] >= 1.5 * pop["avg_order_value"]
         ),
