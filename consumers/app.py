@@ -298,7 +298,7 @@ class Segmenter:
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
             self._housekeeping()
-        self.sync_model()
+        self.sync_model(final=True)
         # Users queued for a segment (warm-up, retired segments) get it before exit.
         deadline = time.monotonic() + _DRAIN_S
         while self._reassess_pending and self.model.ready and time.monotonic() < deadline:
@@ -634,7 +634,7 @@ class Segmenter:
             # Queued users whose partitions came to this process in a rebalance.
             self._reassess_pending = self.model.ready
 
-    def sync_model(self, caught_up: bool = False) -> None:
+    def sync_model(self, caught_up: bool = False, final: bool = False) -> None:
         """Merge what this process learned into the shared model, and adopt the result.
 
         The merge runs under a version fence (:meth:`RedisStore.commit_model`), so when
@@ -645,6 +645,9 @@ class Segmenter:
         ``caught_up``: the input is idle and the watermark moved a day or more since the
         last fit: refit now (if it lowers the inertia), so a backlog just drained, or a
         quiet night, ends on centres fitted to the users as they are now.
+
+        ``final``: the process is stopping; it merges its learning but changes no segment
+        (no re-seed, no refit), as it could no longer move the members of one it retired.
         """
         self._last_sync = time.monotonic()
         model, s = self.model, self.settings
@@ -670,14 +673,25 @@ class Segmenter:
                 seeding = (current is None or not current["ready"]) and (
                     self._sample_size >= params.warmup_users
                 )
-                refit = refit_allowed and (
-                    caught_up or refit_due(current, params, delta.updates, wm)
+                refit = (
+                    not final
+                    and refit_allowed
+                    and (caught_up or refit_due(current, params, delta.updates, wm))
                 )
                 snapshot = self.store.snapshot(wm, s.rfm_horizon) if seeding or refit else None
                 tried["refit"] = refit
                 if refit:
                     self._last_refit_wall = time.monotonic()
-                return merge(current, delta, snapshot, params, now_ms, wm, refit=caught_up)
+                return merge(
+                    current,
+                    delta,
+                    snapshot,
+                    params,
+                    now_ms,
+                    wm,
+                    refit=caught_up,
+                    structural=not final,
+                )
 
             doc, events = self.store.commit_model(
                 build, int(s.checkpoint_interval_s * 1000), now_ms

@@ -275,8 +275,13 @@ def merge(
     now_ms: int,
     watermark_ms: int = 0,
     refit: bool = False,
+    structural: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fold ``delta`` into checkpoint ``doc``; return the next version and its new events.
+
+    ``structural=False`` merges the learning only: no dead centre is re-seeded and no
+    refit is made (what a stopping process does, as it could not move the members of a
+    segment it retired).
 
     ``snapshot`` (raw model vectors, one per sampled user, as of the watermark) is needed
     only before the warm start (when it holds at least ``warmup_users`` users the centres
@@ -319,9 +324,11 @@ def merge(
             counts = counts + delta.counts
             wins = wins * WIN_DECAY**delta.learned + delta.counts
         doc.update(centres=centres.tolist(), counts=counts.tolist(), recent_wins=wins.tolist())
-        events += _reseed_dead(doc, scaler, delta.recent, params)
+        if structural:
+            events += _reseed_dead(doc, scaler, delta.recent, params)
         if (
-            not events
+            structural
+            and not events
             and snapshot is not None
             and len(snapshot) >= params.warmup_users
             and (refit or refit_due(doc, params, watermark_ms=watermark_ms))

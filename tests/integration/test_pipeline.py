@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -184,6 +185,10 @@ def test_metrics_and_health_endpoints(settings: Settings, run_segmenter) -> None
     stop_http = running.segmenter.serve_http()
     try:
         running.wait(lambda st: st.messages >= len(messages))
+        # The model is seeded right after the batch that filled the user sample.
+        deadline = time.monotonic() + 30
+        while not running.segmenter.model.ready and time.monotonic() < deadline:
+            time.sleep(0.1)
         base = f"http://127.0.0.1:{settings.metrics_port}"
         assert urllib.request.urlopen(f"{base}/healthz").status == 200
         assert urllib.request.urlopen(f"{base}/readyz").status == 200

@@ -175,6 +175,10 @@ def test_a_dead_centre_is_reseeded_as_a_new_segment() -> None:
     raw = OnlineScaler.from_dict(merged["scaler"]).inverse(np.array(merged["centres"]))
     assert raw[2, 0] > 15  # moved to where the unserved users are
     assert all(e["cause"].startswith("re-seeded") and e["at_ms"] == 7 for e in events)
+    # A stopping process merges its learning but changes no segment.
+    kept, none = merge(doc, m.delta(), None, p, 7, structural=False)
+    assert none == [] and kept["ids"] == doc["ids"] and kept["epoch"] == doc["epoch"]
+    assert kept["merges"] == doc["merges"] + 1
 
 
 def test_collapsed_centres_are_split_apart_and_recorded_as_a_merge() -> None:
