@@ -292,8 +292,9 @@ def merge(
     --------
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> blobs = np.concatenate([rng.normal(c, 0.1, (100, 10)) for c in (0.0, 3.0, 6.0)])
-    >>> s = OnlineScaler.empty(10)
+    >>> d = len(MODEL_FEATURES)
+    >>> blobs = np.concatenate([rng.normal(c, 0.1, (100, d)) for c in (0.0, 3.0, 6.0)])
+    >>> s = OnlineScaler.empty(d)
     >>> for x in blobs:
     ...     s.learn(x)
     >>> delta = ModelDelta(0, 0, None, None, None, 0, s, len(blobs), blobs[:0])
@@ -354,11 +355,14 @@ def snapshot_scaler(snapshot: np.ndarray) -> OnlineScaler:
 
 def rfm_population(snapshot: np.ndarray) -> RFMSketches:
     """The RFM sketches of a snapshot's users (recency, orders and spend in human units;
-    a user a year or more from a purchase, or who never bought, adds no recency)."""
+    a user with no order over the RFM horizon, or a year or more from one, adds no
+    recency)."""
     human = [to_human(row) for row in snapshot]
     return sketches_of(
         (
-            h["days_since_last_purchase"] if h["days_since_last_purchase"] < DAYS_CAP else None
+            h["days_without_purchase"]
+            if h["frequency"] >= 0.5 and h["days_without_purchase"] < DAYS_CAP
+            else None
             for h in human
         ),
         (h["frequency"] for h in human),

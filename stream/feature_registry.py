@@ -153,7 +153,6 @@ FEATURES: tuple[Feature, ...] = (
         "avg_order_value",
         "currency",
         "average order value, over all orders ever",
-        model=True,
         message=True,
     ),
     Feature(
@@ -162,8 +161,17 @@ FEATURES: tuple[Feature, ...] = (
         "RFM recency: days since the last purchase (null: never bought)",
         cap=DAYS_CAP,
         missing=DAYS_CAP,
-        model=True,
         message=True,
+    ),
+    # The model's recency. ``days_since_last_purchase`` puts everyone who never bought a
+    # year away (its missing value), a cliff that splits any population into buyers and
+    # the rest before behaviour counts; days without an order grows smoothly for both.
+    Feature(
+        "days_without_purchase",
+        "days",
+        "days since the last purchase, or since the first event for who never bought",
+        cap=DAYS_CAP,
+        model=True,
     ),
     Feature(
         "days_since_last_event",
@@ -180,6 +188,16 @@ FEATURES: tuple[Feature, ...] = (
         "orders per product view in 30d (1 when buying without views)",
         log=False,
         resolution=0.05,
+        message=True,
+    ),
+    # The model's conversion: over a year a customer's rate is steady; over 30 days a
+    # customer with two visits is at 0 or 0.5 by chance.
+    Feature(
+        "conversion_rate_365d",
+        "ratio",
+        "orders per product view in 365d (1 when buying without views)",
+        log=False,
+        resolution=0.05,
         model=True,
         message=True,
     ),
@@ -189,7 +207,6 @@ FEATURES: tuple[Feature, ...] = (
         "share of add-to-carts in 30d not followed by an order",
         log=False,
         resolution=0.05,
-        model=True,
     ),
     Feature(
         "category_diversity_30d",

@@ -392,6 +392,11 @@ def compute_features(
         if state.last_purchase_ms is None
         else round((now - state.last_purchase_ms) / DAY_MS, 3)
     )
+    # Who never bought has gone without an order since their first event.
+    no_order_since = state.last_purchase_ms
+    if no_order_since is None:
+        no_order_since = state.first_seen_ms
+    out["days_without_purchase"] = round((now - no_order_since) / DAY_MS, 3)
     out["days_since_last_event"] = round((now - state.last_event_ms) / DAY_MS, 3)
     views, purchases, adds = m[_VIEW], m[_PURCHASE], m[_ADD]
     # Rates to four decimals: finer steps mean nothing to a reader or to the model.
@@ -399,6 +404,11 @@ def compute_features(
         out["conversion_rate_30d"] = round(min(1.0, purchases / views), 4)
     else:
         out["conversion_rate_30d"] = 1.0 if purchases else 0.0
+    year = sums["365d"]
+    if year[_VIEW]:
+        out["conversion_rate_365d"] = round(min(1.0, year[_PURCHASE] / year[_VIEW]), 4)
+    else:
+        out["conversion_rate_365d"] = 1.0 if year[_PURCHASE] else 0.0
     out["cart_abandonment_30d"] = round(max(0.0, 1.0 - purchases / adds), 4) if adds else 0.0
     cutoff = now - CATEGORY_RETENTION_MS
     out["category_diversity_30d"] = float(sum(1 for t in state.categories.values() if t > cutoff))

@@ -18,8 +18,8 @@ order (:data:`DEFAULT_RULES`), in the vocabulary of RFM segmentation:
 ``window_shopper`` browses at least as much as the typical customer, buys next to nothing
 ``high_value``     recent, orders at least as often as the typical customer, spends at
                    least three times as much, in baskets well above the typical one
-``bargain_hunter`` buys at least as often as the typical customer, in small baskets, after
-                   abandoning carts or browsing many categories
+``bargain_hunter`` buys at least as often as the typical customer, in small baskets, across
+                   at least as many categories
 ``loyal``          recent and orders at least twice as often as the typical customer (and
                    twice at least)
 ``potential``      bought recently, but not yet often
@@ -47,11 +47,9 @@ FEATURE_WORDS: dict[str, str] = {
     "events_30d": "activity",
     "frequency": "orders",
     "monetary": "spend",
-    "avg_order_value": "basket",
-    "days_since_last_purchase": "lapsed",
+    "days_without_purchase": "lapsed",
     "days_since_last_event": "quiet",
-    "conversion_rate_30d": "conversion",
-    "cart_abandonment_30d": "abandonment",
+    "conversion_rate_365d": "conversion",
     "category_diversity_30d": "variety",
     "tenure_days": "tenure",
 }
@@ -70,11 +68,11 @@ def _typical_recency(pop: Profile) -> float:
     """The typical customer's days since a purchase, within 2 weeks to 2 months: in a shop
     where the typical visitor never bought (recency at its cap), "recent" still means
     weeks, not a year."""
-    return min(max(pop["days_since_last_purchase"], 14.0), 60.0)
+    return min(max(pop["days_without_purchase"], 14.0), 60.0)
 
 
 def _recent(p: Profile, pop: Profile) -> bool:
-    return p["days_since_last_purchase"] <= 1.25 * _typical_recency(pop)
+    return p["days_without_purchase"] <= 1.25 * _typical_recency(pop)
 
 
 def _frequent(p: Profile, pop: Profile) -> bool:
@@ -93,7 +91,7 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         "dormant",
         "No purchase for two months or more and hardly any activity: reactivate or suppress.",
         lambda p, pop: (
-            p["days_since_last_purchase"] >= 60
+            p["days_without_purchase"] >= 60
             and p["events_30d"] < max(0.25 * pop["events_30d"], 1.0)
         ),
     ),
@@ -102,7 +100,7 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         "Bought before, but not for much longer than usual: win them back before they go.",
         lambda p, pop: (
             p["frequency"] >= 0.5
-            and p["days_since_last_purchase"] >= max(21.0, 2 * _typical_recency(pop))
+            and p["days_without_purchase"] >= max(21.0, 2 * _typical_recency(pop))
         ),
     ),
     NamingRule(
@@ -125,14 +123,11 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
     ),
     NamingRule(
         "bargain_hunter",
-        "Buy often in small baskets, after comparing carts and categories: coupons.",
+        "Buy often in small baskets, across many categories: coupons.",
         lambda p, pop: (
             p["frequency"] >= max(pop["frequency"], 0.5)
             and p["avg_order_value"] < pop["avg_order_value"]
-            and (
-                p["cart_abandonment_30d"] >= 0.3
-                or p["category_diversity_30d"] >= pop["category_diversity_30d"]
-            )
+            and p["category_diversity_30d"] >= pop["category_diversity_30d"]
         ),
     ),
     NamingRule(
@@ -167,7 +162,15 @@ def population_profile(scaler: OnlineScaler, population: Sequence[float] | None)
     """The typical customer in human units: ``population`` (medians of raw model vectors)
     when the model has it, else the scaler's mean."""
     raw = scaler.mean if population is None else np.asarray(population, float)
-    return to_human(raw)
+    return _human(raw)
+
+
+def _human(vector: np.ndarray) -> Profile:
+    """A model vector in human units, with the basket (average order value) it implies:
+    the model keeps orders and spend, and a basket is the one over the other."""
+    h = to_human(vector)
+    h["avg_order_value"] = h["monetary"] / h["frequency"] if h["frequency"] >= 0.5 else 0.0
+    return h
 
 
 def profiles(
@@ -187,10 +190,9 @@ def profiles(
     >>> import numpy as np
     >>> from stream.scaling import MODEL_FEATURES, to_vector
     >>> s = OnlineScaler.empty(len(MODEL_FEATURES))
-    >>> typical = {"events_30d": 20, "frequency": 2, "monetary": 80, "avg_order_value": 40,
-    ...            "days_since_last_purchase": 10, "days_since_last_event": 2,
-    ...            "conversion_rate_30d": 0.1, "cart_abandonment_30d": 0.4,
-    ...            "category_diversity_30d": 3, "tenure_days": 90}
+    >>> typical = {"events_30d": 20, "frequency": 2, "monetary": 80,
+    ...            "days_without_purchase": 10, "days_since_last_event": 2,
+    ...            "conversion_rate_365d": 0.1, "category_diversity_30d": 3, "tenure_days": 90}
     >>> s.learn(to_vector(typical)); s.learn(to_vector(typical))
     >>> browsers = [{**typical, "frequency": 0, "monetary": 0, "events_30d": e} for e in (30, 90)]
     >>> centres = s.transform(np.stack([to_vector(b) for b in browsers]))
@@ -199,7 +201,7 @@ def profiles(
     """
     pop = population_profile(scaler, population)
     seg_ids = list(range(len(centres))) if ids is None else list(ids)
-    humans = [to_human(scaler.inverse(c)) for c in centres]
+    humans = [_human(scaler.inverse(c)) for c in centres]
     chosen = [next(r for r in rules if r.applies(h, pop)) for h in humans]
     names = [r.name for r in chosen]
     for base in set(names):

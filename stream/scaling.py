@@ -34,8 +34,8 @@ STD_FLOOR = np.array([f.resolution for f in _MODEL])
 def to_vector(features: Mapping[str, float | None]) -> np.ndarray:
     """The model-space (capped, log-compressed, unscaled) vector of a user's features.
 
-    >>> v = to_vector({"frequency": 3.0, "days_since_last_purchase": None})
-    >>> float(v[MODEL_FEATURES.index("days_since_last_purchase")]) == float(np.log1p(DAYS_CAP))
+    >>> v = to_vector({"frequency": 3.0, "days_since_last_event": None})
+    >>> float(v[MODEL_FEATURES.index("days_since_last_event")]) == float(np.log1p(DAYS_CAP))
     True
     """
     raw = np.empty(len(MODEL_FEATURES))

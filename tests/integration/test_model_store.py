@@ -104,7 +104,7 @@ def test_the_snapshot_is_one_vector_per_sampled_user_as_of_the_watermark(
     store.sample_users(["a", "b", "never-written"], 10, random.Random(0))
     snap = store.snapshot(t0 + 40 * day)
     assert snap.shape == (2, D)
-    recency = MODEL_FEATURES.index("days_since_last_purchase")
+    recency = MODEL_FEATURES.index("days_without_purchase")
     np.testing.assert_allclose(snap[:, recency], np.log1p(40.0))  # as of the watermark
     assert store.snapshot(t0 + 40 * day, limit=1).shape == (1, D)
 

@@ -776,9 +776,10 @@ def test_who_the_sweep_leaves_alone(world) -> None:
         mark_topic=MARK_TOPIC,
     )
     assert r.updates == []
-    # A user with events in the batch is decided by them, once, and learned from.
+    # A user with events in the batch is decided by them, once, and learned from: swept,
+    # u5 would move (no purchase for 33 days); buying again, it stays.
     updates = observed(model)
-    ev = shop.ev("u5", "view", WM)
+    ev = shop.ev("u5", "purchase", WM)
     r = sweep(states, model, names, ["u5"], DUE, WM, events={"u5": [ev]})
     (u,) = r.updates
     assert u.decision is not None and u.change is None

@@ -58,16 +58,19 @@ def test_model_features() -> None:
         "events_30d",
         "frequency",
         "monetary",
-        "avg_order_value",
-        "days_since_last_purchase",
+        "days_without_purchase",
         "days_since_last_event",
-        "conversion_rate_30d",
-        "cart_abandonment_30d",
+        "conversion_rate_365d",
         "category_diversity_30d",
         "tenure_days",
     )
     assert tuple(f.name for f in FEATURES if f.model) == MODEL_FEATURES
     assert set(MODEL_FEATURES) <= set(FEATURE_NAMES)
+    # Still computed (hash and messages), but no longer dimensions of the model.
+    for name in ("avg_order_value", "days_since_last_purchase", "conversion_rate_30d"):
+        assert name in FEATURE_NAMES and name in MESSAGE_FEATURES and name not in MODEL_FEATURES
+    assert "cart_abandonment_30d" in FEATURE_NAMES
+    assert "cart_abandonment_30d" not in MODEL_FEATURES + MESSAGE_FEATURES
 
 
 def test_message_features_are_computed_and_meet_the_schema() -> None:
@@ -87,6 +90,7 @@ def test_days_features_are_capped_at_a_year() -> None:
     capped = {f.name: f.cap for f in FEATURES if f.cap is not None}
     assert capped == {
         "days_since_last_purchase": DAYS_CAP,
+        "days_without_purchase": DAYS_CAP,
         "days_since_last_event": DAYS_CAP,
         "tenure_days": DAYS_CAP,
     }
@@ -97,27 +101,29 @@ def test_missing_values() -> None:
     # Never bought (or nothing seen) sits a year away; anything else missing is zero.
     missing = {f.name: f.missing for f in FEATURES if f.missing}
     assert missing == {"days_since_last_purchase": DAYS_CAP, "days_since_last_event": DAYS_CAP}
-    v = to_vector({"days_since_last_purchase": None})
-    assert (
-        v[MODEL_FEATURES.index("days_since_last_purchase")]
-        == to_vector({"days_since_last_purchase": DAYS_CAP})[
-            MODEL_FEATURES.index("days_since_last_purchase")
-        ]
-    )
+    quiet = MODEL_FEATURES.index("days_since_last_event")
+    v = to_vector({"days_since_last_event": None})
+    assert v[quiet] == to_vector({"days_since_last_event": DAYS_CAP})[quiet]
+    # The model's recency has no missing value: it is never null, as who never bought
+    # counts the days since their first event.
+    assert FEATURES_BY_NAME["days_without_purchase"].missing == 0.0
+    never = compute_features(apply_events(None, [Event("a", "u", "view", T, "c", 0, 1)]).state)
+    assert never["days_since_last_purchase"] is None
+    assert never["days_without_purchase"] is not None
 
 
 def test_only_rates_are_left_uncompressed() -> None:
     plain = {f.name for f in FEATURES if not f.log}
-    assert plain == {"conversion_rate_30d", "cart_abandonment_30d"}
+    assert plain == {"conversion_rate_30d", "conversion_rate_365d", "cart_abandonment_30d"}
     assert all(FEATURES_BY_NAME[n].unit == "ratio" for n in plain)
-    assert set(MODEL_FEATURES) - LOG_FEATURES == plain
+    assert set(MODEL_FEATURES) - LOG_FEATURES == plain & set(MODEL_FEATURES)
+    assert plain & set(MODEL_FEATURES) == {"conversion_rate_365d"}
 
 
 def test_resolutions_are_positive_and_finer_for_rates() -> None:
     assert all(f.resolution > 0 for f in FEATURES)
-    assert FEATURES_BY_NAME["conversion_rate_30d"].resolution < (
-        FEATURES_BY_NAME["events_30d"].resolution
-    )
+    for rate in ("conversion_rate_30d", "conversion_rate_365d"):
+        assert FEATURES_BY_NAME[rate].resolution < FEATURES_BY_NAME["events_30d"].resolution
 
 
 def test_units_and_descriptions() -> None:

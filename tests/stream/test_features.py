@@ -204,6 +204,69 @@ def test_conversion_counts_only_the_30_day_window() -> None:
     assert features_of(evs)["conversion_rate_30d"] == 0.25
 
 
+def test_days_without_purchase_of_a_buyer_are_the_days_since_the_last_purchase() -> None:
+    f = compute_features(_shopper())
+    assert f["days_without_purchase"] == f["days_since_last_purchase"] == 2.0
+    assert f["tenure_days"] == 300.0
+    # As of a later watermark, they grow with it alike.
+    later = compute_features(_shopper(), now_ms=NOW + 45 * DAY_MS)
+    assert later["days_without_purchase"] == later["days_since_last_purchase"] == 47.0
+
+
+def test_days_without_purchase_of_a_never_buyer_are_their_tenure() -> None:
+    feed = Feed()
+    st = apply_events(None, [feed("view", NOW - 20 * DAY_MS), feed("add_to_cart", NOW)]).state
+    f = compute_features(st)
+    assert f["days_since_last_purchase"] is None
+    assert f["days_without_purchase"] == f["tenure_days"] == 20.0
+    later = compute_features(st, now_ms=NOW + 10 * DAY_MS + 12 * HOUR_MS)
+    assert later["days_since_last_purchase"] is None
+    assert later["days_without_purchase"] == later["tenure_days"] == 30.5
+
+
+@pytest.mark.parametrize(
+    ("view_days", "purchase_days", "conversion"),
+    [
+        ((300, 200, 100, 40), (10,), 0.25),  # one order over four views in the year
+        ((), (100, 3), 1.0),  # bought without views
+        ((), (), 0.0),  # nothing
+        ((2,), (), 0.0),  # views, no order
+        ((5,), (200, 100, 3), 1.0),  # capped at 1
+        ((300, 5), (1,), 0.5),
+    ],
+)
+def test_conversion_over_the_year(
+    view_days: tuple[int, ...], purchase_days: tuple[int, ...], conversion: float
+) -> None:
+    feed = Feed()
+    evs = [feed("view", NOW - d * DAY_MS) for d in view_days]
+    evs += [feed("purchase", NOW - d * DAY_MS) for d in purchase_days]
+    evs.append(feed("search", NOW))
+    assert features_of(evs)["conversion_rate_365d"] == pytest.approx(conversion)
+
+
+def test_conversion_over_the_year_counts_only_the_365_day_window() -> None:
+    feed = Feed()
+    # Views 370 and 400 days old (applied in order, so not late) are out of the window;
+    # the one 100 days old is in it, though not in the 30-day one.
+    evs = [feed("view", NOW - d * DAY_MS) for d in (400, 370)]
+    evs.append(feed("view", NOW - 100 * DAY_MS))
+    evs.append(feed("purchase", NOW))
+    r = apply_events(None, evs)
+    assert r.late == 0 and len(r.applied) == 4
+    f = compute_features(r.state)
+    assert f["views_365d"] == 1.0
+    assert f["conversion_rate_365d"] == 1.0
+    assert f["conversion_rate_30d"] == 1.0
+    evs = [feed("view", NOW - d * DAY_MS) for d in (400, 370, 100, 60, 50)]
+    evs += [feed("view", NOW - d * HOUR_MS) for d in (5, 4)]
+    evs.append(feed("purchase", NOW))
+    f = features_of(evs)
+    assert f["views_365d"] == 5.0
+    assert f["conversion_rate_365d"] == 0.2
+    assert f["conversion_rate_30d"] == 0.5
+
+
 def test_category_diversity() -> None:
     feed = Feed()
     evs = [

@@ -13,15 +13,13 @@ HUMAN: dict[str, float | None] = {
     "events_30d": 41.0,
     "frequency": 6.0,
     "monetary": 912.4,
-    "avg_order_value": 152.07,
-    "days_since_last_purchase": 2.5,
+    "days_without_purchase": 2.5,
     "days_since_last_event": 0.75,
-    "conversion_rate_30d": 0.4,
-    "cart_abandonment_30d": 0.25,
+    "conversion_rate_365d": 0.4,
     "category_diversity_30d": 7.0,
     "tenure_days": 33.125,
 }
-RECENCY = MODEL_FEATURES.index("days_since_last_purchase")
+RECENCY = MODEL_FEATURES.index("days_without_purchase")
 QUIET = MODEL_FEATURES.index("days_since_last_event")
 TENURE = MODEL_FEATURES.index("tenure_days")
 
@@ -31,15 +29,13 @@ def test_model_features() -> None:
         "events_30d",
         "frequency",
         "monetary",
-        "avg_order_value",
-        "days_since_last_purchase",
+        "days_without_purchase",
         "days_since_last_event",
-        "conversion_rate_30d",
-        "cart_abandonment_30d",
+        "conversion_rate_365d",
         "category_diversity_30d",
         "tenure_days",
     )
-    assert set(MODEL_FEATURES) - LOG_FEATURES == {"conversion_rate_30d", "cart_abandonment_30d"}
+    assert set(MODEL_FEATURES) - LOG_FEATURES == {"conversion_rate_365d"}
     assert set(MODEL_FEATURES) >= LOG_FEATURES
 
 
@@ -98,11 +94,9 @@ def test_to_vector_values() -> None:
         math.log1p(41.0),
         math.log1p(6.0),
         math.log1p(912.4),
-        math.log1p(152.07),
         math.log1p(2.5),
         math.log1p(0.75),
         0.4,
-        0.25,
         math.log1p(7.0),
         math.log1p(33.125),
     ]
@@ -111,6 +105,13 @@ def test_to_vector_values() -> None:
 
 def test_to_vector_ignores_features_the_model_does_not_use() -> None:
     extra = {**HUMAN, "spend_30d": 5.0, "views_1h": 3.0, "purchases_lifetime": 99.0}
+    # Computed features that are no longer dimensions of the model are ignored too.
+    extra |= {
+        "avg_order_value": 152.07,
+        "days_since_last_purchase": 9.0,
+        "conversion_rate_30d": 0.9,
+        "cart_abandonment_30d": 0.25,
+    }
     np.testing.assert_array_equal(to_vector(extra), to_vector(HUMAN))
 
 
@@ -119,14 +120,22 @@ def test_to_human_inverts_to_vector() -> None:
     assert to_human(to_vector(HUMAN)) == expected
 
 
-def test_none_recency_is_the_cap() -> None:
-    never = to_vector({**HUMAN, "days_since_last_purchase": None})
+def test_never_bought_is_as_far_from_a_purchase_as_their_tenure_not_a_year() -> None:
+    # A customer who never bought has no days since a purchase (None), and the model
+    # does not see that feature: its recency is the days without a purchase, which for
+    # them is their tenure (stream.features), not the one-year cap.
+    never = to_vector(
+        {**HUMAN, "days_since_last_purchase": None, "days_without_purchase": HUMAN["tenure_days"]}
+    )
     assert DAYS_CAP == 365.0
-    assert never[RECENCY] == pytest.approx(math.log1p(365.0))
-    assert to_human(never)["days_since_last_purchase"] == 365.0
-    # Never bought sits where a year without a purchase does: no further.
-    year = to_vector({**HUMAN, "days_since_last_purchase": 365.0})
-    assert never[RECENCY] == year[RECENCY]
+    assert never[RECENCY] == pytest.approx(math.log1p(33.125))
+    assert never[RECENCY] < math.log1p(DAYS_CAP)
+    assert to_human(never)["days_without_purchase"] == 33.125
+    # A null days since a purchase changes nothing in the vector.
+    np.testing.assert_array_equal(
+        to_vector({**HUMAN, "days_since_last_purchase": None}), to_vector(HUMAN)
+    )
+    # Days since the last event still put a user never seen a year away.
     assert to_vector({**HUMAN, "days_since_last_event": None})[QUIET] == pytest.approx(
         math.log1p(365.0)
     )
@@ -136,7 +145,7 @@ def test_days_are_capped() -> None:
     v = to_vector(
         {
             **HUMAN,
-            "days_since_last_purchase": 400.0,
+            "days_without_purchase": 400.0,
             "days_since_last_event": 1000.0,
             "tenure_days": 900.0,
         }
@@ -155,20 +164,26 @@ def test_days_are_capped() -> None:
 
 def test_missing_and_none_features_are_zero() -> None:
     v = to_vector({"tenure_days": None})
-    # Missing days since a purchase or an event: a year away; anything else: zero.
-    assert v[RECENCY] == pytest.approx(math.log1p(365.0))
+    # Missing days since an event: a year away; anything else: zero. Days without a
+    # purchase are never null (tenure stands in for who never bought), so they have no
+    # missing value of their own.
     assert v[QUIET] == pytest.approx(math.log1p(365.0))
-    others = [i for i in range(len(MODEL_FEATURES)) if i not in (RECENCY, QUIET)]
+    assert v[RECENCY] == 0.0
+    others = [i for i in range(len(MODEL_FEATURES)) if i != QUIET]
     np.testing.assert_array_equal(v[others], 0.0)
 
 
 def test_to_human_clips_impossible_values() -> None:
-    v = np.array([-1.0, -0.5, 0.0, 0.2, 1.0, 2.0, -0.3, 1.7, 0.5, 3.0])
+    v = np.array([-1.0, -0.5, 0.0, 1.0, 2.0, -0.3, 0.5, 3.0])
     h = to_human(v)
     assert h["events_30d"] == 0.0 and h["frequency"] == 0.0 and h["monetary"] == 0.0
-    assert h["conversion_rate_30d"] == 0.0
-    assert h["cart_abandonment_30d"] == 1.0
-    assert h["days_since_last_purchase"] == round(math.e - 1, 3)
+    assert h["conversion_rate_365d"] == 0.0
+    assert h["days_without_purchase"] == round(math.e - 1, 3)
     assert h["days_since_last_event"] == round(math.expm1(2.0), 3)
+    assert h["category_diversity_30d"] == round(math.expm1(0.5), 3)
     assert h["tenure_days"] == round(math.expm1(3.0), 3)
     assert v[0] == -1.0  # the input is not modified
+    # A rate is clipped at 1 too.
+    above = v.copy()
+    above[MODEL_FEATURES.index("conversion_rate_365d")] = 1.7
+    assert to_human(above)["conversion_rate_365d"] == 1.0
