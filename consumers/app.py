@@ -184,6 +184,8 @@ class Segmenter:
         # Input positions ("topic:partition") -> offset below which this process has
         # committed their batches; stored changes triggered below it are delivered.
         self._committed: dict[str, int] = {}
+        #: Assigned input positions with a backlog, and the offset it ends at.
+        self._backlog_ends: dict[str, int] = {}
         self._stop = StopFlag()
         self._renew_producer = False
         self._last_kafka_error: int | None = None
@@ -215,7 +217,13 @@ class Segmenter:
         self._model_gauges()
         self._producer = self._new_producer()
         self._consumer = Consumer(
-            {**consumer_config(s), "stats_cb": self._on_stats, "error_cb": self._on_kafka_error}
+            {
+                **consumer_config(s),
+                # The end of a partition ends its backlog (see _past_ends).
+                "enable.partition.eof": True,
+                "stats_cb": self._on_stats,
+                "error_cb": self._on_kafka_error,
+            }
         )
         self._consumer.subscribe(
             [s.clicks_topic, s.purchases_topic],
@@ -251,13 +259,46 @@ class Segmenter:
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self.metrics.assigned_partitions.set(len(parts))
         self._nothing_due_at = -1  # new partitions, new timers
+        self._backlog_ends = self._backlog(consumer, parts)
+        now_ms = int(time.time() * 1000)
+        for pos in self._backlog_ends:
+            self.watermark.behind(pos, now_ms)
         log.info("assigned %s", _fmt_parts(parts))
+        if self._backlog_ends:
+            log.info(
+                "%d of them have a backlog: the watermark waits for each", len(self._backlog_ends)
+            )
+
+    def _backlog(self, consumer: Consumer, parts: list[TopicPartition]) -> dict[str, int]:
+        """The end offset of each assigned partition with records left to read.
+
+        The consumer reads one partition's fetch after another, so in a backlog a partition
+        read first can be days of event time ahead of one not read yet: such a partition is
+        never idle to the watermark (:meth:`Watermark.behind`) until it is read to here.
+        """
+        try:
+            committed = consumer.committed(parts, timeout=10)
+        except KafkaException as exc:
+            log.warning("committed offsets not read (%s): the watermark may run ahead", exc)
+            return {}
+        ends: dict[str, int] = {}
+        for tp in committed:
+            try:
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            except KafkaException as exc:
+                log.warning("end of %s not read (%s)", _fmt_parts([tp]), exc)
+                continue
+            start = tp.offset if tp.offset >= 0 else low
+            if high > start:
+                ends[f"{tp.topic}:{tp.partition}"] = high
+        return ends
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Batches are committed before the next poll, so nothing is in flight to drop.
         self.metrics.assigned_partitions.set(0)
         for tp in parts:
             self._committed.pop(f"{tp.topic}:{tp.partition}", None)
+            self._backlog_ends.pop(f"{tp.topic}:{tp.partition}", None)
             # The next owner moves the partition's mark on: read it again if it comes back.
             self._committed.pop(self._mark(tp.partition), None)
             with contextlib.suppress(KeyError):
@@ -306,6 +347,18 @@ class Segmenter:
         self.refresh_catalogue()
         return self.stats
 
+    def _past_ends(self, msgs: list[Message]) -> list[Message]:
+        """``msgs`` without the ends of partitions, each of which ends that partition's
+        backlog (offsets alone cannot tell: transaction markers take offsets too)."""
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                self._backlog_ends.pop(f"{m.topic()}:{m.partition()}", None)
+            else:
+                out.append(m)
+        return out
+
     def handle(self, msgs: list[Message]) -> BatchResult:
         """Process one batch of messages end to end, then commit their offsets.
 
@@ -314,6 +367,7 @@ class Segmenter:
         to the batch's first offsets, and the batch is consumed again after a backoff.
         Replaying is safe, so recovery needs no special path.
         """
+        msgs = self._past_ends(msgs)
         started = time.monotonic()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
@@ -326,8 +380,7 @@ class Segmenter:
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consume error: %s", err.str())
+                log.warning("consume error: %s", err.str())
                 continue
             topic, part, off = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
             first.setdefault((topic, part), off)
@@ -343,6 +396,12 @@ class Segmenter:
             return BatchResult()
         for (topic, part), ts in high.items():
             self.watermark.observe(f"{topic}:{part}", ts, now_ms)
+        for (topic, part), off in last.items():
+            end = self._backlog_ends.get(f"{topic}:{part}")
+            if end is not None and off + 1 >= end:
+                del self._backlog_ends[f"{topic}:{part}"]
+        for pos in self._backlog_ends:
+            self.watermark.behind(pos, now_ms)
         self.watermark.advance(now_ms)
         self._say_dead_letters(dead, len(msgs))
         if self._stored_id is not None:

@@ -146,12 +146,19 @@ return added
 """
 
 #: For each (partition, highest event time, clock) in ARGV, set the field of the watermark
-#: hash KEYS[1] to the clock unless the stored one is as high; return the whole hash.
+#: hash KEYS[1] to the clock unless the stored one is higher, or as high and as recent;
+#: return the whole hash.
 SHARE_WATERMARK = """
 for i = 1, #ARGV, 3 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  local high = cur and tonumber(string.match(cur, '^(%d+):'))
-  if not high or high < tonumber(ARGV[i + 1]) then
+  local high, moved
+  if cur then
+    local a, b = string.match(cur, '^(%d+):(%d+)$')
+    high, moved = tonumber(a), tonumber(b)
+  end
+  local new_moved = tonumber(string.match(ARGV[i + 2], ':(%d+)$'))
+  if not high or high < tonumber(ARGV[i + 1])
+      or (high == tonumber(ARGV[i + 1]) and moved < new_moved) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
   end
 end

@@ -5,7 +5,11 @@ them, less an allowed lateness: every partition has reached it, so nothing much 
 still to come, and a feature taken as of it means the same for every user. A partition
 whose highest event time has not moved for ``idle_timeout_ms`` of wall time (a quiet
 shard, a topic without traffic) stops holding the watermark back until it moves again;
-a partition never heard of is not waited for. The watermark never goes back.
+a partition never heard of is not waited for. A partition that still has records to read
+(a backlog: the consumer reads one partition's fetch after another, so some are hours of
+event time ahead of others) is never idle: :meth:`Watermark.behind` holds it, at its
+last event time or, before its first record, where the watermark stands. The watermark
+never goes back.
 
 Each process tracks the partitions it consumes and shares them through Redis
 (``seg:watermark``), so every process computes the same clock from every partition
@@ -25,6 +29,16 @@ Examples
 
 >>> w.observe("clicks:1", 90_000, wall_ms=12_000); w.advance(wall_ms=12_000)
 89000
+
+A backlog: ``clicks:2`` has records to read but none read yet, so the others, read ahead,
+do not move the clock until it catches up.
+
+>>> w.behind("clicks:2", wall_ms=13_000)
+>>> w.observe("clicks:1", 500_000, wall_ms=30_000); w.behind("clicks:2", wall_ms=30_000)
+>>> w.advance(wall_ms=30_000)
+89000
+>>> w.observe("clicks:2", 400_000, wall_ms=31_000); w.advance(wall_ms=31_000)
+399000
 """
 
 from __future__ import annotations
@@ -87,11 +101,23 @@ class Watermark:
             self.clocks[pos] = PartitionClock(event_ms, wall_ms)
             self._moved.add(pos)
 
+    def behind(self, pos: str, wall_ms: int) -> None:
+        """Input position ``pos`` still has records to read: it is not idle, whatever its
+        clock did lately. Before its first record it holds the watermark where it is."""
+        cur = self.clocks.get(pos)
+        # Event time 0 is below any watermark: the minimum stays where the clock stands.
+        self.clocks[pos] = PartitionClock(0 if cur is None else cur.max_event_ms, wall_ms)
+        self._moved.add(pos)
+
     def merge(self, shared: Mapping[str, PartitionClock]) -> None:
-        """Take what the other processes reported (the higher clock of each partition)."""
+        """Take what the other processes reported (the higher clock of each partition, or
+        the same clock held more recently)."""
         for pos, clock in shared.items():
             cur = self.clocks.get(pos)
-            if cur is None or clock.max_event_ms > cur.max_event_ms:
+            if cur is None or (clock.max_event_ms, clock.moved_at_ms) > (
+                cur.max_event_ms,
+                cur.moved_at_ms,
+            ):
                 self.clocks[pos] = clock
 
     def take_moved(self) -> dict[str, PartitionClock]:

@@ -46,7 +46,8 @@ def test_last_years_events_give_the_features_and_segments_of_the_live_run(
     results = {}
     for s, messages in ((settings, live), (back, history)):
         produce(s, messages)
-        running = run_segmenter(s.replace(batch_max_events=len(messages), batch_timeout_s=5.0))
+        # Room for the end-of-partition event of each of the 8 input partitions too.
+        running = run_segmenter(s.replace(batch_max_events=len(messages) + 8, batch_timeout_s=5.0))
         n = len(messages)
         running.wait(lambda st, n=n: st.messages >= n)
         stats = running.finish()

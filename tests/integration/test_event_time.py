@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
+from consumers.app import Segmenter
 from stream.events import parse_timestamp
 from stream.settings import Settings
 from tests.integration.conftest import produce, spawn, stop_gracefully
@@ -191,6 +193,85 @@ def test_an_idle_partition_does_not_stall_the_watermark(
     print(f"\nidle partition: watermark {wm - t0} ms past the quiet partition's event")
     # The slowest busy partition's newest event, not the quiet one's only event.
     assert wm == newest
+
+
+def test_a_backlog_read_one_partition_after_another_does_not_run_the_watermark_ahead(
+    settings: Settings,
+) -> None:
+    # A month of history on every partition, produced before the segmenter starts: the
+    # consumer reads the small purchase partitions and one click partition's fetch after
+    # another, so a partition can be read to the end while another is not read at all.
+    s = settings.replace(batch_max_events=300, watermark_lateness_s=0.0, watermark_idle_s=1.0)
+    t0 = 1_700_000_000_000
+    p = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 20})
+    step = 30 * DAY_MS // 1500
+    for part in range(4):
+        for n in range(1500):
+            ev = {
+                "event_id": f"c{part}-{n}",
+                "user_id": f"u{part}-{n % 50}",
+                "type": "view",
+                "ts": t0 + n * step,
+            }
+            p.produce(s.clicks_topic, orjson.dumps(ev), ev["user_id"].encode(), partition=part)
+        for n in range(0, 1500, 100):
+            ev = {
+                "event_id": f"p{part}-{n}",
+                "user_id": f"u{part}-{n % 50}",
+                "type": "purchase",
+                "ts": t0 + n * step,
+                "amount": 10.0,
+            }
+            p.produce(s.purchases_topic, orjson.dumps(ev), ev["user_id"].encode(), partition=part)
+    assert p.flush(30) == 0
+    newest = t0 + 1499 * step
+    last_ts = {f"{s.clicks_topic}:{i}": newest for i in range(4)}
+    last_ts.update({f"{s.purchases_topic}:{i}": t0 + 1400 * step for i in range(4)})
+
+    seg = Segmenter(s)
+    seg.start()
+    seen: dict[str, int] = {}  # highest event time read so far per input partition
+    ahead: list[tuple[int, dict[str, int]]] = []
+    handle = seg.handle
+
+    def handle_and_check(msgs: list[Any]) -> Any:
+        for m in msgs:
+            if m.error() is None:
+                pos = f"{m.topic()}:{m.partition()}"
+                seen[pos] = max(seen.get(pos, 0), orjson.loads(m.value())["ts"])
+        out = handle(msgs)
+        # Every one of the 8 partitions has a month to read: the watermark may not pass
+        # one not read to its end yet (one read to its end goes idle, and may be passed).
+        slowest = min(
+            (seen.get(pos, 0) for pos, end in last_ts.items() if seen.get(pos, 0) < end),
+            default=newest,
+        )
+        if seg.watermark.value > slowest:
+            ahead.append((seg.watermark.value, dict(seen)))
+        return out
+
+    seg.handle = handle_and_check  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=lambda: seg.run(stop), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while seg.stats.messages < 6060 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        deadline = time.monotonic() + 20
+        while seg.watermark.value < newest and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(60)
+        seg.close()
+    assert seg.stats.messages == 6060
+    print(
+        f"\nbacklog: {seg.stats.batches} batches; watermark ahead of a partition in "
+        f"{len(ahead)}; final watermark {(seg.watermark.value - t0) / DAY_MS:.2f} days in"
+    )
+    assert ahead == []
+    assert seg.watermark.value == newest  # read to the end, the clock reaches the newest
 
 
 def test_a_refit_keeps_the_ids_of_groups_that_did_not_change(

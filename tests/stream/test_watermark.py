@@ -172,3 +172,41 @@ def test_invalid_parameters(kwargs: dict[str, int], name: str) -> None:
 
 def test_zero_lateness_is_allowed() -> None:
     assert Watermark(allowed_lateness_ms=0).allowed_lateness_ms == 0
+
+
+def test_a_partition_with_a_backlog_holds_the_watermark_before_its_first_record() -> None:
+    # The consumer read purchases:0 to its end first; clicks:0 has a backlog not read yet.
+    w = Watermark(0, 10_000)
+    w.behind("clicks:0", wall_ms=0)
+    w.observe("purchases:0", 900_000, wall_ms=0)
+    assert w.advance(wall_ms=0) == 0
+    # Long past the idle timeout, still held: it has records to read.
+    w.behind("clicks:0", wall_ms=60_000)
+    assert w.advance(wall_ms=60_000) == 0
+    w.observe("clicks:0", 100_000, wall_ms=61_000)
+    w.behind("clicks:0", wall_ms=61_000)
+    assert w.advance(wall_ms=61_000) == 100_000
+    # Its backlog read, it goes idle like any partition and the clock moves to the newest.
+    assert w.advance(wall_ms=72_000) == 900_000
+
+
+def test_a_partition_no_longer_behind_is_idle_after_the_timeout() -> None:
+    w = Watermark(0, 10_000)
+    w.observe("a:0", 50_000, wall_ms=0)
+    w.observe("a:1", 20_000, wall_ms=0)
+    w.behind("a:1", wall_ms=5_000)
+    assert w.advance(wall_ms=14_000) == 20_000  # held at 5 s: not idle until 15 s
+    assert w.advance(wall_ms=15_000) == 50_000
+
+
+def test_behind_is_reported_and_merged_as_a_more_recent_clock() -> None:
+    a, b = Watermark(0, 10_000), Watermark(0, 10_000)
+    a.observe("c:0", 30_000, wall_ms=0)
+    b.merge(a.take_moved())
+    a.behind("c:0", wall_ms=8_000)
+    assert a.take_moved() == {"c:0": PartitionClock(30_000, 8_000)}
+    b.merge({"c:0": PartitionClock(30_000, 8_000)})
+    b.merge({"c:0": PartitionClock(30_000, 2_000)})  # an older report changes nothing
+    assert b.clocks["c:0"] == PartitionClock(30_000, 8_000)
+    b.observe("c:1", 90_000, wall_ms=0)
+    assert b.advance(wall_ms=12_000) == 30_000  # c:0 held by a's report, c:1 idle
