@@ -191,11 +191,11 @@ def print_segments(settings: Settings) -> int:
         "frequency",
         "monetary",
         "avg_order_value",
-        "days_since_last_purchase",
+        "days_without_purchase",
         "days_since_last_event",
-        "conversion_rate_30d",
+        "conversion_rate_365d",
     )
-    short = ("events_30d", "orders", "spend", "basket", "days_since_buy", "days_quiet", "conv")
+    short = ("events_30d", "orders", "spend", "basket", "days_no_order", "days_quiet", "conv_365d")
     width = max(16, *(len(e["name"]) for e in catalogue))
     print(f"{'id':>2}  {'name':{width}} {'users':>6}  " + "  ".join(f"{c:>14}" for c in short))
     for e in catalogue:

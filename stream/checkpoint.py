@@ -353,6 +353,28 @@ def snapshot_scaler(snapshot: np.ndarray) -> OnlineScaler:
     return OnlineScaler(n, mean, m2)
 
 
+_ORDERS = MODEL_FEATURES.index("frequency")
+_NO_ORDER_DAYS = MODEL_FEATURES.index("days_without_purchase")
+
+
+def population(snapshot: np.ndarray) -> np.ndarray:
+    """The typical customer of a snapshot (raw model vectors): the median of each feature,
+    except days without an order, which is the median over those with an order over the
+    RFM horizon: "longer than usual without an order" means longer than buyers go.
+
+    >>> snap = np.zeros((4, len(MODEL_FEATURES)))
+    >>> snap[:, _NO_ORDER_DAYS] = np.log1p([3.0, 5.0, 90.0, 90.0])
+    >>> snap[:2, _ORDERS] = np.log1p(2.0)  # two buyers; two never bought in 90 days
+    >>> round(float(np.expm1(population(snap)[_NO_ORDER_DAYS])), 1)  # between 3 and 5
+    3.9
+    """
+    out = np.median(snapshot, axis=0)
+    buyers = snapshot[:, _ORDERS] > 0
+    if buyers.any():
+        out[_NO_ORDER_DAYS] = np.median(snapshot[buyers, _NO_ORDER_DAYS])
+    return out
+
+
 def rfm_population(snapshot: np.ndarray) -> RFMSketches:
     """The RFM sketches of a snapshot's users (recency, orders and spend in human units;
     a user with no order over the RFM horizon, or a year or more from one, adds no
@@ -375,7 +397,7 @@ def _fitted(doc: dict[str, Any], snapshot: np.ndarray, watermark_ms: int) -> Onl
     the typical customer names are given against."""
     scaler = snapshot_scaler(snapshot)
     doc["scaler"] = scaler.to_dict()
-    doc["population"] = np.median(snapshot, axis=0).tolist()
+    doc["population"] = population(snapshot).tolist()
     doc["rfm"] = rfm_population(snapshot).to_dict()
     doc["fitted_at_updates"] = int(doc["updates"])
     doc["fitted_at_event_ms"] = int(watermark_ms)

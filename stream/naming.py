@@ -12,9 +12,9 @@ order (:data:`DEFAULT_RULES`), in the vocabulary of RFM segmentation:
 ``dormant``        no purchase for two months or more (or never), and quiet: hardly any
                    activity in the last 30 days
 ``at_risk``        bought before, but the last purchase is three weeks or more ago and at
-                   least twice as long ago as the typical customer's (taken within 2 weeks to 2
-                   months: where the typical visitor never bought, "recent" still means
-                   weeks)
+                   least twice as long ago as the typical buyer's (taken within 1 week to 2
+                   months: in a shop where buyers come back daily, three weeks is still
+                   not long; where they come back yearly, "recent" still means weeks)
 ``window_shopper`` browses at least as much as the typical customer, buys next to nothing
 ``high_value``     recent, orders at least as often as the typical customer, spends at
                    least three times as much, in baskets well above the typical one
@@ -65,10 +65,9 @@ class NamingRule:
 
 
 def _typical_recency(pop: Profile) -> float:
-    """The typical customer's days since a purchase, within 2 weeks to 2 months: in a shop
-    where the typical visitor never bought (recency at its cap), "recent" still means
-    weeks, not a year."""
-    return min(max(pop["days_without_purchase"], 14.0), 60.0)
+    """The typical buyer's days since a purchase, within 1 week to 2 months (the
+    population's recency is its buyers': see :func:`stream.checkpoint.population`)."""
+    return min(max(pop["days_without_purchase"], 7.0), 60.0)
 
 
 def _recent(p: Profile, pop: Profile) -> bool:

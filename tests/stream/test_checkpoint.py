@@ -13,6 +13,7 @@ from stream.checkpoint import (
     check,
     empty_checkpoint,
     merge,
+    population,
     refit,
     refit_due,
     retired_ids,
@@ -371,7 +372,7 @@ def test_a_forced_refit_records_its_watermark_and_the_snapshot_statistics() -> N
     new, _ = refit(doc, snap, P, now_ms=9, watermark_ms=123_456)
     assert new["fitted_at_event_ms"] == 123_456
     assert new["fitted_at_updates"] == new["updates"]
-    np.testing.assert_allclose(new["population"], np.median(snap, axis=0))
+    np.testing.assert_allclose(new["population"], population(snap))
     np.testing.assert_allclose(OnlineScaler.from_dict(new["scaler"]).mean, snap.mean(axis=0))
 
 
@@ -385,7 +386,7 @@ def test_the_warm_start_fits_on_the_snapshot_not_on_the_updates() -> None:
     assert scaler.count == 120
     np.testing.assert_allclose(scaler.mean, snapshot.mean(axis=0))
     np.testing.assert_allclose(scaler.std, snapshot.std(axis=0))
-    np.testing.assert_allclose(doc["population"], np.median(snapshot, axis=0))
+    np.testing.assert_allclose(doc["population"], population(snapshot))
     assert doc["rfm"] == rfm_population(snapshot).to_dict()
     assert (doc["fitted_at_updates"], doc["fitted_at_event_ms"]) == (30, 0)
 
@@ -416,3 +417,18 @@ def test_snapshot_scaler_weighs_every_user_once() -> None:
     np.testing.assert_allclose(s.mean, snap.mean(axis=0))
     np.testing.assert_allclose(s.m2, ((snap - snap.mean(axis=0)) ** 2).sum(axis=0))
     np.testing.assert_allclose(s.m2, stats(snap).m2)
+
+
+def test_the_typical_customer_goes_without_an_order_as_long_as_the_typical_buyer() -> None:
+    d = len(MODEL_FEATURES)
+    orders, days = MODEL_FEATURES.index("frequency"), MODEL_FEATURES.index("days_without_purchase")
+    snap = np.zeros((5, d))
+    snap[:, days] = np.log1p([2.0, 4.0, 6.0, 200.0, 300.0])
+    snap[:3, orders] = np.log1p(3.0)
+    typical = population(snap)
+    # Over everyone the median would be 6 days; over the three buyers it is 4.
+    assert np.expm1(typical[days]) == pytest.approx(4.0)
+    np.testing.assert_array_equal(np.delete(typical, days), np.delete(np.median(snap, 0), days))
+    # Nobody bought: the median over everyone.
+    snap[:, orders] = 0.0
+    assert np.expm1(population(snap)[days]) == pytest.approx(6.0)

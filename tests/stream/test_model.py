@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.checkpoint import ModelParams, empty_checkpoint, merge
+from stream.checkpoint import ModelParams, empty_checkpoint, merge, population
 from stream.errors import ModelError
 from stream.model import SegmentModel
 from stream.scaling import MODEL_FEATURES
@@ -63,7 +63,7 @@ def test_sync_local_fits_on_the_newest_observed_vectors() -> None:
         m.observe(v)
     m.sync_local(now_ms=0)
     assert m.ready and m.population is not None and m.rfm is not None
-    np.testing.assert_allclose(m.population, np.median(blobs(30), axis=0))
+    np.testing.assert_allclose(m.population, population(blobs(30)))
     # 300 users of a population far away: the refit due after 100 updates is made on the
     # newest reservoir_size (200) vectors only, so the typical customer is one of them.
     far = blobs(100, seed=4) + 50.0
@@ -72,7 +72,7 @@ def test_sync_local_fits_on_the_newest_observed_vectors() -> None:
     events = m.sync_local(now_ms=1)
     assert events and all("automatic refit on 200 users" in e["cause"] for e in events)
     assert m.population is not None
-    np.testing.assert_allclose(m.population, np.median(far[-200:], axis=0))
+    np.testing.assert_allclose(m.population, population(far[-200:]))
     assert m.doc["fitted_at_updates"] == m.updates == 390
 
 

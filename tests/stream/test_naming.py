@@ -100,13 +100,14 @@ POTENTIAL: Human = {
     "monetary": 40.0,
     "days_without_purchase": 5.0,
 }
-# One small order 25 days ago, little activity: nothing else fits.
+# One small order 18 days ago, little activity: nothing else fits (not recent, as 18 is
+# over 1.25 times the typical 10; not at risk, as 18 is under three weeks).
 LOW_VALUE: Human = {
     **TYPICAL,
     "events_30d": 6.0,
     "frequency": 1.0,
     "monetary": 15.0,
-    "days_without_purchase": 25.0,
+    "days_without_purchase": 18.0,
     "days_since_last_event": 10.0,
 }
 
