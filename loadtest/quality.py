@@ -568,6 +568,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=7, help="simulator and KMeans seed")
     ap.add_argument("--rate", type=float, default=RATE, help="live mode events/s")
     ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    ap.add_argument("--logs", help="keep each run's segmenter log in this directory")
     args = ap.parse_args(argv)
     if not args.rate > 0:
         ap.error(f"--rate must be > 0, got {args.rate}")
@@ -598,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "quality.md").write_text(render_report(rows, real, {**meta, "notes": notes}))
 
     with local_stack("segmenter-quality-", args.broker) as stack:
-        workdir = stack.workdir
+        workdir = Path(args.logs) if args.logs else stack.workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         meta["machine"] = _machine(stack)
         default = stack.settings()
         meta["config"] = {
