@@ -449,7 +449,10 @@ def _reseed_dead(
     """Move dead or collapsed centres to where users are worst served.
 
     A centre is dead when its share of recent wins is below a tenth of a fair share (and
-    there is enough evidence: at least 20 wins per centre); two centres have collapsed
+    there is enough evidence: at least 20 wins per centre), but only when no refit is
+    ever due: with refits, a centre that wins no recent update is the segment of customers
+    who went quiet (the dormant, whom the sweep keeps re-deciding without an update), and
+    the refit on one vector per user is what corrects a poor fit. Two centres have collapsed
     when they are closer than a quarter of the match threshold, and the one with fewer
     recent wins goes. It is re-seeded at the recent user farthest from every other
     centre; matching then records the old segment as retired (merged into its neighbour
@@ -461,7 +464,8 @@ def _reseed_dead(
         return []
     share = wins / wins.sum()
     old = np.array(doc["centres"], float)
-    dead = [j for j in range(k) if share[j] < DEAD_SHARE / k]
+    refits = bool(params.refit_updates or params.refit_interval_ms)
+    dead = [] if refits else [j for j in range(k) if share[j] < DEAD_SHARE / k]
     gaps = np.sqrt(((old[:, None, :] - old[None, :, :]) ** 2).sum(axis=2))
     for i in range(k):
         for j in range(i + 1, k):

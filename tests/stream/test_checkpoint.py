@@ -156,13 +156,27 @@ def test_a_delta_from_an_older_epoch_keeps_its_statistics_but_not_its_shift() ->
     assert merged["updates"] == doc["updates"] + 15
 
 
+def test_with_refits_a_centre_that_wins_no_update_is_kept() -> None:
+    doc = seeded()
+    doc = {**doc, "recent_wins": [500.0, 500.0, 0.0]}
+    m = SegmentModel(P)
+    m.adopt(doc)
+    for x in points(20, seed=6, centres=np.array([[20.0] * D])):
+        m.observe(x)
+    assert P.refit_updates > 0
+    merged, events = merge(doc, m.delta(), None, P, 7)
+    assert events == []
+    assert merged["ids"] == doc["ids"] and merged["epoch"] == doc["epoch"]
+
+
 def test_a_dead_centre_is_reseeded_as_a_new_segment() -> None:
     doc = seeded()
     # Segment 2 stops winning: recent wins all on 0 and 1.
     doc = {**doc, "recent_wins": [500.0, 500.0, 0.0]}
     far = points(20, seed=6, centres=np.array([[20.0] * D]))
-    # A threshold under the gap between neighbouring blobs: no merge is recorded.
-    p = replace(P, match_threshold=1.0)
+    # A threshold under the gap between neighbouring blobs: no merge is recorded. Without
+    # refits: with them, a centre that wins no update is a segment of quiet customers.
+    p = replace(P, match_threshold=1.0, refit_updates=0, refit_interval_ms=0)
     m = SegmentModel(p)
     m.adopt(doc)
     for x in far:
