@@ -36,10 +36,14 @@ import numpy as np
 
 from loadtest.personas import ShopperSimulator
 from loadtest.scenarios import SCENARIOS, Scenario
+from stream.checkpoint import ModelParams
 from stream.events import Event
 from stream.features import apply_events, compute_features
 from stream.scaling import MODEL_FEATURES, OnlineScaler, to_vector
 from stream.selection import K_CRITERIA, choose_k, kmeans_plus_plus, lloyd
+
+#: The model's defaults: the lab chooses k as the segmenter would.
+_MODEL = ModelParams()
 
 __all__ = ["LabData", "LabResult", "build", "evaluate", "kmeans_labels", "main"]
 
@@ -175,8 +179,8 @@ def evaluate(
     scenario: Scenario,
     seed: int,
     criteria: Sequence[str] = K_CRITERIA,
-    k_min: int = 2,
-    k_max: int = 8,
+    k_min: int = _MODEL.k_min,
+    k_max: int = _MODEL.k_max,
     data: LabData | None = None,
 ) -> LabResult:
     """Let every criterion choose ``k`` on the scenario's users and score the choices.
@@ -187,6 +191,12 @@ def evaluate(
     if data is None:
         data = build(scenario, seed)
     X, truth, _ = data
+    # As the model chooses: on its user sample (at most reservoir_size users), with as
+    # many k-means++ starts as a refit makes.
+    sample = X
+    if len(X) > _MODEL.reservoir_size:
+        pick = np.random.default_rng(seed).choice(len(X), _MODEL.reservoir_size, replace=False)
+        sample = X[pick]
     ceiling = _ari(truth, kmeans_labels(X, scenario.true_k, np.random.default_rng(seed)))
     chosen: dict[str, int] = {}
     ari: dict[str, float] = {}
@@ -194,7 +204,14 @@ def evaluate(
     reasons: dict[str, str] = {}
     for criterion in criteria:
         t0 = time.perf_counter()
-        choice = choose_k(X, k_min, k_max, np.random.default_rng(seed), criterion=criterion)
+        choice = choose_k(
+            sample,
+            k_min,
+            k_max,
+            np.random.default_rng(_MODEL.seed + seed),
+            n_init=_MODEL.refit_starts,
+            criterion=criterion,
+        )
         seconds[criterion] = time.perf_counter() - t0
         labels = np.argmin(((X[:, None, :] - choice.centres[None, :, :]) ** 2).sum(axis=2), axis=1)
         chosen[criterion] = choice.k
@@ -218,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--criteria", nargs="+", choices=K_CRITERIA, default=list(K_CRITERIA))
-    ap.add_argument("--k-min", type=int, default=2)
-    ap.add_argument("--k-max", type=int, default=8)
+    ap.add_argument("--k-min", type=int, default=_MODEL.k_min)
+    ap.add_argument("--k-max", type=int, default=_MODEL.k_max)
     ap.add_argument("--reasons", action="store_true", help="print every criterion's reason")
     args = ap.parse_args(argv)
     header = ["scenario", "seed", " users", "true k"]

@@ -381,8 +381,15 @@ def test_pair_share_counts_the_pairs_kept_together() -> None:
 def test_choose_k_by_prediction_strength_finds_the_separated_blobs(true_k: int) -> None:
     truth = corners(true_k)
     points, labels = blobs(np.random.default_rng(true_k), truth, 40, 1.0)
+    # 40 points a blob: halves of 20 score lower than the thousands of users the default
+    # threshold (0.8) is set for.
     choice = choose_k(
-        points, 2, 7, np.random.default_rng(100 + true_k), criterion="prediction_strength"
+        points,
+        2,
+        7,
+        np.random.default_rng(100 + true_k),
+        criterion="prediction_strength",
+        min_strength=0.7,
     )
     assert choice.k == true_k
     assert sorted(choice.scores) == [2, 3, 4, 5, 6, 7]
@@ -430,7 +437,9 @@ def test_choose_k_by_prediction_strength_takes_the_largest_strong_k(
     strengths = {2: 0.95, 3: 0.6, 4: 0.75, 5: 0.5}
     monkeypatch.setattr(selection, "prediction_strength", lambda p, k, rng, **kw: strengths[k])
     points, _ = blobs(np.random.default_rng(6), corners(4), 20, 1.0)
-    choice = choose_k(points, 2, 5, np.random.default_rng(0), criterion="prediction_strength")
+    choice = choose_k(
+        points, 2, 5, np.random.default_rng(0), criterion="prediction_strength", min_strength=0.7
+    )
     # A weak k below a strong one does not stop the search: k=4 is kept over k=2.
     assert choice.k == 4
     assert choice.scores == strengths
@@ -440,6 +449,9 @@ def test_choose_k_by_prediction_strength_takes_the_largest_strong_k(
         points, 2, 5, np.random.default_rng(0), criterion="prediction_strength", min_strength=0.9
     )
     assert high.k == 2
+    # The default threshold, 0.8: k=4 (0.75) is not strong enough.
+    default = choose_k(points, 2, 5, np.random.default_rng(0), criterion="prediction_strength")
+    assert default.k == 2
 
 
 def test_choose_k_by_prediction_strength_when_no_k_is_strong_enough(
@@ -451,7 +463,7 @@ def test_choose_k_by_prediction_strength_when_no_k_is_strong_enough(
     choice = choose_k(points, 2, 4, np.random.default_rng(0), criterion="prediction_strength")
     assert choice.k == 3  # the highest; the tie goes to the smaller k
     assert choice.reason.startswith(
-        "k=3 has the highest prediction strength (0.550) on 80 users, as no k reaches 0.70: "
+        "k=3 has the highest prediction strength (0.550) on 80 users, as no k reaches 0.80: "
     )
 
 
