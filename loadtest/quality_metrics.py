@@ -627,8 +627,10 @@ def render_report(
             f"{real.get('dataset')}: {real.get('events', 0):,} purchases of "
             f"{real.get('customers', 0):,} customers, replayed with `segmenter replay` "
             f"({_fmt(real.get('replay_s'), '.1f')} s), drained by one `segmenter run` "
-            f"({_fmt(real.get('drain_s'), '.1f')} s). Compared as of the end of the data "
-            f"({real.get('as_of')}).",
+            f"({_fmt(real.get('drain_s'), '.1f')} s), with "
+            f"SEGMENTER_RFM_HORIZON={real.get('rfm_horizon', '365d')} (orders and spend over "
+            "all of a customer's history, as the batch baseline counts them). Compared as of "
+            f"the end of the data ({real.get('as_of')}).",
             "",
             "| measure | value |",
             "|---|---|",
