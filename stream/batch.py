@@ -315,7 +315,10 @@ def process_batch(
                 user_id,
                 state,
                 features,
-                (f"{TIMER_POS}:{due}", *mark),
+                # The model version too: after a change of the segments every timer is
+                # brought to the same watermark, and a user moved back and forth by two
+                # versions at one due time makes two changes, never one id twice.
+                (f"{TIMER_POS}:{model.version}:{due}", *mark),
                 due,
                 quiet_reason(features, model.version),
             )

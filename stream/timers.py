@@ -38,15 +38,21 @@ TIMER_POS = "timer"
 THRESHOLDS_DAYS: tuple[int, ...] = (7, 14, 30, 45, 60, 91, 182, 364)
 
 
-def next_due(state: UserState, now_ms: int) -> int | None:
+#: The due time of a customer past every threshold: no watermark reaches it, but the user
+#: keeps a timer, so that when the segments themselves change every timer brought forward
+#: is every user (a customer quiet for years is re-decided too).
+NEVER_MS = 2**62
+
+
+def next_due(state: UserState, now_ms: int) -> int:
     """The first event time after ``now_ms`` at which a threshold of quiet is crossed,
-    counted from the user's last event and from their last purchase; ``None`` once a year
-    of quiet has passed (nothing that time alone changes is left)."""
+    counted from the user's last event and from their last purchase; :data:`NEVER_MS` once
+    a year of quiet has passed (nothing that time alone changes is left)."""
     starts = [state.last_event_ms]
     if state.last_purchase_ms is not None:
         starts.append(state.last_purchase_ms)
     due = [s + d * DAY_MS for s in starts for d in THRESHOLDS_DAYS if s + d * DAY_MS > now_ms]
-    return min(due) if due else None
+    return min(due) if due else NEVER_MS
 
 
 def quiet_reason(features: Mapping[str, float | None], model_version: int = 0) -> str:

@@ -26,7 +26,7 @@ from stream.model import SegmentModel
 from stream.reassessment import QueueEntry
 from stream.scaling import MODEL_FEATURES, to_vector
 from stream.stored_change import StoredChange
-from stream.timers import next_due, quiet_reason
+from stream.timers import NEVER_MS, next_due, quiet_reason
 
 T = 1_700_000_000_000
 EMITTED = T + 5_000
@@ -650,7 +650,7 @@ def test_a_swept_user_moves_with_the_reason(world) -> None:
     assert c.previous_segment == u.previous_segment == before.segment != c.segment
     assert u.features == compute_features(before, WM)
     assert c.reason == quiet_reason(u.features) == "no purchase for 33 days"
-    assert c.change_id == change_id("u5", f"timer:{DUE}", before.segment, c.segment)
+    assert c.change_id == change_id("u5", f"timer:{model.version}:{DUE}", before.segment, c.segment)
     assert c.event_time_ms == DUE and c.watermark_ms == WM
     assert u.state.segment == c.segment and u.state.segment_since_ms == DUE
     assert u.state.last_change == StoredChange.of(MARK_POS, SEQ + 1, c)
@@ -805,11 +805,12 @@ def test_batch_result_timers_cover_every_written_user(world) -> None:
     assert partition_of(r.updates[0].state) == 3
 
 
-def test_a_year_of_quiet_leaves_no_timer(world) -> None:
+def test_a_year_of_quiet_leaves_a_timer_that_is_never_due(world) -> None:
     shop, model, names = world
     states, _, _ = warm_up(shop, model, names)
     st = states["u6"]
     assert st is not None
     wm = st.last_event_ms + 364 * DAY_MS
     r = sweep(states, model, names, ["u6"], wm, wm)
-    assert r.timers == {"u6": (0, None)}
+    # Kept, so that a change of the segments themselves brings it forward like any other.
+    assert r.timers == {"u6": (0, NEVER_MS)}

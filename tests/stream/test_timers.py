@@ -7,7 +7,7 @@ import pytest
 from stream.events import Event
 from stream.feature_registry import DAY_MS, WINDOWS
 from stream.features import UserState, apply_events, compute_features
-from stream.timers import THRESHOLDS_DAYS, TIMER_POS, next_due, quiet_reason
+from stream.timers import NEVER_MS, THRESHOLDS_DAYS, TIMER_POS, next_due, quiet_reason
 
 E = 1_700_000_000_000  # the last event
 
@@ -16,10 +16,10 @@ def dues(state: UserState, start: int) -> list[int]:
     """Every due time from ``start`` on, in days after ``E``, until none is left."""
     out = []
     due = next_due(state, start)
-    while due is not None:
+    while due != NEVER_MS:
         out.append(due)
         due = next_due(state, due)
-    return [(d - E) / DAY_MS for d in out]  # type: ignore[misc]
+    return [(d - E) / DAY_MS for d in out]
 
 
 def test_thresholds() -> None:
@@ -58,11 +58,11 @@ def test_docstring_example() -> None:
     assert next_due(st, now_ms=10 * DAY_MS) == 17 * DAY_MS
 
 
-def test_no_timer_after_a_year_of_quiet() -> None:
+def test_after_a_year_of_quiet_the_timer_is_never_due() -> None:
     st = UserState(first_seen_ms=0, last_event_ms=E, last_purchase_ms=E - 30 * DAY_MS)
     assert next_due(st, E + 363 * DAY_MS) == E + 364 * DAY_MS
-    assert next_due(st, E + 364 * DAY_MS) is None
-    assert next_due(st, E + 1000 * DAY_MS) is None
+    assert next_due(st, E + 364 * DAY_MS) == NEVER_MS
+    assert next_due(st, E + 1000 * DAY_MS) == NEVER_MS
 
 
 def test_an_old_purchase_adds_no_due_time_once_past_its_year() -> None:
