@@ -12,7 +12,7 @@ order (:data:`DEFAULT_RULES`), in the vocabulary of RFM segmentation:
 ``dormant``        no purchase for two months or more (or never), and quiet: hardly any
                    activity in the last 30 days
 ``at_risk``        bought before, but the last purchase is three weeks or more ago and at
-                   least twice as long ago as the typical buyer's (taken within 1 week to 2
+                   least half again as long ago as the typical buyer's (taken within 1 week to 2
                    months: in a shop where buyers come back daily, three weeks is still
                    not long; where they come back yearly, "recent" still means weeks)
 ``window_shopper`` browses at least as much as the typical customer, buys next to nothing
@@ -99,7 +99,9 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         "Bought before, but not for much longer than usual: win them back before they go.",
         lambda p, pop: (
             p["frequency"] >= 0.5
-            and p["days_without_purchase"] >= max(21.0, 2 * _typical_recency(pop))
+            # Half again, not twice: where many buyers are lapsing (as in a shop losing
+            # them), the typical buyer's recency is itself long.
+            and p["days_without_purchase"] >= max(21.0, 1.5 * _typical_recency(pop))
         ),
     ),
     NamingRule(

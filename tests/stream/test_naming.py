@@ -222,9 +222,12 @@ def test_the_first_rule_that_applies_wins(human: Human, also: str, name: str) ->
 
 
 def test_rules_compare_with_the_typical_customer() -> None:
-    # At risk needs the last purchase at least twice as long ago as the typical one's.
+    # At risk needs the last purchase at least half again as long ago as the typical
+    # buyer's: AT_RISK is 45 days from one.
     assert names({**AT_RISK, "days_without_purchase": 45.0}) == ["at_risk"]
-    typical = {**TYPICAL, "days_without_purchase": 30.0}
+    typical = {**TYPICAL, "days_without_purchase": 29.0}
+    assert names(AT_RISK, population=to_vector(typical).tolist()) == ["at_risk"]  # 45 > 1.5 x 29
+    typical = {**TYPICAL, "days_without_purchase": 31.0}
     assert names(AT_RISK, population=to_vector(typical).tolist()) != ["at_risk"]
     # A window shopper browses at least as much as the typical customer.
     assert names({**WINDOW_SHOPPER, "events_30d": 10.0}) != ["window_shopper"]
