@@ -340,7 +340,12 @@ class Segmenter:
                 break
             self._housekeeping()
         self.sync_model(final=True)
-        # Users queued for a segment (warm-up, retired segments) get it before exit.
+        # Users queued for a segment (warm-up, retired segments) get it before exit, and
+        # so do stragglers the catalogue finds in retired segments (moved there by a
+        # process on an older version, after the members were listed).
+        self.refresh_catalogue()
+        self._queue_retired()
+        self._reassess_pending = self.model.ready
         deadline = time.monotonic() + _DRAIN_S
         while self._reassess_pending and self.model.ready and time.monotonic() < deadline:
             self.reassess_users()
