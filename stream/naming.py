@@ -19,7 +19,7 @@ order (:data:`DEFAULT_RULES`), in the vocabulary of RFM segmentation:
 ``high_value``     recent, orders at least as often as the typical customer, spends at
                    least three times as much, in baskets well above the typical one
 ``bargain_hunter`` buys at least as often as the typical customer, in small baskets, across
-                   at least as many categories
+                   at least as many categories (and at least one)
 ``loyal``          recent and orders at least twice as often as the typical customer (and
                    twice at least)
 ``potential``      bought recently, but not yet often
@@ -128,7 +128,9 @@ DEFAULT_RULES: tuple[NamingRule, ...] = (
         lambda p, pop: (
             p["frequency"] >= max(pop["frequency"], 0.5)
             and p["avg_order_value"] < pop["avg_order_value"]
-            and p["category_diversity_30d"] >= pop["category_diversity_30d"]
+            # At least one category: a shop whose events carry none (a purchase log) has no
+            # bargain hunters to tell, and 0 >= 0 would make its best customers one.
+            and p["category_diversity_30d"] >= max(pop["category_diversity_30d"], 1.0)
         ),
     ),
     NamingRule(

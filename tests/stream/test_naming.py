@@ -435,3 +435,13 @@ def test_recency_is_not_recent_against_a_population_that_never_bought() -> None:
     # typical customer never bought, so a single order 200 days ago counts as recent and
     # (one order being "twice" the typical zero) the customer is named high_value.
     assert name not in ("high_value", "loyal", "potential"), name
+
+
+def test_without_categories_nobody_is_a_bargain_hunter() -> None:
+    # A purchase log: no event carries a category, so every diversity is 0.
+    no_categories = {"category_diversity_30d": 0.0}
+    typical = {**TYPICAL, **no_categories}
+    best = {**BARGAIN_HUNTER, **no_categories}
+    got = names(best, population=to_vector(typical).tolist())
+    assert got != ["bargain_hunter"]
+    assert names(BARGAIN_HUNTER) == ["bargain_hunter"]
