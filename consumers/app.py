@@ -742,7 +742,11 @@ class Segmenter:
                     and refit_allowed
                     and (caught_up or refit_due(current, params, delta.updates, wm))
                 )
-                snapshot = self.store.snapshot(wm, s.rfm_horizon) if seeding or refit else None
+                snapshot = (
+                    self.store.snapshot(wm, s.rfm_horizon, used=params.features)
+                    if seeding or refit
+                    else None
+                )
                 tried["refit"] = refit
                 if refit:
                     self._last_refit_wall = time.monotonic()
@@ -996,7 +1000,10 @@ class Segmenter:
             sizes = self.store.segment_sizes(model.ids)
             self.store.write_catalogue(profs, sizes)
             sample = self.store.snapshot(
-                self.watermark.value, self.settings.rfm_horizon, limit=_QUALITY_SAMPLE
+                self.watermark.value,
+                self.settings.rfm_horizon,
+                limit=_QUALITY_SAMPLE,
+                used=model.params.features,
             )
             left = self.store.segment_sizes(retired) if retired else []
         except RedisError as exc:

@@ -253,7 +253,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     from stream.messages import iso_ms
     from stream.model import SegmentModel
     from stream.naming import population_profile
-    from stream.scaling import MODEL_FEATURES, to_vector
+    from stream.scaling import to_vector
 
     store, user = _open_user(settings, args.user)
     if user is None:
@@ -276,7 +276,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
         if state is None
         else compute_features(state, wm, settings.rfm_horizon)
     )
-    z = model.scale(to_vector(features))
+    z = model.scale(to_vector(features, model.params.features))
     dist = model.distances(z)
     current = int(user["segment"]) if user.get("segment") else None
     d = model.decide(current, z, dist, settings.hysteresis_margin)
@@ -288,7 +288,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     )
     print(f"features as of the watermark, {iso_ms(wm) if wm else 'none yet'}")
     print(f"\n  {'feature':26} {'user':>12} {'typical':>12}")
-    for name in MODEL_FEATURES:
+    for name in model.params.features:
         value = features.get(name)
         shown = "never" if value is None else f"{value:.2f}"
         print(f"  {name:26} {shown:>12} {typical[name]:>12.2f}")
@@ -379,8 +379,8 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
 
         else:
             wm = group_watermark(store, settings, now_ms)
-            snapshot = store.snapshot(wm, settings.rfm_horizon)
             params = settings.model_params()
+            snapshot = store.snapshot(wm, settings.rfm_horizon, used=params.features)
 
             def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
                 if cur is None:
@@ -427,6 +427,9 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
 
 def _lineage(e: dict[str, Any]) -> str:
     """One lineage event in words: 'segment 7 born (split from 2)'."""
+    if "segment" not in e:
+        # A refit that kept every segment records itself alone.
+        return f"{e['event']}: every segment kept its id"
     extra = ""
     if "from" in e:
         extra = f" (split from {e['from']})"

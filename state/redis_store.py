@@ -590,14 +590,19 @@ class RedisStore:
         return sorted({u.decode() for u in raw})
 
     def snapshot(
-        self, watermark_ms: int, rfm_horizon: str = "365d", limit: int | None = None
+        self,
+        watermark_ms: int,
+        rfm_horizon: str = "365d",
+        limit: int | None = None,
+        used: tuple[str, ...] = MODEL_FEATURES,
     ) -> np.ndarray:
         """One model vector per sampled user, as of ``watermark_ms``: what seeds and refits
-        are made on (rows in user id order; the first ``limit`` users only, if given)."""
+        are made on (rows in user id order; the first ``limit`` users only, if given;
+        ``used``: the model's features)."""
         users = self.sampled_users()[:limit]
         states = self.load_states(users) if users else {}
         rows = [
-            to_vector(compute_features(st, watermark_ms, rfm_horizon))
+            to_vector(compute_features(st, watermark_ms, rfm_horizon), used)
             for _, st in sorted(states.items())
             if st is not None
         ]

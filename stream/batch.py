@@ -253,7 +253,7 @@ def process_batch(
                 )
             continue
         features = features_of(applied.state)
-        raw = to_vector(features)
+        raw = to_vector(features, model.params.features)
         model.observe(raw)
         t = applied.applied[-1]
         pending.append(
@@ -291,6 +291,7 @@ def process_batch(
                 None
                 if state.segment is None
                 else f"segment {state.segment} retired at model version {entry.version}",
+                model.params.features,
             )
         )
     for user_id in sweep:
@@ -321,6 +322,7 @@ def process_batch(
                 (f"{TIMER_POS}:{model.version}:{due}", *mark),
                 due,
                 quiet_reason(features, model.version),
+                model.params.features,
             )
         )
 
@@ -354,15 +356,17 @@ def _without_event(
     trigger: tuple[str, str, int],
     trigger_ts: int,
     reason: str | None,
+    used: tuple[str, ...],
 ) -> _Pending:
     """A user to decide with no event of theirs; ``trigger`` is the change id's key, the
-    stored change's position and its offset (the queue token or the due time)."""
+    stored change's position and its offset (the queue token or the due time); ``used``
+    the model's features."""
     key, pos, offset = trigger
     return _Pending(
         user_id,
         state.copy(),
         features,
-        to_vector(features),
+        to_vector(features, used),
         state.segment,
         key,
         pos,

@@ -41,7 +41,7 @@ import numpy as np
 from stream.errors import ModelError
 from stream.matching import Lineage, match_centres
 from stream.rfm import RFMSketches, sketches_of
-from stream.scaling import DAYS_CAP, MODEL_FEATURES, OnlineScaler, to_human
+from stream.scaling import DAYS_CAP, MODEL_FEATURES, OnlineScaler, check_model_features, to_human
 from stream.selection import KChoice, choose_k, lloyd
 
 CHECKPOINT_FORMAT = 2
@@ -95,6 +95,11 @@ class ModelParams:
         How k is chosen (:func:`stream.selection.choose_k`).
     seed
         Seed of k-means++ and of the k choice.
+    features
+        The model features clustered on (:func:`stream.scaling.check_model_features`):
+        all of them by default; a shop whose events are orders only clusters on recency,
+        frequency and monetary value, as its other features are copies of recency or
+        constant there.
     """
 
     k_min: int = 3
@@ -111,8 +116,10 @@ class ModelParams:
     refit_starts: int = 5
     k_criterion: str = "prediction_strength"
     seed: int = 42
+    features: tuple[str, ...] = MODEL_FEATURES
 
     def __post_init__(self) -> None:
+        check_model_features(self.features)
         if self.k_min < 2:
             raise ValueError(f"k_min must be at least 2, got {self.k_min}")
         if self.k_max < self.k_min:
@@ -168,11 +175,11 @@ class ModelDelta:
     recent: np.ndarray
 
 
-def empty_checkpoint() -> dict[str, Any]:
-    """A checkpoint before any learning: no centres, version 0, epoch 0."""
+def empty_checkpoint(features: tuple[str, ...] = MODEL_FEATURES) -> dict[str, Any]:
+    """A checkpoint before any learning on ``features``: no centres, version 0, epoch 0."""
     return {
         "format": CHECKPOINT_FORMAT,
-        "features": list(MODEL_FEATURES),
+        "features": list(features),
         "merges": 0,
         "version": 0,
         "published": None,
@@ -191,14 +198,24 @@ def empty_checkpoint() -> dict[str, Any]:
     }
 
 
-def check(doc: dict[str, Any]) -> dict[str, Any]:
-    """Return ``doc`` if this code can use it, else raise :class:`ModelError` saying why."""
-    if doc.get("format") != CHECKPOINT_FORMAT or list(doc.get("features", [])) != list(
-        MODEL_FEATURES
-    ):
+def check(doc: dict[str, Any], features: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Return ``doc`` if this code can use it (and it clusters on ``features``, when given),
+    else raise :class:`ModelError` saying why."""
+    fresh = "delete the seg:model key (and seg:model:versions) to start a fresh model"
+    stored = tuple(doc.get("features", ()))
+    try:
+        check_model_features(stored)
+    except ValueError:
+        stored = ()
+    if doc.get("format") != CHECKPOINT_FORMAT or not stored:
         raise ModelError(
-            "the model checkpoint in Redis was written for other features or in another "
-            "format; delete the seg:model key (and seg:model:versions) to start a fresh model"
+            f"the model checkpoint in Redis was written for other features or in another "
+            f"format; {fresh}"
+        )
+    if features is not None and stored != tuple(features):
+        raise ModelError(
+            f"the model checkpoint in Redis clusters on {', '.join(stored)}, but "
+            f"SEGMENTER_MODEL_FEATURES asks for {', '.join(features)}; set it back, or {fresh}"
         )
     return doc
 
@@ -302,7 +319,9 @@ def merge(
     >>> doc["ready"], doc["k"], doc["merges"], doc["version"], [e["event"] for e in events]
     (True, 3, 1, 1, ['born', 'born', 'born'])
     """
-    doc = check(dict(doc)) if doc is not None else empty_checkpoint()
+    doc = (
+        check(dict(doc), params.features) if doc is not None else empty_checkpoint(params.features)
+    )
     old_scaler = OnlineScaler.from_dict(doc["scaler"])
     scaler = old_scaler.merged(delta.scaler)
     doc["scaler"] = scaler.to_dict()
@@ -504,7 +523,7 @@ def refit(
     and match them to the old: segment ids whose centres moved less than
     ``match_threshold`` are kept; the rest are born or retired, with merges and splits
     recorded."""
-    doc = check(dict(doc))
+    doc = check(dict(doc), params.features)
     if not doc["ready"]:
         raise ModelError("the model has not been seeded yet; there is nothing to refit")
     if len(snapshot) < params.warmup_users:
@@ -590,7 +609,8 @@ def rollback(
     History is never rewritten: the version number moves on, and ids born since ``old``
     are never given out again (``next_id`` keeps the newer value).
     """
-    current, old = check(dict(current)), check(dict(old))
+    current = check(dict(current))
+    old = check(dict(old), tuple(current["features"]))
     doc = dict(old)
     doc.update(
         merges=int(current["merges"]) + 1,

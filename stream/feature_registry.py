@@ -222,6 +222,10 @@ FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 #: The model's vector, in order.
 MODEL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.model)
+#: The model features a deployment cannot leave out (``SEGMENTER_MODEL_FEATURES``): recency,
+#: frequency and monetary value are what RFM scores, the typical customer and every
+#: segment name are read from.
+RFM_CORE: tuple[str, ...] = ("frequency", "monetary", "days_without_purchase")
 #: What every change message carries, in order; ``events_30d``, ``purchases_30d`` and
 #: ``spend_30d`` first, as the message schema requires them.
 MESSAGE_FEATURES: tuple[str, ...] = (

@@ -66,13 +66,13 @@ class SegmentModel:
         self.unassigned: list[str] = []
         self._recent: deque[np.ndarray] = deque(maxlen=_RECENT_POINTS)
         self._local_reservoir: deque[np.ndarray] = deque(maxlen=self.params.reservoir_size)
-        self.adopt(empty_checkpoint())
+        self.adopt(empty_checkpoint(self.params.features))
 
     # -- the adopted checkpoint -----------------------------------------------------------
 
     def adopt(self, doc: dict[str, Any]) -> None:
         """Make checkpoint ``doc`` the one decisions use, and restart local learning on it."""
-        doc = check(doc)
+        doc = check(doc, self.params.features)
         self.doc = doc
         self.merges = int(doc["merges"])
         self.epoch = int(doc["epoch"])

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-from stream.feature_registry import DAYS_CAP, FEATURES_BY_NAME, MODEL_FEATURES
+from stream.feature_registry import DAYS_CAP, FEATURES_BY_NAME, MODEL_FEATURES, RFM_CORE
 
-__all__ = ["DAYS_CAP", "LOG_FEATURES", "MODEL_FEATURES", "OnlineScaler", "to_human", "to_vector"]
+__all__ = [
+    "DAYS_CAP",
+    "LOG_FEATURES",
+    "MODEL_FEATURES",
+    "OnlineScaler",
+    "check_model_features",
+    "to_human",
+    "to_vector",
+]
 
 _MODEL = [FEATURES_BY_NAME[n] for n in MODEL_FEATURES]
 #: Features that are compressed with log1p before scaling (heavy-tailed counts, money and
@@ -31,12 +40,57 @@ _VAR_FLOOR = 1e-6
 STD_FLOOR = np.array([f.resolution for f in _MODEL])
 
 
-def to_vector(features: Mapping[str, float | None]) -> np.ndarray:
+def check_model_features(used: tuple[str, ...]) -> tuple[str, ...]:
+    """Return ``used`` if it can be the model's features, else raise ``ValueError`` saying why.
+
+    The model's features are a subset of :data:`MODEL_FEATURES`, in its order, holding at
+    least :data:`~stream.feature_registry.RFM_CORE`.
+
+    >>> check_model_features(("frequency", "monetary", "days_without_purchase"))
+    ('frequency', 'monetary', 'days_without_purchase')
+    >>> check_model_features(("frequency", "monetary"))
+    Traceback (most recent call last):
+    ...
+    ValueError: the model's features must include days_without_purchase (RFM needs it)
+    """
+    every = ", ".join(MODEL_FEATURES)
+    unknown = [n for n in used if n not in MODEL_FEATURES]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} cannot be a model feature; choose from {every}")
+    missing = [n for n in RFM_CORE if n not in used]
+    if missing:
+        raise ValueError(f"the model's features must include {', '.join(missing)} (RFM needs it)")
+    if tuple(n for n in MODEL_FEATURES if n in used) != tuple(used):
+        raise ValueError(f"the model's features must be listed once each, in the order {every}")
+    return tuple(used)
+
+
+@lru_cache(maxsize=8)
+def _unused(used: tuple[str, ...]) -> np.ndarray:
+    return np.array([i for i, n in enumerate(MODEL_FEATURES) if n not in used], dtype=np.intp)
+
+
+def to_vector(
+    features: Mapping[str, float | None], used: tuple[str, ...] = MODEL_FEATURES
+) -> np.ndarray:
     """The model-space (capped, log-compressed, unscaled) vector of a user's features.
+
+    Parameters
+    ----------
+    features
+        The user's features by name (:func:`stream.features.compute_features`).
+    used
+        The model features the deployment clusters on (``SEGMENTER_MODEL_FEATURES``). The
+        vector keeps one width whatever this is, so checkpoints and stored state keep one
+        layout; a feature left out is 0 for every user, a constant that weighs nothing in
+        any distance.
 
     >>> v = to_vector({"frequency": 3.0, "days_since_last_event": None})
     >>> float(v[MODEL_FEATURES.index("days_since_last_event")]) == float(np.log1p(DAYS_CAP))
     True
+    >>> rfm_only = ("frequency", "monetary", "days_without_purchase")
+    >>> float(to_vector({"events_30d": 40.0}, rfm_only)[MODEL_FEATURES.index("events_30d")])
+    0.0
     """
     raw = np.empty(len(MODEL_FEATURES))
     for i, name, missing in _MISSING:
@@ -44,6 +98,8 @@ def to_vector(features: Mapping[str, float | None]) -> np.ndarray:
         raw[i] = missing if v is None else v
     np.minimum(raw, _CAPS, out=raw)
     raw[_LOG_MASK] = np.log1p(raw[_LOG_MASK])
+    if used is not MODEL_FEATURES:
+        raw[_unused(used)] = 0.0
     return raw
 
 

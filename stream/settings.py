@@ -20,8 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from stream.checkpoint import ModelParams
 from stream.errors import ConfigError
-from stream.feature_registry import RFM_HORIZONS
+from stream.feature_registry import MODEL_FEATURES, RFM_HORIZONS
 from stream.privacy import MIN_SECRET_BYTES
+from stream.scaling import check_model_features
 from stream.selection import K_CRITERIA
 
 ENV_PREFIX = "SEGMENTER_"
@@ -103,6 +104,8 @@ class Settings:
     # costs about a second: no process tries one sooner than this after its last.
     model_refit_min_interval_s: float = 5.0
     k_criterion: str = "prediction_strength"
+    # Comma-separated model features to cluster on; empty: all of them.
+    model_features: str = ""
     # Event time
     rfm_horizon: str = "365d"
     watermark_lateness_s: float = 300.0
@@ -167,6 +170,10 @@ class Settings:
             raise ConfigError(
                 "k_criterion", f"must be one of {', '.join(K_CRITERIA)}, got {self.k_criterion!r}"
             )
+        try:
+            _ = self.model_feature_names
+        except ValueError as exc:
+            raise ConfigError("model_features", str(exc)) from None
         if self.rfm_horizon not in RFM_HORIZONS:
             raise ConfigError(
                 "rfm_horizon", f"must be one of {', '.join(RFM_HORIZONS)}, got {self.rfm_horizon!r}"
@@ -225,6 +232,24 @@ class Settings:
             return self.n_clusters, self.n_clusters
         return self.k_min, self.k_max
 
+    @property
+    def model_feature_names(self) -> tuple[str, ...]:
+        """The model features clustered on: ``model_features`` in the registry's order, or
+        every model feature when it is empty.
+
+        Raises
+        ------
+        ValueError
+            If a name is not a model feature, or recency, frequency or monetary is missing.
+        """
+        if not self.model_features.strip():
+            return MODEL_FEATURES
+        asked = {n.strip() for n in self.model_features.split(",") if n.strip()}
+        unknown = sorted(asked - set(MODEL_FEATURES))
+        # Any order, any spacing: the registry's order is the vector's.
+        ordered = tuple(n for n in MODEL_FEATURES if n in asked) + tuple(unknown)
+        return check_model_features(ordered)
+
     def model_params(self) -> ModelParams:
         """The model's hyperparameters from these settings."""
         k_min, k_max = self.k_bounds
@@ -241,6 +266,7 @@ class Settings:
             refit_interval_ms=int(self.model_refit_interval_days * 86_400_000),
             k_criterion=self.k_criterion,
             seed=self.seed,
+            features=self.model_feature_names,
         )
 
     def kafka_client_config(self) -> dict[str, str | int | float | bool]:

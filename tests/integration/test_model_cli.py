@@ -89,3 +89,37 @@ def test_history_refit_versions_and_rollback(settings: Settings, rds: redis.Redi
     out = cli(s, "model", "rollback", "99")
     assert out.returncode != 0 and "no model version 99" in out.stderr
     store.close()
+
+
+def test_a_model_on_orders_only_features_refuses_a_process_with_other_features(
+    settings: Settings, rds: redis.Redis
+) -> None:
+    rfm = ("frequency", "monetary", "days_without_purchase")
+    s = settings.replace(
+        n_clusters=2, warmup_users=60, reservoir_size=300, model_features=",".join(rfm)
+    )
+    params = s.model_params()
+    store = RedisStore.from_settings(s)
+    store.share_watermark({"c:0": PartitionClock(T0, 0)})
+    write_users(store, "big", 50)
+    write_users(store, "small", 50)
+    snapshot = store.snapshot(T0, used=params.features)
+    delta = ModelDelta(0, 0, None, None, None, 0, OnlineScaler.empty(D), 0, snapshot[:0])
+    store.commit_model(lambda c: merge(c, delta, snapshot, params, 1000, T0), 10**6, 1000)
+
+    out = cli(s, "model", "refit")
+    assert out.returncode == 0, out.stderr
+    doc = orjson.loads(rds.get(f"{s.redis_prefix}model"))
+    assert doc["features"] == list(rfm) and doc["version"] == 2
+    # k is fixed and the groups did not change: the refit keeps both ids, and says so.
+    assert "refit: every segment kept its id" in out.stdout
+    out = cli(s, "model", "history")
+    assert out.returncode == 0, out.stderr
+    assert "refit: every segment kept its id  (refit" in out.stdout
+
+    # A process with the default features would read those centres as eight-dimensional
+    # ones: it refuses, names the setting and both lists, and changes nothing.
+    out = cli(s.replace(model_features=""), "model", "refit")
+    assert out.returncode != 0
+    assert "SEGMENTER_MODEL_FEATURES" in out.stderr and "clusters on frequency" in out.stderr
+    assert orjson.loads(rds.get(f"{s.redis_prefix}model"))["version"] == 2

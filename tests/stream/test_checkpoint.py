@@ -275,6 +275,52 @@ def test_check_rejects_other_formats_and_features() -> None:
         check({**empty_checkpoint(), "features": ["spend"]})
 
 
+RFM_ONLY = ("frequency", "monetary", "days_without_purchase")
+
+
+def test_a_checkpoint_keeps_the_features_it_clusters_on_and_refuses_others() -> None:
+    params = replace(P, features=RFM_ONLY)
+    pts = points(40)
+    doc, _ = merge(None, warm_delta(pts), pts, params, now_ms=0)
+    assert doc["features"] == list(RFM_ONLY) and doc["ready"]
+    assert check(doc, RFM_ONLY) is doc
+    # Centres learned on three features mean nothing on eight: the operator is told both
+    # lists, and what to do.
+    with pytest.raises(ModelError, match=r"clusters on frequency.*SEGMENTER_MODEL_FEATURES"):
+        merge(doc, warm_delta(pts), pts, P, now_ms=1)
+    with pytest.raises(ModelError, match="SEGMENTER_MODEL_FEATURES"):
+        SegmentModel(P).adopt(doc)
+    with pytest.raises(ModelError, match="SEGMENTER_MODEL_FEATURES"):
+        rollback(seeded(), doc, now_ms=2)
+
+
+def test_features_left_out_of_the_model_do_not_split_segments() -> None:
+    # Two groups of users who differ only in their activity over 30 days, and two RFM
+    # groups that cut across them: on RFM alone, the segments are the RFM groups.
+    rng = np.random.default_rng(3)
+    feats = []
+    for i in range(400):
+        buyer = i % 2 == 0
+        feats.append(
+            {
+                "events_30d": 400.0 if i % 4 < 2 else 2.0,
+                "frequency": 12.0 if buyer else 1.0,
+                "monetary": (900.0 if buyer else 20.0) * rng.uniform(0.8, 1.2),
+                "days_without_purchase": 2.0 if buyer else 120.0,
+            }
+        )
+    params = replace(P, k_min=2, k_max=2, features=RFM_ONLY)
+    raw = np.stack([to_vector(f, RFM_ONLY) for f in feats])
+    assert (raw[:, MODEL_FEATURES.index("events_30d")] == 0.0).all()
+    doc, _ = merge(None, warm_delta(raw), raw, params, now_ms=0)
+    m = SegmentModel(params)
+    m.adopt(doc)
+    nearest = m.distances(m.scale(raw)).argmin(axis=1)
+    buyers = np.arange(len(feats)) % 2 == 0
+    assert len(set(nearest[buyers])) == 1 and len(set(nearest[~buyers])) == 1
+    assert nearest[buyers][0] != nearest[~buyers][0]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from stream.scaling import DAYS_CAP, LOG_FEATURES, MODEL_FEATURES, OnlineScaler, to_human, to_vector
+from stream.scaling import (
+    DAYS_CAP,
+    LOG_FEATURES,
+    MODEL_FEATURES,
+    OnlineScaler,
+    check_model_features,
+    to_human,
+    to_vector,
+)
 
 HUMAN: dict[str, float | None] = {
     "events_30d": 41.0,
@@ -187,3 +195,26 @@ def test_to_human_clips_impossible_values() -> None:
     above = v.copy()
     above[MODEL_FEATURES.index("conversion_rate_365d")] = 1.7
     assert to_human(above)["conversion_rate_365d"] == 1.0
+
+
+def test_a_feature_the_model_does_not_use_is_zero_for_everyone() -> None:
+    rfm = ("frequency", "monetary", "days_without_purchase")
+    full = to_vector({"events_30d": 40.0, "frequency": 3.0, "tenure_days": 30.0})
+    narrow = to_vector({"events_30d": 40.0, "frequency": 3.0, "tenure_days": 30.0}, rfm)
+    used = [MODEL_FEATURES.index(n) for n in rfm]
+    assert narrow[used].tolist() == full[used].tolist()
+    assert narrow[[i for i in range(len(MODEL_FEATURES)) if i not in used]].tolist() == [0.0] * 5
+
+
+@pytest.mark.parametrize(
+    ("used", "says"),
+    [
+        (("frequency", "days_without_purchase"), "must include monetary"),
+        (("frequency", "monetary", "days_without_purchase", "spend_30d"), "spend_30d cannot"),
+        (("monetary", "frequency", "days_without_purchase"), "in the order"),
+        (("frequency", "frequency", "monetary", "days_without_purchase"), "once each"),
+    ],
+)
+def test_model_features_are_checked(used: tuple[str, ...], says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        check_model_features(used)

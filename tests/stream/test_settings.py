@@ -7,6 +7,7 @@ from dataclasses import fields
 import pytest
 
 from stream.errors import ConfigError
+from stream.scaling import MODEL_FEATURES
 from stream.settings import Settings, load_settings
 
 DEFAULTS = {
@@ -404,3 +405,21 @@ def test_refits_may_be_turned_off() -> None:
     )
     p = s.model_params()
     assert (p.refit_updates, p.refit_interval_ms) == (0, 0)
+
+
+def test_model_features_default_to_all_and_may_be_narrowed_in_any_order() -> None:
+    assert Settings().model_params().features == MODEL_FEATURES
+    s = load_settings({"SEGMENTER_MODEL_FEATURES": " monetary,days_without_purchase , frequency"})
+    assert s.model_params().features == ("frequency", "monetary", "days_without_purchase")
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("frequency,monetary", "must include days_without_purchase"),
+        ("frequency,monetary,days_without_purchase,spend_30d", "spend_30d cannot be"),
+    ],
+)
+def test_a_bad_model_feature_list_names_the_key(value: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=f"SEGMENTER_MODEL_FEATURES: .*{says}"):
+        load_settings({"SEGMENTER_MODEL_FEATURES": value})
