@@ -18,10 +18,9 @@ from pathlib import Path
 from threading import Event as StopFlag
 from typing import Any
 
+from consumers.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK
 from stream.errors import ConfigError, ModelError, SegmenterError
 from stream.settings import CONFIG_FILE_VAR, Settings, load_settings
-
-EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_NOT_FOUND = 0, 1, 2, 3
 
 
 def build_settings(config: str | None) -> Settings:

@@ -44,7 +44,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 from consumers import topics
-from consumers.cli import EXIT_CONFIG, EXIT_OK
+from consumers.exit_codes import EXIT_CONFIG, EXIT_OK
 from consumers.producer import Deliveries, DeliveryError, event_producer_config, input_topic, send
 from stream.errors import SegmenterError
 from stream.settings import Settings

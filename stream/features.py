@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stream.events import EVENT_TYPES, TYPE_INDEX, Event
 from stream.feature_registry import (
@@ -32,9 +32,7 @@ from stream.feature_registry import (
     WEEK_MS,
     WINDOWS,
 )
-
-if TYPE_CHECKING:
-    from stream.stored_change import StoredChange
+from stream.stored_change import StoredChange
 
 __all__ = ["DAY_MS", "FEATURE_NAMES", "HOUR_MS", "MINUTE_MS", "PERIOD_MS", "WEEK_MS"]
 
@@ -176,8 +174,6 @@ class UserState:
 
 
 def _stored_change(lc: dict[str, Any] | None) -> StoredChange | None:
-    from stream.stored_change import StoredChange  # it builds on this module
-
     return None if lc is None else StoredChange.from_json(lc["pos"], lc["offset"], lc["value"])
 
 
