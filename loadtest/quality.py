@@ -477,10 +477,10 @@ def run_real(stack: Stack, seed: int, workdir: Path) -> dict[str, Any]:
     # only in its first months, and would have no orders over the last year).
     #
     # And on recency, orders and spend alone, as a shop whose events are orders only is
-    # told to run (README, "A shop that sends orders only"): with no views, carts or
-    # categories, days since the last event is the recency again, conversion over a year
-    # a flag of "ordered this year", and activity in 30 days the orders in 30 days, so the
-    # full vector would weigh recency four times.
+    # told to run (docs/how-it-works.md, "A shop that sends orders only"): with no views,
+    # carts or categories, days since the last event is the recency again, conversion over
+    # a year a flag of "ordered this year", and activity in 30 days the orders in 30 days,
+    # so the full vector would weigh recency four times.
     s = run_settings(stack, tag).replace(rfm_horizon="lifetime", model_features=ORDERS_ONLY)
     stack.create_inputs(s, PARTITIONS)
     _log(f"{tag}: segmenter replay of {n_events:,} events")

@@ -202,7 +202,8 @@ class Settings:
             raise ConfigError("metrics_port", f"must be a TCP port, got {self.metrics_port}")
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(
-                "redis_url", "must start with redis://, rediss:// or unix:// (see README)"
+                "redis_url",
+                "must start with redis://, rediss:// or unix:// (see docs/configuration.md)",
             )
         _check_redis_security(self)
         _check_pseudonymisation(self)
@@ -467,7 +468,7 @@ def load_settings(
                 values[name] = _read_secret(key, raw, read_file)
                 continue
             if key not in known:
-                raise ConfigError(key, "is not a known setting (see README, Configuration)")
+                raise ConfigError(key, "is not a known setting (see docs/configuration.md)")
             values[key] = _coerce(key, raw, known[key])
     for var, raw in env.items():
         if not var.startswith(ENV_PREFIX) or var == CONFIG_FILE_VAR:
@@ -484,7 +485,7 @@ def load_settings(
             values[secret_files[name]] = _read_secret(var, raw, read_file)
             continue
         if name not in known:
-            raise ConfigError(var, "is not a known setting (see README, Configuration)")
+            raise ConfigError(var, "is not a known setting (see docs/configuration.md)")
         values[name] = _coerce(var, raw, known[name])
     try:
         return Settings(**values, extra=extra)

@@ -30,7 +30,7 @@ from tests.integration.shoppers import make_events
 pytestmark = pytest.mark.integration
 
 SECRET = "integration-test-secret-32-bytes"
-#: The Redis commands the segmenter needs (README.md, Security).
+#: The Redis commands the segmenter needs (docs/security.md).
 SEGMENTER_ACL = (
     "+@read +@write +@transaction +@connection -@dangerous +eval +evalsha +script|load +config|get"
 )
@@ -312,7 +312,7 @@ def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server
     tls_port = servers.free_port()
     tls = f"--tls-port {tls_port} --tls-cert-file {d}/srv.crt --tls-key-file {d}/srv.key "
     tls += f"--tls-ca-cert-file {d}/ca.crt --tls-auth-clients no"
-    # The least privileges README.md (Security) documents; one option's values as words.
+    # The least privileges docs/security.md documents; one option's values as words.
     acl = f"--user segmenter on >tls-user-password ~* resetchannels -@all {SEGMENTER_ACL}"
     server = servers.start_redis(d, extra_args=(*tls.split(), *acl.split()))
     yield server, tls_port, d / "ca.crt"
