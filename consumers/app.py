@@ -1,27 +1,15 @@
-"""The segmenter process: consume, decide, publish, write, commit.
+"""The segmenter process: the loop that consumes, decides, publishes, writes and commits.
 
-One loop turn is one micro-batch, in this order:
+One loop turn is one micro-batch:
 
 1. consume up to ``batch_max_events`` messages (or what arrives within ``batch_timeout_s``);
 2. decode each; bad ones become dead letters (values, never exceptions);
-3. begin a Kafka transaction;
-4. read the batch's users' states from Redis (one round trip);
-5. :func:`stream.batch.process_batch`: features, scaling, K-Means, hysteresis, changes;
-6. produce dead letters and segment changes (and republish changes whose commit is in
-   doubt);
-7. write user states with the input offsets that produced them, fenced by those offsets,
-   then the membership moves (two round trips);
-8. send the input offsets to the transaction and commit it.
-
-Between batches, every ``model_sync_interval_s``, the process merges what its model
-learned into the shared checkpoint in Redis and adopts the result
-(:mod:`stream.checkpoint`): all processes decide with the same centres and segment ids.
-
-A crash or failure anywhere before 8 leaves nothing visible to ``read_committed`` readers
-and nothing committed: the batch is consumed again, users already written skip the
-events they applied, and changes triggered by those events are republished as stored.
-Without transactions (``transactional=false``, for brokers without them) step 8 becomes a
-producer flush before 7 and a consumer commit after it.
+3. move the group's event-time clock (:class:`stream.watermark.Watermark`);
+4. run the batch in one transaction (:mod:`consumers.transaction`, which writes its
+   order of steps down once: decide, produce, write to Redis, commit offsets);
+5. housekeeping between batches: share the watermark, sync the model
+   (:mod:`consumers.model_sync`), decide queued users, sweep users whose timers came due
+   (each in a transaction of its own), refresh the segment catalogue.
 """
 
 from __future__ import annotations
@@ -29,49 +17,34 @@ from __future__ import annotations
 import calendar
 import contextlib
 import logging
-import math
-import random
-import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from threading import Event as StopFlag
 from typing import Any
 
-import numpy as np
 import orjson
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from consumers import topics
 from consumers.http import Health, serve
 from consumers.metrics import Metrics
+from consumers.model_sync import ModelSync
+from consumers.transaction import BatchTransaction
+from consumers.wiring import Wiring
 from state.redis_store import RedisStore
-from stream.batch import BatchResult, Clock, SegmentNames, partition_of, process_batch
-from stream.checkpoint import merge, refit_due, retired_ids
-from stream.errors import BrokerError, ModelError, RedisError, SegmenterError
+from stream.batch import BatchResult, SegmentNames
+from stream.errors import RedisError, SegmenterError
 from stream.events import ADVICE, DeadLetter, Event, Limits, decode, dominant_reason
-from stream.feature_registry import DAY_MS
 from stream.model import SegmentModel
-from stream.naming import profiles
 from stream.privacy import user_id_mapper
-from stream.reassessment import QueueEntry
-from stream.selection import silhouette
 from stream.settings import Settings
 from stream.watermark import Watermark
 
 log = logging.getLogger("segmenter")
 
 _E2E_SAMPLES = 100
-#: Sampled users the live silhouette gauge is computed on (it is quadratic).
-_QUALITY_SAMPLE = 1000
 #: At shutdown, how long queued users may take to get their segment.
 _DRAIN_S = 20.0
 
@@ -111,32 +84,13 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def transactional_id(settings: Settings) -> str:
-    """Stable across restarts of one process slot, so a restart fences its predecessor."""
-    instance = settings.instance_id or f"{socket.gethostname()}-{settings.metrics_port}"
-    return f"segmenter-{settings.group_id}-{instance}"
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    txn: dict[str, Any] = {}
-    if settings.transactional:
-        txn = {
-            "transactional.id": transactional_id(settings),
-            "transaction.timeout.ms": 15000,
-        }
-    return {
-        **txn,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
-        "compression.type": "lz4",
-        "queue.buffering.max.messages": 1_000_000,
-        **settings.kafka_client_config(),
-    }
-
-
 class Segmenter:
-    """One member of the consumer group, wired to Redis, the producer and metrics."""
+    """One member of the consumer group, wired to Redis, the producer and metrics.
+
+    The loop (:meth:`run`) and what it does between batches are here; a batch's commit
+    protocol is :class:`~consumers.transaction.BatchTransaction` (``self.txn``), the model's
+    sync and the catalogue :class:`~consumers.model_sync.ModelSync` (``self.sync``).
+    """
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
@@ -159,36 +113,23 @@ class Segmenter:
         self.watermark = Watermark(
             int(settings.watermark_lateness_s * 1000), int(settings.watermark_idle_s * 1000)
         )
+        self.stats = RunStats()
+        wiring = Wiring(settings, self.store, self.metrics, self.model, self.names, self.watermark)
+        self.txn = BatchTransaction(wiring)
+        self.sync = ModelSync(
+            wiring,
+            sample_size=lambda: self.txn.sample_size,
+            activity=lambda: (self.stats.last_batch_at, self.stats.moves, self.stats.users_updated),
+        )
         self._last_watermark_sync = 0.0
-        self._sample_rng = random.Random(settings.seed)
-        self._sample_size = 0
-        self._last_refit_wall = 0.0
-        #: Whether every user of this process's partitions is to be re-decided (the
-        #: segments changed).
-        self._resweep = False
         #: The watermark at which the sweep last found nobody due (-1: look again).
         self._nothing_due_at = -1
-        self.stats = RunStats()
-        self._delivery_errors: list[str] = []
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
-        self._last_catalogue = 0.0
-        self._last_sync = time.monotonic()
-        self._reassess_pending = False
-        #: Retired segments whose members are still to be queued, and the retiring version.
-        self._to_queue: dict[int, int] = {}
-        self._moves_at_refresh = (0, 0)
-        self._failures = 0
         #: Dead-letter reasons already reported as covering most of a batch.
         self._reasons_said: set[str] = set()
-        # Input positions ("topic:partition") -> offset below which this process has
-        # committed their batches; stored changes triggered below it are delivered.
-        self._committed: dict[str, int] = {}
         #: Assigned input positions with a backlog, and the offset it ends at.
         self._backlog_ends: dict[str, int] = {}
         self._stop = StopFlag()
-        self._renew_producer = False
-        self._last_kafka_error: int | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -205,56 +146,25 @@ class Segmenter:
         created = topics.ensure_output_topics(admin, counts, s, partitions)
         if created:
             log.info("created output topics: %s", ", ".join(created))
-        self._sample_size = self.store.sample_size()
-        checkpoint = self.store.load_model()
-        if checkpoint is not None:
-            self.model.adopt(checkpoint)
-            self.names.refresh(self.model)
-            self._reassess_pending = self.model.ready
-            log.info(
-                "adopted model version %d (%d segments)", self.model.version, self.model.n_clusters
-            )
-        self._model_gauges()
-        self._producer = self._new_producer()
+        self.txn.sample_size = self.store.sample_size()
+        self.sync.restore()
+        self.txn.start()
         self._consumer = Consumer(
             {
                 **consumer_config(s),
                 # The end of a partition ends its backlog (see _past_ends).
                 "enable.partition.eof": True,
                 "stats_cb": self._on_stats,
-                "error_cb": self._on_kafka_error,
+                "error_cb": self.txn.on_kafka_error,
             }
         )
+        self.txn.consumer = self._consumer
         self._consumer.subscribe(
             [s.clicks_topic, s.purchases_topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
         )
         self.health.started = True
-
-    def _on_kafka_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
-            # After the brokers come back, a transactional producer can keep a stale
-            # group coordinator and block in send_offsets_to_transaction past its timeout
-            # (librdkafka issues 5456 and 5511): start a fresh producer before the next
-            # batch. Its init_transactions fences the old one.
-            self._renew_producer = True
-        if err.code() != self._last_kafka_error:
-            log.warning("kafka: %s", err.str())
-        self._last_kafka_error = err.code()
-
-    def _new_producer(self) -> Producer:
-        producer = Producer({**producer_config(self.settings), "error_cb": self._on_kafka_error})
-        if self.settings.transactional:
-            try:
-                # Aborts whatever a previous incarnation with this id left open.
-                producer.init_transactions(30)
-            except KafkaException as exc:
-                raise BrokerError(
-                    f"could not start Kafka transactions ({exc.args[0].str()}); a broker "
-                    "without transaction support needs SEGMENTER_TRANSACTIONAL=false"
-                ) from None
-        return producer
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         self.metrics.assigned_partitions.set(len(parts))
@@ -296,11 +206,9 @@ class Segmenter:
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         # Batches are committed before the next poll, so nothing is in flight to drop.
         self.metrics.assigned_partitions.set(0)
+        self.txn.forget(parts)
         for tp in parts:
-            self._committed.pop(f"{tp.topic}:{tp.partition}", None)
             self._backlog_ends.pop(f"{tp.topic}:{tp.partition}", None)
-            # The next owner moves the partition's mark on: read it again if it comes back.
-            self._committed.pop(self._mark(tp.partition), None)
             with contextlib.suppress(KeyError):
                 self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         log.info("revoked %s", _fmt_parts(parts))
@@ -324,6 +232,8 @@ class Segmenter:
 
     # -- the loop -------------------------------------------------------------------------
 
+    # -- the loop -------------------------------------------------------------------------
+
     def run(self, stop: StopFlag, idle_exit_s: float | None = None) -> RunStats:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
         assert self._consumer is not None, "call start() first"
@@ -339,17 +249,17 @@ class Segmenter:
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
             self._housekeeping()
-        self.sync_model(final=True)
+        self.sync.sync(final=True)
         # Users queued for a segment (warm-up, retired segments) get it before exit, and
         # so do stragglers the catalogue finds in retired segments (moved there by a
         # process on an older version, after the members were listed).
-        self.refresh_catalogue()
-        self._queue_retired()
-        self._reassess_pending = self.model.ready
+        self.sync.refresh_catalogue()
+        self.sync.queue_retired()
+        self.sync.reassess_pending = self.model.ready
         deadline = time.monotonic() + _DRAIN_S
-        while self._reassess_pending and self.model.ready and time.monotonic() < deadline:
+        while self.sync.reassess_pending and self.model.ready and time.monotonic() < deadline:
             self.reassess_users()
-        self.refresh_catalogue()
+        self.sync.refresh_catalogue()
         return self.stats
 
     def _past_ends(self, msgs: list[Message]) -> list[Message]:
@@ -369,8 +279,8 @@ class Segmenter:
 
         If any step fails (Redis or the broker away, a delivery refused, a transaction
         fenced), nothing is committed: the transaction is aborted, the consumer is rewound
-        to the batch's first offsets, and the batch is consumed again after a backoff.
-        Replaying is safe, so recovery needs no special path.
+        to the batch's first offsets, and the batch is consumed again after a backoff
+        (:mod:`consumers.transaction`). Replaying is safe, so recovery needs no special path.
         """
         msgs = self._past_ends(msgs)
         started = time.monotonic()
@@ -414,11 +324,10 @@ class Segmenter:
             # id), before anything is read, stored or published.
             by_user = {self._stored_id(u): evs for u, evs in by_user.items()}
         try:
-            result = self._apply(by_user, dead, last, now_ms)
+            result = self.txn.run(by_user, dead, last, now_ms)
         except (SegmenterError, KafkaException) as exc:
-            self._recover(exc, first)
+            self.txn.recover(exc, first, self._stop)
             return BatchResult()
-        self._failures = 0
         self._record(msgs, dead, result, started)
         return result
 
@@ -440,191 +349,6 @@ class Segmenter:
             example,
             ADVICE.get(reason, "see the dead letters' detail header"),
         )
-
-    def _apply(
-        self,
-        by_user: dict[str, list[Event]],
-        dead: list[DeadLetter],
-        last: dict[tuple[str, int], int],
-        now_ms: int,
-        reassess: dict[str, QueueEntry] | None = None,
-        sweep: dict[str, int] | None = None,
-    ) -> BatchResult:
-        """One batch in one transaction: read, decide, publish, write, commit offsets; then
-        what the commit settles (queue entries, timers, the user sample)."""
-        assert self._producer is not None and self._consumer is not None
-        if self._renew_producer:
-            self._renew_producer = False
-            self._producer = self._new_producer()
-            log.info("brokers were all down: started a fresh producer")
-        txn = self.settings.transactional
-        if txn:
-            self._producer.begin_transaction()
-        states = self.store.load_states([*by_user, *(reassess or {}), *(sweep or {})])
-        # Changes made without an event are stored at a mark; whether their transaction
-        # committed is the group's committed mark (known for every owned partition).
-        self._load_marks({partition_of(st) for st in states.values() if st and st.offsets})
-        marks: dict[str, tuple[str, int]] = {}
-        for u in (*(reassess or {}), *(sweep or {})):
-            st = states.get(u)
-            if st is not None and st.offsets:
-                pos = self._mark(partition_of(st))
-                marks[u] = (pos, self._committed[pos])
-        for pos, seq in set(marks.values()):
-            # Committed with the batch: the group's mark moves past every change it made.
-            last[(self.settings.marks_topic, int(pos.rpartition(":")[2]))] = seq
-        clock = Clock(self.watermark.value, self.settings.rfm_horizon)
-        result = process_batch(
-            by_user,
-            states,
-            self.model,
-            self.names,
-            self.settings.hysteresis_margin,
-            self.settings.dedupe_window,
-            now_ms,
-            reassess=list(reassess or {}),
-            queued=reassess,
-            committed=self._committed,
-            clock=clock,
-            sweep=list(sweep or {}),
-            timers=sweep,
-            marks=marks,
-            mark_topic=self.settings.marks_topic,
-        )
-        self._publish(dead, result)
-        if self.model.unassigned:
-            # Queued with the batch, before its offsets commit: a crash cannot lose them.
-            self.store.queue(self.model.unassigned, self.model.version)
-            self.model.unassigned = []
-        if not txn:
-            self._flush()
-        written = self.store.write_updates(
-            result.updates, self.model.version, now_ms, clock.watermark_ms
-        )
-        if written.fenced:
-            self.metrics.fenced_writes.inc(written.fenced)
-            log.warning("%d user writes fenced off: newer state exists", written.fenced)
-        offsets = [TopicPartition(t, p, off + 1) for (t, p), off in last.items()]
-        if txn:
-            if offsets:
-                self._producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), 30
-                )
-            self._producer.commit_transaction(60)
-            if self._delivery_errors:
-                raise BrokerError(f"delivery failed: {'; '.join(self._delivery_errors[:3])}")
-        elif offsets:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        for tp in offsets:
-            self._committed[f"{tp.topic}:{tp.partition}"] = tp.offset
-        # Committed: queue entries whose users were decided leave the queue, and those whose
-        # in-doubt assignment went out again get a fresh token; timers move on to each
-        # user's next due time. (A crash right here leaves them as they were: a change made
-        # without an event would be published once more.)
-        fenced = written.fenced_users
-        self.store.settle({u: v for u, v in result.settle.items() if u not in fenced})
-        self.store.set_timers({u: v for u, v in result.timers.items() if u not in fenced})
-        new_users = [u for u in by_user if states.get(u) is None and u not in fenced]
-        if new_users:
-            self._sample_size = self.store.sample_users(
-                new_users, self.settings.reservoir_size, self._sample_rng
-            )
-        self.metrics.republished_changes.inc(result.republished)
-        return result
-
-    def _mark(self, partition: int) -> str:
-        """The mark position of an input partition (see :func:`stream.batch.process_batch`)."""
-        return f"{self.settings.marks_topic}:{partition}"
-
-    def _load_marks(self, partitions: set[int]) -> None:
-        """Read the group's committed marks of ``partitions`` this process does not know."""
-        assert self._consumer is not None
-        missing = [p for p in partitions if self._mark(p) not in self._committed]
-        if not missing:
-            return
-        topic = self.settings.marks_topic
-        try:
-            got = self._consumer.committed([TopicPartition(topic, p) for p in missing], 10)
-        except KafkaException as exc:
-            raise BrokerError(f"could not read the committed marks ({exc.args[0].str()})") from None
-        for tp in got:
-            self._committed[self._mark(tp.partition)] = max(tp.offset, 0)
-
-    def _recover(self, exc: Exception, first: dict[tuple[str, int], int]) -> None:
-        """Abort what the failed batch started, rewind, and back off before retrying."""
-        assert self._producer is not None and self._consumer is not None
-        self._failures += 1
-        self.metrics.batch_failures.inc()
-        if isinstance(exc, RedisError):
-            self.metrics.redis_errors.inc()
-        if self.settings.transactional:
-            try:
-                self._producer.abort_transaction(30)
-            except KafkaException as abort_exc:
-                if abort_exc.args[0].fatal():
-                    raise BrokerError(
-                        f"the producer was fenced or failed fatally ({abort_exc.args[0].str()}):"
-                        " another process took over this transactional id; exiting"
-                    ) from None
-        for (topic, part), off in first.items():
-            with contextlib.suppress(KafkaException):
-                self._consumer.seek(TopicPartition(topic, part, off))
-        delay = min(0.2 * 2 ** (self._failures - 1), 5.0)
-        log.warning("batch not committed (%s); replaying it in %.1fs", exc, delay)
-        self._stop.wait(delay)
-
-    def _publish(self, dead: list[DeadLetter], result: BatchResult) -> None:
-        s = self.settings
-        self._delivery_errors.clear()
-        for d in dead:
-            headers: list[tuple[str, str | bytes | None]] = [
-                ("reason", d.reason.encode()),
-                ("detail", d.detail.encode()),
-                ("source_topic", d.topic.encode()),
-                ("source_partition", str(d.partition).encode()),
-                ("source_offset", str(d.offset).encode()),
-            ]
-            self._produce(s.deadletter_topic, d.key, d.value, headers)
-        for u in result.updates:
-            key = u.user_id.encode()
-            if u.republish is not None:
-                cid = orjson.loads(u.republish)["change_id"]
-                self._produce(s.changes_topic, key, u.republish, [("change_id", cid)])
-                self._produce(s.current_topic, key, u.republish, [("change_id", cid)])
-            if u.change is not None:
-                value = u.change.to_json()
-                headers = [("change_id", u.change.change_id)]
-                self._produce(s.changes_topic, key, value, headers)
-                self._produce(s.current_topic, key, value, headers)
-
-    def _flush(self) -> None:
-        assert self._producer is not None
-        remaining = self._producer.flush(60)
-        if remaining or self._delivery_errors:
-            raise BrokerError(
-                f"{remaining} messages undelivered after 60s and {len(self._delivery_errors)} "
-                f"failed ({'; '.join(self._delivery_errors[:3])})"
-            )
-
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, str | bytes | None]],
-    ) -> None:
-        assert self._producer is not None
-        while True:
-            try:
-                self._producer.produce(topic, value, key, headers=headers, on_delivery=self._on_dr)
-                return
-            except BufferError:
-                self._producer.poll(0.05)
-
-    def _on_dr(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._delivery_errors.append(f"{msg.topic()}: {err.str()}")
-            self.metrics.produce_errors.labels(msg.topic()).inc()
 
     def _record(
         self, msgs: list[Message], dead: list[DeadLetter], result: BatchResult, started: float
@@ -665,194 +389,29 @@ class Segmenter:
         st.batches += 1
         st.last_batch_at = time.monotonic()
 
-    # -- periodic work ---------------------------------------------------------------------
+    # -- between batches -----------------------------------------------------------------
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
-        # Until the warm start, sync after every batch: the sooner the user sample is
-        # full, the sooner users get segments.
-        # After it, sync every model_sync_interval_s, or sooner when this process has learned
-        # from model_sync_updates users (a backlog moves through days of event time fast).
-        s = self.settings
-        warming = not self.model.ready and self.model.dirty
-        if (
-            warming
-            or self.model.observed >= s.model_sync_updates
-            or now - self._last_sync >= s.model_sync_interval_s
-        ):
-            self.sync_model()
+        s, sync = self.settings, self.sync
+        if sync.due(now):
+            sync.sync()
         if now - self._last_watermark_sync >= s.watermark_sync_interval_s:
             self.sync_watermark()
-        if self._caught_up(now):
-            self._last_refit_wall = now  # one try per interval, even if Redis is away
-            self.sync_model(caught_up=True)
-        self._queue_retired()
-        if self._reassess_pending and self.model.ready:
+        if sync.caught_up(now):
+            sync.refit_tried(now)
+            sync.sync(caught_up=True)
+        sync.queue_retired()
+        if sync.reassess_pending and self.model.ready:
             self.reassess_users()
         if self.model.ready:
-            if self._resweep:
+            if sync.resweep:
                 self._make_all_due()
             self.sweep_timers()
-        if now - self._last_catalogue >= self.settings.catalogue_interval_s:
-            self.refresh_catalogue()
+        if now - sync.last_catalogue >= s.catalogue_interval_s:
+            sync.refresh_catalogue()
             # Queued users whose partitions came to this process in a rebalance.
-            self._reassess_pending = self.model.ready
-
-    def sync_model(self, caught_up: bool = False, final: bool = False) -> None:
-        """Merge what this process learned into the shared model, and adopt the result.
-
-        The merge runs under a version fence (:meth:`RedisStore.commit_model`), so when
-        several processes sync at once each merge sees the others' and none is lost. A
-        process with nothing new only adopts a newer version if there is one. If Redis is
-        away the local learning is kept and merged at the next sync.
-
-        ``caught_up``: the input is idle and the watermark moved a day or more since the
-        last fit: refit now (if it lowers the inertia), so a backlog just drained, or a
-        quiet night, ends on centres fitted to the users as they are now.
-
-        ``final``: the process is stopping; it merges its learning but changes no segment
-        (no re-seed, no refit), as it could no longer move the members of one it retired.
-        """
-        self._last_sync = time.monotonic()
-        model, s = self.model, self.settings
-        now_ms = int(time.time() * 1000)
-        try:
-            if not model.dirty and not caught_up:
-                doc = self.store.load_model()
-                if doc is not None and int(doc["merges"]) != model.merges:
-                    self._adopt(doc, [])
-                return
-            delta = model.delta()
-            params = model.params
-            wm = self.watermark.value
-            refit_allowed = (
-                caught_up
-                or time.monotonic() - self._last_refit_wall >= s.model_refit_min_interval_s
-            )
-            tried = {"refit": False}  # whether the build that was committed tried a refit
-
-            def build(
-                current: dict[str, Any] | None,
-            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-                seeding = (current is None or not current["ready"]) and (
-                    self._sample_size >= params.warmup_users
-                )
-                refit = (
-                    not final
-                    and refit_allowed
-                    and (caught_up or refit_due(current, params, delta.updates, wm))
-                )
-                snapshot = (
-                    self.store.snapshot(wm, s.rfm_horizon, used=params.features)
-                    if seeding or refit
-                    else None
-                )
-                tried["refit"] = refit
-                if refit:
-                    self._last_refit_wall = time.monotonic()
-                return merge(
-                    current,
-                    delta,
-                    snapshot,
-                    params,
-                    now_ms,
-                    wm,
-                    refit=caught_up,
-                    structural=not final,
-                )
-
-            doc, events = self.store.commit_model(
-                build, int(s.checkpoint_interval_s * 1000), now_ms
-            )
-        except (RedisError, ModelError) as exc:
-            self.metrics.model_syncs.labels("failed").inc()
-            if isinstance(exc, RedisError):
-                self.metrics.redis_errors.inc()
-            log.warning("model not synced: %s", exc)
-            return
-        self.metrics.model_syncs.labels("merged").inc()
-        if tried["refit"]:
-            kept = any("refit" in str(e.get("cause", "")) for e in events)
-            self.metrics.refits.labels("kept" if kept else "not_kept").inc()
-        self._adopt(doc, events)
-
-    def _adopt(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
-        before = self.model.centres() if self.model.ready else None
-        ids = list(self.model.ids)
-        was_ready, version, epoch = self.model.ready, self.model.version, self.model.epoch
-        self.model.adopt(doc)
-        if was_ready and self.model.ready and self.model.epoch != epoch:
-            # The segments themselves changed (a refit, a re-seed, a rollback): every user
-            # is re-decided by the sweep, not only those who send an event.
-            self._resweep = True
-        if before is not None and ids == self.model.ids:
-            drift = float(np.sqrt(((self.model.centres() - before) ** 2).sum(axis=1)).max())
-            self.metrics.model_sync_drift.set(drift)
-        for e in events:
-            self.metrics.lineage_events.labels(str(e["event"])).inc()
-            log.info(
-                "segment %s %s (%s)",
-                e.get("segment"),
-                e["event"],
-                ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("event", "segment")),
-            )
-        # Every process queues the members of the segments its adoption retires, not only
-        # the one whose merge retired them: users this process moved into such a segment
-        # while it still had it joined its members after the retiring process listed them.
-        retired = sorted(set(ids) - set(self.model.ids)) if was_ready else []
-        retired = sorted({*retired, *retired_ids(events)})
-        for seg in retired:
-            self._to_queue[seg] = self.model.version
-        self._queue_retired()
-        if self.model.ready and self.model.version != version:
-            # Entries left for a newer version than the one this process had are due now.
-            self._reassess_pending = True
-        if self.model.ready and (not was_ready or ids != self.model.ids):
-            if not was_ready:
-                log.info("model seeded: %s", (doc.get("k_choice") or {}).get("reason", ""))
-            self.refresh_catalogue()
-        self._model_gauges()
-
-    def _queue_retired(self) -> None:
-        """Queue the members of retired segments; what Redis refuses is tried again later."""
-        if not self._to_queue:
-            return
-        segments = sorted(self._to_queue)
-        version = max(self._to_queue.values())
-        try:
-            n = self.store.queue_members(segments, version)
-        except RedisError as exc:
-            self.metrics.redis_errors.inc()
-            log.warning("members of retired segments %s not queued yet: %s", segments, exc)
-            return
-        self._to_queue.clear()
-        self._reassess_pending = True
-        log.info(
-            "segments %s retired at model version %d: %d more members queued to move",
-            segments,
-            version,
-            n,
-        )
-
-    def _model_gauges(self) -> None:
-        m = self.metrics
-        m.model_version.set(self.model.version)
-        m.model_epoch.set(self.model.epoch)
-        m.model_ready.set(1 if self.model.ready else 0)
-        m.model_segments.set(self.model.n_clusters)
-
-    def _caught_up(self, now: float) -> bool:
-        """Whether the input has been idle a while and the watermark moved a day or more
-        past the last fit (see :meth:`sync_model`)."""
-        s, model = self.settings, self.model
-        last = self.stats.last_batch_at
-        return (
-            model.ready
-            and last is not None
-            and now - last >= 2 * s.model_sync_interval_s
-            and now - self._last_refit_wall >= s.model_refit_min_interval_s
-            and self.watermark.value - int(model.doc.get("fitted_at_event_ms", 0)) >= DAY_MS
-        )
+            sync.reassess_pending = self.model.ready
 
     def sync_watermark(self) -> None:
         """Share this process's partition clocks through Redis and take the others'."""
@@ -885,7 +444,7 @@ class Segmenter:
             self.metrics.redis_errors.inc()
             log.warning("users not yet brought forward for the new segments: %s", exc)
             return
-        self._resweep = False
+        self.sync.resweep = False
         self._nothing_due_at = -1
         log.info(
             "model version %d changed the segments: %d users due for a new look",
@@ -914,11 +473,11 @@ class Segmenter:
             mine = {u: d for u, d in due.items() if inputs.get(u) and inputs[u] <= owned}
             if not mine:
                 return
-            positions = self._positions(set().union(*(inputs[u] for u in mine)))
-            result = self._apply({}, [], positions, int(time.time() * 1000), sweep=mine)
+            positions = self.txn.positions(set().union(*(inputs[u] for u in mine)))
+            result = self.txn.run({}, [], positions, int(time.time() * 1000), sweep=mine)
             self.metrics.timers_due.set(self.store.timers_due_count(parts, wm))
         except (SegmenterError, KafkaException) as exc:
-            self._recover(exc, {})
+            self.txn.recover(exc, {}, self._stop)
             return
         changes, moves = result.changes, result.moves
         self.metrics.swept_users.inc(len(mine))
@@ -957,12 +516,12 @@ class Segmenter:
             if not due:
                 # Nothing to do here now; other processes' users wait for their owners, and
                 # entries for a newer version for this process's next adoption.
-                self._reassess_pending = False
+                self.sync.reassess_pending = False
                 return
-            positions = self._positions(set().union(*(inputs[u] for u in due)))
-            result = self._apply({}, [], positions, int(time.time() * 1000), reassess=due)
+            positions = self.txn.positions(set().union(*(inputs[u] for u in due)))
+            result = self.txn.run({}, [], positions, int(time.time() * 1000), reassess=due)
         except (SegmenterError, KafkaException) as exc:
-            self._recover(exc, {})
+            self.txn.recover(exc, {}, self._stop)
             return
         changes, moves = result.changes, result.moves
         self.metrics.segment_changes.inc(changes)
@@ -971,77 +530,11 @@ class Segmenter:
         self.stats.moves += moves
         log.info("assessed %d queued users: %d segment changes", len(due), changes)
 
-    def _positions(self, positions: set[str]) -> dict[tuple[str, int], int]:
-        """The last consumed offset of each input position (``topic:partition``) that has
-        one, in the form :meth:`_apply` commits (it adds one)."""
-        assert self._consumer is not None
-        parts = []
-        for pos in positions:
-            topic, _, part = pos.rpartition(":")
-            parts.append(TopicPartition(topic, int(part)))
-        return {
-            (tp.topic, tp.partition): tp.offset - 1
-            for tp in self._consumer.position(parts)
-            if tp.offset >= 0
-        }
-
-    def refresh_catalogue(self) -> None:
-        """Rename segments from their profiles, publish sizes to ``seg:segments``, and
-        update the quality gauges."""
-        self._last_catalogue = time.monotonic()
-        if not self.model.ready:
-            return
-        model, m = self.model, self.metrics
-        self.names.refresh(model)
-        profs = profiles(model.centres(), model.scaler, model.ids, population=model.population)
-        # Segment ids this model does not have: their membership sets must be empty.
-        retired = sorted(set(range(int(model.doc["next_id"]))) - set(model.ids))
-        try:
-            sizes = self.store.segment_sizes(model.ids)
-            self.store.write_catalogue(profs, sizes)
-            sample = self.store.snapshot(
-                self.watermark.value,
-                self.settings.rfm_horizon,
-                limit=_QUALITY_SAMPLE,
-                used=model.params.features,
-            )
-            left = self.store.segment_sizes(retired) if retired else []
-        except RedisError as exc:
-            m.redis_errors.inc()
-            log.warning("catalogue not refreshed: %s", exc)
-            return
-        # A process still on an older version can move users into a segment after the
-        # retiring process (and every other that adopted the retirement) listed its
-        # members, and die before it adopts the retirement itself: those users are found
-        # here, by whichever process looks next.
-        for seg, n in zip(retired, left, strict=True):
-            if n:
-                self._to_queue[seg] = model.version
-        m.segment_users.clear()
-        for p, size in zip(profs, sizes, strict=True):
-            m.segment_users.labels(str(p.segment), p.name).set(size)
-        total = sum(sizes)
-        if total and model.n_clusters > 1:
-            probs = [n / total for n in sizes if n]
-            m.size_entropy.set(-sum(p * math.log(p) for p in probs) / math.log(model.n_clusters))
-        if len(sample) > model.n_clusters:
-            z = model.scale(sample)
-            labels = np.argmin(model.distances(z), axis=1)
-            if len(set(labels.tolist())) > 1:
-                m.silhouette.set(silhouette(z, labels))
-        moves, updated = self.stats.moves, self.stats.users_updated
-        d_moves, d_updated = moves - self._moves_at_refresh[0], updated - self._moves_at_refresh[1]
-        if d_updated > 0:
-            m.flap_ratio.set(d_moves / d_updated)
-        self._moves_at_refresh = (moves, updated)
-
     def close(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
+        self.txn.close()
         self.store.close()
 
     def serve_http(self) -> Any:

@@ -1,0 +1,323 @@
+"""Model sync: one process's learning merged into the group's model, and the result adopted.
+
+Every process decides with the published centres of the checkpoint it adopted and learns
+locally between syncs. :meth:`ModelSync.sync` merges that learning into the shared
+checkpoint in Redis under a version fence (:meth:`state.redis_store.RedisStore.commit_model`,
+:func:`stream.checkpoint.merge`): the warm start, publication of new versions, refits and
+rollbacks all happen there, and every process adopts what the merge produced. What an
+adoption starts is handed back to the loop as flags: segments that changed (every user
+due for a new look), queued users to decide, retired segments whose members must move.
+
+The segment catalogue (``seg:segments``: names, descriptions, centroids, sizes) and the
+quality gauges are refreshed here too, from the adopted model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from consumers.wiring import Wiring
+from stream.checkpoint import merge, refit_due, retired_ids
+from stream.errors import ModelError, RedisError
+from stream.feature_registry import DAY_MS
+from stream.naming import profiles
+from stream.selection import silhouette
+
+__all__ = ["ModelSync"]
+
+log = logging.getLogger("segmenter")
+
+#: Sampled users the live silhouette gauge is computed on (it is quadratic).
+QUALITY_SAMPLE = 1000
+
+
+class ModelSync:
+    """Merges, adopts, and keeps the catalogue and model gauges up to date.
+
+    Parameters
+    ----------
+    wiring
+        The process's settings, Redis store, metrics, model (adopted in place), segment
+        names and event-time clock.
+    sample_size
+        How many users the model's user sample holds (the warm start waits for
+        ``warmup_users`` of them).
+    activity
+        ``(monotonic time of the last batch or None, segment moves, users updated)`` so
+        far: when the input went idle, and the flap ratio's counts.
+    """
+
+    def __init__(
+        self,
+        wiring: Wiring,
+        sample_size: Callable[[], int],
+        activity: Callable[[], tuple[float | None, int, int]],
+    ) -> None:
+        self.settings = wiring.settings
+        self.store = wiring.store
+        self.metrics = wiring.metrics
+        self.model = wiring.model
+        self.names = wiring.names
+        self.watermark = wiring.watermark
+        self._sample_size = sample_size
+        self._activity = activity
+        #: The segments themselves changed (a refit, a re-seed, a rollback): every user of
+        #: this process's partitions is to be re-decided. The loop clears it.
+        self.resweep = False
+        #: Queued users may be waiting for this process. The loop clears it.
+        self.reassess_pending = False
+        #: Retired segments whose members are still to be queued, and the retiring version.
+        self.to_queue: dict[int, int] = {}
+        self.last_sync = time.monotonic()
+        self.last_catalogue = 0.0
+        self._last_refit_wall = 0.0
+        self._moves_at_refresh = (0, 0)
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Adopt the checkpoint in Redis, if there is one."""
+        checkpoint = self.store.load_model()
+        if checkpoint is not None:
+            self.model.adopt(checkpoint)
+            self.names.refresh(self.model)
+            self.reassess_pending = self.model.ready
+            log.info(
+                "adopted model version %d (%d segments)", self.model.version, self.model.n_clusters
+            )
+        self.gauges()
+
+    # -- when -----------------------------------------------------------------------------
+
+    def due(self, now: float) -> bool:
+        """Whether to sync now. Until the warm start, after every batch: the sooner the
+        user sample is full, the sooner users get segments. After it, every
+        ``model_sync_interval_s``, or sooner when this process has learned from
+        ``model_sync_updates`` users (a backlog moves through days of event time fast)."""
+        s, model = self.settings, self.model
+        warming = not model.ready and model.dirty
+        return (
+            warming
+            or model.observed >= s.model_sync_updates
+            or now - self.last_sync >= s.model_sync_interval_s
+        )
+
+    def caught_up(self, now: float) -> bool:
+        """Whether the input has been idle a while and the watermark moved a day or more
+        past the last fit (see :meth:`sync`)."""
+        s, model = self.settings, self.model
+        last, _, _ = self._activity()
+        return (
+            model.ready
+            and last is not None
+            and now - last >= 2 * s.model_sync_interval_s
+            and now - self._last_refit_wall >= s.model_refit_min_interval_s
+            and self.watermark.value - int(model.doc.get("fitted_at_event_ms", 0)) >= DAY_MS
+        )
+
+    def refit_tried(self, now: float) -> None:
+        """Count a refit try at ``now``: one per interval, even if Redis is away."""
+        self._last_refit_wall = now
+
+    # -- merge and adopt ------------------------------------------------------------------
+
+    def sync(self, caught_up: bool = False, final: bool = False) -> None:
+        """Merge what this process learned into the shared model, and adopt the result.
+
+        The merge runs under a version fence, so when several processes sync at once each
+        merge sees the others' and none is lost. A process with nothing new only adopts a
+        newer version if there is one. If Redis is away the local learning is kept and
+        merged at the next sync.
+
+        ``caught_up``: the input is idle and the watermark moved a day or more since the
+        last fit: refit now (if it lowers the inertia), so a backlog just drained, or a
+        quiet night, ends on centres fitted to the users as they are now.
+
+        ``final``: the process is stopping; it merges its learning but changes no segment
+        (no re-seed, no refit), as it could no longer move the members of one it retired.
+        """
+        self.last_sync = time.monotonic()
+        model, s = self.model, self.settings
+        now_ms = int(time.time() * 1000)
+        try:
+            if not model.dirty and not caught_up:
+                doc = self.store.load_model()
+                if doc is not None and int(doc["merges"]) != model.merges:
+                    self._adopt(doc, [])
+                return
+            delta = model.delta()
+            params = model.params
+            wm = self.watermark.value
+            refit_allowed = (
+                caught_up
+                or time.monotonic() - self._last_refit_wall >= s.model_refit_min_interval_s
+            )
+            tried = {"refit": False}  # whether the build that was committed tried a refit
+
+            def build(
+                current: dict[str, Any] | None,
+            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                seeding = (current is None or not current["ready"]) and (
+                    self._sample_size() >= params.warmup_users
+                )
+                refit = (
+                    not final
+                    and refit_allowed
+                    and (caught_up or refit_due(current, params, delta.updates, wm))
+                )
+                snapshot = (
+                    self.store.snapshot(wm, s.rfm_horizon, used=params.features)
+                    if seeding or refit
+                    else None
+                )
+                tried["refit"] = refit
+                if refit:
+                    self._last_refit_wall = time.monotonic()
+                return merge(
+                    current,
+                    delta,
+                    snapshot,
+                    params,
+                    now_ms,
+                    wm,
+                    refit=caught_up,
+                    structural=not final,
+                )
+
+            doc, events = self.store.commit_model(
+                build, int(s.checkpoint_interval_s * 1000), now_ms
+            )
+        except (RedisError, ModelError) as exc:
+            self.metrics.model_syncs.labels("failed").inc()
+            if isinstance(exc, RedisError):
+                self.metrics.redis_errors.inc()
+            log.warning("model not synced: %s", exc)
+            return
+        self.metrics.model_syncs.labels("merged").inc()
+        if tried["refit"]:
+            kept = any("refit" in str(e.get("cause", "")) for e in events)
+            self.metrics.refits.labels("kept" if kept else "not_kept").inc()
+        self._adopt(doc, events)
+
+    def _adopt(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        before = self.model.centres() if self.model.ready else None
+        ids = list(self.model.ids)
+        was_ready, version, epoch = self.model.ready, self.model.version, self.model.epoch
+        self.model.adopt(doc)
+        if was_ready and self.model.ready and self.model.epoch != epoch:
+            # The segments themselves changed (a refit, a re-seed, a rollback): every user
+            # is re-decided by the sweep, not only those who send an event.
+            self.resweep = True
+        if before is not None and ids == self.model.ids:
+            drift = float(np.sqrt(((self.model.centres() - before) ** 2).sum(axis=1)).max())
+            self.metrics.model_sync_drift.set(drift)
+        for e in events:
+            self.metrics.lineage_events.labels(str(e["event"])).inc()
+            log.info(
+                "segment %s %s (%s)",
+                e.get("segment"),
+                e["event"],
+                ", ".join(f"{k} {v}" for k, v in e.items() if k not in ("event", "segment")),
+            )
+        # Every process queues the members of the segments its adoption retires, not only
+        # the one whose merge retired them: users this process moved into such a segment
+        # while it still had it joined its members after the retiring process listed them.
+        retired = sorted(set(ids) - set(self.model.ids)) if was_ready else []
+        retired = sorted({*retired, *retired_ids(events)})
+        for seg in retired:
+            self.to_queue[seg] = self.model.version
+        self.queue_retired()
+        if self.model.ready and self.model.version != version:
+            # Entries left for a newer version than the one this process had are due now.
+            self.reassess_pending = True
+        if self.model.ready and (not was_ready or ids != self.model.ids):
+            if not was_ready:
+                log.info("model seeded: %s", (doc.get("k_choice") or {}).get("reason", ""))
+            self.refresh_catalogue()
+        self.gauges()
+
+    def queue_retired(self) -> None:
+        """Queue the members of retired segments; what Redis refuses is tried again later."""
+        if not self.to_queue:
+            return
+        segments = sorted(self.to_queue)
+        version = max(self.to_queue.values())
+        try:
+            n = self.store.queue_members(segments, version)
+        except RedisError as exc:
+            self.metrics.redis_errors.inc()
+            log.warning("members of retired segments %s not queued yet: %s", segments, exc)
+            return
+        self.to_queue.clear()
+        self.reassess_pending = True
+        log.info(
+            "segments %s retired at model version %d: %d more members queued to move",
+            segments,
+            version,
+            n,
+        )
+
+    def gauges(self) -> None:
+        m = self.metrics
+        m.model_version.set(self.model.version)
+        m.model_epoch.set(self.model.epoch)
+        m.model_ready.set(1 if self.model.ready else 0)
+        m.model_segments.set(self.model.n_clusters)
+
+    # -- the catalogue --------------------------------------------------------------------
+
+    def refresh_catalogue(self) -> None:
+        """Rename segments from their profiles, publish sizes to ``seg:segments``, and
+        update the quality gauges."""
+        self.last_catalogue = time.monotonic()
+        if not self.model.ready:
+            return
+        model, m = self.model, self.metrics
+        self.names.refresh(model)
+        profs = profiles(model.centres(), model.scaler, model.ids, population=model.population)
+        # Segment ids this model does not have: their membership sets must be empty.
+        retired = sorted(set(range(int(model.doc["next_id"]))) - set(model.ids))
+        try:
+            sizes = self.store.segment_sizes(model.ids)
+            self.store.write_catalogue(profs, sizes)
+            sample = self.store.snapshot(
+                self.watermark.value,
+                self.settings.rfm_horizon,
+                limit=QUALITY_SAMPLE,
+                used=model.params.features,
+            )
+            left = self.store.segment_sizes(retired) if retired else []
+        except RedisError as exc:
+            m.redis_errors.inc()
+            log.warning("catalogue not refreshed: %s", exc)
+            return
+        # A process still on an older version can move users into a segment after the
+        # retiring process (and every other that adopted the retirement) listed its
+        # members, and die before it adopts the retirement itself: those users are found
+        # here, by whichever process looks next.
+        for seg, n in zip(retired, left, strict=True):
+            if n:
+                self.to_queue[seg] = model.version
+        m.segment_users.clear()
+        for p, size in zip(profs, sizes, strict=True):
+            m.segment_users.labels(str(p.segment), p.name).set(size)
+        total = sum(sizes)
+        if total and model.n_clusters > 1:
+            probs = [n / total for n in sizes if n]
+            m.size_entropy.set(-sum(p * math.log(p) for p in probs) / math.log(model.n_clusters))
+        if len(sample) > model.n_clusters:
+            z = model.scale(sample)
+            labels = np.argmin(model.distances(z), axis=1)
+            if len(set(labels.tolist())) > 1:
+                m.silhouette.set(silhouette(z, labels))
+        _, moves, updated = self._activity()
+        d_moves, d_updated = moves - self._moves_at_refresh[0], updated - self._moves_at_refresh[1]
+        if d_updated > 0:
+            m.flap_ratio.set(d_moves / d_updated)
+        self._moves_at_refresh = (moves, updated)
