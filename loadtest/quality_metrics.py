@@ -629,8 +629,10 @@ def render_report(
             f"({_fmt(real.get('replay_s'), '.1f')} s), drained by one `segmenter run` "
             f"({_fmt(real.get('drain_s'), '.1f')} s), with "
             f"SEGMENTER_RFM_HORIZON={real.get('rfm_horizon', '365d')} (orders and spend over "
-            "all of a customer's history, as the batch baseline counts them). Compared as of "
-            f"the end of the data ({real.get('as_of')}).",
+            "all of a customer's history, as the batch baseline counts them) and "
+            f"SEGMENTER_MODEL_FEATURES={','.join(real.get('model_features') or ['(all)'])} "
+            "(a purchase log: the other features repeat recency or are constant). Compared as "
+            f"of the end of the data ({real.get('as_of')}).",
             "",
             "| measure | value |",
             "|---|---|",
