@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, Message, Producer
 
 from consumers import topics
-from state.redis_store import Erasure, RedisStore
+from state.erasure import Erasure
+from state.redis_store import RedisStore
 from stream.errors import BrokerError
 from stream.privacy import user_id_mapper
 from stream.settings import Settings

@@ -9,7 +9,7 @@ validation, features, model or segment-change messages):
   (:func:`consumers.app.consumer_config`), draining a backlog with ``consume(batch)``;
 - **consume + orjson**: the same, plus ``orjson.loads`` of every message value;
 - **Redis fenced writes**: per user, the segmenter's fenced Lua ``HSET``
-  (:data:`state.redis_store.FENCED_WRITE` by ``EVALSHA``, arguments laid out as
+  (:data:`state.user_states.FENCED_WRITE` by ``EVALSHA``, arguments laid out as
   :meth:`state.redis_store.RedisStore.write_updates` lays them out, values the size of a
   real user's) and one ``SADD`` to a membership set, pipelined a batch of users at a time;
 - **Redis plain writes**: the same with a plain ``HSET``, to show what the script costs.
@@ -49,7 +49,7 @@ from consumers.devstack import servers
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS, produce_backlog
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.redis_store import FENCED_WRITE, OFFSET_FIELD_PREFIX, user_hash
+from state.user_states import FENCED_WRITE, OFFSET_FIELD_PREFIX, user_hash
 from stream.batch import MESSAGE_FEATURES, UserUpdate
 from stream.events import DeadLetter, Event, decode
 from stream.features import apply_events, compute_features
@@ -312,7 +312,7 @@ class WritePayload:
         applied from it, the fence the script checks.
     fields
         The other ``(field, value)`` pairs of the user hash
-        (:func:`state.redis_store.user_hash`).
+        (:func:`state.user_states.user_hash`).
     segment
         The user's segment, whose membership set gets the user.
     state
@@ -334,7 +334,7 @@ class WritePayload:
         return [x for pair in (*self.offsets, *self.fields) for x in pair]
 
     def fenced_args(self) -> list[str | bytes]:
-        """ARGV of :data:`state.redis_store.FENCED_WRITE`: the number of offset pairs, the
+        """ARGV of :data:`state.user_states.FENCED_WRITE`: the number of offset pairs, the
         state, then :meth:`hset_args`.
 
         >>> WritePayload((("_o:c:0", "7"),), (("a", "1"),), 2, b"s").fenced_args()
@@ -364,7 +364,7 @@ def realistic_payload(
     The events go through the segmenter's own decoder, :func:`stream.features.apply_events`
     and :func:`stream.features.compute_features`; the user is given a segment and the
     stored segment change that goes with it (as a user who has been segmented carries),
-    and the hash is built by :func:`state.redis_store.user_hash`, so every field has the
+    and the hash is built by :func:`state.user_states.user_hash`, so every field has the
     size it has in production for a user with this history.
 
     Parameters
@@ -499,7 +499,7 @@ def redis_write_rate(
 
     Users go ``batch_users`` at a time, each group in the two pipelined round trips of
     :meth:`state.redis_store.RedisStore.write_updates`: first one ``EVALSHA`` of
-    :data:`state.redis_store.FENCED_WRITE` per user (ARGV: the number of offset pairs, the
+    :data:`state.user_states.FENCED_WRITE` per user (ARGV: the number of offset pairs, the
     state, the offset pairs, the other field/value pairs of ``payload``), then one ``SADD`` per user
     written to a membership set (users spread over six sets). redis-py is used as the
     store uses it: ``pipeline(transaction=False)`` and ``execute_command``. Argument lists

@@ -28,7 +28,7 @@ import orjson
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.redis_store import fenced_write_args, pack_commands
+from state.user_states import fenced_write_args, pack_commands
 from stream.batch import SegmentNames, process_batch
 from stream.checkpoint import ModelParams, merge, refit_due
 from stream.events import DeadLetter, Event, Limits, decode

@@ -17,7 +17,7 @@ from loadtest.ceiling import (
 )
 from loadtest.generator import DAY_MS
 from loadtest.personas import ShopperSimulator
-from state.redis_store import FENCED_WRITE, OFFSET_FIELD_PREFIX
+from state.user_states import FENCED_WRITE, OFFSET_FIELD_PREFIX
 from stream.state_codec import decode_state
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from state.redis_store import fenced_write_args, user_hash
+from state.user_states import fenced_write_args, user_hash
 from stream.batch import UserUpdate
 from stream.events import Event
 from stream.features import DAY_MS, HOUR_MS, apply_events, compute_features, full_features
