@@ -5,19 +5,20 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-quick quality clean down
+.PHONY: setup demo test lint bench bench-quick quality clean up status down
 
+# PYTHONWARNINGS: setuptools announces every editable install with a boxed warning.
 $(BIN)/segmenter: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	PYTHONWARNINGS=ignore $(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 setup: $(BIN)/segmenter
-	$(BIN)/segmenter devstack install
+	$(BIN)/python -m loadtest.dev devstack install
 
 demo: setup
-	$(BIN)/segmenter demo
+	$(BIN)/python -m loadtest.dev demo
 
 lint: $(BIN)/segmenter
 	$(BIN)/ruff check .
@@ -45,8 +46,15 @@ quality: setup
 	$(BIN)/pip install -q -e '.[dev,quality]'
 	$(BIN)/python -m loadtest.quality
 
+# The local stack alone (Redis and a broker, tracked by PID in .devstack/).
+up: setup
+	$(BIN)/python -m loadtest.dev devstack up
+
+status: $(BIN)/segmenter
+	$(BIN)/python -m loadtest.dev devstack status
+
 down: $(BIN)/segmenter
-	$(BIN)/segmenter devstack down
+	$(BIN)/python -m loadtest.dev devstack down
 
 clean: down
 	rm -rf $(VENV) .venv-quix .devstack

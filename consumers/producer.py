@@ -1,4 +1,5 @@
-"""Producing shop events to the input topics: ``segmenter generate`` and ``segmenter replay``.
+"""Producing shop events to the input topics: ``segmenter replay``, and the generator
+(``python -m loadtest.dev generate``).
 
 Both send events the way the pipeline needs them: purchases to the purchases topic, every
 other type to the clicks topic (:func:`input_topic`), keyed by user id so that a user's

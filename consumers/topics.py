@@ -27,7 +27,7 @@ def partition_counts(admin: AdminClient, bootstrap: str, timeout: float = 10.0) 
     except KafkaException as exc:
         raise BrokerError(
             f"cannot reach the Kafka broker at {bootstrap} ({exc.args[0].str()}). Start it "
-            "(segmenter devstack up) or point SEGMENTER_KAFKA_BOOTSTRAP at a running broker."
+            "(locally: make up) or point SEGMENTER_KAFKA_BOOTSTRAP at a running broker."
         ) from None
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
@@ -38,7 +38,7 @@ def check_input_topics(counts: dict[str, int], settings: Settings) -> int:
     if missing:
         raise TopicLayoutError(
             f"input topic(s) {', '.join(missing)} do not exist; create them with the same "
-            "partition count (segmenter devstack up creates them locally)"
+            "partition count (make up creates them locally)"
         )
     clicks, purchases = counts[settings.clicks_topic], counts[settings.purchases_topic]
     if clicks != purchases:

@@ -30,7 +30,7 @@ applies a change only if it is newer than what it holds:
   ``emitted_at``), and a change decided before a tombstone cannot bring the user back;
   a user who shops again after being forgotten gets a new first segment.
 
-Run it against a running segmenter (``segmenter devstack up`` gives one locally)::
+Run it against a running segmenter (``make demo`` leaves one running locally)::
 
     .venv/bin/python -m examples.recommendation_service --bootstrap 127.0.0.1:9092
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consumers.app import Segmenter
-from consumers.devstack.servers import free_port
+from loadtest.devstack.servers import free_port
 from loadtest.generator import GenerateReport, produce_backlog
 from loadtest.stack import (
     OffsetWatcher,

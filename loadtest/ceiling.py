@@ -45,7 +45,7 @@ from confluent_kafka import Consumer
 
 from consumers import topics as topic_admin
 from consumers.app import consumer_config
-from consumers.devstack import servers
+from loadtest.devstack import servers
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS, produce_backlog
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys

@@ -1,7 +1,7 @@
 """The benchmarks' local stack: Redis, a broker, and ``segmenter run`` processes on them.
 
 Every server is started on a free loopback port in a temporary directory and stopped by
-the PID it was started with (:mod:`consumers.devstack.servers`), whatever happens in
+the PID it was started with (:mod:`loadtest.devstack.servers`), whatever happens in
 between; every segmenter process is a child of the benchmark, stopped by its own PID.
 
 :func:`local_stack` gives a :class:`Stack`; :class:`SegmenterProcess` runs one
@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
 from consumers import topics
-from consumers.devstack import install, servers
+from loadtest.devstack import install, servers
 from stream.settings import Settings, load_settings
 
 #: Bytes per kibibyte, for ``VmRSS`` lines of ``/proc/<pid>/status``.

@@ -107,7 +107,7 @@ class RedisStore(
             hint = (
                 "Check the server's certificate against SEGMENTER_REDIS_TLS_CA_FILE."
                 if "SSL" in str(exc)
-                else "Start Redis (segmenter devstack up) or point SEGMENTER_REDIS_URL at a "
+                else "Start Redis (locally: make up) or point SEGMENTER_REDIS_URL at a "
                 "running server."
             )
             raise RedisError(

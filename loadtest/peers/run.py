@@ -36,7 +36,7 @@ import orjson
 import redis
 
 from consumers import topics
-from consumers.devstack import servers
+from loadtest.devstack import servers
 from loadtest.generator import produce_backlog
 from loadtest.peers import PeerResult, per_event, quix
 from state.keys import Keys

@@ -11,7 +11,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from consumers.devstack.servers import free_port
 from consumers.producer import Deliveries, DeliveryError, send
 from consumers.replay import (
     ReplayInputError,
@@ -28,6 +27,7 @@ from consumers.replay import (
     render_progress,
     summary,
 )
+from loadtest.devstack.servers import free_port
 from stream.settings import Settings
 from tests.consumers.test_cli import segmenter
 

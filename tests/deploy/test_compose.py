@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from consumers.cli import parser
+from loadtest.dev import parser
 from tests.deploy.deployment import (
     COMPOSE_SCHEMA,
     ROOT,
@@ -78,8 +78,15 @@ def test_every_mounted_file_exists_and_parses(services: dict[str, Any]) -> None:
 def test_images_built_here_have_their_dockerfile(services: dict[str, Any]) -> None:
     built = {n: s["build"] for n, s in services.items() if "build" in s}
     assert set(built) == {*SEGMENTERS, "generator"}
-    for context in built.values():
-        assert (ROOT / context / "Dockerfile").is_file()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for build in built.values():
+        assert (ROOT / build["context"] / "Dockerfile").is_file()
+        assert f" AS {build['target']}\n" in dockerfile
+    # The segmenters run the runtime image; only the generator gets the development tools.
+    assert {built[n]["target"] for n in SEGMENTERS} == {"runtime"}
+    assert built["generator"]["target"] == "dev"
+    runtime = dockerfile.split(" AS dev")[0]
+    assert "COPY loadtest" not in runtime and "COPY loadtest" in dockerfile
 
 
 def test_two_segmenter_replicas_in_one_group(services: dict[str, Any]) -> None:

@@ -25,8 +25,8 @@ from confluent_kafka import Producer
 
 from consumers import topics
 from consumers.app import RunStats, Segmenter
-from consumers.devstack import servers
-from consumers.devstack.servers import Server
+from loadtest.devstack import servers
+from loadtest.devstack.servers import Server
 from stream.settings import Settings
 
 pytestmark = pytest.mark.integration

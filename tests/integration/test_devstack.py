@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from consumers.devstack import servers, stack
+from loadtest.devstack import servers, stack
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ import orjson
 import pytest
 import redis
 
-from consumers.devstack.servers import Server
 from consumers.replay import FIELDS
 from examples import campaign_engine
 from examples.recommendation_service import SegmentFeed, SegmentView
+from loadtest.devstack.servers import Server
 from stream.features import full_features
 from stream.settings import Settings
 from tests.integration.conftest import env_of, produce

@@ -21,7 +21,7 @@ import redis
 from confluent_kafka import KafkaException
 
 from consumers import topics
-from consumers.devstack import servers
+from loadtest.devstack import servers
 from stream.features import full_features
 from stream.settings import Settings
 from tests.integration.conftest import produce, segment_ids, spawn, stop_gracefully

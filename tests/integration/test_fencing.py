@@ -6,7 +6,7 @@ import orjson
 import pytest
 import redis
 
-from consumers.devstack.servers import Server
+from loadtest.devstack.servers import Server
 from state.redis_store import RedisStore
 from stream.batch import UserUpdate
 from stream.events import Event

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from consumers.devstack.servers import Server
+from loadtest.devstack.servers import Server
 from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
 from stream.checkpoint import ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError

@@ -221,7 +221,7 @@ def test_refuses_input_topics_that_are_not_co_partitioned(settings: Settings) ->
 
 
 def test_missing_broker_is_a_readable_error(settings: Settings) -> None:
-    from consumers.devstack.servers import free_port
+    from loadtest.devstack.servers import free_port
     from stream.errors import BrokerError
 
     port = free_port()

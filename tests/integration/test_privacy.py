@@ -16,9 +16,9 @@ import redis
 from prometheus_client import generate_latest
 
 from consumers import topics
-from consumers.devstack import servers
-from consumers.devstack.servers import Server
 from consumers.forget import forget_user
+from loadtest.devstack import servers
+from loadtest.devstack.servers import Server
 from state.redis_store import RedisStore
 from stream.errors import RedisError
 from stream.privacy import pseudonymise

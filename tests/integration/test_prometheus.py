@@ -1,5 +1,5 @@
 """The alert rules and the dashboard on a real Prometheus (Debian's ``prometheus`` package,
-installed by ``segmenter devstack install``): promtool checks the files, then a Prometheus
+installed by ``make setup``): promtool checks the files, then a Prometheus
 started here scrapes a `segmenter run` process under load from the generator, every
 dashboard query must return data, and breaking Redis must fire SegmenterRedisErrors."""
 
@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 import yaml
 
-from consumers.devstack import install, servers
-from consumers.devstack.servers import Server
+from loadtest.devstack import install, servers
+from loadtest.devstack.servers import Server
 from stream.settings import Settings
 from tests.deploy.deployment import (
     ALERTS,
     PROMETHEUS_CONFIG,
+    ROOT,
     alert_rules,
     dashboard_queries,
     load_yaml,
@@ -46,7 +47,7 @@ def promtool() -> str:
     found = install.prometheus_bins()
     if found is None:
         pytest.skip(
-            "prometheus and promtool are not installed: `segmenter devstack install` "
+            "prometheus and promtool are not installed: `make setup` "
             "(part of `make setup`) installs Debian's prometheus package when run as root"
         )
     return found[1]
@@ -169,10 +170,12 @@ def test_dashboard_queries_return_data_and_a_broken_redis_fires_its_alert(
     try:
         procs.append(spawn(s, str(tmp_path / "segmenter.log")))
         # About 90 s of traffic at most, 1 % malformed so dead letters have reasons.
-        generator = [sys.executable, "-m", "consumers.cli", "generate", "--users", "600"]
+        generator = [sys.executable, "-m", "loadtest.dev", "generate", "--users", "600"]
         generator += ["--events", "36000", "--rate", "400", "--bad-ratio", "0.01"]
         with open(tmp_path / "generator.log", "ab") as log:
-            procs.append(subprocess.Popen(generator, env=env_of(s), stdout=log, stderr=log))
+            procs.append(
+                subprocess.Popen(generator, env=env_of(s), stdout=log, stderr=log, cwd=ROOT)
+            )
         work = tmp_path / "prometheus"
         work.mkdir()
         rules = _test_rules(work, for_=INTERVAL)

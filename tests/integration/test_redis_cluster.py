@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from redis.cluster import RedisCluster
 
-from consumers.devstack import servers
-from consumers.devstack.servers import Server
+from loadtest.devstack import servers
+from loadtest.devstack.servers import Server
 from stream.settings import Settings
 from tests.integration.conftest import produce, spawn, stop_gracefully
 from tests.integration.shoppers import make_events

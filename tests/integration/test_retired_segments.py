@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from consumers.devstack import servers
+from loadtest.devstack import servers
 from state.redis_store import RedisStore
 from stream.settings import Settings
 from tests.integration.conftest import cli, produce, spawn, stop_gracefully

@@ -19,7 +19,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumers.devstack import servers
+from loadtest.devstack import servers
 from stream.settings import Settings
 from tests.integration.conftest import produce, spawn, stop_gracefully
 from tests.integration.kafka_read import read_topic

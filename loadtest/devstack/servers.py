@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from consumers.devstack import install
+from loadtest.devstack import install
 from state.redis_store import RECOMMENDED_LISTPACK_VALUE
 from stream.errors import DevstackError
 
@@ -257,7 +257,7 @@ def start_kafka(
             ]
         )
     )
-    log4j = resources.files("consumers.devstack") / "log4j2.properties"
+    log4j = resources.files("loadtest.devstack") / "log4j2.properties"
     log4j_path = workdir / "log4j2.properties"
     log4j_path.write_text(log4j.read_text())
     classpath = f"{libs}/*"

@@ -1,4 +1,5 @@
-"""``segmenter devstack up|down|status``: the local stack, remembered in a state file."""
+"""The local stack (``python -m loadtest.dev devstack up|down|status``), remembered in a
+state file."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from consumers.devstack import servers
-from consumers.devstack.servers import Server
+from loadtest.devstack import servers
+from loadtest.devstack.servers import Server
 from stream.errors import DevstackError
 
 STATE_FILE = "stack.json"
@@ -67,5 +68,5 @@ def down(root: Path) -> list[str]:
 def require(root: Path) -> dict[str, Server]:
     stack = {k: v for k, v in read(root).items() if v.alive()}
     if "redis" not in stack or "broker" not in stack:
-        raise DevstackError("the local stack is not running; start it with: segmenter devstack up")
+        raise DevstackError("the local stack is not running; start it with: make up")
     return stack

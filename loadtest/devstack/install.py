@@ -52,7 +52,7 @@ def install_kafka(quiet: bool = True) -> Path:
             "Maven (mvn) is needed to fetch the Apache Kafka jars; install it "
             "(apt-get install maven) or use the Tansu broker (SEGMENTER_DEVSTACK_BROKER=tansu)"
         )
-    pom = resources.files("consumers.devstack") / "pom.xml"
+    pom = resources.files("loadtest.devstack") / "pom.xml"
     with resources.as_file(pom) as pom_path:
         cmd = [
             mvn,
