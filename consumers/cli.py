@@ -462,7 +462,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return dispatch(parser().parse_args(argv))
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run the command ``args`` chose (its ``fn``) with the settings of ``--config`` and the
+    environment; a configuration or runtime error is one line on stderr and its exit code."""
     try:
         settings = build_settings(args.config)
         logging.basicConfig(

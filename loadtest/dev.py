@@ -13,18 +13,15 @@ Settings are the segmenter's own (``SEGMENTER_*`` variables or ``--config FILE``
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from consumers import topics
 from consumers.app import Segmenter
-from consumers.cli import build_settings, print_segments, stop_on_signals
-from consumers.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK
+from consumers.cli import dispatch, print_segments, stop_on_signals
+from consumers.exit_codes import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK
 from loadtest.generator import produce_events
-from stream.errors import ConfigError, SegmenterError
 from stream.settings import CONFIG_FILE_VAR, Settings
 
 
@@ -212,20 +209,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        settings = build_settings(args.config)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        return int(args.fn(settings, args))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except SegmenterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    return dispatch(parser().parse_args(argv))
 
 
 if __name__ == "__main__":
