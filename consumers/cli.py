@@ -301,7 +301,7 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
                 return EXIT_CONFIG
             old = store.model_version(args.version)
 
-            def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            def build(cur: ckpt.Checkpoint | None) -> tuple[ckpt.Checkpoint, list[dict[str, Any]]]:
                 return ckpt.rollback(cur or old, old, now_ms)
 
         else:
@@ -309,19 +309,19 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
             params = settings.model_params()
             snapshot = store.snapshot(wm, settings.rfm_horizon, used=params.features)
 
-            def build(cur: dict[str, Any] | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+            def build(cur: ckpt.Checkpoint | None) -> tuple[ckpt.Checkpoint, list[dict[str, Any]]]:
                 if cur is None:
                     raise ModelError("there is no model yet; there is nothing to refit")
                 return ckpt.refit(cur, snapshot, params, now_ms, wm)
 
-        doc, events = store.commit_model(build, every_ms, now_ms)
-        queued = store.queue_members(ckpt.retired_ids(events), int(doc["version"]))
+        new, events = store.commit_model(build, every_ms, now_ms)
+        queued = store.queue_members(ckpt.retired_ids(events), new.version)
         what = (
             f"version {args.version} is current again"
             if args.action == "rollback"
-            else (f"refitted: {doc['k_choice']['reason']}")
+            else (f"refitted: {new.k_choice.reason if new.k_choice else ''}")
         )
-        print(f"{what}; new version {doc['version']}, segments {doc['ids']}")
+        print(f"{what}; new version {new.version}, segments {list(new.ids)}")
         for e in events:
             print(f"  {_lineage(e)}")
         print(f"running processes adopt it at their next sync; {queued} users queued to move")
@@ -331,9 +331,9 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
         if current is None:
             print("no model yet")
             return EXIT_NOT_FOUND
-        if current.get("k_choice"):
-            print(f"k = {current['k']}: {current['k_choice']['reason']}")
-        for e in current["events"]:
+        if current.k_choice:
+            print(f"k = {current.k}: {current.k_choice.reason}")
+        for e in current.events:
             print(f"{iso_ms(e['at_ms'])}  v{e['version']:<6} {_lineage(e)}  ({e['cause']})")
         return EXIT_OK
     versions = store.model_versions()

@@ -2,7 +2,7 @@
 
 Every process decides with the published centres of the checkpoint it adopted and learns
 locally between syncs. :meth:`ModelSync.sync` merges that learning into the shared
-checkpoint in Redis under a version fence (:meth:`state.redis_store.RedisStore.commit_model`,
+checkpoint in Redis under a version fence (:meth:`state.model_store.ModelCheckpoints.commit_model`,
 :func:`stream.checkpoint.merge`): the warm start, publication of new versions, refits and
 rollbacks all happen there, and every process adopts what the merge produced. What an
 adoption starts is handed back to the loop as flags: segments that changed (every user
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from consumers.wiring import Wiring
-from stream.checkpoint import merge, refit_due, retired_ids
+from stream.checkpoint import Checkpoint, merge, refit_due, retired_ids
 from stream.errors import ModelError, RedisError
 from stream.feature_registry import DAY_MS
 from stream.naming import profiles
@@ -118,7 +118,7 @@ class ModelSync:
             and last is not None
             and now - last >= 2 * s.model_sync_interval_s
             and now - self._last_refit_wall >= s.model_refit_min_interval_s
-            and self.watermark.value - int(model.doc.get("fitted_at_event_ms", 0)) >= DAY_MS
+            and self.watermark.value - (model.checkpoint.fitted_at_event_ms or 0) >= DAY_MS
         )
 
     def refit_tried(self, now: float) -> None:
@@ -147,9 +147,9 @@ class ModelSync:
         now_ms = int(time.time() * 1000)
         try:
             if not model.dirty and not caught_up:
-                doc = self.store.load_model()
-                if doc is not None and int(doc["merges"]) != model.merges:
-                    self._adopt(doc, [])
+                stored = self.store.load_model()
+                if stored is not None and stored.merges != model.merges:
+                    self._adopt(stored, [])
                 return
             delta = model.delta()
             params = model.params
@@ -161,9 +161,9 @@ class ModelSync:
             tried = {"refit": False}  # whether the build that was committed tried a refit
 
             def build(
-                current: dict[str, Any] | None,
-            ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-                seeding = (current is None or not current["ready"]) and (
+                current: Checkpoint | None,
+            ) -> tuple[Checkpoint, list[dict[str, Any]]]:
+                seeding = (current is None or not current.ready) and (
                     self._sample_size() >= params.warmup_users
                 )
                 refit = (
@@ -190,7 +190,7 @@ class ModelSync:
                     structural=not final,
                 )
 
-            doc, events = self.store.commit_model(
+            ckpt, events = self.store.commit_model(
                 build, int(s.checkpoint_interval_s * 1000), now_ms
             )
         except (RedisError, ModelError) as exc:
@@ -203,13 +203,13 @@ class ModelSync:
         if tried["refit"]:
             kept = any("refit" in str(e.get("cause", "")) for e in events)
             self.metrics.refits.labels("kept" if kept else "not_kept").inc()
-        self._adopt(doc, events)
+        self._adopt(ckpt, events)
 
-    def _adopt(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    def _adopt(self, ckpt: Checkpoint, events: list[dict[str, Any]]) -> None:
         before = self.model.centres() if self.model.ready else None
         ids = list(self.model.ids)
         was_ready, version, epoch = self.model.ready, self.model.version, self.model.epoch
-        self.model.adopt(doc)
+        self.model.adopt(ckpt)
         if was_ready and self.model.ready and self.model.epoch != epoch:
             # The segments themselves changed (a refit, a re-seed, a rollback): every user
             # is re-decided by the sweep, not only those who send an event.
@@ -238,7 +238,7 @@ class ModelSync:
             self.reassess_pending = True
         if self.model.ready and (not was_ready or ids != self.model.ids):
             if not was_ready:
-                log.info("model seeded: %s", (doc.get("k_choice") or {}).get("reason", ""))
+                log.info("model seeded: %s", ckpt.k_choice.reason if ckpt.k_choice else "")
             self.refresh_catalogue()
         self.gauges()
 
@@ -282,7 +282,7 @@ class ModelSync:
         self.names.refresh(model)
         profs = profiles(model.centres(), model.scaler, model.ids, population=model.population)
         # Segment ids this model does not have: their membership sets must be empty.
-        retired = sorted(set(range(int(model.doc["next_id"]))) - set(model.ids))
+        retired = sorted(set(range(model.checkpoint.next_id)) - set(model.ids))
         try:
             sizes = self.store.segment_sizes(model.ids)
             self.store.write_catalogue(profs, sizes)

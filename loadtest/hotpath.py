@@ -91,8 +91,8 @@ def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) ->
     keys = Keys()
     params = ModelParams(k_min=6, k_max=6, seed=3)
     model = SegmentModel(params)
-    doc, _ = merge(None, model.delta(), None, params, 0)
-    model.adopt(doc)
+    ckpt, _ = merge(None, model.delta(), None, params, 0)
+    model.adopt(ckpt)
     names = SegmentNames()
     limits = Limits()
     offsets: dict[tuple[str, int], int] = defaultdict(int)
@@ -131,13 +131,13 @@ def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) ->
         # (here: the first users stored, as of the batch's newest event).
         wm = max(e.ts_ms for evs in by_user.values() for e in evs)
         snapshot = None
-        if not doc["ready"] or refit_due(doc, params, model.delta().updates, wm):
+        if not ckpt.ready or refit_due(ckpt, params, model.delta().updates, wm):
             sampled = list(stored)[: params.reservoir_size]
             snapshot = np.stack(
                 [to_vector(compute_features(decode_state(stored[u]), wm)) for u in sampled]
             )
-        doc, _ = merge(doc, model.delta(), snapshot, params, now_ms, wm)
-        model.adopt(doc)
+        ckpt, _ = merge(ckpt, model.delta(), snapshot, params, now_ms, wm)
+        model.adopt(ckpt)
         t5 = clock()
         spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
         for stage, seconds in zip(STAGES, spans, strict=True):

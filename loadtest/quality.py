@@ -67,6 +67,7 @@ from loadtest.scenarios import SCENARIOS, Scenario
 
 if TYPE_CHECKING:
     from loadtest.stack import SegmenterProcess, Stack
+    from stream.checkpoint import Checkpoint
     from stream.settings import Settings
 
 MODES = ("live", "backlog")
@@ -276,17 +277,18 @@ class Final:
 
     labels: dict[str, int]
     names: dict[int, str]
-    checkpoint: dict[str, Any]
+    #: The model checkpoint; ``None`` if the run ended before the first one.
+    checkpoint: Checkpoint | None
     watermark_ms: int
 
     @property
     def k(self) -> int | None:
-        k = self.checkpoint.get("k")
-        return int(k) if k is not None else None
+        return self.checkpoint.k if self.checkpoint is not None else None
 
     @property
     def k_reason(self) -> str:
-        return str((self.checkpoint.get("k_choice") or {}).get("reason", "-"))
+        choice = self.checkpoint.k_choice if self.checkpoint is not None else None
+        return choice.reason if choice is not None else "-"
 
 
 def read_final(stack: Stack, s: Settings, users: list[str], metrics: dict[str, float]) -> Final:
@@ -308,7 +310,7 @@ def read_final(stack: Stack, s: Settings, users: list[str], metrics: dict[str, f
                 if seg is not None and seg != b"":
                     labels[u] = int(seg)
         names = {int(e["segment"]): str(e.get("name", "?")) for e in store.read_catalogue()}
-        checkpoint = store.load_model() or {}
+        checkpoint = store.load_model()
         wm_s = metrics.get("segmenter_event_time_watermark_seconds", 0.0)
         watermark_ms = round(wm_s * 1000)
         if not watermark_ms:  # from the shared partition clocks, as the segmenter does
@@ -427,7 +429,7 @@ def run_scenario(
         "hours_to_lapse_median": lapse.median_h,
         "hours_to_lapse_p90": lapse.p90_h,
         "watermark": _iso(final.watermark_ms),
-        "model_version": final.checkpoint.get("version"),
+        "model_version": final.checkpoint.version if final.checkpoint is not None else None,
         "refits": int(metrics.get("segmenter_model_refits_total", 0.0)),
         "swept": int(metrics.get("segmenter_swept_users_total", 0.0)),
         "segments": [

@@ -6,9 +6,10 @@ and their entries in the keys of others (``seg:segment:{n}:members``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from state.client import StoreBase, call, run
+from stream.checkpoint import Checkpoint
 
 
 class Erasing(StoreBase):
@@ -16,7 +17,7 @@ class Erasing(StoreBase):
 
     if TYPE_CHECKING:
         # From :class:`state.model_store.ModelCheckpoints`, beside this in ``RedisStore``.
-        def load_model(self) -> dict[str, Any] | None: ...
+        def load_model(self) -> Checkpoint | None: ...
 
     def forget(self, user_id: str) -> Erasure:
         """Remove user ``user_id`` from everything the segmenter keeps in Redis; idempotent.
@@ -53,7 +54,7 @@ class Erasing(StoreBase):
         sample = call(lambda: self._r.hgetall(k.sample), "read the user sample")
         slots = [slot for slot, uid in sample.items() if uid.decode() == user_id]
         model = self.load_model()
-        ids = set(range(int(model["next_id"]))) if model is not None else set()
+        ids = set(range(model.next_id)) if model is not None else set()
         if segment is not None:
             ids.add(int(segment))
         segments = sorted(ids)

@@ -5,12 +5,13 @@ and ``seg:model:versions`` (version -> a kept checkpoint).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from state.client import StoreBase, call, run
-from stream.checkpoint import check
+from stream.checkpoint import Checkpoint
 from stream.errors import ModelError
 
 #: Set the model checkpoint (KEYS[1]) to ARGV[2] only if the stored one is after merge
@@ -31,18 +32,18 @@ _CAS_ATTEMPTS = 20
 class ModelCheckpoints(StoreBase):
     """The shared model checkpoint, written under a version fence, and its kept versions."""
 
-    def load_model(self) -> dict[str, Any] | None:
+    def load_model(self) -> Checkpoint | None:
         """The current checkpoint (``seg:model``), or ``None`` before the first one."""
         blob = call(lambda: self._r.get(self.keys.model), "load the model checkpoint")
         return None if blob is None else _decode_model(blob, self.keys.model)
 
     def commit_model(
         self,
-        build: Callable[[dict[str, Any] | None], tuple[dict[str, Any], list[dict[str, Any]]]],
+        build: Callable[[Checkpoint | None], tuple[Checkpoint, list[dict[str, Any]]]],
         history_every_ms: int,
         now_ms: int,
         keep: int = 50,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    ) -> tuple[Checkpoint, list[dict[str, Any]]]:
         """Read the checkpoint, ``build`` the next one from it, write it under a version fence.
 
         The write succeeds only if the stored checkpoint is still the one read (its merge
@@ -53,14 +54,13 @@ class ModelCheckpoints(StoreBase):
         """
         for _ in range(_CAS_ATTEMPTS):
             current = self.load_model()
-            expected = 0 if current is None else int(current["merges"])
-            doc, events = build(current)
-            last = int((current or {}).get("history_at_ms", 0))
-            new_version = doc["version"] != (current or {}).get("version", 0)
+            expected = 0 if current is None else current.merges
+            built, events = build(current)
+            last = 0 if current is None else (current.history_at_ms or 0)
+            new_version = built.version != (0 if current is None else current.version)
             keep_it = new_version and (bool(events) or now_ms - last >= history_every_ms)
-            doc["saved_at_ms"] = now_ms
-            doc["history_at_ms"] = now_ms if keep_it else last
-            blob = _model_blob(doc)
+            ckpt = replace(built, saved_at_ms=now_ms, history_at_ms=now_ms if keep_it else last)
+            blob = _model_blob(ckpt)
             ok = call(
                 lambda blob=blob, expected=expected: self._r.eval(
                     MODEL_CAS, 1, self.keys.model, str(expected), blob
@@ -69,8 +69,8 @@ class ModelCheckpoints(StoreBase):
             )
             if int(ok) == 1:
                 if keep_it:
-                    self._keep_version(doc["version"], blob, keep)
-                return doc, events
+                    self._keep_version(ckpt.version, blob, keep)
+                return ckpt, events
         raise ModelError(
             f"the model checkpoint changed under {_CAS_ATTEMPTS} merges in a row; "
             "too many processes sync at once (raise SEGMENTER_MODEL_SYNC_INTERVAL_S)"
@@ -104,7 +104,7 @@ class ModelCheckpoints(StoreBase):
             )
         return sorted(out, key=lambda v: v["version"])
 
-    def model_version(self, version: int) -> dict[str, Any]:
+    def model_version(self, version: int) -> Checkpoint:
         """Kept version ``version`` of the checkpoint."""
         blob = call(
             lambda: self._r.hget(self.keys.model_versions, str(version)), "read a model version"
@@ -114,17 +114,18 @@ class ModelCheckpoints(StoreBase):
         return _decode_model(blob, self.keys.model_versions)
 
 
-def _model_blob(doc: dict[str, Any]) -> bytes:
+def _model_blob(ckpt: Checkpoint) -> bytes:
     """The checkpoint as JSON, ``merges`` first (the fence script matches it there)."""
-    ordered = {"merges": int(doc["merges"]), **{k: v for k, v in doc.items() if k != "merges"}}
+    plain = ckpt.to_dict()
+    ordered = {"merges": ckpt.merges, **{k: v for k, v in plain.items() if k != "merges"}}
     return orjson.dumps(ordered, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _decode_model(blob: bytes, key: str) -> dict[str, Any]:
+def _decode_model(blob: bytes, key: str) -> Checkpoint:
     try:
         doc = orjson.loads(blob)
     except orjson.JSONDecodeError:
-        raise ModelError(
-            f"{key} does not hold a model checkpoint; delete it to start fresh"
-        ) from None
-    return check(doc)
+        doc = None
+    if not isinstance(doc, dict):
+        raise ModelError(f"{key} does not hold a model checkpoint; delete it to start fresh")
+    return Checkpoint.from_dict(doc)

@@ -1,4 +1,4 @@
-"""The shared model checkpoint, as plain values, and the pure steps that move it forward.
+"""The shared model checkpoint and the pure steps that move it forward.
 
 Every process of a consumer group uses one model: the checkpoint in Redis (``seg:model``).
 It holds two things:
@@ -29,22 +29,32 @@ rollback. Each bumps the ``epoch``; a delta learned in an older epoch keeps its 
 statistics but its centre movement is dropped, since it moved centres that are gone. New
 centres are matched to old ones (:func:`stream.matching.match_centres`), so a segment id
 keeps its meaning, and what was born, retired, merged or split is recorded in ``events``.
+
+The checkpoint is a frozen value (:class:`~stream.checkpoint_value.Checkpoint`, with its
+codec to and from the JSON in Redis); every step here returns a new one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from stream.checkpoint_value import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    KChoiceRecord,
+    PublishedModel,
+    ScalerStats,
+    usable_features,
+)
 from stream.errors import ModelError
 from stream.matching import Lineage, match_centres
 from stream.rfm import RFMSketches, sketches_of
 from stream.scaling import DAYS_CAP, MODEL_FEATURES, OnlineScaler, check_model_features, to_human
 from stream.selection import KChoice, choose_k, lloyd
 
-CHECKPOINT_FORMAT = 2
 #: Recent wins forget with a horizon of about 1,000 user updates.
 WIN_DECAY = 0.999
 #: Lineage events kept in the checkpoint (older ones are in earlier versions).
@@ -175,49 +185,34 @@ class ModelDelta:
     recent: np.ndarray
 
 
-def empty_checkpoint(features: tuple[str, ...] = MODEL_FEATURES) -> dict[str, Any]:
+def empty_checkpoint(features: tuple[str, ...] = MODEL_FEATURES) -> Checkpoint:
     """A checkpoint before any learning on ``features``: no centres, version 0, epoch 0."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "features": list(features),
-        "merges": 0,
-        "version": 0,
-        "published": None,
-        "epoch": 0,
-        "ready": False,
-        "k": 0,
-        "ids": [],
-        "next_id": 0,
-        "centres": [],
-        "counts": [],
-        "recent_wins": [],
-        "scaler": OnlineScaler.empty(len(MODEL_FEATURES)).to_dict(),
-        "updates": 0,
-        "k_choice": None,
-        "events": [],
-    }
+    return Checkpoint(
+        format=CHECKPOINT_FORMAT,
+        features=tuple(features),
+        merges=0,
+        version=0,
+        published=None,
+        epoch=0,
+        ready=False,
+        k=0,
+        ids=(),
+        next_id=0,
+        centres=(),
+        counts=(),
+        recent_wins=(),
+        scaler=ScalerStats.of(OnlineScaler.empty(len(MODEL_FEATURES))),
+        updates=0,
+        k_choice=None,
+        events=(),
+    )
 
 
-def check(doc: dict[str, Any], features: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Return ``doc`` if this code can use it (and it clusters on ``features``, when given),
+def check(ckpt: Checkpoint, features: tuple[str, ...] | None = None) -> Checkpoint:
+    """Return ``ckpt`` if this code can use it (and it clusters on ``features``, when given),
     else raise :class:`ModelError` saying why."""
-    fresh = "delete the seg:model key (and seg:model:versions) to start a fresh model"
-    stored = tuple(doc.get("features", ()))
-    try:
-        check_model_features(stored)
-    except ValueError:
-        stored = ()
-    if doc.get("format") != CHECKPOINT_FORMAT or not stored:
-        raise ModelError(
-            f"the model checkpoint in Redis was written for other features or in another "
-            f"format; {fresh}"
-        )
-    if features is not None and stored != tuple(features):
-        raise ModelError(
-            f"the model checkpoint in Redis clusters on {', '.join(stored)}, but "
-            f"SEGMENTER_MODEL_FEATURES asks for {', '.join(features)}; set it back, or {fresh}"
-        )
-    return doc
+    usable_features(ckpt.format, ckpt.features, features)
+    return ckpt
 
 
 def _reexpress(centres: np.ndarray, old: OnlineScaler, new: OnlineScaler) -> np.ndarray:
@@ -229,48 +224,52 @@ def _caused(events: list[dict[str, Any]], cause: str) -> list[dict[str, Any]]:
     return [{**e, "cause": cause} for e in events]
 
 
+def _rows(centres: np.ndarray) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(row) for row in centres.tolist())
+
+
+def _floats(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(values.tolist())
+
+
 def _publish(
-    doc: dict[str, Any], events: list[dict[str, Any]], params: ModelParams, now_ms: int
-) -> list[dict[str, Any]]:
+    ckpt: Checkpoint, events: list[dict[str, Any]], params: ModelParams, now_ms: int
+) -> tuple[Checkpoint, list[dict[str, Any]]]:
     """Publish the learning state as the next version if due; stamp and record ``events``.
 
     Due when the model was just seeded or its segments changed (``events``), or when the
     last publication is ``publish_interval_ms`` old or ``publish_updates`` user updates
     behind.
     """
-    pub = doc.get("published")
-    due = doc["ready"] and (
+    pub = ckpt.published
+    due = ckpt.ready and (
         bool(events)
         or pub is None
-        or now_ms - int(pub["at_ms"]) >= params.publish_interval_ms
-        or int(doc["updates"]) - int(pub.get("updates", 0)) >= params.publish_updates
+        or now_ms - pub.at_ms >= params.publish_interval_ms
+        or ckpt.updates - (pub.updates or 0) >= params.publish_updates
     )
     if due:
-        doc["version"] = int(doc["version"]) + 1
-        doc["published"] = {
-            "at_ms": now_ms,
-            "updates": int(doc["updates"]),
-            "centres": doc["centres"],
-            "scaler": doc["scaler"],
-        }
-    stamped = [
-        {**e, "version": doc["version"], "epoch": doc["epoch"], "at_ms": now_ms} for e in events
-    ]
-    doc["events"] = (doc["events"] + stamped)[-KEEP_EVENTS:]
-    return stamped
+        ckpt = replace(
+            ckpt,
+            version=ckpt.version + 1,
+            published=PublishedModel(now_ms, ckpt.updates, ckpt.centres, ckpt.scaler),
+        )
+    stamped = [{**e, "version": ckpt.version, "epoch": ckpt.epoch, "at_ms": now_ms} for e in events]
+    return replace(ckpt, events=(*ckpt.events, *stamped)[-KEEP_EVENTS:]), stamped
 
 
 def _replace_centres(
-    doc: dict[str, Any], centres: np.ndarray, lineage: Lineage, counts: np.ndarray
-) -> None:
-    doc.update(
+    ckpt: Checkpoint, centres: np.ndarray, lineage: Lineage, counts: np.ndarray
+) -> Checkpoint:
+    return replace(
+        ckpt,
         k=len(centres),
-        ids=list(lineage.ids),
+        ids=tuple(lineage.ids),
         next_id=lineage.next_id,
-        centres=centres.tolist(),
-        counts=counts.tolist(),
-        recent_wins=counts.tolist(),
-        epoch=doc["epoch"] + 1,
+        centres=_rows(centres),
+        counts=_floats(counts),
+        recent_wins=_floats(counts),
+        epoch=ckpt.epoch + 1,
     )
 
 
@@ -285,7 +284,7 @@ def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 
 def merge(
-    doc: dict[str, Any] | None,
+    checkpoint: Checkpoint | None,
     delta: ModelDelta,
     snapshot: np.ndarray | None,
     params: ModelParams,
@@ -293,8 +292,8 @@ def merge(
     watermark_ms: int = 0,
     refit: bool = False,
     structural: bool = True,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Fold ``delta`` into checkpoint ``doc``; return the next version and its new events.
+) -> tuple[Checkpoint, list[dict[str, Any]]]:
+    """Fold ``delta`` into ``checkpoint``; return the next version and its new events.
 
     ``structural=False`` merges the learning only: no dead centre is re-seeded and no
     refit is made (what a stopping process does, as it could not move the members of a
@@ -315,26 +314,31 @@ def merge(
     >>> for x in blobs:
     ...     s.learn(x)
     >>> delta = ModelDelta(0, 0, None, None, None, 0, s, len(blobs), blobs[:0])
-    >>> doc, events = merge(None, delta, blobs, ModelParams(k_min=2, k_max=4), now_ms=0)
-    >>> doc["ready"], doc["k"], doc["merges"], doc["version"], [e["event"] for e in events]
+    >>> ckpt, events = merge(None, delta, blobs, ModelParams(k_min=2, k_max=4), now_ms=0)
+    >>> ckpt.ready, ckpt.k, ckpt.merges, ckpt.version, [e["event"] for e in events]
     (True, 3, 1, 1, ['born', 'born', 'born'])
     """
-    doc = (
-        check(dict(doc), params.features) if doc is not None else empty_checkpoint(params.features)
+    ckpt = (
+        check(checkpoint, params.features)
+        if checkpoint is not None
+        else empty_checkpoint(params.features)
     )
-    old_scaler = OnlineScaler.from_dict(doc["scaler"])
+    old_scaler = ckpt.scaler.to_scaler()
     scaler = old_scaler.merged(delta.scaler)
-    doc["scaler"] = scaler.to_dict()
-    doc["updates"] = int(doc["updates"]) + delta.updates
-    doc["merges"] = int(doc["merges"]) + 1
+    ckpt = replace(
+        ckpt,
+        scaler=ScalerStats.of(scaler),
+        updates=ckpt.updates + delta.updates,
+        merges=ckpt.merges + 1,
+    )
     events: list[dict[str, Any]] = []
 
-    if doc["ready"]:
-        centres = _reexpress(np.array(doc["centres"], float), old_scaler, scaler)
-        counts = np.array(doc["counts"], float)
-        wins = np.array(doc["recent_wins"], float)
+    if ckpt.ready:
+        centres = _reexpress(np.array(ckpt.centres, float), old_scaler, scaler)
+        counts = np.array(ckpt.counts, float)
+        wins = np.array(ckpt.recent_wins, float)
         if (
-            delta.epoch == doc["epoch"]
+            delta.epoch == ckpt.epoch
             and delta.shift is not None
             and delta.counts is not None
             and delta.base_std is not None
@@ -343,24 +347,29 @@ def merge(
             centres = centres + delta.shift * (delta.base_std / scaler.std)
             counts = counts + delta.counts
             wins = wins * WIN_DECAY**delta.learned + delta.counts
-        doc.update(centres=centres.tolist(), counts=counts.tolist(), recent_wins=wins.tolist())
+        ckpt = replace(
+            ckpt, centres=_rows(centres), counts=_floats(counts), recent_wins=_floats(wins)
+        )
         if structural:
-            events += _reseed_dead(doc, scaler, delta.recent, params)
+            ckpt, reseeded = _reseed_dead(ckpt, scaler, delta.recent, params)
+            events += reseeded
         if (
             structural
             and not events
             and snapshot is not None
             and len(snapshot) >= params.warmup_users
-            and (refit or refit_due(doc, params, watermark_ms=watermark_ms))
+            and (refit or refit_due(ckpt, params, watermark_ms=watermark_ms))
         ):
-            events += _refit(doc, snapshot, params, "automatic refit", False, watermark_ms)
+            ckpt, refitted = _refit(ckpt, snapshot, params, "automatic refit", False, watermark_ms)
+            events += refitted
     elif snapshot is not None and len(snapshot) >= params.warmup_users:
-        events += _seed(doc, snapshot, params, watermark_ms)
-    published = doc["version"]
-    stamped = _publish(doc, events, params, now_ms)
-    if doc["version"] != published:
-        doc.pop("rolled_back_from", None)  # it described the previous version
-    return doc, stamped
+        ckpt, seeded = _seed(ckpt, snapshot, params, watermark_ms)
+        events += seeded
+    published = ckpt.version
+    ckpt, stamped = _publish(ckpt, events, params, now_ms)
+    if ckpt.version != published:
+        ckpt = replace(ckpt, rolled_back_from=None)  # it described the previous version
+    return ckpt, stamped
 
 
 def snapshot_scaler(snapshot: np.ndarray) -> OnlineScaler:
@@ -411,25 +420,30 @@ def rfm_population(snapshot: np.ndarray) -> RFMSketches:
     )
 
 
-def _fitted(doc: dict[str, Any], snapshot: np.ndarray, watermark_ms: int) -> OnlineScaler:
+def _fitted(
+    ckpt: Checkpoint, snapshot: np.ndarray, watermark_ms: int
+) -> tuple[Checkpoint, OnlineScaler]:
     """Record a fit on ``snapshot``: its scaler becomes the learning scaler, its medians
     the typical customer names are given against."""
     scaler = snapshot_scaler(snapshot)
-    doc["scaler"] = scaler.to_dict()
-    doc["population"] = population(snapshot).tolist()
-    doc["rfm"] = rfm_population(snapshot).to_dict()
-    doc["fitted_at_updates"] = int(doc["updates"])
-    doc["fitted_at_event_ms"] = int(watermark_ms)
-    return scaler
+    fitted = replace(
+        ckpt,
+        scaler=ScalerStats.of(scaler),
+        population=_floats(population(snapshot)),
+        rfm=rfm_population(snapshot).to_dict(),
+        fitted_at_updates=ckpt.updates,
+        fitted_at_event_ms=int(watermark_ms),
+    )
+    return fitted, scaler
 
 
-def _k_choice(choice: KChoice) -> dict[str, Any]:
-    return {
-        "k": choice.k,
-        "scores": {str(k): round(v, 4) for k, v in choice.scores.items()},
-        "n_points": choice.n_points,
-        "reason": choice.reason,
-    }
+def _k_choice(choice: KChoice) -> KChoiceRecord:
+    return KChoiceRecord(
+        k=choice.k,
+        scores=tuple((k, round(v, 4)) for k, v in choice.scores.items()),
+        n_points=choice.n_points,
+        reason=choice.reason,
+    )
 
 
 def _choose(points: np.ndarray, params: ModelParams, epoch: int) -> KChoice:
@@ -444,27 +458,24 @@ def _choose(points: np.ndarray, params: ModelParams, epoch: int) -> KChoice:
 
 
 def _seed(
-    doc: dict[str, Any], snapshot: np.ndarray, params: ModelParams, watermark_ms: int
-) -> list[dict[str, Any]]:
-    scaler = _fitted(doc, snapshot, watermark_ms)
+    ckpt: Checkpoint, snapshot: np.ndarray, params: ModelParams, watermark_ms: int
+) -> tuple[Checkpoint, list[dict[str, Any]]]:
+    ckpt, scaler = _fitted(ckpt, snapshot, watermark_ms)
     points = scaler.transform(_canonical(snapshot))
-    choice = _choose(points, params, doc["epoch"])
-    lineage = match_centres(
-        np.empty((0, points.shape[1])), [], choice.centres, int(doc["next_id"]), 1.0
-    )
+    choice = _choose(points, params, ckpt.epoch)
+    lineage = match_centres(np.empty((0, points.shape[1])), [], choice.centres, ckpt.next_id, 1.0)
     counts = np.bincount(_nearest(points, choice.centres), minlength=choice.k).astype(float)
-    _replace_centres(doc, choice.centres, lineage, counts)
-    doc["ready"] = True
-    doc["k_choice"] = _k_choice(choice)
-    return _caused(lineage.events(), "warm start: " + choice.reason)
+    ckpt = _replace_centres(ckpt, choice.centres, lineage, counts)
+    ckpt = replace(ckpt, ready=True, k_choice=_k_choice(choice))
+    return ckpt, _caused(lineage.events(), "warm start: " + choice.reason)
 
 
 def _reseed_dead(
-    doc: dict[str, Any],
+    ckpt: Checkpoint,
     scaler: OnlineScaler,
     recent_raw: np.ndarray,
     params: ModelParams,
-) -> list[dict[str, Any]]:
+) -> tuple[Checkpoint, list[dict[str, Any]]]:
     """Move dead or collapsed centres to where users are worst served.
 
     A centre is dead when its share of recent wins is below a tenth of a fair share (and
@@ -477,12 +488,12 @@ def _reseed_dead(
     centre; matching then records the old segment as retired (merged into its neighbour
     when it had collapsed onto it) and the new one as born.
     """
-    k = int(doc["k"])
-    wins = np.array(doc["recent_wins"], float)
+    k = ckpt.k
+    wins = np.array(ckpt.recent_wins, float)
     if wins.sum() < 20 * k or len(recent_raw) < 2 * k:
-        return []
+        return ckpt, []
     share = wins / wins.sum()
-    old = np.array(doc["centres"], float)
+    old = np.array(ckpt.centres, float)
     refits = bool(params.refit_updates or params.refit_interval_ms)
     dead = [] if refits else [j for j in range(k) if share[j] < DEAD_SHARE / k]
     gaps = np.sqrt(((old[:, None, :] - old[None, :, :]) ** 2).sum(axis=2))
@@ -493,9 +504,9 @@ def _reseed_dead(
                 if loser not in dead:
                     dead.append(loser)
     if not dead:
-        return []
+        return ckpt, []
     centres = old.copy()
-    counts = np.array(doc["counts"], float)
+    counts = np.array(ckpt.counts, float)
     points = scaler.transform(recent_raw)
     for j in dead:
         others = np.delete(centres, j, axis=0)
@@ -503,51 +514,50 @@ def _reseed_dead(
         centres[j] = points[int(np.argmax(gap))]
         counts[j] = 1.0
         wins[j] = wins.sum() / k
-    lineage = match_centres(old, doc["ids"], centres, int(doc["next_id"]), params.match_threshold)
-    epoch = doc["epoch"]
-    _replace_centres(doc, centres, lineage, counts)
-    doc["recent_wins"] = wins.tolist()
-    if not lineage.events():
-        doc["epoch"] = epoch  # every id survived: nothing structural happened
-    return _caused(lineage.events(), "re-seeded a dead or collapsed centre")
+    lineage = match_centres(old, ckpt.ids, centres, ckpt.next_id, params.match_threshold)
+    # Every id survived: nothing structural happened, and the epoch stays.
+    epoch = ckpt.epoch + 1 if lineage.events() else ckpt.epoch
+    ckpt = _replace_centres(ckpt, centres, lineage, counts)
+    ckpt = replace(ckpt, recent_wins=_floats(wins), epoch=epoch)
+    return ckpt, _caused(lineage.events(), "re-seeded a dead or collapsed centre")
 
 
 def refit(
-    doc: dict[str, Any],
+    checkpoint: Checkpoint,
     snapshot: np.ndarray,
     params: ModelParams,
     now_ms: int,
     watermark_ms: int = 0,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[Checkpoint, list[dict[str, Any]]]:
     """Fit the centres afresh on ``snapshot`` (k chosen again), kept whatever the gain,
     and match them to the old: segment ids whose centres moved less than
     ``match_threshold`` are kept; the rest are born or retired, with merges and splits
     recorded."""
-    doc = check(dict(doc), params.features)
-    if not doc["ready"]:
+    ckpt = check(checkpoint, params.features)
+    if not ckpt.ready:
         raise ModelError("the model has not been seeded yet; there is nothing to refit")
     if len(snapshot) < params.warmup_users:
         raise ModelError(
             f"the user sample holds {len(snapshot)} users, fewer than warmup_users "
             f"({params.warmup_users}); let more traffic through first"
         )
-    doc["merges"] = int(doc["merges"]) + 1
-    events = _refit(doc, snapshot, params, "refit", True, watermark_ms)
-    return doc, _publish(doc, events, params, now_ms)
+    ckpt = replace(ckpt, merges=ckpt.merges + 1)
+    ckpt, events = _refit(ckpt, snapshot, params, "refit", True, watermark_ms)
+    return _publish(ckpt, events, params, now_ms)
 
 
 def refit_due(
-    doc: dict[str, Any] | None, params: ModelParams, pending: int = 0, watermark_ms: int = 0
+    ckpt: Checkpoint | None, params: ModelParams, pending: int = 0, watermark_ms: int = 0
 ) -> bool:
     """Whether an automatic refit is due (and so needs the snapshot) once ``pending`` more
-    user updates are merged into ``doc`` at ``watermark_ms``: ``refit_interval_ms`` of
+    user updates are merged into ``ckpt`` at ``watermark_ms``: ``refit_interval_ms`` of
     event time or ``refit_updates`` user updates since the last fit."""
-    if doc is None or not doc["ready"]:
+    if ckpt is None or not ckpt.ready:
         return False
-    since = int(doc["updates"]) + pending - int(doc.get("fitted_at_updates", 0))
+    since = ckpt.updates + pending - (ckpt.fitted_at_updates or 0)
     if params.refit_updates and since >= params.refit_updates:
         return True
-    fitted_at = int(doc.get("fitted_at_event_ms", 0))
+    fitted_at = ckpt.fitted_at_event_ms or 0
     return bool(params.refit_interval_ms) and watermark_ms - fitted_at >= params.refit_interval_ms
 
 
@@ -557,21 +567,21 @@ def _inertia(points: np.ndarray, centres: np.ndarray) -> float:
 
 
 def _refit(
-    doc: dict[str, Any],
+    ckpt: Checkpoint,
     snapshot: np.ndarray,
     params: ModelParams,
     what: str,
     force: bool,
     watermark_ms: int,
-) -> list[dict[str, Any]]:
-    """Refit ``doc`` in place on ``snapshot``; unless ``force``, keep the new centres only
-    if k changed or they lower the inertia on the snapshot by ``refit_gain``."""
-    old_scaler = OnlineScaler.from_dict(doc["scaler"])
-    old_population = doc.get("population")
-    scaler = _fitted(doc, snapshot, watermark_ms)
+) -> tuple[Checkpoint, list[dict[str, Any]]]:
+    """Refit ``ckpt`` on ``snapshot``; unless ``force``, keep the new centres only if k
+    changed or they lower the inertia on the snapshot by ``refit_gain``."""
+    old_scaler = ckpt.scaler.to_scaler()
+    old_population = ckpt.population
+    ckpt, scaler = _fitted(ckpt, snapshot, watermark_ms)
     points = scaler.transform(_canonical(snapshot))
-    old = _reexpress(np.array(doc["centres"], float), old_scaler, scaler)
-    choice = _choose(points, params, doc["epoch"])
+    old = _reexpress(np.array(ckpt.centres, float), old_scaler, scaler)
+    choice = _choose(points, params, ckpt.epoch)
     centres = choice.centres
     if choice.k == len(old):
         # The old centres are one more start: Lloyd from them keeps ids where the groups
@@ -582,15 +592,12 @@ def _refit(
     before, after = _inertia(points, old), _inertia(points, centres)
     if not force and choice.k == len(old) and after >= (1.0 - params.refit_gain) * before:
         # Not worth it: keep the centres (in the snapshot's units) and the old population.
-        doc["centres"] = old.tolist()
-        if old_population is not None:
-            doc["population"] = old_population
-        return []
-    lineage = match_centres(old, doc["ids"], centres, int(doc["next_id"]), params.match_threshold)
+        kept = old_population if old_population is not None else ckpt.population
+        return replace(ckpt, centres=_rows(old), population=kept), []
+    lineage = match_centres(old, ckpt.ids, centres, ckpt.next_id, params.match_threshold)
     counts = np.bincount(_nearest(points, centres), minlength=len(centres)).astype(float)
-    _replace_centres(doc, centres, lineage, counts)
-    doc["k_choice"] = _k_choice(choice)
-    doc.pop("rolled_back_from", None)
+    ckpt = _replace_centres(ckpt, centres, lineage, counts)
+    ckpt = replace(ckpt, k_choice=_k_choice(choice), rolled_back_from=None)
     moved = {str(i): round(d, 4) for i, d in lineage.kept.items()}
     n = len(points)
     cause = (
@@ -598,41 +605,41 @@ def _refit(
         f"{choice.reason}; kept {moved}"
     )
     # A refit always publishes, even when every id survived: its centres are new.
-    return _caused(lineage.events(), cause) or [{"event": "refit", "cause": cause}]
+    return ckpt, _caused(lineage.events(), cause) or [{"event": "refit", "cause": cause}]
 
 
 def rollback(
-    current: dict[str, Any], old: dict[str, Any], now_ms: int
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    current: Checkpoint, old: Checkpoint, now_ms: int
+) -> tuple[Checkpoint, list[dict[str, Any]]]:
     """Publish checkpoint ``old``'s model again, as a new version in a new epoch.
 
     History is never rewritten: the version number moves on, and ids born since ``old``
     are never given out again (``next_id`` keeps the newer value).
     """
-    current = check(dict(current))
-    old = check(dict(old), tuple(current["features"]))
-    doc = dict(old)
-    doc.update(
-        merges=int(current["merges"]) + 1,
-        version=int(current["version"]),
-        epoch=int(current["epoch"]) + 1,
-        next_id=max(int(current["next_id"]), int(old["next_id"])),
-        rolled_back_from=int(old["version"]),
-        events=list(current["events"]),
+    current = check(current)
+    old = check(old, current.features)
+    ckpt = replace(
+        old,
+        merges=current.merges + 1,
+        version=current.version,
+        epoch=current.epoch + 1,
+        next_id=max(current.next_id, old.next_id),
+        rolled_back_from=old.version,
+        events=current.events,
     )
-    if old.get("published"):
+    if old.published is not None:
         # The version rolled back to is what is published again, not the learning that
         # had happened after it.
-        doc.update(centres=old["published"]["centres"], scaler=old["published"]["scaler"])
-    cur_ids, old_ids = set(current["ids"]), set(old["ids"])
-    cause = f"rolled back to version {old['version']}"
+        ckpt = replace(ckpt, centres=old.published.centres, scaler=old.published.scaler)
+    cur_ids, old_ids = set(current.ids), set(old.ids)
+    cause = f"rolled back to version {old.version}"
     events: list[dict[str, Any]] = [
         {"event": "retired", "segment": i, "cause": cause} for i in sorted(cur_ids - old_ids)
     ] + [{"event": "restored", "segment": i, "cause": cause} for i in sorted(old_ids - cur_ids)]
     if not events:
         events = [{"event": "rolled_back", "cause": cause}]
     # Any params will do: events make the publication due at once.
-    return doc, _publish(doc, events, ModelParams(), now_ms)
+    return _publish(ckpt, events, ModelParams(), now_ms)
 
 
 def retired_ids(events: list[dict[str, Any]]) -> list[int]:

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 from river import cluster
 
-from stream.checkpoint import ModelDelta, ModelParams, check, empty_checkpoint, merge
+from stream.checkpoint import (
+    Checkpoint,
+    ModelDelta,
+    ModelParams,
+    check,
+    empty_checkpoint,
+    merge,
+)
 from stream.decision import Decision, decide
 from stream.rfm import RFMSketches
 from stream.scaling import MODEL_FEATURES, OnlineScaler
@@ -70,31 +77,32 @@ class SegmentModel:
 
     # -- the adopted checkpoint -----------------------------------------------------------
 
-    def adopt(self, doc: dict[str, Any]) -> None:
-        """Make checkpoint ``doc`` the one decisions use, and restart local learning on it."""
-        doc = check(doc, self.params.features)
-        self.doc = doc
-        self.merges = int(doc["merges"])
-        self.epoch = int(doc["epoch"])
-        self.updates = int(doc["updates"])
+    def adopt(self, checkpoint: Checkpoint) -> None:
+        """Make ``checkpoint`` the one decisions use, and restart local learning on it."""
+        ckpt = check(checkpoint, self.params.features)
+        #: The adopted checkpoint.
+        self.checkpoint = ckpt
+        self.merges = ckpt.merges
+        self.epoch = ckpt.epoch
+        self.updates = ckpt.updates
         # What decisions use: the published model.
-        pub = doc.get("published")
+        pub = ckpt.published
         self.ready = pub is not None
-        self.version = int(doc["version"])
-        self.ids: list[int] = [int(i) for i in doc["ids"]] if self.ready else []
+        self.version = ckpt.version
+        self.ids: list[int] = list(ckpt.ids) if self.ready else []
         #: The typical customer's raw vector (medians of the last fit's snapshot), which
         #: segment names are given against; ``None`` before a fit recorded one.
-        self.population: list[float] | None = doc.get("population")
+        self.population: tuple[float, ...] | None = ckpt.population
         #: The population's RFM sketches from the last fit, which users are scored against.
-        self.rfm: RFMSketches | None = RFMSketches.from_dict(doc["rfm"]) if doc.get("rfm") else None
+        self.rfm: RFMSketches | None = ckpt.rfm_sketches()
         self._slots = {sid: j for j, sid in enumerate(self.ids)}
         d = len(self.features)
-        self.scaler = OnlineScaler.from_dict(pub["scaler"] if pub else doc["scaler"])
-        self._centres = np.array(pub["centres"] if pub else [], float).reshape(len(self.ids), d)
+        self.scaler = (pub.scaler if pub else ckpt.scaler).to_scaler()
+        self._centres = np.array(pub.centres if pub else (), float).reshape(len(self.ids), d)
         # What learning starts from: the learning state.
-        self._learn_scaler = OnlineScaler.from_dict(doc["scaler"])
-        self._base = np.array(doc["centres"], float).reshape(len(doc["ids"]), d)
-        self._counts = np.array(doc["counts"], float)
+        self._learn_scaler = ckpt.scaler.to_scaler()
+        self._base = np.array(ckpt.centres, float).reshape(len(ckpt.ids), d)
+        self._counts = np.array(ckpt.counts, float)
         self.kmeans: cluster.KMeans | None = None
         if self.ready:
             self.kmeans = cluster.KMeans(
@@ -212,10 +220,8 @@ class SegmentModel:
         """Merge into this process's own checkpoint (no other process, no Redis); its
         newest ``reservoir_size`` observed vectors stand in for the snapshot."""
         reservoir = np.stack(self._local_reservoir) if self._local_reservoir else None
-        doc, events = merge(self.doc, self.delta(), reservoir, self.params, now_ms, watermark_ms)
-        self.adopt(doc)
+        ckpt, events = merge(
+            self.checkpoint, self.delta(), reservoir, self.params, now_ms, watermark_ms
+        )
+        self.adopt(ckpt)
         return events
-
-    def to_dict(self) -> dict[str, Any]:
-        """The adopted checkpoint, as plain values."""
-        return dict(self.doc)

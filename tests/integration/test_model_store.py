@@ -10,7 +10,7 @@ import pytest
 
 from loadtest.devstack.servers import Server
 from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
-from stream.checkpoint import ModelDelta, ModelParams, merge, rollback
+from stream.checkpoint import Checkpoint, ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError
 from stream.events import Event
 from stream.features import apply_events
@@ -42,8 +42,8 @@ def store(redis_server: Server, request: pytest.FixtureRequest):
 def test_a_concurrent_commit_is_merged_not_lost(store: RedisStore) -> None:
     calls = []
 
-    def build(cur: dict[str, Any] | None):
-        calls.append(None if cur is None else cur["merges"])
+    def build(cur: Checkpoint | None) -> tuple[Checkpoint, list[dict[str, Any]]]:
+        calls.append(None if cur is None else cur.merges)
         if len(calls) == 1:
             # Another process commits between this one's read and its write.
             store.commit_model(lambda c: merge(c, delta(5, 2), None, P, 1), 0, 1)
@@ -51,9 +51,9 @@ def test_a_concurrent_commit_is_merged_not_lost(store: RedisStore) -> None:
 
     doc, _ = store.commit_model(build, 0, 2)
     assert calls == [None, 1]  # the fenced write was refused, then built on merge 1
-    assert doc["merges"] == 2 and doc["updates"] == 20
+    assert doc.merges == 2 and doc.updates == 20
     stored = store.load_model()
-    assert stored is not None and stored["merges"] == 2 and stored["updates"] == 20
+    assert stored is not None and stored.merges == 2 and stored.updates == 20
 
 
 def test_versions_are_kept_every_interval_and_trimmed(store: RedisStore) -> None:
@@ -70,11 +70,11 @@ def test_versions_are_kept_every_interval_and_trimmed(store: RedisStore) -> None
             t * 1000,
             keep=3,
         )
-        assert doc["version"] == t  # published every second
+        assert doc.version == t  # published every second
     kept = [v["version"] for v in store.model_versions()]
     # Kept: 1 (the seeding), then 4, 7, 10 (3 s apart); trimmed to the newest three.
     assert kept == [4, 7, 10]
-    assert store.model_version(7)["version"] == 7
+    assert store.model_version(7).version == 7
     with pytest.raises(ModelError, match="no model version 1"):
         store.model_version(1)
 
@@ -113,13 +113,14 @@ def test_seeding_is_kept_and_rollback_is_a_new_version(store: RedisStore) -> Non
     rng = np.random.default_rng(0)
     pts = np.concatenate([rng.normal(c, 0.2, (20, D)) for c in (0.0, 5.0)])
     seeded, events = store.commit_model(lambda c: merge(c, delta(20, 3), pts, P, 5), 10**9, 5)
-    assert seeded["ready"] and [e["event"] for e in events] == ["born", "born"]
+    assert seeded.ready and [e["event"] for e in events] == ["born", "born"]
     store.commit_model(lambda c: merge(c, delta(2, 4), None, P, 6), 10**9, 6)
     assert [v["version"] for v in store.model_versions()] == [1]  # seeding: kept
     old = store.model_version(1)
     doc, _ = store.commit_model(lambda c: rollback(c or old, old, 7), 10**9, 7)
-    assert (doc["version"], doc["rolled_back_from"]) == (2, 1)  # v1 was still published
-    assert store.load_model()["centres"] == old["centres"]  # type: ignore[index]
+    assert (doc.version, doc.rolled_back_from) == (2, 1)  # v1 was still published
+    loaded = store.load_model()
+    assert loaded is not None and loaded.centres == old.centres
 
 
 def test_reassess_queue_and_members_of_retired_segments(store: RedisStore) -> None:

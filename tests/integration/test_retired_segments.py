@@ -78,7 +78,7 @@ def test_a_retired_segment_with_a_process_on_the_older_version(
         ends = produce(s, waves[0])
         wait_committed(s, ends)
         before = store.load_model()
-        assert before is not None and before["ready"] and len(before["ids"]) == 3
+        assert before is not None and before.ready and len(before.ids) == 3
         time.sleep(SLOW_SYNC_S + 1)  # both on the three-segment model
 
         # A refit to four segments: at least one is born. Users arriving next join it.
@@ -90,14 +90,14 @@ def test_a_retired_segment_with_a_process_on_the_older_version(
         wait_committed(s, ends)
         refitted = store.load_model()
         assert refitted is not None
-        born = sorted(set(refitted["ids"]) - set(before["ids"]))
-        assert born, refitted["ids"]
+        born = sorted(set(refitted.ids) - set(before.ids))
+        assert born, refitted.ids
         in_born = sum(rds.scard(f"{s.redis_prefix}segment:{{{i}}}:members") for i in born)
         assert in_born > 0, "nobody joined the new segment: the test would show nothing"
 
         # Roll back to the three-segment version: the born segments retire. The slow
         # process keeps the four-segment model for up to SLOW_SYNC_S while events arrive.
-        kept = [v["version"] for v in store.model_versions() if v["segments"] == before["ids"]]
+        kept = [v["version"] for v in store.model_versions() if v["segments"] == list(before.ids)]
         out = cli(s, "model", "rollback", str(max(kept)))
         assert out.returncode == 0, out.stderr
         queued = int(re.search(r"(\d+) users queued to move", out.stdout).group(1))  # type: ignore[union-attr]
@@ -131,7 +131,7 @@ def test_a_retired_segment_with_a_process_on_the_older_version(
     store.close()
     # The rollback retired every segment the refit gave birth to (the model may have
     # re-seeded a dead centre since, retiring more).
-    assert not set(born) & set(newest["ids"])
+    assert not set(born) & set(newest.ids)
     figures = check_exact(s, rds, expected)
     assert figures["counted"] == len(messages)
     print(

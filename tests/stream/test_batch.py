@@ -267,7 +267,7 @@ def test_learning_is_once_per_user_and_after_deciding(world) -> None:
     }
     model.sync_local(now_ms=T)  # adopt what the warm-up batches learned
     before = model.centres().copy()
-    counts = np.array(model.doc["counts"], float)
+    counts = np.array(model.checkpoint.counts, float)
     updates = observed(model)
     np.testing.assert_array_equal(model.local_centres(), before)  # nothing learned since
     r = run(batch, states, model, names)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from stream.checkpoint import ModelParams, empty_checkpoint, merge, population
+from stream.checkpoint import Checkpoint, ModelParams, empty_checkpoint, merge, population
 from stream.errors import ModelError
 from stream.model import SegmentModel
 from stream.scaling import MODEL_FEATURES
@@ -53,7 +55,8 @@ def test_not_ready_until_a_sync_finds_enough_users() -> None:
     assert m.ready and (m.merges, m.version, m.updates) == (2, 1, 60)
     assert m.n_clusters == 3 and m.ids == [0, 1, 2]
     assert [e["event"] for e in events] == ["born"] * 3
-    assert m.doc["k_choice"]["k"] == 3 and "prediction strength" in m.doc["k_choice"]["reason"]
+    choice = m.checkpoint.k_choice
+    assert choice is not None and choice.k == 3 and "prediction strength" in choice.reason
 
 
 def test_sync_local_fits_on_the_newest_observed_vectors() -> None:
@@ -73,20 +76,21 @@ def test_sync_local_fits_on_the_newest_observed_vectors() -> None:
     assert events and all("automatic refit on 200 users" in e["cause"] for e in events)
     assert m.population is not None
     np.testing.assert_allclose(m.population, population(far[-200:]))
-    assert m.doc["fitted_at_updates"] == m.updates == 390
+    assert m.checkpoint.fitted_at_updates == m.updates == 390
 
 
 def test_the_population_and_rfm_sketches_come_from_the_checkpoint() -> None:
     m = seeded()
-    doc = m.to_dict()
-    assert doc["population"] == m.population
+    ckpt = m.checkpoint
+    assert ckpt.population is not None and ckpt.population == m.population
     n = SegmentModel(params())
-    n.adopt(doc)
+    n.adopt(ckpt)
     assert n.population == m.population
     assert n.rfm is not None and m.rfm is not None
-    assert n.rfm.to_dict() == m.rfm.to_dict() == doc["rfm"]
+    assert n.rfm.to_dict() == m.rfm.to_dict() == ckpt.rfm
     # A checkpoint without them (written before they were kept) adopts as "not known".
-    old = {k: v for k, v in doc.items() if k not in ("population", "rfm")}
+    plain = ckpt.to_dict()
+    old = Checkpoint.from_dict({k: v for k, v in plain.items() if k not in ("population", "rfm")})
     n.adopt(old)
     assert n.population is None and n.rfm is None and n.ready
 
@@ -108,7 +112,7 @@ def test_decisions_use_the_adopted_centres_and_learning_the_local_copy() -> None
 def test_the_step_is_a_running_mean_while_young_and_halflife_after() -> None:
     m = seeded()
     j = int(np.argmin(m.distances(m.scale(np.zeros(D)))))
-    n = m.doc["counts"][j]
+    n = m.checkpoint.counts[j]
     c0 = m.local_centres()[j].copy()
     z = c0 + 0.1
     m.learn(m.scaler.inverse(z))  # published and learning scaler agree right after a sync
@@ -117,7 +121,7 @@ def test_the_step_is_a_running_mean_while_young_and_halflife_after() -> None:
     # 30 users per seeded centre: 1/31 is above the floor (0.01): a running mean.
     assert step == 1.0 / (n + 1.0)
     old = SegmentModel(params(halflife=0.1))
-    old.adopt(m.to_dict())
+    old.adopt(m.checkpoint)
     old.learn(m.scaler.inverse(z))
     np.testing.assert_allclose(old.local_centres()[j], c0 + 0.1 * 0.1)  # the floor
 
@@ -140,9 +144,7 @@ def test_sync_adopts_the_merge_and_restarts_local_learning() -> None:
 
 def test_decide_speaks_segment_ids_and_moves_users_of_retired_segments() -> None:
     m = seeded()
-    doc = dict(m.doc)
-    doc["ids"] = [10, 11, 12]
-    m.adopt(doc)
+    m.adopt(replace(m.checkpoint, ids=(10, 11, 12)))
     z = m.scale(np.full(D, 8.1))
     d = m.distances(z)
     dec = m.decide(None, z, d, 0.15)
@@ -179,15 +181,15 @@ def test_two_processes_at_the_same_version_decide_alike() -> None:
 def test_adopt_rejects_checkpoints_of_another_format() -> None:
     m = SegmentModel(params())
     with pytest.raises(ModelError, match="delete the seg:model key"):
-        m.adopt({**empty_checkpoint(), "format": 1})
+        m.adopt(replace(empty_checkpoint(), format=1))
     with pytest.raises(ModelError):
-        m.adopt({**empty_checkpoint(), "features": ["x"]})
+        m.adopt(replace(empty_checkpoint(), features=("x",)))
 
 
-def test_to_dict_round_trips_through_adopt() -> None:
+def test_the_checkpoint_round_trips_through_plain_values_and_adopt() -> None:
     m = seeded()
     n = SegmentModel(params())
-    n.adopt(m.to_dict())
+    n.adopt(Checkpoint.from_dict(m.checkpoint.to_dict()))
     assert (n.version, n.epoch, n.ids, n.ready) == (m.version, m.epoch, m.ids, m.ready)
     np.testing.assert_array_equal(n.centres(), m.centres())
     np.testing.assert_array_equal(n.scaler.mean, m.scaler.mean)
