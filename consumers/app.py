@@ -248,6 +248,10 @@ class Segmenter:
                 last_data = time.monotonic()
             elif idle_exit_s is not None and time.monotonic() - last_data > idle_exit_s:
                 break
+            if stop.is_set():
+                # Stopping: no sync that could refit and retire segments whose members
+                # this process could no longer move. The final sync below changes none.
+                break
             self._housekeeping()
         self.sync.sync(final=True)
         # Users queued for a segment (warm-up, retired segments) get it before exit, and
