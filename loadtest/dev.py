@@ -21,13 +21,12 @@ from consumers import topics
 from consumers.app import Segmenter
 from consumers.cli import dispatch, print_segments, stop_on_signals
 from consumers.exit_codes import EXIT_ERROR, EXIT_NOT_FOUND, EXIT_OK
+from loadtest.devstack import install, servers, stack
 from loadtest.generator import produce_events
 from stream.settings import CONFIG_FILE_VAR, Settings
 
 
 def cmd_devstack(settings: Settings, args: argparse.Namespace) -> int:
-    from loadtest.devstack import install, stack
-
     root = Path(args.dir)
     if args.action == "install":
         for what, where in install.install(args.broker).items():
@@ -73,7 +72,6 @@ def _print_stack(running: dict[str, Any], partitions: int, settings: Settings) -
 
 
 def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
-
     report = produce_events(
         bootstrap=settings.kafka_bootstrap,
         clicks_topic=settings.clicks_topic,
@@ -96,8 +94,6 @@ def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Local stack up, shopper traffic in, the segmenter over it, and what it found."""
-    from loadtest.devstack import install, servers, stack
-
     root = Path(args.dir)
     print("== 1/4 local stack")
     install.install(args.broker)
