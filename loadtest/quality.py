@@ -53,7 +53,10 @@ import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from loadtest.quality_metrics import (
+    Crossing,
+    Lapse,
     ari,
+    days_after_crossing,
     hours_to_lapse,
     merged_personas,
     moves_and_reversals,
@@ -325,6 +328,27 @@ def read_final(stack: Stack, s: Settings, users: list[str], metrics: dict[str, f
     return Final(labels, names, checkpoint, watermark_ms)
 
 
+def lapse_crossing(s: Settings, lapse: Lapse, final: Final) -> Crossing:
+    """:func:`days_after_crossing` of the lapsed customers moved, by the final model, from
+    their states in Redis."""
+    from state.redis_store import RedisStore
+    from stream.model import SegmentModel
+
+    if final.checkpoint is None or not lapse.entries:
+        return Crossing((), 0)
+    model = SegmentModel(s.model_params())
+    model.adopt(final.checkpoint)
+    store = RedisStore.from_settings(s)
+    try:
+        states = store.load_states([u for u, _, _ in lapse.entries])
+    finally:
+        store.close()
+    known = {u: st for u, st in states.items() if st is not None}
+    return days_after_crossing(
+        lapse.entries, known, model, final.names, s.hysteresis_margin, s.rfm_horizon
+    )
+
+
 def batch_labels(s: Settings, users: list[str], watermark_ms: int, k: int, seed: int) -> np.ndarray:
     """scikit-learn KMeans (true k, n_init=10) on ``users``' z-scored model vectors as of
     ``watermark_ms``, from their states in Redis."""
@@ -401,6 +425,7 @@ def run_scenario(
     moves = moves_and_reversals(changes)
     truth_seen = {u: produced.personas[u] for u in users}
     lapse = hours_to_lapse(changes, truth_seen, produced.last_purchase_ms)
+    crossing = lapse_crossing(s, lapse, final)
     summaries = segment_summaries({u: final.labels[u] for u in segmented}, truth_seen, final.names)
     row: dict[str, Any] = {
         "name": scenario.name,
@@ -428,6 +453,10 @@ def run_scenario(
         "lapse_already": lapse.already,
         "hours_to_lapse_median": lapse.median_h,
         "hours_to_lapse_p90": lapse.p90_h,
+        "lapse_crossed": len(crossing.days),
+        "lapse_not_crossed": crossing.not_crossed,
+        "lapse_within_a_day": crossing.within_a_day,
+        "lapse_days_after_crossing_median": crossing.median_days,
         "watermark": _iso(final.watermark_ms),
         "model_version": final.checkpoint.version if final.checkpoint is not None else None,
         "refits": int(metrics.get("segmenter_model_refits_total", 0.0)),
@@ -506,7 +535,10 @@ def run_real(stack: Stack, seed: int, workdir: Path) -> dict[str, Any]:
     final = read_final(stack, s, users, metrics)
     as_of = real_data.end_ms(tx)
     _log(f"{tag}: settled; batch RFM baseline")
-    batch = real_data.batch_rfm(tx, as_of, None, seed)
+    # The baseline chooses its k by the silhouette among the k the segmenter may have
+    # (SEGMENTER_K_MIN to K_MAX); the same chooser over 2 to 8 is reported beside it.
+    batch = real_data.batch_rfm(tx, as_of, None, seed, ks=range(s.k_min, s.k_max + 1))
+    wide = real_data.batch_rfm(tx, as_of, None, seed, ks=real_data.K_RANGE)
     segmented = [u for u in users if u in final.labels]
     mine = [final.labels[u] for u in segmented]
     theirs = [batch.labels[real_data.customer_of(u)] for u in segmented]
@@ -525,6 +557,10 @@ def run_real(stack: Stack, seed: int, workdir: Path) -> dict[str, Any]:
         "batch_k": batch.k,
         "batch_k_reason": batch.selection.reason if batch.selection else "given",
         "batch_silhouette": batch.silhouette,
+        "batch_k_range": f"{s.k_min}-{s.k_max}",
+        "batch_wide_k": wide.k,
+        "batch_wide_k_reason": wide.selection.reason if wide.selection else "given",
+        "ari_batch_rfm_wide": ari([wide.labels[real_data.customer_of(u)] for u in segmented], mine),
         "replay_s": replay_s,
         "replay_summary": done.stdout.strip(),
         "drain_s": drain_s,

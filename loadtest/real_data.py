@@ -623,8 +623,9 @@ def choose_baseline_k(
     On CDNOW as of the end of the data this picks k=2 (silhouette 0.57): the customers
     who bought once or twice long ago against the repeat buyers, half the customers
     having bought only once. The segmenter chooses from ``k_min`` to ``k_max`` (3 to 8 by
-    default), where the same rule picks k=3 (0.48); to compare labellings, fit the
-    baseline with the segmenter's ``k`` (``batch_rfm(..., k=...)``).
+    default), where the same rule picks k=3 (0.48): the quality run's headline baseline
+    chooses among the segmenter's ``k`` (``batch_rfm(..., ks=range(3, 9))``) and reports
+    this wider choice beside it.
     """
     x = rfm_matrix(rfm(transactions, as_of_ms))
     candidates = sorted(set(ks))
@@ -646,6 +647,7 @@ def batch_rfm(
     k: int | None = None,
     seed: int = 7,
     *,
+    ks: Iterable[int] = K_RANGE,
     n_init: int = 10,
     sample_size: int = 10_000,
 ) -> BatchRFM:
@@ -662,7 +664,7 @@ def batch_rfm(
     as_of_ms
         The analysis time; :func:`end_ms` for the end of the data.
     k
-        Number of segments; None chooses it with :func:`choose_baseline_k`.
+        Number of segments; None chooses it with :func:`choose_baseline_k` from ``ks``.
     seed
         Seeds the k-means starts and the silhouette sample: same seed, same result.
     n_init
@@ -682,7 +684,7 @@ def batch_rfm(
     selection = None
     if k is None:
         selection = choose_baseline_k(
-            transactions, as_of_ms, seed, n_init=n_init, sample_size=sample_size
+            transactions, as_of_ms, seed, ks, n_init=n_init, sample_size=sample_size
         )
         k = selection.k
     values = rfm(transactions, as_of_ms)

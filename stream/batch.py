@@ -20,6 +20,7 @@ from stream.features import UserState, apply_events, compute_features
 from stream.messages import SegmentChange, change_id
 from stream.model import SegmentModel
 from stream.naming import profiles
+from stream.quiet_drift import next_moves
 from stream.reassessment import ASSIGN_POS, QueueEntry, settlement
 from stream.rfm import RFMScores, rfm_scores
 from stream.scaling import to_vector
@@ -337,9 +338,19 @@ def process_batch(
     if pending:
         _decide(pending, model, names, margin, emitted_at_ms, wm, result)
     _settle(queued, states, republished, model, result)
-    for u in result.updates:
-        if u.write and u.state.offsets:
-            result.timers[u.user_id] = (partition_of(u.state), next_due(u.state, wm))
+    timed = [u for u in result.updates if u.write and u.state.offsets]
+    dues = [next_due(u.state, wm) for u in timed]
+    # Sooner when the current centres move a quiet user before their next threshold.
+    moves = next_moves(
+        [u.state for u in timed],
+        [max(wm, u.state.last_event_ms) for u in timed],
+        dues,
+        model,
+        margin,
+        clock.rfm_horizon,
+    )
+    for u, due, move in zip(timed, dues, moves, strict=True):
+        result.timers[u.user_id] = (partition_of(u.state), due if move is None else move)
     return result
 
 

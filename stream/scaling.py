@@ -25,6 +25,7 @@ __all__ = [
     "check_model_features",
     "to_human",
     "to_vector",
+    "to_vectors",
 ]
 
 _MODEL = [FEATURES_BY_NAME[n] for n in MODEL_FEATURES]
@@ -191,3 +192,21 @@ class OnlineScaler:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OnlineScaler:
         return cls(int(d["count"]), np.array(d["mean"], float), np.array(d["m2"], float))
+
+
+def to_vectors(
+    columns: Mapping[str, np.ndarray], used: tuple[str, ...] = MODEL_FEATURES
+) -> np.ndarray:
+    """:func:`to_vector` of many rows at once: ``columns`` holds each model feature as an
+    array (no nulls), one value per row; the result is a ``(rows, n_features)`` matrix.
+
+    >>> m = to_vectors({n: np.zeros(3) for n in MODEL_FEATURES})
+    >>> m.shape, float(m.max())
+    ((3, 8), 0.0)
+    """
+    raw = np.stack([np.asarray(columns[n], dtype=float) for n in MODEL_FEATURES], axis=1)
+    np.minimum(raw, _CAPS, out=raw)
+    raw[:, _LOG_MASK] = np.log1p(raw[:, _LOG_MASK])
+    if used is not MODEL_FEATURES:
+        raw[:, _unused(used)] = 0.0
+    return raw

@@ -15,8 +15,10 @@ from loadtest.quality_metrics import (
     ACCEPTED_NAMES,
     HOUR_MS,
     RULE_NAMES,
+    Crossing,
     ari,
     base_name,
+    days_after_crossing,
     hours_to_lapse,
     merged_personas,
     moves_and_reversals,
@@ -28,7 +30,11 @@ from loadtest.quality_metrics import (
     segment_summaries,
     zscore,
 )
+from stream.feature_registry import DAY_MS
+from stream.features import compute_features
 from stream.naming import DEFAULT_RULES
+from stream.scaling import to_vector
+from tests.stream.test_quiet_drift import E, buyer, decided, two_segment_model
 
 H = HOUR_MS
 T0 = 1_800_000_000_000
@@ -223,6 +229,47 @@ def test_hours_to_lapse() -> None:
 def test_hours_to_lapse_counts_a_change_at_the_purchase_instant() -> None:
     lapse = hours_to_lapse([change("a", 1, T0, "dormant")], {"a": "dormant_customer"}, {"a": T0})
     assert lapse.hours == (0.0,)
+
+
+def test_hours_to_lapse_records_who_moved_when_and_from_where() -> None:
+    changes = [change("a", 1, T0 - 5 * H, "loyal"), change("a", 3, T0 + 40 * H, "at_risk")]
+    changes[1]["previous_segment"] = 1
+    lapse = hours_to_lapse(changes, {"a": "lapsing_customer"}, {"a": T0})
+    assert lapse.entries == (("a", T0 + 40 * H, 1),)
+
+
+def test_days_after_crossing_by_the_final_centres() -> None:
+    model = two_segment_model()
+    st = decided(buyer(0.5, 5), model, 0.15)
+    active = st.segment
+    assert active is not None
+    quiet = next(i for i in model.ids if i != active)
+    names = {active: "loyal", quiet: "at_risk"}
+    # The crossing, an hour at a time, by brute force.
+    t = st.last_event_ms
+    while True:
+        t += H
+        z = model.scale(to_vector(compute_features(st, t)))
+        if model.decide(active, z, model.distances(z), 0.15).segment == quiet:
+            break
+    crossed = t
+    assert E < crossed < E + 90 * DAY_MS
+    entries = [
+        ("prompt", crossed + 12 * H, active),
+        ("late", crossed + 5 * DAY_MS, active),
+        ("early", crossed - 10 * DAY_MS, active),  # the final centres say not yet
+        ("gone", crossed, active),  # no state
+    ]
+    states = {"prompt": st, "late": st, "early": st}
+    got = days_after_crossing(entries, states, model, names, 0.15)
+    assert got.days == pytest.approx((0.5, 5.0))
+    assert got.not_crossed == 1
+    assert got.within_a_day == 0.5
+    assert got.median_days == pytest.approx(2.75)
+    # Without hysteresis the nearest centre changes no later: the same move looks no sooner.
+    loose = days_after_crossing(entries[:1], states, model, names, 0.0)
+    assert loose.days[0] >= 0.5
+    assert Crossing((), 0).within_a_day is None
 
 
 def test_hours_to_lapse_without_any() -> None:
