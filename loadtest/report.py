@@ -504,9 +504,12 @@ def _peers_section(results: SuiteResults) -> list[str]:
         f"## {PARTS['peers']}",
         "",
         f"Each peer processes the first {fmt_num(results.config.get('peer_events'))} events "
-        "of the same backlog, event by event (`loadtest/peers/`): `per_event` is a "
-        "confluent-kafka poll loop, `quix` a Quix Streams application (run from its own "
-        "virtual environment, `.venv-quix`, as it pins an older confluent-kafka).",
+        "of the same backlog (`loadtest/peers/`): `per_event` is a confluent-kafka poll "
+        "loop, one event at a time; `quix` a Quix Streams application, one event at a time "
+        "(run from its own virtual environment, `.venv-quix`, as it pins an older "
+        "confluent-kafka); `micro_batch` the job as a competent engineer writes it in a day: "
+        "`consume()` batches, one pipelined Redis read and one write per batch, River "
+        "`predict_one`/`learn_one` once per user per batch, flush then commit.",
         "",
     ]
     rows = []

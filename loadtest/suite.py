@@ -16,7 +16,8 @@ Parts, one after another, each on servers it starts and stops by PID:
      same way;
    - **peers** (:mod:`loadtest.peers`): the same job event by event, in a
      confluent-kafka loop and in Quix Streams (from its own virtual environment,
-     ``.venv-quix``, created here: it pins an older confluent-kafka than the project);
+     ``.venv-quix``, created here: it pins an older confluent-kafka than the project),
+     and in micro-batches with pipelined Redis;
 
 2. **latency** (:mod:`loadtest.latency`): end-to-end latency at fixed rates, on a stack
    of its own;
@@ -50,7 +51,7 @@ from typing import Any
 import orjson
 
 from loadtest import bench_throughput, ceiling, hotpath, latency, memory, report
-from loadtest.peers import per_event, quix
+from loadtest.peers import micro_batch, per_event, quix
 from loadtest.peers import run as peers_run
 from loadtest.peers.run import PeerOutcome
 from loadtest.stack import Stack, local_stack
@@ -319,10 +320,16 @@ def _memory_part(runner: Runner, st: Stack) -> None:
 
 
 def _peers(runner: Runner, st: Stack, s: Settings, n: int, quix_venv: Path) -> None:
-    """The per-event peer here, the Quix Streams peer from its own environment."""
+    """The per-event and micro-batch peers here, the Quix Streams peer from its own
+    environment."""
     cfg, r = runner.cfg, runner.results
     r.peers += peers_run.measure(
-        s, st.redis.address, [per_event.NAME], n, cfg.partitions, cfg.peer_timeout_s
+        s,
+        st.redis.address,
+        [per_event.NAME, micro_batch.NAME],
+        n,
+        cfg.partitions,
+        cfg.peer_timeout_s,
     )
     if f"peer:{quix.NAME}" in runner.skip:
         r.not_run[f"peer:{quix.NAME}"] = SKIPPED

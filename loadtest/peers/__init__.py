@@ -6,13 +6,13 @@ with River's incremental K-Means, keep each user's hash and segment membership i
 and publish a message when a user's segment changes. They differ from the segmenter in
 *how* they run, not in *what* they compute:
 
-- one event at a time: one Redis read and one to three Redis writes per event, each its
-  own round trip, and one model update per event (the segmenter works in micro-batches:
-  one pipelined round trip to read the batch's users and one to write them, and one
-  model update per user per batch);
+- the per-event and Quix peers go one event at a time: one Redis read and one to three
+  Redis writes per event, each its own round trip, and one model update per event; the
+  micro-batch peer, like the segmenter, reads a batch's users in one round trip, writes
+  them in one, and updates the model once per user per batch;
 - one in-process model per process, with River's default random initialisation and a
   fixed k (the segmenter shares one model across the group, seeds it by k-means++ with
-  k chosen by silhouette, and keeps segment ids stable);
+  k chosen by prediction strength, and keeps segment ids stable);
 - no dead-letter topic, no hysteresis, no segment names, no transactions.
 
 What they share with the segmenter is the domain code in ``stream/``: the decoder
@@ -22,9 +22,11 @@ the feature vector and its online standardisation (:mod:`stream.scaling`), and t
 state layout in Redis (its own key beside the user hash). So the comparison measures the
 processing model and the framework, not a different feature computation.
 
-:class:`OnlineSegmentation` is the per-event work both peers do; :mod:`.per_event` runs
-it in a hand-written confluent-kafka poll loop and :mod:`.quix` in a Quix Streams
-``StreamingDataFrame``. ``python -m loadtest.peers.run`` measures them on the local stack.
+:class:`OnlineSegmentation` is the work every peer does; :mod:`.per_event` runs it one
+event at a time in a hand-written confluent-kafka poll loop, :mod:`.quix` in a Quix Streams
+``StreamingDataFrame``, and :mod:`.micro_batch` once per user per micro-batch, with one
+pipelined Redis read and one write per batch. ``python -m loadtest.peers.run`` measures them
+on the local stack.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
+from confluent_kafka import KafkaError, Message
 from river import cluster
 
 from state.keys import Keys
@@ -102,6 +105,36 @@ class PeerResult:
         return cls(name, events, elapsed_s, cpu_s, rate, changes, invalid)
 
 
+class Deliveries:
+    """The delivery reports of a peer's change messages (the producer's ``on_delivery``):
+    failures are kept, and :meth:`check` raises at the end of the run if any message was
+    not delivered.
+
+    >>> d = Deliveries()
+    >>> d.check("p", 0)
+    >>> d.check("p", 2)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: p: 2 change messages undelivered, 0 failed ()
+    """
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.failed.append(err.str())
+
+    def check(self, name: str, remaining: int) -> None:
+        """Raise ``RuntimeError`` if ``remaining`` messages were left unflushed or any
+        delivery failed."""
+        if remaining or self.failed:
+            raise RuntimeError(
+                f"{name}: {remaining} change messages undelivered, {len(self.failed)} failed "
+                f"({'; '.join(self.failed[:3])})"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one event did to its user.
@@ -137,9 +170,17 @@ class OnlineSegmentation:
 
     def step(self, state: UserState | None, event: Event, now_ms: int) -> Outcome | None:
         """Apply ``event`` to its user's ``state``; ``None`` if it changed nothing."""
-        result = apply_events(state, [event])
+        return self.step_many(state, [event], now_ms)
+
+    def step_many(
+        self, state: UserState | None, events: list[Event], now_ms: int
+    ) -> Outcome | None:
+        """Apply one user's ``events`` (in order) to their ``state`` and update the model
+        once, as a micro-batch does; ``None`` if they changed nothing."""
+        result = apply_events(state, events)
         if not result.applied:
             return None
+        event = result.applied[-1]
         s = result.state
         features = compute_features(s)
         x = to_vector(features)

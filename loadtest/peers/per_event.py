@@ -25,9 +25,9 @@ import time
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 
-from loadtest.peers import OnlineSegmentation, PeerResult, read_state, write_user
+from loadtest.peers import Deliveries, OnlineSegmentation, PeerResult, read_state, write_user
 from state.keys import Keys
 from stream.events import DeadLetter, decode
 
@@ -75,14 +75,9 @@ def run(
     """
     if n_events < 1:
         raise ValueError(f"n_events must be >= 1, got {n_events}")
-    failed: list[str] = []
-
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            failed.append(err.str())
-
+    deliveries = Deliveries()
     consumer = Consumer(consumer_config(bootstrap, group_id))
-    producer = Producer({"bootstrap.servers": bootstrap, "on_delivery": on_delivery})
+    producer = Producer({"bootstrap.servers": bootstrap, "on_delivery": deliveries})
     client = redis.Redis.from_url(redis_url)
     keys = Keys()
     job = OnlineSegmentation()
@@ -135,11 +130,7 @@ def run(
         if not closed:
             consumer.close()
         client.close()
-    if remaining or failed:
-        raise RuntimeError(
-            f"{NAME}: {remaining} change messages undelivered, {len(failed)} failed "
-            f"({'; '.join(failed[:3])})"
-        )
+    deliveries.check(NAME, remaining)
     assert started is not None
     return PeerResult.measured(
         NAME,

@@ -38,14 +38,18 @@ import redis
 from consumers import topics
 from loadtest.devstack import servers
 from loadtest.generator import produce_backlog
-from loadtest.peers import PeerResult, per_event, quix
+from loadtest.peers import PeerResult, micro_batch, per_event, quix
 from state.keys import Keys
 from stream.settings import Settings
 
 PeerRun = Callable[[str, str, str, str, str, str, int, float], PeerResult]
 
-#: The peers, in the order they run.
-PEERS: dict[str, PeerRun] = {per_event.NAME: per_event.run, quix.NAME: quix.run}
+#: The peers, in the order they run (each writes to Redis database its place here, from 1).
+PEERS: dict[str, PeerRun] = {
+    per_event.NAME: per_event.run,
+    quix.NAME: quix.run,
+    micro_batch.NAME: micro_batch.run,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +116,8 @@ class PeerOutcome:
 def redis_db(peer: str) -> int:
     """The Redis database a peer writes to: its place in :data:`PEERS`, from 1.
 
-    >>> redis_db("per_event"), redis_db("quix")
-    (1, 2)
+    >>> redis_db("per_event"), redis_db("quix"), redis_db("micro_batch")
+    (1, 2, 3)
     """
     return list(PEERS).index(peer) + 1
 
@@ -166,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     >>> a = parse_args(["--events", "20000"])
     >>> (a.users, a.events, a.peer_events, a.peers)
-    (20000, 20000, 50000, ['per_event', 'quix'])
+    (20000, 20000, 50000, ['per_event', 'quix', 'micro_batch'])
     """
     ap = argparse.ArgumentParser(
         prog="python -m loadtest.peers.run", description=__doc__.split("\n\n")[0]

@@ -15,11 +15,14 @@ from loadtest.peers import (
     PeerResult,
     change_message,
     load_state,
+    micro_batch,
     read_state,
     user_fields,
     write_user,
 )
 from loadtest.peers import run as peers_run
+from loadtest.peers.micro_batch import consumer_config as micro_batch_config
+from loadtest.peers.micro_batch import write_batch
 from loadtest.peers.per_event import consumer_config
 from loadtest.peers.quix import BoundedRun
 from state.keys import Keys
@@ -236,3 +239,51 @@ def test_cli_defaults_and_peer_choice() -> None:
 def test_report_line_without_users() -> None:
     line = peers_run.report_line(PeerResult.measured("quix", 10, 1.0, 0.5), 0, 0)
     assert line.endswith("0 users in Redis, n/a bytes per user")
+
+
+# -- the micro-batch peer -----------------------------------------------------------------
+
+
+def test_step_many_folds_every_event_and_updates_the_model_once() -> None:
+    job, one_by_one = OnlineSegmentation(), OnlineSegmentation()
+    evs = [event(1), event(2, etype="add_to_cart"), event(3, etype="purchase", amount=20.0)]
+    out = job.step_many(None, evs, NOW)
+    assert out is not None
+    assert out.state.offsets == {"shop.clicks:0": 2, "shop.purchases:0": 3}
+    assert out.features["purchases_24h"] == 1.0 and out.features["events_24h"] == 3.0
+    assert job.scaler.count == 1  # one vector for the user, not three
+    state = None
+    for e in evs:
+        o = one_by_one.step(state, e, NOW)
+        assert o is not None
+        state = o.state
+    assert one_by_one.scaler.count == 3
+    assert out.features == compute_features(state)
+    # The change is keyed by the last event applied.
+    assert out.change is not None
+    assert out.change["change_id"] == change_id("u1", "e3", None, out.segment)
+    assert job.step_many(out.state, evs, NOW) is None  # all replayed: nothing changes
+
+
+def test_write_batch_queues_each_users_writes_and_moves() -> None:
+    job = OnlineSegmentation()
+    a = job.step_many(None, [event(1, "a")], NOW)
+    b = job.step_many(None, [event(2, "b")], NOW)
+    assert a is not None and b is not None
+    quiet = Outcome(b.user_id, b.state, b.features, b.segment, b.segment, None)
+    pipe = FakeRedis()
+    write_batch(pipe, Keys(), [a, quiet])
+    k = Keys()
+    assert pipe.calls == [
+        ("set", k.state("a")),
+        ("hset", k.user("a")),
+        ("sadd", k.members(a.segment)),
+        ("set", k.state("b")),
+        ("hset", k.user("b")),
+    ]
+    assert pipe.hashes[k.user("a")]["segment"] == str(a.segment)
+
+
+def test_micro_batch_commits_by_hand() -> None:
+    assert micro_batch_config("b:1", "g")["enable.auto.commit"] is False
+    assert micro_batch.NAME in peers_run.PEERS
