@@ -380,6 +380,8 @@ class Segmenter:
             if n:
                 m.events.labels("all", "all", outcome).inc(n)
         changes, moves = result.changes, result.moves
+        m.model_updates.labels("learned").inc(result.learned)
+        m.model_updates.labels("sampled_out").inc(result.sampled_out)
         m.segment_moves.inc(moves)
         m.segment_changes.inc(changes)
         m.users_updated.inc(sum(1 for u in result.updates if u.write))

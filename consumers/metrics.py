@@ -118,6 +118,15 @@ class Metrics:
         self.model_segments = Gauge(
             "segmenter_model_segments", "Segments (k) in the model in use.", registry=registry
         )
+        self.model_updates = Counter(
+            "segmenter_model_updates_total",
+            "User updates (one per user per batch) the model learned from, or left out by "
+            "the learning budget (SEGMENTER_LEARN_BUDGET).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("learned", "sampled_out"):
+            self.model_updates.labels(outcome)
         self.model_syncs = Counter(
             "segmenter_model_syncs_total",
             "Merges of this process's learning into the shared model, by outcome.",

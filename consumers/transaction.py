@@ -207,6 +207,7 @@ class BatchTransaction:
             timers=sweep,
             marks=marks,
             mark_topic=s.marks_topic,
+            learn_budget=s.learn_budget,
         )
         self._publish(dead, result)
         if self.model.unassigned:

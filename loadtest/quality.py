@@ -140,9 +140,11 @@ def produce_scenario(s: Settings, scenario: Scenario, seed: int, rate: float | N
 # -- running the segmenter to the end ---------------------------------------------------
 
 
-def run_settings(stack: Stack, tag: str) -> Settings:
-    """Settings of one run: its own topics, group and Redis prefix; k chosen."""
+def run_settings(stack: Stack, tag: str, **overrides: Any) -> Settings:
+    """Settings of one run: its own topics, group and Redis prefix; k chosen; then
+    ``overrides`` (settings fields)."""
     return stack.settings(
+        **overrides,
         group_id=f"quality-{tag}",
         clicks_topic=f"q.{tag}.clicks",
         purchases_topic=f"q.{tag}.purchases",
@@ -394,12 +396,19 @@ def _iso(ms: int) -> str:
 
 
 def run_scenario(
-    stack: Stack, scenario: Scenario, mode: str, seed: int, rate: float, workdir: Path
+    stack: Stack,
+    scenario: Scenario,
+    mode: str,
+    seed: int,
+    rate: float,
+    workdir: Path,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run ``scenario`` in ``mode`` on its own topics and prefix, and score it."""
+    """Run ``scenario`` in ``mode`` on its own topics and prefix, and score it;
+    ``overrides`` are settings fields the segmenter runs with."""
     started = time.monotonic()
     tag = f"{scenario.name}-{mode}-{uuid.uuid4().hex[:6]}"
-    s = run_settings(stack, tag)
+    s = run_settings(stack, tag, **(overrides or {}))
     stack.create_inputs(s, PARTITIONS)
     log = workdir / f"{tag}.log"
     if mode == "live":
@@ -461,6 +470,11 @@ def run_scenario(
         "model_version": final.checkpoint.version if final.checkpoint is not None else None,
         "refits": int(metrics.get("segmenter_model_refits_total", 0.0)),
         "swept": int(metrics.get("segmenter_swept_users_total", 0.0)),
+        "learned": int(metrics.get('segmenter_model_updates_total{outcome="learned"}', 0.0)),
+        "sampled_out": int(
+            metrics.get('segmenter_model_updates_total{outcome="sampled_out"}', 0.0)
+        ),
+        "learn_budget": s.learn_budget,
         "segments": [
             {
                 "segment": x.segment,
@@ -623,7 +637,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=RATE, help="live mode events/s")
     ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
     ap.add_argument("--logs", help="keep each run's segmenter log in this directory")
+    ap.add_argument(
+        "--learn-budget",
+        type=int,
+        default=None,
+        help="SEGMENTER_LEARN_BUDGET of the scenario runs (default: the segmenter's; 0: all)",
+    )
     args = ap.parse_args(argv)
+    if args.learn_budget is not None and args.learn_budget < 0:
+        ap.error(f"--learn-budget must be >= 0, got {args.learn_budget}")
     if not args.rate > 0:
         ap.error(f"--rate must be > 0, got {args.rate}")
     return args
@@ -656,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.logs) if args.logs else stack.workdir
         workdir.mkdir(parents=True, exist_ok=True)
         meta["machine"] = _machine(stack)
-        default = stack.settings()
+        overrides = {} if args.learn_budget is None else {"learn_budget": args.learn_budget}
+        default = stack.settings(**overrides)
         meta["config"] = {
             "scenarios": ", ".join(
                 f"{n} ({SCENARIOS[n].true_k} personas, {SCENARIOS[n].n_users:,} users, "
@@ -672,12 +695,15 @@ def main(argv: list[str] | None = None) -> int:
             f"batch_max_events {default.batch_max_events}, watermark lateness "
             f"{default.watermark_lateness_s:.0f}s, idle {default.watermark_idle_s:.0f}s, "
             f"refit every {default.model_refit_interval_days:g} days of event time or "
-            f"{default.model_refit_updates:,} updates; other settings default",
+            f"{default.model_refit_updates:,} updates; learning budget "
+            f"{default.learn_budget or 'none'} user updates a batch; other settings default",
         }
         for name in names:
             for mode in modes:
                 try:
-                    row = run_scenario(stack, SCENARIOS[name], mode, args.seed, args.rate, workdir)
+                    row = run_scenario(
+                        stack, SCENARIOS[name], mode, args.seed, args.rate, workdir, overrides
+                    )
                 except Exception as exc:  # a failed run is reported, never hidden
                     traceback.print_exc()
                     row = {

@@ -738,6 +738,8 @@ def render_report(
             f"watermark {r.get('watermark', '-')}; model version {r.get('model_version', '-')}; "
             f"refits counted by segmenter_model_refits_total {r.get('refits', '-')}; "
             f"users swept by timers {r.get('swept', '-')}; "
+            f"user updates learned from {r.get('learned', '-')}, left out by the learning "
+            f"budget {r.get('sampled_out', '-')}; "
             f"batch KMeans ARI vs personas (reference) {_fmt(r.get('ari_batch_vs_personas'))}.",
             "",
         ]

@@ -7,6 +7,7 @@ the only thing it changes in place is the learning model it is handed.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ class BatchResult:
     #: Every user this batch wrote or swept: their input partition and next due time
     #: (``None``: no timer), to set once the batch committed.
     timers: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    #: User updates the model learned from, and those left out by the learning budget.
+    learned: int = 0
+    sampled_out: int = 0
 
     @property
     def republished(self) -> int:
@@ -178,6 +182,7 @@ def process_batch(
     timers: Mapping[str, int] | None = None,
     marks: Mapping[str, tuple[str, int]] | None = None,
     mark_topic: str = "",
+    learn_budget: int = 0,
 ) -> BatchResult:
     """Fold a batch into user states, assign segments, and learn.
 
@@ -208,6 +213,11 @@ def process_batch(
     ``committed`` maps input and mark positions (``topic:partition``) to the offset below
     which their batches are known committed. A stored change below it is dropped from the
     state written, which keeps a user's state small once their change is delivered.
+
+    The model learns once from each user with events (one vector per user, not per
+    event); when more users than ``learn_budget`` (0: no limit) have events, it learns
+    from a uniform sample of ``learn_budget`` of them, so that a batch of live traffic,
+    one event per user, costs a bounded amount of learning. Decisions are unaffected.
     """
     committed = committed or {}
     queued = queued or {}
@@ -336,7 +346,7 @@ def process_batch(
             )
         pending = []
     if pending:
-        _decide(pending, model, names, margin, emitted_at_ms, wm, result)
+        _decide(pending, model, names, margin, emitted_at_ms, wm, result, learn_budget)
     _settle(queued, states, republished, model, result)
     timed = [u for u in result.updates if u.write and u.state.offsets]
     dues = [next_due(u.state, wm) for u in timed]
@@ -401,8 +411,10 @@ def _decide(
     emitted_at_ms: int,
     watermark_ms: int,
     result: BatchResult,
+    learn_budget: int = 0,
 ) -> None:
-    """Decide every pending user with the model as it is, then learn from them."""
+    """Decide every pending user with the model as it is, then learn from them (from a
+    uniform sample of ``learn_budget`` of them when there are more)."""
     if not names.names:
         names.refresh(model)
     zs = model.scale(np.stack([p.raw for p in pending]))
@@ -440,9 +452,16 @@ def _decide(
         result.updates.append(
             UserUpdate(p.user_id, state, p.features, prev, change, decision, rfm=scores)
         )
-    for p in pending:
-        if p.learn:
-            model.learn(p.raw)
+    learners = [p.raw for p in pending if p.learn]
+    if 0 < learn_budget < len(learners):
+        # Seeded by the batch's content, so a replayed batch learns from the same users.
+        rng = random.Random(f"{pending[0].user_id}:{pending[0].trigger_offset}:{len(pending)}")
+        picked = sorted(rng.sample(range(len(learners)), learn_budget))
+        result.sampled_out += len(learners) - learn_budget
+        learners = [learners[i] for i in picked]
+    for raw in learners:
+        model.learn(raw)
+    result.learned += len(learners)
 
 
 def _rfm(features: Mapping[str, float | None], model: SegmentModel) -> RFMScores | None:

@@ -89,6 +89,8 @@ class Settings:
     k_min: int = 3
     k_max: int = 8
     kmeans_halflife: float = 0.01
+    # User updates learned from per batch at most (a uniform sample beyond); 0: all.
+    learn_budget: int = 1000
     warmup_users: int = 200
     reservoir_size: int = 2000
     segment_match_threshold: float = 2.0
@@ -183,6 +185,8 @@ class Settings:
                 "watermark_lateness_s", f"must be 0 or more, got {self.watermark_lateness_s}"
             )
         _check_positive(self, "watermark_idle_s", "watermark_sync_interval_s", "sweep_batch")
+        if not self.learn_budget >= 0:
+            raise ConfigError("learn_budget", f"must be 0 or more, got {self.learn_budget}")
         if not self.model_refit_min_interval_s >= 0:
             raise ConfigError(
                 "model_refit_min_interval_s",

@@ -814,3 +814,31 @@ def test_a_year_of_quiet_leaves_a_timer_that_is_never_due(world) -> None:
     r = sweep(states, model, names, ["u6"], wm, wm)
     # Kept, so that a change of the segments themselves brings it forward like any other.
     assert r.timers == {"u6": (0, NEVER_MS)}
+
+
+def test_the_learning_budget_learns_from_a_uniform_sample_and_decides_everyone(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    model.sync_local(now_ms=T)
+    users = [f"n{i}" for i in range(12)]
+    batch = {u: [shop.ev(u, "view", T + i * MINUTE_MS)] for i, u in enumerate(users)}
+
+    def learned_with(budget: int) -> tuple[BatchResult, int, np.ndarray]:
+        m = small_model()
+        m.adopt(model.checkpoint)
+        before = m.delta().learned
+        r = process_batch(
+            batch, dict(states), m, names, MARGIN, WINDOW, EMITTED, learn_budget=budget
+        )
+        return r, m.delta().learned - before, m.local_centres()
+
+    r, learned, centres = learned_with(5)
+    assert (r.learned, r.sampled_out, learned) == (5, 7, 5)
+    assert sum(u.decision is not None for u in r.updates) == 12  # decisions are unaffected
+    _, _, centres_again = learned_with(5)  # the same batch learns from the same users
+    np.testing.assert_array_equal(centres, centres_again)
+    r_all, learned_all, _ = learned_with(0)
+    assert (r_all.learned, r_all.sampled_out, learned_all) == (12, 0, 12)
+    r_wide, _, _ = learned_with(12)
+    assert (r_wide.learned, r_wide.sampled_out) == (12, 0)
+    assert [u.decision for u in r.updates] == [u.decision for u in r_all.updates]
