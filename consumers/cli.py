@@ -176,7 +176,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
     from consumers.forget import stored_user_id
-    from stream.features import compute_features
+    from stream.features import compute_features, full_features
     from stream.messages import iso_ms
     from stream.model import SegmentModel
     from stream.naming import population_profile
@@ -199,7 +199,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     wm = group_watermark(store, settings, int(time.time() * 1000))
     state = store.load_states([stored_user_id(settings, args.user)]).popitem()[1]
     features = (
-        orjson.loads(user["features"])
+        full_features(orjson.loads(user["features"]))
         if state is None
         else compute_features(state, wm, settings.rfm_horizon)
     )

@@ -64,6 +64,7 @@ from loadtest.quality_metrics import (
     render_report,
     scenario_targets,
     segment_summaries,
+    segments_opened,
     zscore,
 )
 from loadtest.scenarios import SCENARIOS, Scenario
@@ -330,9 +331,9 @@ def read_final(stack: Stack, s: Settings, users: list[str], metrics: dict[str, f
     return Final(labels, names, checkpoint, watermark_ms)
 
 
-def lapse_crossing(s: Settings, lapse: Lapse, final: Final) -> Crossing:
+def lapse_crossing(s: Settings, lapse: Lapse, final: Final, opened: dict[int, int]) -> Crossing:
     """:func:`days_after_crossing` of the lapsed customers moved, by the final model, from
-    their states in Redis."""
+    their states in Redis; ``opened``: :func:`segments_opened`."""
     from state.redis_store import RedisStore
     from stream.model import SegmentModel
 
@@ -342,12 +343,12 @@ def lapse_crossing(s: Settings, lapse: Lapse, final: Final) -> Crossing:
     model.adopt(final.checkpoint)
     store = RedisStore.from_settings(s)
     try:
-        states = store.load_states([u for u, _, _ in lapse.entries])
+        states = store.load_states([u for u, *_ in lapse.entries])
     finally:
         store.close()
     known = {u: st for u, st in states.items() if st is not None}
     return days_after_crossing(
-        lapse.entries, known, model, final.names, s.hysteresis_margin, s.rfm_horizon
+        lapse.entries, known, model, final.names, s.hysteresis_margin, s.rfm_horizon, opened
     )
 
 
@@ -434,7 +435,7 @@ def run_scenario(
     moves = moves_and_reversals(changes)
     truth_seen = {u: produced.personas[u] for u in users}
     lapse = hours_to_lapse(changes, truth_seen, produced.last_purchase_ms)
-    crossing = lapse_crossing(s, lapse, final)
+    crossing = lapse_crossing(s, lapse, final, segments_opened(changes))
     summaries = segment_summaries({u: final.labels[u] for u in segmented}, truth_seen, final.names)
     row: dict[str, Any] = {
         "name": scenario.name,

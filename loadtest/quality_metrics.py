@@ -306,15 +306,15 @@ class Lapse:
     already
         Those in such a segment at their last purchase who never left it.
     entries
-        Per customer counted in ``hours``: the user, the event time of the change and the
-        segment they left (for :func:`days_after_crossing`).
+        Per customer counted in ``hours``: the user, the event time of the change, the
+        segment they left and the one they entered (for :func:`days_after_crossing`).
     """
 
     customers: int
     with_purchase: int
     hours: tuple[float, ...] = field(default=())
     already: int = 0
-    entries: tuple[tuple[str, int, int | None], ...] = field(default=())
+    entries: tuple[tuple[str, int, int | None, int], ...] = field(default=())
 
     @property
     def reached(self) -> int:
@@ -356,7 +356,7 @@ def hours_to_lapse(
     histories = user_histories(changes)
     customers = with_purchase = already = 0
     hours: list[float] = []
-    entries: list[tuple[str, int, int | None]] = []
+    entries: list[tuple[str, int, int | None, int]] = []
     for user, persona in personas.items():
         if persona not in wanted:
             continue
@@ -368,6 +368,7 @@ def hours_to_lapse(
         held: str | None = None
         entered: int | None = None
         left: int | None = None
+        into = -1
         for c in histories.get(user, ()):
             t = event_time_ms(c["event_time"])
             lapsed = base_name(str(c.get("segment_name", ""))) in LAPSE_NAMES
@@ -378,11 +379,12 @@ def hours_to_lapse(
                 entered = t
                 prev = c.get("previous_segment")
                 left = None if prev is None else int(prev)
+                into = int(c["segment"])
                 break
             held = None
         if entered is not None:
             hours.append((entered - lp) / HOUR_MS)
-            entries.append((user, entered, left))
+            entries.append((user, entered, left, into))
         elif held is not None and base_name(held) in LAPSE_NAMES:
             already += 1
     return Lapse(customers, with_purchase, tuple(sorted(hours)), already, tuple(entries))
@@ -418,28 +420,49 @@ class Crossing:
         return float(np.median(self.days)) if self.days else None
 
 
+def segments_opened(changes: Iterable[Mapping[str, Any]]) -> dict[int, int]:
+    """Per segment, the earliest event time of a change into it: when it took its first
+    member, as far as the change messages show.
+
+    >>> segments_opened([{"segment": 2, "event_time": 50}, {"segment": 2, "event_time": 20},
+    ...                  {"segment": 1, "event_time": 30}])
+    {2: 20, 1: 30}
+    """
+    out: dict[int, int] = {}
+    for c in changes:
+        seg, t = int(c["segment"]), event_time_ms(c["event_time"])
+        if seg not in out or t < out[seg]:
+            out[seg] = t
+    return out
+
+
 def days_after_crossing(
-    entries: Iterable[tuple[str, int, int | None]],
+    entries: Iterable[tuple[str, int, int | None, int]],
     states: Mapping[str, UserState],
     model: SegmentModel,
     names: Mapping[int, str],
     margin: float,
     rfm_horizon: str = "365d",
+    opened: Mapping[int, int] | None = None,
 ) -> Crossing:
-    """For each ``(user, moved_at, left)`` of :attr:`Lapse.entries`: the first day, from
-    the user's last event on, on which ``model``'s centres put the quiet user (with the
-    hysteresis ``margin``, from segment ``left`` when it is still current) in a segment
-    ``names`` calls at_risk or dormant, and the days from then to ``moved_at``.
+    """For each ``(user, moved_at, left, into)`` of :attr:`Lapse.entries`: the first hour,
+    from the user's last event on, at which ``model``'s centres put the quiet user (with
+    the hysteresis ``margin``, from segment ``left`` when it is still current) in a
+    segment ``names`` calls at_risk or dormant, and the days from then to ``moved_at``.
 
-    The centres are the final ones, not those of the day: a crossing they date after the
-    move, or not at all, is a customer the centres moved away from later.
+    No one can move into a segment before it exists: when ``opened`` gives the event time
+    segment ``into`` took its first member (:func:`segments_opened`), the crossing counts
+    from then at the earliest. The centres are the final ones, not those of the day: a
+    crossing they date after the move, or not at all, is a customer the centres moved
+    away from later, and centres that drifted count against the measure.
     """
+    opened = opened or {}
     lapse_rows = np.array(
         [base_name(names.get(seg, "")) in LAPSE_NAMES for seg in model.ids], dtype=bool
     )
     days: list[float] = []
     not_crossed = 0
-    for user, moved_at, left in entries:
+    for user, moved_at, left, into in entries:
         st = states.get(user)
         if st is None:
             continue
@@ -461,7 +484,8 @@ def days_after_crossing(
         if not hits.size:
             not_crossed += 1
             continue
-        days.append((moved_at - int(times[hits[0]])) / DAY_MS)
+        crossed = max(int(times[hits[0]]), opened.get(into, 0))
+        days.append((moved_at - crossed) / DAY_MS)
     return Crossing(tuple(sorted(days)), not_crossed)
 
 
@@ -718,7 +742,8 @@ def render_report(
         "- moved within a day of crossing: of those lapsed customers, the share moved at "
         "most a day (and the hour this measure steps by) after the final model's centres "
         "put them, quiet, in a segment named at_risk or dormant (with the segmenter's "
-        "hysteresis from the segment they left); the median of those days. Centres that "
+        "hysteresis from the segment they left), or after the segment they entered took "
+        "its first member when that was later; the median of those days. Centres that "
         "moved after the change count against it.",
         "",
         "Names accepted per persona:",

@@ -124,8 +124,8 @@ def _counts() -> list[Feature]:
     return out
 
 
-#: Per-window event counts (``views_1h`` ... ``events_365d``): zero counts are left out of
-#: the user hash.
+#: Per-window event counts (``views_1h`` ... ``events_365d``), kept as integers in the user
+#: hash (where, like every feature of zero, a zero count is left out).
 COUNT_FEATURES: tuple[str, ...] = tuple(f.name for f in _counts())
 
 #: Every feature, in the order :func:`stream.features.compute_features` returns them.

@@ -310,28 +310,38 @@ _GRAIN_INDEX = {g: i for i, g in enumerate(GRAINS)}
 
 
 def stored_features(features: dict[str, float | None]) -> dict[str, float | int | None]:
-    """The features as the user hash keeps them: counts as integers, zero counts left out.
+    """The features as the user hash keeps them: counts as integers, zeros left out.
 
-    Most users are quiet in most windows, and the hash is kept per user, so leaving out
-    zeros halves it; :func:`full_features` puts them back.
+    Most users are quiet in most windows and never bought, and the hash is kept per user,
+    so leaving out zeros (counts, spend, rates, days) more than halves it; a null (a
+    customer who never bought has no days since their last purchase) stays, as it is not
+    a zero. :func:`full_features` puts the zeros back.
 
-    >>> stored_features({"views_1h": 0.0, "views_30d": 3.0, "spend_30d": 0.0})
-    {'views_30d': 3, 'spend_30d': 0.0}
+    >>> stored_features({"views_1h": 0.0, "views_30d": 3.0, "spend_30d": 0.0,
+    ...                  "days_since_last_purchase": None})
+    {'views_30d': 3, 'days_since_last_purchase': None}
     """
     return {
         k: (int(v) if k in _COUNTS else v)  # type: ignore[arg-type]
         for k, v in features.items()
-        if v or k not in _COUNTS
+        if v or v is None
     }
 
 
-def full_features(stored: dict[str, float | None]) -> dict[str, float | None]:
-    """Features read from a user hash, with the zero counts it leaves out put back.
+#: Every feature at zero, as :func:`full_features` puts back what the hash leaves out.
+_ZEROS: dict[str, float | None] = {
+    name: (0 if name in _COUNTS else 0.0) for name in FEATURE_NAMES
+}
 
-    >>> full_features({"views_30d": 3})["views_1h"], full_features({})["events_30d"]
-    (0, 0)
+
+def full_features(stored: dict[str, float | None]) -> dict[str, float | None]:
+    """Features read from a user hash, with the zeros it leaves out put back.
+
+    >>> f = full_features({"views_30d": 3, "days_since_last_purchase": None})
+    >>> f["views_1h"], f["events_30d"], f["spend_30d"], f["days_since_last_purchase"]
+    (0, 0, 0.0, None)
     """
-    return {**dict.fromkeys(COUNT_FEATURES, 0), **stored}
+    return {**_ZEROS, **stored}
 
 
 def compute_features(

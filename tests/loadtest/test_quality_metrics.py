@@ -235,7 +235,7 @@ def test_hours_to_lapse_records_who_moved_when_and_from_where() -> None:
     changes = [change("a", 1, T0 - 5 * H, "loyal"), change("a", 3, T0 + 40 * H, "at_risk")]
     changes[1]["previous_segment"] = 1
     lapse = hours_to_lapse(changes, {"a": "lapsing_customer"}, {"a": T0})
-    assert lapse.entries == (("a", T0 + 40 * H, 1),)
+    assert lapse.entries == (("a", T0 + 40 * H, 1, 3),)
 
 
 def test_days_after_crossing_by_the_final_centres() -> None:
@@ -255,10 +255,10 @@ def test_days_after_crossing_by_the_final_centres() -> None:
     crossed = t
     assert E < crossed < E + 90 * DAY_MS
     entries = [
-        ("prompt", crossed + 12 * H, active),
-        ("late", crossed + 5 * DAY_MS, active),
-        ("early", crossed - 10 * DAY_MS, active),  # the final centres say not yet
-        ("gone", crossed, active),  # no state
+        ("prompt", crossed + 12 * H, active, quiet),
+        ("late", crossed + 5 * DAY_MS, active, quiet),
+        ("early", crossed - 10 * DAY_MS, active, quiet),  # the final centres say not yet
+        ("gone", crossed, active, quiet),  # no state
     ]
     states = {"prompt": st, "late": st, "early": st}
     got = days_after_crossing(entries, states, model, names, 0.15)
@@ -270,6 +270,10 @@ def test_days_after_crossing_by_the_final_centres() -> None:
     loose = days_after_crossing(entries[:1], states, model, names, 0.0)
     assert loose.days[0] >= 0.5
     assert Crossing((), 0).within_a_day is None
+    # A segment that took its first member after the crossing: the clock starts then.
+    opened = {quiet: crossed + 2 * DAY_MS}
+    got = days_after_crossing(entries[:2], states, model, names, 0.15, opened=opened)
+    assert got.days == pytest.approx((-1.5, 3.0))
 
 
 def test_hours_to_lapse_without_any() -> None:

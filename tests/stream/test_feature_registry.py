@@ -27,7 +27,7 @@ from stream.feature_registry import (
     WINDOW_NAMES,
     WINDOWS,
 )
-from stream.features import apply_events, compute_features, stored_features
+from stream.features import apply_events, compute_features, full_features, stored_features
 from stream.scaling import LOG_FEATURES, to_vector
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "segment_change.schema.json"
@@ -155,10 +155,11 @@ def test_count_features() -> None:
     assert FEATURE_NAMES[: len(COUNT_FEATURES)] == COUNT_FEATURES
     f = some_features()
     assert all(float(f[n]).is_integer() for n in COUNT_FEATURES)  # type: ignore[arg-type]
-    # Zero counts are left out of the hash, other features never.
+    # Zeros are left out of the hash, nulls and other values never; reading puts them back.
     stored = stored_features(f)
-    assert {n for n in COUNT_FEATURES if f[n]} == set(stored) & set(COUNT_FEATURES)
-    assert set(FEATURE_NAMES) - set(COUNT_FEATURES) <= set(stored)
+    assert set(stored) == {n for n in FEATURE_NAMES if f[n] or f[n] is None}
+    assert any(f[n] == 0 and n not in COUNT_FEATURES for n in FEATURE_NAMES)  # some left out
+    assert full_features(stored) == f  # type: ignore[arg-type]
     # Only the 30-day activity count is a dimension of the model.
     assert set(COUNT_FEATURES) & set(MODEL_FEATURES) == {"events_30d"}
 
