@@ -329,9 +329,7 @@ def stored_features(features: dict[str, float | None]) -> dict[str, float | int 
 
 
 #: Every feature at zero, as :func:`full_features` puts back what the hash leaves out.
-_ZEROS: dict[str, float | None] = {
-    name: (0 if name in _COUNTS else 0.0) for name in FEATURE_NAMES
-}
+_ZEROS: dict[str, float | None] = {name: (0 if name in _COUNTS else 0.0) for name in FEATURE_NAMES}
 
 
 def full_features(stored: dict[str, float | None]) -> dict[str, float | None]:
