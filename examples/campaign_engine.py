@@ -16,11 +16,13 @@ What it reads (default prefix ``seg:``, ``SEGMENTER_REDIS_PREFIX``; see the READ
 
 Two things to know when reading them:
 
-- **Zeros are left out of** ``features``. Window counts, spend, rates and days of
-  zero are not stored, to keep the hash small: read a missing feature as 0.
-  :func:`stream.features.full_features` puts them back; outside this repository,
-  ``features.get("purchases_30d", 0)`` does the same. ``days_since_last_purchase`` is
-  null (present, not missing) for a user who never bought.
+- **The hash's** ``features`` **are kept small.** Window counts are grouped by event
+  type under ``counts``, in window order ``1h, 24h, 7d, 30d, 90d, 365d``
+  (``counts["purchases"][3]`` is ``purchases_30d``; a type with no event is left out),
+  and spend, rates and days of zero are not stored: read a missing feature as 0.
+  :func:`stream.features.full_features` gives the flat features back.
+  ``days_since_last_purchase`` is null (present, not missing) for a user who never
+  bought.
 - **The user hash is the truth.** The segmenter updates a batch's user hashes, then
   their membership sets, so for a moment a user can be in a set while their hash already
   names another segment (or is gone: ``segmenter forget``). Such users are skipped here.

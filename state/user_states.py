@@ -50,7 +50,8 @@ def user_hash(
         fields["segment_name"] = s.segment_name or ""
         fields["segment_since"] = iso_ms(s.segment_since_ms or s.last_event_ms)
     # Features go in one JSON field: one HGETALL still reads everything, and a write packs
-    # eight fields instead of fifty. Zero window counts are left out (stored_features).
+    # eight fields instead of fifty. Counts are grouped by type, zeros left out
+    # (stored_features).
     fields["features"] = orjson.dumps(stored_features(update.features)).decode()
     return fields
 

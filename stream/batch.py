@@ -303,6 +303,7 @@ def process_batch(
                 if state.segment is None
                 else f"segment {state.segment} retired at model version {entry.version}",
                 model.params.features,
+                _delivered(state.last_change, committed),
             )
         )
     for user_id in sweep:
@@ -334,6 +335,7 @@ def process_batch(
                 due,
                 quiet_reason(features, model.version),
                 model.params.features,
+                _delivered(state.last_change, committed),
             )
         )
 
@@ -378,14 +380,19 @@ def _without_event(
     trigger_ts: int,
     reason: str | None,
     used: tuple[str, ...],
+    delivered: bool = False,
 ) -> _Pending:
     """A user to decide with no event of theirs; ``trigger`` is the change id's key, the
     stored change's position and its offset (the queue token or the due time); ``used``
-    the model's features."""
+    the model's features. A stored change known committed (``delivered``) is dropped from
+    the state written, as for a user with events."""
     key, pos, offset = trigger
+    copied = state.copy()
+    if delivered:
+        copied.last_change = None
     return _Pending(
         user_id,
-        state.copy(),
+        copied,
         features,
         to_vector(features, used),
         state.segment,

@@ -10,7 +10,7 @@ from loadtest.devstack.servers import Server
 from state.redis_store import RedisStore
 from stream.batch import UserUpdate
 from stream.events import Event
-from stream.features import apply_events, compute_features
+from stream.features import apply_events, compute_features, full_features
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def test_an_older_write_is_refused_and_a_newer_one_accepted(redis_server: Server
         assert (stale.written, stale.fenced, stale.moves) == (0, 1, 0)
         h = rds.hgetall("fence:user:{u1}")
         assert h["_o:clicks:3"] == "9"
-        assert orjson.loads(h["features"])["views_30d"] == 10
+        assert full_features(orjson.loads(h["features"]))["views_30d"] == 10
         assert h["segment"] == "1"
         assert rds.smembers("fence:segment:{1}:members") == {"u1"}
         assert not rds.exists("fence:segment:{2}:members")

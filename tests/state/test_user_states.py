@@ -53,8 +53,11 @@ def test_fields_of_a_segmented_user() -> None:
 def test_features_in_human_units() -> None:
     u = make_update(2, "high_value", T)
     stored = orjson.loads(user_hash(u, 1, T)["features"])
-    # Zero window counts are left out, and come back with full_features.
-    assert "views_1h" not in stored and stored["views_7d"] == 1
+    # Counts by type in window order (1h ... 365d), zeros of other kinds left out; the
+    # flat features come back with full_features.
+    assert stored["counts"]["views"] == [0, 0, 1, 1, 1, 1]
+    assert "views_7d" not in stored and "searches" not in stored["counts"]
+    assert "cart_abandonment_30d" not in stored
     features = full_features(stored)
     assert features == u.features
     assert features["purchases_30d"] == 1.0

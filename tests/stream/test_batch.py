@@ -842,3 +842,35 @@ def test_the_learning_budget_learns_from_a_uniform_sample_and_decides_everyone(w
     r_wide, _, _ = learned_with(12)
     assert (r_wide.learned, r_wide.sampled_out) == (12, 0)
     assert [u.decision for u in r.updates] == [u.decision for u in r_all.updates]
+
+
+def test_a_swept_user_drops_a_stored_change_known_committed(world) -> None:
+    shop, model, names = world
+    states, _, _ = warm_up(shop, model, names)
+    st = states["u6"]
+    assert st is not None and st.last_change is not None  # their first segment, stored
+    pos, offset = st.last_change.pos, st.last_change.offset
+
+    def swept(committed_input: int) -> UserState:
+        r = process_batch(
+            {},
+            states,
+            model,
+            names,
+            MARGIN,
+            WINDOW,
+            EMITTED,
+            committed={MARK_POS: SEQ + 1, pos: committed_input},
+            clock=Clock(WM),
+            sweep=["u6"],
+            timers={"u6": DUE},
+            marks=marks_of(["u6"], SEQ + 1),
+            mark_topic=MARK_TOPIC,
+        )
+        (u,) = r.updates
+        assert u.write and u.change is None
+        return u.state
+
+    assert swept(offset + 1).last_change is None  # its batch committed: not needed again
+    assert swept(offset).last_change == st.last_change  # maybe not: kept
+    assert states["u6"].last_change is not None  # the input state is not mutated

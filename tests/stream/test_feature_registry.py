@@ -155,10 +155,14 @@ def test_count_features() -> None:
     assert FEATURE_NAMES[: len(COUNT_FEATURES)] == COUNT_FEATURES
     f = some_features()
     assert all(float(f[n]).is_integer() for n in COUNT_FEATURES)  # type: ignore[arg-type]
-    # Zeros are left out of the hash, nulls and other values never; reading puts them back.
+    # In the hash, counts go by type in window order; other zeros are left out, nulls and
+    # other values never; reading puts them back.
     stored = stored_features(f)
-    assert set(stored) == {n for n in FEATURE_NAMES if f[n] or f[n] is None}
+    others = {n for n in FEATURE_NAMES if n not in COUNT_FEATURES and (f[n] or f[n] is None)}
+    assert set(stored) == {"counts", *others}
     assert any(f[n] == 0 and n not in COUNT_FEATURES for n in FEATURE_NAMES)  # some left out
+    counted = {f"{t}_{w}" for t, v in stored["counts"].items() for w in WINDOW_NAMES}
+    assert {n for n in COUNT_FEATURES if f[n]} <= counted <= set(COUNT_FEATURES)
     assert full_features(stored) == f  # type: ignore[arg-type]
     # Only the 30-day activity count is a dimension of the model.
     assert set(COUNT_FEATURES) & set(MODEL_FEATURES) == {"events_30d"}
