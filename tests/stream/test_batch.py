@@ -611,19 +611,22 @@ def sweep(
     timers: dict[str, int] | None = None,
     events: dict[str, Sequence[Event]] | None = None,
     committed_mark: int = SEQ + 1,
+    committed: dict[str, int] | None = None,
+    margin: float = 0.0,
 ) -> BatchResult:
     """Sweep ``users`` whose timers stand at ``due`` (unless ``timers`` says otherwise),
-    with no hysteresis, so a user nearer another centre moves; at mark ``SEQ + 1`` (the
-    group's mark at ``committed_mark``)."""
+    with no hysteresis (unless ``margin``), so a user nearer another centre moves; at mark
+    ``SEQ + 1`` (the group's mark at ``committed_mark``; other positions at
+    ``committed``)."""
     return process_batch(
         events or {},
         states,
         model,
         names,
-        0.0,
+        margin,
         WINDOW,
         EMITTED,
-        committed={MARK_POS: committed_mark},
+        committed={MARK_POS: committed_mark, **(committed or {})},
         clock=Clock(wm),
         sweep=users,
         timers={u: due for u in users} if timers is None else timers,
@@ -852,20 +855,8 @@ def test_a_swept_user_drops_a_stored_change_known_committed(world) -> None:
     pos, offset = st.last_change.pos, st.last_change.offset
 
     def swept(committed_input: int) -> UserState:
-        r = process_batch(
-            {},
-            states,
-            model,
-            names,
-            MARGIN,
-            WINDOW,
-            EMITTED,
-            committed={MARK_POS: SEQ + 1, pos: committed_input},
-            clock=Clock(WM),
-            sweep=["u6"],
-            timers={"u6": DUE},
-            marks=marks_of(["u6"], SEQ + 1),
-            mark_topic=MARK_TOPIC,
+        r = sweep(
+            states, model, names, ["u6"], DUE, WM, committed={pos: committed_input}, margin=MARGIN
         )
         (u,) = r.updates
         assert u.write and u.change is None
