@@ -75,7 +75,7 @@ def test_a_write_that_never_saw_a_partition_the_stored_state_has_is_refused(
         )
         assert (late.written, late.fenced) == (0, 1)
         h = rds.hgetall("fence2:user:{u1}")
-        assert orjson.loads(h["features"])["purchases_30d"] == 2 and h["_on"] == "2"
+        assert full_features(orjson.loads(h["features"]))["purchases_30d"] == 2 and h["_on"] == "2"
     finally:
         store.close()
         rds.close()
