@@ -195,13 +195,34 @@ class TestRatios:
 
 class TestTargets:
     def test_each_target_measured_and_judged(self) -> None:
-        got = report.targets(full_results())
-        assert [t.met for t in got] == [False, True, True, True, True]
+        r = full_results()
+        assert report.targets(r)[3].measured == "not run"  # no micro-batch peer yet
+        r.peers.append(peer("micro_batch", 20_000.0))
+        got = report.targets(r)
+        assert [t.met for t in got] == [False, True, False, False, None, True, True]
         assert got[0].measured == "50,000 events/s (1 process, steady)"
         assert got[1].measured.startswith("199 ms (19,800/s sent, 0.0% of samples unobserved)")
-        assert got[2].measured == "900 bytes (1,000 users)"
-        assert got[3].measured == "1.90x"
-        assert got[4].measured.endswith("(+10.0 bytes per user)")
+        assert got[2].measured == "20,000/s"
+        assert got[3].measured == "2.50x"  # 50,000 / 20,000 events/s
+        # Measured at 20,000 users: reported, not judged against a million.
+        assert got[4].measured == "690 bytes at 20,000 users"
+        # 9 s of CPU for 500,000 events, against 18 s for 950,000.
+        assert got[5].measured == "18.9 us vs 18.0 us (+5.3%)"
+        assert got[6].measured.endswith("(+10.0 bytes per user)")
+
+    def test_memory_judged_at_a_million_users(self) -> None:
+        r = full_results()
+        mem = memory_result()
+        last = MemorySample(9.0, 1_000_000, 150 * 2**20, 1_000_000 * 1000)
+        r.memory = dataclasses.replace(mem, points=[*mem.points, last])
+        t = report.targets(r)[4]
+        assert (t.measured, t.met) == ("1,000 bytes at 1,000,000 users", True)
+
+    def test_cpu_per_event_of_two_processes(self) -> None:
+        r = full_results()
+        r.two = throughput(2, 60_000.0)  # 18 s of CPU for 600,000 events: 30 us
+        t = report.targets(r)[5]
+        assert t.met is False and t.measured.endswith("(+66.7%)")
 
     def test_p99_over_target_and_lost_samples(self) -> None:
         r = full_results()
@@ -220,13 +241,13 @@ class TestTargets:
     def test_rss_growth(self) -> None:
         mem = memory_result()
         assert mem.rss_growth_per_user == pytest.approx(10.0)
-        assert report.targets(full_results())[4].met is True
+        assert report.targets(full_results())[6].met is True
         grown = dataclasses.replace(
             mem, points=[mem.points[0], MemorySample(3.0, 20_000, 160 * 2**20, 0)]
         )
         r = full_results()
         r.memory = grown
-        assert report.targets(r)[4].met is False
+        assert report.targets(r)[6].met is False
 
 
 class TestMemoryPoints:
@@ -248,7 +269,9 @@ class TestMemoryPoints:
 
 class TestRender:
     def test_full_report(self) -> None:
-        md = report.render_markdown(full_results())
+        r = full_results()
+        r.peers.append(peer("micro_batch", 20_000.0))
+        md = report.render_markdown(r)
         assert md.startswith("# Segmenter benchmark report\n")
         assert "2 cores (Test CPU)" in md
         assert "Broker: kafka (Apache Kafka 4.1.1 (KRaft)); Redis 7.0.15" in md
@@ -259,6 +282,7 @@ class TestRender:
             in md
         )
         assert "Speed-up, steady: 1.90x" in md
+        assert "(18 us with one process, 19 us with two)" in md
         assert "![latency](latency.png)" in md and "![memory](memory.png)" in md
         assert "not run" not in md.lower()
         # 3.0 s of CPU for 100,000 events: 30 us an event, 33,333 events/s before any I/O.
@@ -295,7 +319,15 @@ class TestRender:
         assert doc["results"]["one"]["events_per_s"] == 50_000.0
         assert doc["results"]["peers"][1]["result"]["name"] == "quix"
         assert doc["derived"]["latency"][1]["p99_ms"] is None  # infinite: never seen
-        assert [t["met"] for t in doc["derived"]["targets"]] == [False, False, True, True, True]
+        assert [t["met"] for t in doc["derived"]["targets"]] == [
+            False,
+            False,
+            False,
+            None,
+            None,
+            True,
+            True,
+        ]
         assert doc["derived"]["ratios"][0]["figure"] == "segmenter, 1 process, saturation"
 
     def test_throughput_bars(self) -> None:
