@@ -453,8 +453,9 @@ class Segmenter:
         self.sync.resweep = False
         self._nothing_due_at = -1
         log.info(
-            "model version %d changed the segments: %d users due for a new look",
+            "model version %d: %s; %d users due for a new look",
             self.model.version,
+            self.sync.resweep_cause,
             n,
         )
 

@@ -127,6 +127,15 @@ class Metrics:
         )
         for outcome in ("learned", "sampled_out"):
             self.model_updates.labels(outcome)
+        self.resweeps = Counter(
+            "segmenter_resweeps_total",
+            "Times every user of this process was made due for a new look, by cause: the "
+            "segments changed, or their centres moved SEGMENTER_RESWEEP_DRIFT since.",
+            ["cause"],
+            registry=registry,
+        )
+        for cause in ("segments_changed", "centres_moved"):
+            self.resweeps.labels(cause)
         self.model_syncs = Counter(
             "segmenter_model_syncs_total",
             "Merges of this process's learning into the shared model, by outcome.",

@@ -67,9 +67,14 @@ class ModelSync:
         self.watermark = wiring.watermark
         self._sample_size = sample_size
         self._activity = activity
-        #: The segments themselves changed (a refit, a re-seed, a rollback): every user of
-        #: this process's partitions is to be re-decided. The loop clears it.
+        #: The segments themselves changed (a refit, a re-seed, a rollback), or their
+        #: centres moved far since every user was last re-decided: every user of this
+        #: process's partitions is to be re-decided. The loop clears it.
         self.resweep = False
+        #: Why, for the log: "segments changed" or "centres moved".
+        self.resweep_cause = ""
+        #: The centres (and their ids) as of the last re-decision of every user.
+        self._swept_centres: tuple[list[int], np.ndarray] | None = None
         #: Queued users may be waiting for this process. The loop clears it.
         self.reassess_pending = False
         #: Retired segments whose members are still to be queued, and the retiring version.
@@ -213,10 +218,13 @@ class ModelSync:
         if was_ready and self.model.ready and self.model.epoch != epoch:
             # The segments themselves changed (a refit, a re-seed, a rollback): every user
             # is re-decided by the sweep, not only those who send an event.
-            self.resweep = True
+            self._resweep("segments changed")
         if before is not None and ids == self.model.ids:
             drift = float(np.sqrt(((self.model.centres() - before) ** 2).sum(axis=1)).max())
             self.metrics.model_sync_drift.set(drift)
+        if self.model.ready:
+            self._check_moved()
+
         for e in events:
             self.metrics.lineage_events.labels(str(e["event"])).inc()
             log.info(
@@ -241,6 +249,26 @@ class ModelSync:
                 log.info("model seeded: %s", ckpt.k_choice.reason if ckpt.k_choice else "")
             self.refresh_catalogue()
         self.gauges()
+
+    def _resweep(self, cause: str) -> None:
+        self.resweep, self.resweep_cause = True, cause
+        self.metrics.resweeps.labels(cause.replace(" ", "_")).inc()
+        self._swept_centres = (list(self.model.ids), self.model.centres().copy())
+
+    def _check_moved(self) -> None:
+        """Re-decide everyone once the centres have moved ``resweep_drift`` since the last
+        time everyone was: a quiet user's timer was set by the centres of then, and
+        centres learned online since may put them in another segment already."""
+        limit = self.settings.resweep_drift
+        swept = self._swept_centres
+        ids, centres = list(self.model.ids), self.model.centres()
+        if swept is None or swept[0] != ids or swept[1].shape != centres.shape:
+            # A new set of segments (or the first): the users were decided by it anyway.
+            self._swept_centres = (ids, centres.copy())
+            return
+        moved = float(np.sqrt(((centres - swept[1]) ** 2).sum(axis=1)).max())
+        if limit > 0 and moved >= limit:
+            self._resweep("centres moved")
 
     def queue_retired(self) -> None:
         """Queue the members of retired segments; what Redis refuses is tried again later."""

@@ -114,6 +114,8 @@ class Settings:
     watermark_idle_s: float = 10.0
     watermark_sync_interval_s: float = 1.0
     sweep_batch: int = 1000
+    # Largest centre move (standardised units) before every user is re-decided; 0: never.
+    resweep_drift: float = 0.25
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health: loopback unless asked for, as a process may run where its port
@@ -185,6 +187,8 @@ class Settings:
                 "watermark_lateness_s", f"must be 0 or more, got {self.watermark_lateness_s}"
             )
         _check_positive(self, "watermark_idle_s", "watermark_sync_interval_s", "sweep_batch")
+        if not self.resweep_drift >= 0:
+            raise ConfigError("resweep_drift", f"must be 0 or more, got {self.resweep_drift}")
         if not self.learn_budget >= 0:
             raise ConfigError("learn_budget", f"must be 0 or more, got {self.learn_budget}")
         if not self.model_refit_min_interval_s >= 0:
