@@ -476,6 +476,9 @@ def run_scenario(
             metrics.get('segmenter_model_updates_total{outcome="sampled_out"}', 0.0)
         ),
         "learn_budget": s.learn_budget,
+        "resweeps_centres_moved": int(
+            metrics.get('segmenter_resweeps_total{cause="centres_moved"}', 0.0)
+        ),
         "segments": [
             {
                 "segment": x.segment,

@@ -762,7 +762,8 @@ def render_report(
             f"Users segmented {r.get('users')} of {r.get('users_with_events')} with events; "
             f"watermark {r.get('watermark', '-')}; model version {r.get('model_version', '-')}; "
             f"refits counted by segmenter_model_refits_total {r.get('refits', '-')}; "
-            f"users swept by timers {r.get('swept', '-')}; "
+            f"users swept by timers {r.get('swept', '-')} (everyone brought forward "
+            f"{r.get('resweeps_centres_moved', '-')} times for moved centres); "
             f"user updates learned from {r.get('learned', '-')}, left out by the learning "
             f"budget {r.get('sampled_out', '-')}; "
             f"batch KMeans ARI vs personas (reference) {_fmt(r.get('ari_batch_vs_personas'))}.",
