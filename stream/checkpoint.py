@@ -357,12 +357,12 @@ def merge(
             structural
             and not events
             and snapshot is not None
-            and len(snapshot) >= params.warmup_users
+            and _fit_ready(snapshot, params)
             and (refit or refit_due(ckpt, params, watermark_ms=watermark_ms))
         ):
             ckpt, refitted = _refit(ckpt, snapshot, params, "automatic refit", False, watermark_ms)
             events += refitted
-    elif snapshot is not None and len(snapshot) >= params.warmup_users:
+    elif snapshot is not None and _fit_ready(snapshot, params):
         ckpt, seeded = _seed(ckpt, snapshot, params, watermark_ms)
         events += seeded
     published = ckpt.version
@@ -435,6 +435,13 @@ def _fitted(
         fitted_at_event_ms=int(watermark_ms),
     )
     return fitted, scaler
+
+
+def _fit_ready(snapshot: np.ndarray, params: ModelParams) -> bool:
+    """Whether ``snapshot`` can be fitted: ``warmup_users`` users, and more distinct
+    vectors than the fewest segments allowed. A stream's first users can all look alike
+    (one view each, at one instant); the model then keeps warming up rather than fail."""
+    return len(snapshot) >= params.warmup_users and len(np.unique(snapshot, axis=0)) > params.k_min
 
 
 def _k_choice(choice: KChoice) -> KChoiceRecord:

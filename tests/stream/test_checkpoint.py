@@ -639,3 +639,15 @@ def test_older_and_newer_checkpoints_are_read_and_written_back_as_they_were() ->
     refitted, _ = merge(c, delta_from(m, pts[:5]), pts, P, 1, refit=True)
     assert list(refitted.to_dict()) == [*FRESH_KEYS, *FIT_KEYS, "added_by_a_newer_release"]
     assert refitted.to_dict()["added_by_a_newer_release"] == {"x": [1, 2.5]}
+
+
+def test_users_that_all_look_alike_leave_the_model_warming_up() -> None:
+    same = np.zeros((80, D))  # 80 users, one vector: nothing to split into segments
+    doc, events = merge(None, warm_delta(same), same, P, now_ms=0)
+    assert not doc.ready and events == []
+    few = np.concatenate([same[:78], np.ones((2, D))])  # two distinct vectors, k_min is 2
+    doc, events = merge(doc, warm_delta(few), few, P, now_ms=0)
+    assert not doc.ready and events == []
+    pts = points(30)
+    doc, events = merge(doc, warm_delta(pts), pts, P, now_ms=0)
+    assert doc.ready and [e["event"] for e in events] == ["born"] * doc.k
