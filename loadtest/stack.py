@@ -174,15 +174,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text -> ``{sample name: value summed over labels}``.
+    """Prometheus text -> ``{sample name: value summed over labels}``, and each labelled
+    sample under ``name{label="value",...}`` (labels sorted) too.
 
     >>> parse_metrics("# TYPE a gauge\\na{p=\\"0\\"} 2\\na{p=\\"1\\"} 3\\n")
-    {'a': 5.0}
+    {'a': 5.0, 'a{p="0"}': 2.0, 'a{p="1"}': 3.0}
     """
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+            if sample.labels:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                key = f"{sample.name}{{{labels}}}"
+                out[key] = out.get(key, 0.0) + float(sample.value)
     return out
 
 
@@ -219,7 +224,8 @@ class SegmenterProcess:
         return self.popen.poll() is None
 
     def metrics(self, timeout: float = 5.0) -> dict[str, float]:
-        """Its ``/metrics``, summed over labels (:func:`parse_metrics`); ``{}`` if unreachable."""
+        """Its ``/metrics`` by name summed over labels, and by labelled sample
+        (:func:`parse_metrics`); ``{}`` if unreachable."""
         url = f"http://{servers.HOST}:{self.settings.metrics_port}/metrics"
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:
