@@ -29,7 +29,7 @@ from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
 from state.user_states import fenced_write_args, pack_commands
-from stream.batch import SegmentNames, process_batch
+from stream.batch import Clock, SegmentNames, process_batch
 from stream.checkpoint import ModelParams, merge, refit_due
 from stream.events import DeadLetter, Event, Limits, decode
 from stream.features import UserState, compute_features
@@ -49,6 +49,15 @@ class StageTimes:
     events: int = 0
     user_updates: int = 0
     write_bytes: int = 0
+    #: The sweep after the backlog: users re-decided with no event of theirs, and the CPU
+    #: seconds it took (reading, deciding, building the writes), in chunks of
+    #: ``SWEEP_CHUNK`` as the segmenter sweeps.
+    swept_users: int = 0
+    sweep_s: float = 0.0
+
+    @property
+    def sweep_us_per_user(self) -> float:
+        return self.sweep_s / max(self.swept_users, 1) * 1e6
 
     def per_event_us(self, stage: str) -> float:
         return self.seconds[stage] / max(self.events, 1) * 1e6
@@ -69,6 +78,12 @@ class StageTimes:
             f"{self.events / max(self.user_updates, 1):.1f} events per user update, "
             f"{self.write_bytes / max(self.user_updates, 1):.0f} bytes written per update"
         )
+        if self.swept_users:
+            lines.append(
+                f"{'sweep':14} {self.sweep_us_per_user:6.2f} us/user   {self.sweep_s:6.2f} s "
+                f"to re-decide {self.swept_users:,} users with no event: "
+                f"{self.sweep_us_per_user:.0f} s of one core per million users"
+            )
         return "\n".join(lines)
 
 
@@ -84,8 +99,11 @@ def backlog_messages(n_users: int, n_events: int) -> list[tuple[bytes, bytes, st
     return out
 
 
-def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) -> StageTimes:
-    """Time every stage over ``messages`` cut into batches of ``batch``."""
+def run(
+    messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000, sweep: bool = True
+) -> StageTimes:
+    """Time every stage over ``messages`` cut into batches of ``batch``; then, with
+    ``sweep``, re-decide every user as a sweep would (:func:`_sweep`)."""
     times = StageTimes()
     stored: dict[str, bytes] = {}
     keys = Keys()
@@ -145,7 +163,65 @@ def run(messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000) ->
         times.events += min(batch, len(messages) - lo)
         times.user_updates += len(commands)
         times.write_bytes += len(packed)
+    if sweep and stored:
+        _sweep(stored, model, names, times)
     return times
+
+
+#: Users one sweep call re-decides (``SEGMENTER_SWEEP_BATCH``'s default).
+SWEEP_CHUNK = 1000
+#: How long after the backlog's newest event the sweep looks at everyone: quiet long
+#: enough that many move (a month and a half).
+SWEEP_AFTER_MS = 45 * DAY_MS
+
+
+def _sweep(
+    stored: dict[str, bytes], model: SegmentModel, names: SegmentNames, times: StageTimes
+) -> None:
+    """Re-decide every stored user as their timers would, as of the backlog's newest event
+    plus :data:`SWEEP_AFTER_MS`, and time it."""
+    keys = Keys()
+    users = list(stored)
+    newest = max(decode_state(stored[u]).last_event_ms for u in users[:SWEEP_CHUNK])
+    wm = newest + SWEEP_AFTER_MS
+    mark_topic = "segments.marks"
+    clock = time.process_time
+    t0 = clock()
+    for lo in range(0, len(users), SWEEP_CHUNK):
+        chunk = users[lo : lo + SWEEP_CHUNK]
+        states: dict[str, UserState | None] = {u: decode_state(stored[u]) for u in chunk}
+        result = process_batch(
+            {},
+            states,
+            model,
+            names,
+            0.15,
+            32,
+            wm,
+            clock=Clock(wm),
+            sweep=chunk,
+            timers=dict.fromkeys(chunk, wm),
+            marks={u: (f"{mark_topic}:0", lo // SWEEP_CHUNK) for u in chunk},
+            mark_topic=mark_topic,
+        )
+        commands = []
+        for u in result.updates:
+            if u.write:
+                blob = encode_state(u.state)
+                args = fenced_write_args(u, blob, model.version, wm, wm)
+                commands.append(
+                    [
+                        b"EVALSHA",
+                        b"0" * 40,
+                        b"2",
+                        keys.user(u.user_id),
+                        keys.state(u.user_id),
+                        *args,
+                    ]
+                )
+        pack_commands(commands)
+        times.swept_users += len(chunk)
+    times.sweep_s += clock() - t0
 
 
 def main(argv: list[str] | None = None) -> int:

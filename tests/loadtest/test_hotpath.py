@@ -15,5 +15,14 @@ def test_every_event_goes_through_every_stage() -> None:
     assert times.write_bytes > 100 * times.user_updates
     assert all(times.seconds[s] > 0 for s in STAGES)
     lines = times.report().splitlines()
-    assert [line.split()[0] for line in lines[:-1]] == [s.split()[0] for s in STAGES]
-    assert "events/s of CPU alone" in lines[-1]
+    assert [line.split()[0] for line in lines[: len(STAGES)]] == [s.split()[0] for s in STAGES]
+    assert "events/s of CPU alone" in lines[len(STAGES)]
+    # Then every user is re-decided once, as a sweep would.
+    assert times.swept_users == len({key for _, key, _, _ in messages})
+    assert times.sweep_s > 0 and times.sweep_us_per_user > 0
+    assert lines[-1].startswith("sweep") and "per million users" in lines[-1]
+
+
+def test_without_the_sweep() -> None:
+    times = run(backlog_messages(50, 300), batch=100, sweep=False)
+    assert times.swept_users == 0 and "sweep" not in times.report()

@@ -138,6 +138,8 @@ def full_results() -> SuiteResults:
             events=100_000,
             user_updates=6_000,
             write_bytes=9_000_000,
+            swept_users=6_000,
+            sweep_s=0.09,
         ),
         peers=[peer("per_event", 2_500.0), peer("quix", 2_000.0)],
         durations={"ceiling": 10.0, "throughput": 20.0},
@@ -199,16 +201,18 @@ class TestTargets:
         assert report.targets(r)[3].measured == "not run"  # no micro-batch peer yet
         r.peers.append(peer("micro_batch", 20_000.0))
         got = report.targets(r)
-        assert [t.met for t in got] == [False, True, False, False, None, True, True]
+        assert [t.met for t in got] == [False, True, False, False, None, True, True, True]
         assert got[0].measured == "50,000 events/s (1 process, steady)"
         assert got[1].measured.startswith("199 ms (19,800/s sent, 0.0% of samples unobserved)")
         assert got[2].measured == "20,000/s"
         assert got[3].measured == "2.50x"  # 50,000 / 20,000 events/s
         # Measured at 20,000 users: reported, not judged against a million.
         assert got[4].measured == "690 bytes at 20,000 users"
+        # 0.09 s for 6,000 users: 15 us a user, 15 s per million.
+        assert got[5].measured == "15.0 s per million (6,000 users swept, no I/O)"
         # 9 s of CPU for 500,000 events, against 18 s for 950,000.
-        assert got[5].measured == "18.9 us vs 18.0 us (+5.3%)"
-        assert got[6].measured.endswith("(+10.0 bytes per user)")
+        assert got[6].measured == "18.9 us vs 18.0 us (+5.3%)"
+        assert got[7].measured.endswith("(+10.0 bytes per user)")
 
     def test_memory_judged_at_a_million_users(self) -> None:
         r = full_results()
@@ -221,7 +225,7 @@ class TestTargets:
     def test_cpu_per_event_of_two_processes(self) -> None:
         r = full_results()
         r.two = throughput(2, 60_000.0)  # 18 s of CPU for 600,000 events: 30 us
-        t = report.targets(r)[5]
+        t = report.targets(r)[6]
         assert t.met is False and t.measured.endswith("(+66.7%)")
 
     def test_p99_over_target_and_lost_samples(self) -> None:
@@ -241,13 +245,13 @@ class TestTargets:
     def test_rss_growth(self) -> None:
         mem = memory_result()
         assert mem.rss_growth_per_user == pytest.approx(10.0)
-        assert report.targets(full_results())[6].met is True
+        assert report.targets(full_results())[7].met is True
         grown = dataclasses.replace(
             mem, points=[mem.points[0], MemorySample(3.0, 20_000, 160 * 2**20, 0)]
         )
         r = full_results()
         r.memory = grown
-        assert report.targets(r)[6].met is False
+        assert report.targets(r)[7].met is False
 
 
 class TestMemoryPoints:
@@ -325,6 +329,7 @@ class TestRender:
             False,
             None,
             None,
+            True,
             True,
             True,
         ]
