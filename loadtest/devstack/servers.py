@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -204,8 +205,19 @@ def start_prometheus(workdir: Path, config: Path, port: int | None = None) -> Se
     return Server("prometheus", port, proc.pid, str(config.resolve()), str(log), str(workdir))
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
+    """A random KRaft cluster id: a UUID in URL-safe base64, as ``kafka-storage
+    random-uuid`` makes it, and like it never starting with ``-``, which the storage
+    tool's command line would read as an option (one draw in 64 would).
+
+    >>> ids = iter([uuid.UUID(bytes=b"\\xf8" + bytes(15)), uuid.UUID(bytes=bytes(16))])
+    >>> cluster_id(lambda: next(ids))
+    'AAAAAAAAAAAAAAAAAAAAAA'
+    """
+    while True:
+        text = base64.urlsafe_b64encode(draw().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def start_kafka(
@@ -279,7 +291,7 @@ def start_kafka(
                 "format",
                 "--standalone",
                 "-t",
-                _cluster_id(),
+                cluster_id(),
                 "-c",
                 str(props),
             ],
