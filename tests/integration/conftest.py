@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 
 from consumers import topics
 from consumers.app import RunStats, Segmenter
-from loadtest.devstack import servers
+from loadtest.devstack import install, servers
 from loadtest.devstack.servers import Server
 from stream.settings import Settings
 
@@ -39,13 +39,45 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.stop()
 
 
+#: The broker the session ran, for the summary at the end of the run.
+_BROKER: dict[str, str] = {}
+#: The reason a test gives when it needs Kafka transactions and the broker has none.
+NEEDS_TRANSACTIONS = "needs Kafka transactions: Tansu delivers aborted records"
+
+
+def broker_choice() -> str:
+    """``SEGMENTER_TEST_BROKER`` as the session uses it: ``auto`` means Apache Kafka
+    wherever Java 17 is here (so a Kafka that cannot start fails the run rather than
+    falling back, which would skip the effectively-once tests), else Tansu."""
+    prefer = os.environ.get("SEGMENTER_TEST_BROKER", "auto")
+    if prefer == "auto" and install.java_bin() is not None:
+        return "kafka"
+    return prefer
+
+
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    prefer = os.environ.get("SEGMENTER_TEST_BROKER", "auto")
-    server = servers.start_broker(tmp_path_factory.mktemp("broker"), prefer=prefer)
+    server = servers.start_broker(tmp_path_factory.mktemp("broker"), prefer=broker_choice())
+    _BROKER["kind"] = server.kind
     print(f"\nbroker under test: {server.kind} on {server.address}")
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say in the run's last lines which broker ran and how many tests it made skip."""
+    if "kind" not in _BROKER:
+        return
+    skipped = [
+        r
+        for r in terminalreporter.stats.get("skipped", [])
+        if NEEDS_TRANSACTIONS in str(getattr(r, "longrepr", ""))
+    ]
+    terminalreporter.write_sep("-", "broker")
+    terminalreporter.write_line(
+        f"integration tests ran on {_BROKER['kind']}; "
+        f"{len(skipped)} skipped for want of Kafka transactions"
+    )
 
 
 @pytest.fixture
@@ -78,7 +110,7 @@ def settings(broker: Server, redis_server: Server) -> Settings:
 @pytest.fixture
 def txn_settings(settings: Settings, broker: Server) -> Settings:
     if broker.kind != "kafka":
-        pytest.skip("needs Kafka transactions: Tansu delivers aborted records")
+        pytest.skip(NEEDS_TRANSACTIONS)
     # Small batches: many commits, so kills land at every step of a batch.
     return settings.replace(batch_max_events=300, checkpoint_interval_s=2.0)
 
