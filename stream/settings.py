@@ -114,8 +114,9 @@ class Settings:
     watermark_idle_s: float = 10.0
     watermark_sync_interval_s: float = 1.0
     sweep_batch: int = 1000
-    # Largest centre move (standardised units) before every user is re-decided; 0: never.
-    resweep_drift: float = 0.25
+    # Largest centre move (standardised units) before every user is re-decided; 0: never
+    # (the default: on a backlog, centres learning fast made it re-decide everyone often).
+    resweep_drift: float = 0.0
     checkpoint_interval_s: float = 300.0
     catalogue_interval_s: float = 5.0
     # Metrics and health: loopback unless asked for, as a process may run where its port
