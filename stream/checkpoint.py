@@ -357,8 +357,9 @@ def merge(
             structural
             and not events
             and snapshot is not None
-            and _fit_ready(snapshot, params)
             and (refit or refit_due(ckpt, params, watermark_ms=watermark_ms))
+            # Last: it sorts the snapshot, and a refit is seldom due.
+            and _fit_ready(snapshot, params)
         ):
             ckpt, refitted = _refit(ckpt, snapshot, params, "automatic refit", False, watermark_ms)
             events += refitted
