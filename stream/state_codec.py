@@ -11,10 +11,15 @@ This encoding keeps the same values in about a fifth of the bytes:
 - de-duplication keys are 48 bits (:func:`stream.features.event_key`), six bytes each;
 - category times are kept relative to the latest event (under 30 days, so 32 bits);
 - the stored last change is kept as :class:`~stream.stored_change.StoredChange` packs
-  it: the message's fields, not its JSON.
+  it: the message's fields, not its JSON;
+- the whole is then deflated (zlib's fastest level, raw, no header or checksum) when that
+  makes it smaller, which halves a typical blob: rows of small counts, zero spends and
+  feature values of zero repeat. Deflating costs a few microseconds per write and
+  inflating about one per read; at a million users it saves about 200 bytes each.
 
 Decoding gives back an equal state, so features computed from a decoded state are the
-ones computed before encoding. Blobs start with a format byte.
+ones computed before encoding. Blobs start with a format byte: :data:`FORMAT` for the
+plain layout, :data:`DEFLATED` for the plain layout (its format byte included) deflated.
 
 Examples
 --------
@@ -24,20 +29,25 @@ Examples
 >>> e = Event("e1", "u1", "purchase", 1_700_000_000_000, "shop.purchases", 0, 5, amount=20.0)
 >>> s = apply_events(None, [e]).state
 >>> blob = encode_state(s)
->>> decode_state(blob) == s, len(blob), len(orjson.dumps(s.to_dict()))
-(True, 185, 340)
+>>> decode_state(blob) == s, blob[0] == DEFLATED, len(blob), len(orjson.dumps(s.to_dict()))
+(True, True, 61, 340)
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from typing import Any
 
 from stream.features import GRAINS, UserState
 from stream.stored_change import StoredChange
 
-#: The first byte of a blob in this format.
+#: The first byte of a blob in the plain layout.
 FORMAT = 3
+#: The first byte of a deflated blob: what follows inflates to a blob in the plain layout.
+DEFLATED = 4
+# Deflating fewer bytes than this saves nothing worth a call.
+_DEFLATE_FROM = 64
 
 _NO_TIME = -1
 # format, latest event, first seen, last purchase, segment, segment since, then counts of
@@ -130,7 +140,12 @@ def encode_state(s: UserState) -> bytes:
         _text(lc.pos, out)
         out.append(_LC.pack(lc.offset, len(lc.packed)))
         out.append(lc.packed)
-    return b"".join(out)
+    plain = b"".join(out)
+    if len(plain) < _DEFLATE_FROM:
+        return plain
+    # Level 1: nearly all of level 9's saving on blobs this small, at a third of the cost.
+    packed = zlib.compress(plain, 1, wbits=-15)
+    return b"%c%b" % (DEFLATED, packed) if len(packed) + 1 < len(plain) else plain
 
 
 class _Reader:
@@ -181,6 +196,19 @@ def decode_state(blob: bytes) -> UserState:
     ValueError
         If the blob is not in this format.
     """
+    if blob[:1] == b"%c" % DEFLATED:
+        inflate = zlib.decompressobj(wbits=-15)
+        try:
+            plain = inflate.decompress(memoryview(blob)[1:])
+        except zlib.error as exc:
+            raise ValueError(f"deflated user-state blob does not inflate: {exc}") from None
+        if not inflate.eof:
+            raise ValueError("deflated user-state blob is cut short")
+        if inflate.unused_data:
+            raise ValueError(
+                f"deflated user-state blob has {len(inflate.unused_data)} unread bytes"
+            )
+        blob = plain
     if not blob or blob[0] != FORMAT:
         raise ValueError(
             f"unknown user-state format {blob[:1]!r} (this version writes {FORMAT}): the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import orjson
 import pytest
@@ -17,7 +18,7 @@ from stream.features import (
     compute_features,
 )
 from stream.messages import SegmentChange, change_id
-from stream.state_codec import FORMAT, decode_state, encode_state
+from stream.state_codec import DEFLATED, FORMAT, decode_state, encode_state
 from stream.stored_change import StoredChange
 
 NOW = 1_700_000_000_000
@@ -89,15 +90,35 @@ def test_busy_rows_and_spend_are_written_wide() -> None:
 def test_much_smaller_than_json() -> None:
     s = _rich()
     blob, as_json = encode_state(s), orjson.dumps(s.to_dict())
-    assert blob[0] == FORMAT
+    assert blob[0] == DEFLATED
     assert len(blob) * 2 < len(as_json), (len(blob), len(as_json))
+
+
+def test_a_deflated_blob_inflates_to_the_plain_layout() -> None:
+    s = _rich()
+    blob = encode_state(s)
+    plain = zlib.decompress(blob[1:], wbits=-15)
+    assert plain[0] == FORMAT and len(blob) < len(plain)
+    # Both layouts decode to the same state: a plain blob is still read.
+    assert decode_state(plain) == decode_state(blob) == s
+
+
+def test_damaged_deflated_blobs_are_refused() -> None:
+    blob = encode_state(_rich())
+    with pytest.raises(ValueError, match="cut short"):
+        decode_state(blob[:-3])
+    with pytest.raises(ValueError, match="unread bytes"):
+        decode_state(blob + b"\x00")
+    with pytest.raises(ValueError, match="does not inflate"):
+        decode_state(bytes([DEFLATED, 0xFF, 0xFF, 0xFF]))
 
 
 def test_unknown_format_and_trailing_bytes_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown user-state format"):
         decode_state(b"\x09abc")
+    plain = zlib.decompress(encode_state(_rich())[1:], wbits=-15)
     with pytest.raises(ValueError, match="unread bytes"):
-        decode_state(encode_state(_rich()) + b"\x00")
+        decode_state(plain + b"\x00")
 
 
 def test_unpruned_rows_are_refused() -> None:
