@@ -12,10 +12,11 @@ This encoding keeps the same values in about a fifth of the bytes:
 - category times are kept relative to the latest event (under 30 days, so 32 bits);
 - the stored last change is kept as :class:`~stream.stored_change.StoredChange` packs
   it: the message's fields, not its JSON;
-- the whole is then deflated (zlib's fastest level, raw, no header or checksum) when that
-  makes it smaller, which halves a typical blob: rows of small counts, zero spends and
-  feature values of zero repeat. Deflating costs a few microseconds per write and
-  inflating about one per read; at a million users it saves about 200 bytes each.
+- a small blob (most users: one visit or a few) is then deflated (zlib's fastest level,
+  raw, no header or checksum) when that makes it smaller, which about halves it for a
+  few microseconds per write and one per read: its header, sparse rows and stored change
+  repeat zeros. Larger blobs belong to busy users, who are written most often and gain
+  only about a fifth for 20 µs or more per write, so they stay plain.
 
 Decoding gives back an equal state, so features computed from a decoded state are the
 ones computed before encoding. Blobs start with a format byte: :data:`FORMAT` for the
@@ -46,8 +47,10 @@ from stream.stored_change import StoredChange
 FORMAT = 3
 #: The first byte of a deflated blob: what follows inflates to a blob in the plain layout.
 DEFLATED = 4
-# Deflating fewer bytes than this saves nothing worth a call.
+# Blobs of these lengths are deflated (see above): below, nothing worth a call is saved;
+# above, the cost grows with the length while the saving falls.
 _DEFLATE_FROM = 64
+_DEFLATE_UP_TO = 448
 
 _NO_TIME = -1
 # format, latest event, first seen, last purchase, segment, segment since, then counts of
@@ -141,7 +144,7 @@ def encode_state(s: UserState) -> bytes:
         out.append(_LC.pack(lc.offset, len(lc.packed)))
         out.append(lc.packed)
     plain = b"".join(out)
-    if len(plain) < _DEFLATE_FROM:
+    if not _DEFLATE_FROM <= len(plain) <= _DEFLATE_UP_TO:
         return plain
     # Level 1: nearly all of level 9's saving on blobs this small, at a third of the cost.
     packed = zlib.compress(plain, 1, wbits=-15)

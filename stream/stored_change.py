@@ -21,6 +21,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -37,9 +38,16 @@ _FIELDS = struct.Struct("<iiqqqqdiBBBBB")
 _LEN = struct.Struct("<H")
 _FLOAT = struct.Struct("<d")
 _NO_NAME = 0xFFFF
-_NULL = 0x80  # high bit of a feature's index: its value is null
+# The two high bits of a feature's index say how its value follows: most values of a
+# change are zero or a whole count, which take no or two bytes instead of eight.
+_NULL = 0x80  # null, nothing follows
+_ZERO = 0x40  # 0.0, nothing follows
+_WHOLE = 0xC0  # a whole number from 1 to 65535, two bytes follow
+_KIND = 0xC0
+_UINT16 = struct.Struct("<H")
 _INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
-_AS_FIELDS, _AS_JSON = b"\x01", b"\x00"
+# Version 1 kept every value in eight bytes; it is still read.
+_AS_FIELDS_V1, _AS_FIELDS, _AS_JSON = b"\x01", b"\x02", b"\x00"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +94,7 @@ class StoredChange:
         """The message, as it was published."""
         if self.packed[:1] == _AS_JSON:
             return self.packed[1:]
-        return _unpack(self.packed, 1).to_json()
+        return _unpack(self.packed, 1, compact=self.packed[:1] == _AS_FIELDS).to_json()
 
     def segments(self) -> tuple[int | None, int]:
         """The previous segment and the segment of the change, without building JSON."""
@@ -126,10 +134,17 @@ def _pack(c: SegmentChange) -> bytes:
         bytes(_INDEX[f] for f in c.top_features),
     ]
     for name, v in c.features.items():
+        i = _INDEX[name]
+        if i & _KIND:
+            raise ValueError(f"feature index {i} does not leave room for the value's kind")
         if v is None:
-            out.append(bytes([_INDEX[name] | _NULL]))
+            out.append(bytes([i | _NULL]))
+        elif v == 0 and math.copysign(1.0, v) > 0:
+            out.append(bytes([i | _ZERO]))
+        elif 0 < v < 65536 and v == int(v):
+            out.append(bytes([i | _WHOLE]) + _UINT16.pack(int(v)))
         else:
-            out.append(bytes([_INDEX[name]]) + _FLOAT.pack(v))
+            out.append(bytes([i]) + _FLOAT.pack(v))
     _text(c.user_id, out)
     _text(c.segment_name, out)
     for optional in (c.previous_segment_name, c.reason):
@@ -140,7 +155,7 @@ def _pack(c: SegmentChange) -> bytes:
     return b"".join(out)
 
 
-def _unpack(data: bytes, at: int) -> SegmentChange:
+def _unpack(data: bytes, at: int, compact: bool = True) -> SegmentChange:
     change_id = data[at : at + 16].hex()
     at += 16
     (
@@ -165,10 +180,17 @@ def _unpack(data: bytes, at: int) -> SegmentChange:
     for _ in range(n_f):
         i = data[at]
         at += 1
-        if i & _NULL:
-            features[FEATURE_NAMES[i & ~_NULL]] = None
+        kind = i & _KIND if compact else i & _NULL
+        name = FEATURE_NAMES[i & ~kind]
+        if kind == _NULL:
+            features[name] = None
+        elif kind == _ZERO:
+            features[name] = 0.0
+        elif kind == _WHOLE:
+            features[name] = float(_UINT16.unpack_from(data, at)[0])
+            at += _UINT16.size
         else:
-            (features[FEATURE_NAMES[i]],) = _FLOAT.unpack_from(data, at)
+            (features[name],) = _FLOAT.unpack_from(data, at)
             at += _FLOAT.size
     texts: list[str | None] = []
     for _ in range(4):

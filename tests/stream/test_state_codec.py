@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -52,6 +53,14 @@ def _rich() -> UserState:
     return s
 
 
+def _light() -> UserState:
+    # One visit of two events and a first segment: most users of a large shop.
+    s = apply_events(None, _events(random.Random(5), 2)).state
+    s.segment, s.segment_name, s.segment_since_ms = 1, "window shoppers", NOW
+    s.last_change = StoredChange.from_json("shop.clicks:2", 7, '{"segment":1}')
+    return s
+
+
 def test_round_trip_is_exact_and_keeps_the_features() -> None:
     s = _rich()
     back = decode_state(encode_state(s))
@@ -87,24 +96,26 @@ def test_busy_rows_and_spend_are_written_wide() -> None:
     assert back.days[NOW // DAY_MS - 2][4:] == [1, 0, 5.5]
 
 
-def test_much_smaller_than_json() -> None:
-    s = _rich()
+@pytest.mark.parametrize(("make", "first"), [(_rich, FORMAT), (_light, DEFLATED)])
+def test_much_smaller_than_json(make: Callable[[], UserState], first: int) -> None:
+    s = make()
     blob, as_json = encode_state(s), orjson.dumps(s.to_dict())
-    assert blob[0] == DEFLATED
+    # A busy user's large blob stays plain; a light user's is deflated.
+    assert blob[0] == first
     assert len(blob) * 2 < len(as_json), (len(blob), len(as_json))
 
 
 def test_a_deflated_blob_inflates_to_the_plain_layout() -> None:
-    s = _rich()
+    s = _light()
     blob = encode_state(s)
     plain = zlib.decompress(blob[1:], wbits=-15)
-    assert plain[0] == FORMAT and len(blob) < len(plain)
+    assert plain[0] == FORMAT and len(blob) * 3 < len(plain) * 2
     # Both layouts decode to the same state: a plain blob is still read.
     assert decode_state(plain) == decode_state(blob) == s
 
 
 def test_damaged_deflated_blobs_are_refused() -> None:
-    blob = encode_state(_rich())
+    blob = encode_state(_light())
     with pytest.raises(ValueError, match="cut short"):
         decode_state(blob[:-3])
     with pytest.raises(ValueError, match="unread bytes"):
@@ -116,7 +127,7 @@ def test_damaged_deflated_blobs_are_refused() -> None:
 def test_unknown_format_and_trailing_bytes_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown user-state format"):
         decode_state(b"\x09abc")
-    plain = zlib.decompress(encode_state(_rich())[1:], wbits=-15)
+    plain = encode_state(_rich())
     with pytest.raises(ValueError, match="unread bytes"):
         decode_state(plain + b"\x00")
 
