@@ -42,13 +42,11 @@ class Erasing(StoreBase):
         k = self.keys
         user_key, state_key = k.user(user_id), k.state(user_id)
         segment = call(lambda: self._r.hget(user_key, "segment"), "read a user")
-        # Every partition's timers, found by name rather than from the state (which may be
-        # missing or unreadable): there are as many keys as input partitions.
+        # The user's timer bucket of every partition, found by name rather than from the
+        # state (which may be missing or unreadable): one key per input partition.
+        bucket_pattern = k.timer_bucket(0, user_id).replace("{0}", "{*}")
         timer_keys = sorted(
-            call(
-                lambda: list(self._r.scan_iter(match=k.timers(0).replace("{0}", "{*}"))),
-                "list the timers",
-            )
+            call(lambda: list(self._r.scan_iter(match=bucket_pattern)), "list the timers")
         )
 
         sample = call(lambda: self._r.hgetall(k.sample), "read the user sample")

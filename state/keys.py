@@ -6,13 +6,22 @@ hash slot, and each segment's membership set in one slot of its own.
 >>> k = Keys("seg:")
 >>> k.user("u1"), k.state("u1"), k.members(3), k.segments, k.model
 ('seg:user:{u1}', 'seg:user:{u1}:state', 'seg:segment:{3}:members', 'seg:segments', 'seg:model')
->>> k.timers(2), k.watermark, k.sample
-('seg:timers:{2}', 'seg:watermark', 'seg:model:sample')
+>>> k.timers(2), k.timer_bucket(2, "u1"), k.watermark, k.sample
+('seg:timers:{2}', 'seg:timers:{2}:3958', 'seg:watermark', 'seg:model:sample')
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+#: Timer buckets per input partition (see :meth:`Keys.timer_bucket`).
+TIMER_BUCKETS = 4096
+
+
+def timer_bucket_index(user_id: str) -> int:
+    """Which of a partition's :data:`TIMER_BUCKETS` timer buckets holds ``user_id``."""
+    return zlib.crc32(user_id.encode()) % TIMER_BUCKETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +71,23 @@ class Keys:
         return f"{self.prefix}model:users"
 
     def timers(self, partition: int) -> str:
-        """The event-time timers of one input partition's users: user id -> due time."""
+        """The index of one input partition's timer buckets: bucket -> a due time at or
+        before the earliest in the bucket."""
         return f"{self.prefix}timers:{{{partition}}}"
+
+    def timer_bucket(self, partition: int, user_id: str) -> str:
+        """The bucket holding the event-time timer of ``user_id`` (user id -> due time).
+
+        A partition's timers are spread over :data:`TIMER_BUCKETS` small sorted sets by
+        a hash of the user id: up to about half a million users per partition each
+        stays under Redis's ``zset-max-listpack-entries`` (128), in the compact encoding
+        that takes about 24 bytes a timer, where one large sorted set takes 112.
+        """
+        return self.timer_bucket_of(partition, timer_bucket_index(user_id))
+
+    def timer_bucket_of(self, partition: int, bucket: int | str) -> str:
+        """Bucket ``bucket`` of ``partition``'s timers."""
+        return f"{self.prefix}timers:{{{partition}}}:{bucket}"
 
     @property
     def watermark(self) -> str:

@@ -5,7 +5,7 @@ their windows empty as the group's watermark moves on. Each user therefore has a
 *due* time, the next event time at which one of those thresholds is crossed; when the
 watermark passes it, the user is re-decided as if an event had come (the sweep in
 :mod:`consumers.app`). The owner of the user's input partitions keeps the timer in Redis
-(``seg:timers:{<partition>}``, a sorted set by due time), and a change the sweep makes is
+(:mod:`state.timers`: small sorted sets by due time), and a change the sweep makes is
 published exactly once like any other: it is stored at a mark the sweep's transaction
 commits (:func:`stream.batch.process_batch`).
 

@@ -13,6 +13,7 @@ from redis.cluster import RedisCluster
 
 from loadtest.devstack import servers
 from loadtest.devstack.servers import Server
+from state.redis_store import RedisStore
 from stream.settings import Settings
 from tests.integration.conftest import produce, spawn, stop_gracefully
 from tests.integration.shoppers import make_events
@@ -67,3 +68,20 @@ def test_exact_counts_on_a_redis_cluster_through_kills(
         f"keys per node {per_node}"
     )
     assert figures["counted"] == len(messages)
+
+
+def test_timer_scripts_run_on_a_redis_cluster(cluster: list[Server]) -> None:
+    # Each partition's index and buckets share a hash tag, so its scripts stay in one slot.
+    store = RedisStore(f"redis://{cluster[0].address}/0", prefix="tc:", cluster=True)
+    try:
+        t = 1_700_000_000_000
+        users = {f"u{i}": (i % 4, t + i * 1000) for i in range(200)}
+        store.set_timers(users)
+        assert store.timer_due({"u5": 1, "u6": 2}) == {"u5": t + 5000, "u6": t + 6000}
+        due = store.due_users(range(4), t + 99_000, 1000)
+        assert set(due) == {f"u{i}" for i in range(100)}
+        assert store.timers_due_count(range(4), t + 99_000) == 100
+        assert store.make_due(range(4), t) == 199
+        assert len(store.due_users(range(4), t, 1000)) == 200
+    finally:
+        store.close()
