@@ -28,7 +28,7 @@ import orjson
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.user_states import fenced_write_args, pack_commands
+from state.user_states import fenced_write_args, pack_commands, write_commands
 from stream.batch import Clock, SegmentNames, process_batch
 from stream.checkpoint import ModelParams, merge, refit_due
 from stream.events import DeadLetter, Event, Limits, decode
@@ -132,16 +132,15 @@ def run(
         t2 = clock()
         result = process_batch(by_user, states, model, names, 0.15, 32, now_ms)
         t3 = clock()
-        commands = []
+        calls = []
         for u in result.updates:
             if not u.write:
                 continue
             blob = encode_state(u.state)
             args = fenced_write_args(u, blob, model.version, now_ms)
-            user_keys = (keys.user(u.user_id), keys.state(u.user_id))
-            commands.append([b"EVALSHA", b"0" * 40, b"2", *user_keys, *args])
+            calls.append((keys.user(u.user_id), keys.state(u.user_id), args))
             stored[u.user_id] = blob
-        packed = pack_commands(commands)
+        packed = pack_commands(write_commands(calls))
         t4 = clock()
         # Once a batch, as the shared model's sync merges what was learned (the process
         # syncs every 2 s or 200 updates, so about as often at this rate).
@@ -161,7 +160,7 @@ def run(
         for stage, seconds in zip(STAGES, spans, strict=True):
             times.seconds[stage] += seconds
         times.events += min(batch, len(messages) - lo)
-        times.user_updates += len(commands)
+        times.user_updates += len(calls)
         times.write_bytes += len(packed)
     if sweep and stored:
         _sweep(stored, model, names, times)
@@ -204,22 +203,13 @@ def _sweep(
             marks={u: (f"{mark_topic}:0", lo // SWEEP_CHUNK) for u in chunk},
             mark_topic=mark_topic,
         )
-        commands = []
+        calls = []
         for u in result.updates:
             if u.write:
                 blob = encode_state(u.state)
                 args = fenced_write_args(u, blob, model.version, wm, wm)
-                commands.append(
-                    [
-                        b"EVALSHA",
-                        b"0" * 40,
-                        b"2",
-                        keys.user(u.user_id),
-                        keys.state(u.user_id),
-                        *args,
-                    ]
-                )
-        pack_commands(commands)
+                calls.append((keys.user(u.user_id), keys.state(u.user_id), args))
+        pack_commands(write_commands(calls))
         times.swept_users += len(chunk)
     times.sweep_s += clock() - t0
 

@@ -8,6 +8,7 @@ import redis
 
 from loadtest.devstack.servers import Server
 from state.redis_store import RedisStore
+from state.user_states import WRITE_CHUNK
 from stream.batch import UserUpdate
 from stream.events import Event
 from stream.features import apply_events, compute_features, full_features
@@ -76,6 +77,39 @@ def test_a_write_that_never_saw_a_partition_the_stored_state_has_is_refused(
         assert (late.written, late.fenced) == (0, 1)
         h = rds.hgetall("fence2:user:{u1}")
         assert full_features(orjson.loads(h["features"]))["purchases_30d"] == 2 and h["_on"] == "2"
+    finally:
+        store.close()
+        rds.close()
+
+
+def test_many_users_in_one_batch_are_fenced_each_on_their_own(redis_server: Server) -> None:
+    """Users go several to a script call on a single server: each is still fenced alone."""
+    store = RedisStore(f"redis://{redis_server.address}/0", prefix="fence3:")
+    rds = redis.Redis(host="127.0.0.1", port=redis_server.port, decode_responses=True)
+
+    def user(uid: str, last: int) -> UserUpdate:
+        events = [
+            Event(f"{uid}-{o}", uid, "view", 1_700_000_000_000 + o, "clicks", 1, o)
+            for o in range(last + 1)
+        ]
+        state = apply_events(None, events).state
+        return UserUpdate(uid, state, compute_features(state), None, None, None)
+
+    try:
+        n = 2 * WRITE_CHUNK + 7
+        first = store.write_updates([user(f"u{i}", 9) for i in range(n)], 1, 0)
+        assert (first.written, first.fenced) == (n, 0)
+        # Every third user comes back stale, the others newer.
+        again = [user(f"u{i}", 5 if i % 3 == 0 else 12) for i in range(n)]
+        result = store.write_updates(again, 1, 0)
+        stale = {f"u{i}" for i in range(n) if i % 3 == 0}
+        assert result.fenced_users == stale and result.written == n - len(stale)
+        for i in (0, 1, WRITE_CHUNK, n - 1):
+            want = "9" if i % 3 == 0 else "12"
+            assert rds.hget(f"fence3:user:{{u{i}}}", "_o:clicks:1") == want, i
+        # A server that forgot its scripts (a restart) is answered by loading them again.
+        rds.script_flush()
+        assert store.write_updates([user("late", 3)], 1, 0).written == 1
     finally:
         store.close()
         rds.close()
