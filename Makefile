@@ -57,4 +57,4 @@ down: $(BIN)/segmenter
 	$(BIN)/python -m loadtest.dev devstack down
 
 clean: down
-	rm -rf $(VENV) .venv-quix .devstack
+	rm -rf $(VENV) .venv-quix .venv-bytewax .devstack

@@ -591,7 +591,9 @@ def _peers_section(results: SuiteResults) -> list[str]:
         "(run from its own virtual environment, `.venv-quix`, as it pins an older "
         "confluent-kafka); `micro_batch` the job as a competent engineer writes it in a day: "
         "`consume()` batches, one pipelined Redis read and one write per batch, River "
-        "`predict_one`/`learn_one` once per user per batch, flush then commit.",
+        "`predict_one`/`learn_one` once per user per batch, flush then commit; `bytewax` a "
+        "Bytewax dataflow (Kafka source, one step per event, Kafka sink; from "
+        "`.venv-bytewax`), its clocks stopped at the last event measured.",
         "",
     ]
     rows = []

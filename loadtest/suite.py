@@ -15,9 +15,10 @@ Parts, one after another, each on servers it starts and stops by PID:
    - **scaling**: two processes in one group draining it again, Redis emptied, the
      same way;
    - **peers** (:mod:`loadtest.peers`): the same job event by event, in a
-     confluent-kafka loop and in Quix Streams (from its own virtual environment,
-     ``.venv-quix``, created here: it pins an older confluent-kafka than the project),
-     and in micro-batches with pipelined Redis;
+     confluent-kafka loop, in Quix Streams and in a Bytewax dataflow (each from a
+     virtual environment of its own, ``.venv-quix`` and ``.venv-bytewax``, created here:
+     Quix Streams pins an older confluent-kafka than the project), and in micro-batches
+     with pipelined Redis;
 
 2. **latency** (:mod:`loadtest.latency`): end-to-end latency at fixed rates, on a stack
    of its own;
@@ -51,7 +52,7 @@ from typing import Any
 import orjson
 
 from loadtest import bench_throughput, ceiling, hotpath, latency, memory, report
-from loadtest.peers import micro_batch, per_event, quix
+from loadtest.peers import bytewax_flow, micro_batch, per_event, quix
 from loadtest.peers import run as peers_run
 from loadtest.peers.run import PeerOutcome
 from loadtest.stack import Stack, local_stack
@@ -60,8 +61,34 @@ from stream.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "loadtest" / "out"
 QUIX_VENV = ROOT / ".venv-quix"
-#: What the Quix Streams peer's environment installs besides the project.
-QUIX_REQUIREMENT = "quixstreams>=3,<4"
+
+
+@dataclass(frozen=True, slots=True)
+class OwnVenvPeer:
+    """A peer whose library lives in a virtual environment of its own."""
+
+    name: str
+    #: The environment, beside the project's.
+    venv: Path
+    #: What it installs besides the project.
+    requirement: str
+    #: The module its library is imported as (to check the environment works).
+    module: str
+    #: The peer's module in this project.
+    peer_module: str
+
+
+#: The peers run from their own environments, in the order they run.
+OWN_VENV_PEERS = (
+    OwnVenvPeer(quix.NAME, QUIX_VENV, "quixstreams>=3,<4", "quixstreams", "loadtest.peers.quix"),
+    OwnVenvPeer(
+        bytewax_flow.NAME,
+        ROOT / ".venv-bytewax",
+        "bytewax[kafka]>=0.21,<0.22",
+        "bytewax",
+        "loadtest.peers.bytewax_flow",
+    ),
+)
 #: Why a part left out with ``--skip`` was not run.
 SKIPPED = "skipped (--skip)"
 #: Parts the backlog stack serves, in order.
@@ -320,8 +347,8 @@ def _memory_part(runner: Runner, st: Stack) -> None:
 
 
 def _peers(runner: Runner, st: Stack, s: Settings, n: int, quix_venv: Path) -> None:
-    """The per-event and micro-batch peers here, the Quix Streams peer from its own
-    environment."""
+    """The per-event and micro-batch peers here, the Quix Streams and Bytewax peers each
+    from its own environment."""
     cfg, r = runner.cfg, runner.results
     r.peers += peers_run.measure(
         s,
@@ -331,37 +358,40 @@ def _peers(runner: Runner, st: Stack, s: Settings, n: int, quix_venv: Path) -> N
         cfg.partitions,
         cfg.peer_timeout_s,
     )
-    if f"peer:{quix.NAME}" in runner.skip:
-        r.not_run[f"peer:{quix.NAME}"] = SKIPPED
-    else:
+    for peer in OWN_VENV_PEERS:
+        venv = quix_venv if peer.name == quix.NAME else peer.venv
+        if f"peer:{peer.name}" in runner.skip:
+            r.not_run[f"peer:{peer.name}"] = SKIPPED
+            continue
         try:
-            r.peers.append(_quix_peer(quix_venv, st, s, n, cfg))
+            r.peers.append(_own_venv_peer(dataclasses.replace(peer, venv=venv), st, s, n, cfg))
         except SuiteError as exc:
-            r.peers.append(PeerOutcome(quix.NAME, None, error=str(exc)))
+            r.peers.append(PeerOutcome(peer.name, None, error=str(exc)))
     for p in r.peers:
         if p.result is None:
             r.not_run[f"peer:{p.name}"] = p.error or "no result"
 
 
-def quix_python(venv: Path) -> Path:
-    """The Python of a virtual environment with Quix Streams and this project in it.
+def peer_python(peer: OwnVenvPeer) -> Path:
+    """The Python of ``peer.venv``, with the peer's library and this project in it.
 
-    Created at ``venv`` (``python -m venv``, then ``pip install`` of
-    :data:`QUIX_REQUIREMENT` and this project, editable) unless it is there already.
+    Created (``python -m venv``, then ``pip install`` of ``peer.requirement`` and this
+    project, editable) unless it is there already and works.
 
     Raises
     ------
     SuiteError
         If it cannot be created (no registry, a dependency conflict, ...).
     """
+    venv = peer.venv
     py = venv / "bin" / "python"
-    probe = [str(py), "-c", "import quixstreams, loadtest.peers.quix"]
+    probe = [str(py), "-c", f"import {peer.module}, {peer.peer_module}"]
     if py.exists() and _ok(probe):
         return py
-    print(f"creating {venv} for the Quix Streams peer (once)", flush=True)
+    print(f"creating {venv} for the {peer.name} peer (once)", flush=True)
     for cmd in (
         [sys.executable, "-m", "venv", str(venv)],
-        [str(py), "-m", "pip", "install", "-q", QUIX_REQUIREMENT, "-e", str(ROOT)],
+        [str(py), "-m", "pip", "install", "-q", peer.requirement, "-e", str(ROOT)],
     ):
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
@@ -371,7 +401,7 @@ def quix_python(venv: Path) -> Path:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise SuiteError(f"{' '.join(cmd[:4])} ... failed: {' / '.join(tail)}")
     if not _ok(probe):
-        raise SuiteError(f"{venv} was created but cannot import quixstreams and the project")
+        raise SuiteError(f"{venv} was created but cannot import {peer.module} and the project")
     return py
 
 
@@ -382,10 +412,12 @@ def _ok(cmd: list[str]) -> bool:
         return False
 
 
-def _quix_peer(venv: Path, st: Stack, s: Settings, n: int, cfg: SuiteConfig) -> PeerOutcome:
-    py = quix_python(venv)
-    with tempfile.TemporaryDirectory(prefix="segmenter-quix-") as tmp:
-        out = Path(tmp) / "quix.json"
+def _own_venv_peer(
+    peer: OwnVenvPeer, st: Stack, s: Settings, n: int, cfg: SuiteConfig
+) -> PeerOutcome:
+    py = peer_python(peer)
+    with tempfile.TemporaryDirectory(prefix=f"segmenter-{peer.name}-") as tmp:
+        out = Path(tmp) / f"{peer.name}.json"
         cmd = [
             str(py),
             "-m",
@@ -395,7 +427,7 @@ def _quix_peer(venv: Path, st: Stack, s: Settings, n: int, cfg: SuiteConfig) -> 
             "--redis",
             st.redis.address,
             "--peers",
-            quix.NAME,
+            peer.name,
             "--peer-events",
             str(n),
             "--partitions",
@@ -408,9 +440,9 @@ def _quix_peer(venv: Path, st: Stack, s: Settings, n: int, cfg: SuiteConfig) -> 
         try:
             subprocess.run(cmd, cwd=ROOT, timeout=cfg.peer_timeout_s + 300, check=False)
         except subprocess.TimeoutExpired:
-            raise SuiteError(f"the Quix Streams peer ran past {cfg.peer_timeout_s:.0f}s") from None
+            raise SuiteError(f"the {peer.name} peer ran past {cfg.peer_timeout_s:.0f}s") from None
         if not out.exists():
-            raise SuiteError("the Quix Streams peer wrote no result (see its output above)")
+            raise SuiteError(f"the {peer.name} peer wrote no result (see its output above)")
         docs = orjson.loads(out.read_bytes())
     return PeerOutcome.from_dict(docs[0])
 
@@ -455,7 +487,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SuiteConfig, argparse.Nam
         "--skip",
         action="append",
         default=[],
-        choices=[*report.PARTS, f"peer:{quix.NAME}"],
+        choices=[*report.PARTS, *(f"peer:{p.name}" for p in OWN_VENV_PEERS)],
         help="leave a part out (repeatable)",
     )
     ap.add_argument("--users", type=int, default=None, help="shoppers in the backlog")

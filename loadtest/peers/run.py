@@ -38,7 +38,7 @@ import redis
 from consumers import topics
 from loadtest.devstack import servers
 from loadtest.generator import produce_backlog
-from loadtest.peers import PeerResult, micro_batch, per_event, quix
+from loadtest.peers import PeerResult, bytewax_flow, micro_batch, per_event, quix
 from state.keys import Keys
 from stream.settings import Settings
 
@@ -49,6 +49,7 @@ PEERS: dict[str, PeerRun] = {
     per_event.NAME: per_event.run,
     quix.NAME: quix.run,
     micro_batch.NAME: micro_batch.run,
+    bytewax_flow.NAME: bytewax_flow.run,
 }
 
 
@@ -170,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     >>> a = parse_args(["--events", "20000"])
     >>> (a.users, a.events, a.peer_events, a.peers)
-    (20000, 20000, 50000, ['per_event', 'quix', 'micro_batch'])
+    (20000, 20000, 50000, ['per_event', 'quix', 'micro_batch', 'bytewax'])
     """
     ap = argparse.ArgumentParser(
         prog="python -m loadtest.peers.run", description=__doc__.split("\n\n")[0]
