@@ -121,7 +121,7 @@ class ModelParams:
     publish_interval_ms: int = 10_000
     publish_updates: int = 500
     refit_interval_ms: int = 7 * 86_400_000
-    refit_updates: int = 50_000
+    refit_updates: int = 500_000
     refit_gain: float = 0.01
     refit_starts: int = 5
     k_criterion: str = "prediction_strength"

@@ -43,7 +43,7 @@ DEFAULTS = {
     "model_sync_updates": 200,
     "model_publish_interval_s": 10.0,
     "model_publish_updates": 500,
-    "model_refit_updates": 50_000,
+    "model_refit_updates": 500_000,
     "model_refit_interval_days": 7.0,
     "k_criterion": "prediction_strength",
     "rfm_horizon": "365d",
