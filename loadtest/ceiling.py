@@ -9,7 +9,8 @@ validation, features, model or segment-change messages):
   (:func:`consumers.app.consumer_config`), draining a backlog with ``consume(batch)``;
 - **consume + orjson**: the same, plus ``orjson.loads`` of every message value;
 - **Redis fenced writes**: per user, the segmenter's fenced Lua ``HSET``
-  (:data:`state.user_states.FENCED_WRITE` by ``EVALSHA``, arguments laid out as
+  (:data:`state.user_states.FENCED_WRITE_MANY` by ``EVALSHA``, several users a call as on
+  a single server, arguments laid out as
   :meth:`state.redis_store.RedisStore.write_updates` lays them out, values the size of a
   real user's) and one ``SADD`` to a membership set, pipelined a batch of users at a time;
 - **Redis plain writes**: the same with a plain ``HSET``, to show what the script costs.
@@ -28,7 +29,6 @@ end), produces a backlog with :func:`loadtest.generator.produce_backlog` exactly
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import statistics
 import tempfile
@@ -49,7 +49,7 @@ from loadtest.devstack import servers
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS, produce_backlog
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.user_states import FENCED_WRITE, OFFSET_FIELD_PREFIX, user_hash
+from state.user_states import FENCED_WRITE_MANY, OFFSET_FIELD_PREFIX, user_hash, write_commands
 from stream.batch import MESSAGE_FEATURES, UserUpdate
 from stream.events import DeadLetter, Event, decode
 from stream.features import apply_events, compute_features
@@ -444,7 +444,6 @@ def _redis_rate(
         raise ValueError(f"events_per_update must be positive, got {events_per_update}")
     client: Any = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=5.0)
     keys = Keys(f"ceiling:{uuid.uuid4().hex[:8]}:")
-    sha = hashlib.sha1(FENCED_WRITE.encode()).hexdigest()
     users = [(f"c{i:07d}", i % _MEMBERSHIP_SETS) for i in range(n_users)]
     user_keys = [keys.user(uid) for uid, _ in users]
     state_keys = [keys.state(uid) for uid, _ in users]
@@ -452,19 +451,23 @@ def _redis_rate(
     what = "Redis fenced write + SADD" if fenced else "Redis plain HSET + SET + SADD"
     try:
         if fenced:
-            client.script_load(FENCED_WRITE)
+            client.script_load(FENCED_WRITE_MANY)
         cpu_started, started = time.process_time(), time.perf_counter()
         for lo in range(0, n_users, batch_users):
             hi = min(lo + batch_users, n_users)
-            # Round trip 1: every user's hash (write_updates' _fenced_writes).
+            # Round trip 1: every user's hash (write_updates' _fenced_writes), users
+            # WRITE_CHUNK to a script call as on a single server.
             pipe = client.pipeline(transaction=False)
-            for key, state_key in zip(user_keys[lo:hi], state_keys[lo:hi], strict=True):
-                if fenced:
-                    pipe.execute_command("EVALSHA", sha, 2, key, state_key, *args)
-                else:
+            pairs = list(zip(user_keys[lo:hi], state_keys[lo:hi], strict=True))
+            if fenced:
+                for command in write_commands([(k, sk, args) for k, sk in pairs]):
+                    pipe.execute_command(*command)
+                accepted = [ok for reply in pipe.execute() for ok in reply]
+            else:
+                for key, state_key in pairs:
                     pipe.execute_command("HSET", key, *args)
                     pipe.execute_command("SET", state_key, payload.state)
-            accepted = pipe.execute() if fenced else pipe.execute()[::2]
+                accepted = pipe.execute()[::2]
             # Round trip 2: membership of the users written.
             pipe = client.pipeline(transaction=False)
             for (uid, seg), ok in zip(users[lo:hi], accepted, strict=True):
@@ -498,9 +501,11 @@ def redis_write_rate(
     """Write ``n_users`` distinct users as the segmenter writes a batch, and time it.
 
     Users go ``batch_users`` at a time, each group in the two pipelined round trips of
-    :meth:`state.redis_store.RedisStore.write_updates`: first one ``EVALSHA`` of
-    :data:`state.user_states.FENCED_WRITE` per user (ARGV: the number of offset pairs, the
-    state, the offset pairs, the other field/value pairs of ``payload``), then one ``SADD`` per user
+    :meth:`state.redis_store.RedisStore.write_updates` on a single server: first one
+    ``EVALSHA`` of :data:`state.user_states.FENCED_WRITE_MANY` per
+    :data:`~state.user_states.WRITE_CHUNK` users (ARGV per user: the number of its
+    arguments, then the number of offset pairs, the state, the offset pairs, the other
+    field/value pairs of ``payload``), then one ``SADD`` per user
     written to a membership set (users spread over six sets). redis-py is used as the
     store uses it: ``pipeline(transaction=False)`` and ``execute_command``. Argument lists
     are built before the clock starts; the keys are new, under a fresh prefix, and are
