@@ -47,6 +47,7 @@ from stream.stored_change import StoredChange
 FORMAT = 3
 #: The first byte of a deflated blob: what follows inflates to a blob in the plain layout.
 DEFLATED = 4
+_DEFLATED_BYTE = bytes([DEFLATED])
 # Blobs of these lengths are deflated (see above): below, nothing worth a call is saved;
 # above, the cost grows with the length while the saving falls.
 _DEFLATE_FROM = 64
@@ -148,7 +149,7 @@ def encode_state(s: UserState) -> bytes:
         return plain
     # Level 1: nearly all of level 9's saving on blobs this small, at a third of the cost.
     packed = zlib.compress(plain, 1, wbits=-15)
-    return b"%c%b" % (DEFLATED, packed) if len(packed) + 1 < len(plain) else plain
+    return _DEFLATED_BYTE + packed if len(packed) + 1 < len(plain) else plain
 
 
 class _Reader:
@@ -199,7 +200,7 @@ def decode_state(blob: bytes) -> UserState:
     ValueError
         If the blob is not in this format.
     """
-    if blob[:1] == b"%c" % DEFLATED:
+    if blob[:1] == _DEFLATED_BYTE:
         inflate = zlib.decompressobj(wbits=-15)
         try:
             plain = inflate.decompress(memoryview(blob)[1:])
