@@ -201,6 +201,16 @@ FEATURES: tuple[Feature, ...] = (
         model=True,
         message=True,
     ),
+    # How readily a customer puts what they look at in the cart: a bargain hunter fills the
+    # cart comparing prices, a window shopper looks and leaves, whatever either buys.
+    Feature(
+        "cart_rate_365d",
+        "ratio",
+        "add-to-carts per product view in 365d (1 when adding without views)",
+        log=False,
+        resolution=0.05,
+        model=True,
+    ),
     Feature(
         "cart_abandonment_30d",
         "ratio",
@@ -215,6 +225,15 @@ FEATURES: tuple[Feature, ...] = (
         model=True,
     ),
     Feature("tenure_days", "days", "days since the first event", model=True, cap=DAYS_CAP),
+    # How long a customer has been active: a regular who has been quiet for two weeks was
+    # active for most of their tenure, one who lapsed early for a small part of it.
+    Feature(
+        "active_days",
+        "days",
+        "days from the first event to the last",
+        model=True,
+        cap=DAYS_CAP,
+    ),
 )
 
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}

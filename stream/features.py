@@ -437,8 +437,13 @@ def compute_features(
         out["conversion_rate_365d"] = round(min(1.0, year[_PURCHASE] / year[_VIEW]), 4)
     else:
         out["conversion_rate_365d"] = 1.0 if year[_PURCHASE] else 0.0
+    if year[_VIEW]:
+        out["cart_rate_365d"] = round(min(1.0, year[_ADD] / year[_VIEW]), 4)
+    else:
+        out["cart_rate_365d"] = 1.0 if year[_ADD] else 0.0
     out["cart_abandonment_30d"] = round(max(0.0, 1.0 - purchases / adds), 4) if adds else 0.0
     cutoff = now - CATEGORY_RETENTION_MS
     out["category_diversity_30d"] = float(sum(1 for t in state.categories.values() if t > cutoff))
     out["tenure_days"] = round((now - state.first_seen_ms) / DAY_MS, 3)
+    out["active_days"] = round((state.last_event_ms - state.first_seen_ms) / DAY_MS, 3)
     return out

@@ -50,8 +50,10 @@ FEATURE_WORDS: dict[str, str] = {
     "days_without_purchase": "lapsed",
     "days_since_last_event": "quiet",
     "conversion_rate_365d": "conversion",
+    "cart_rate_365d": "carting",
     "category_diversity_30d": "variety",
     "tenure_days": "tenure",
+    "active_days": "active span",
 }
 
 

@@ -45,6 +45,7 @@ MOVE_STEPS = 64
 
 _PURCHASE = TYPE_INDEX["purchase"]
 _VIEW = TYPE_INDEX["view"]
+_ADD = TYPE_INDEX["add_to_cart"]
 _SPEND = len(TYPE_INDEX)  # the column of a bucket row that holds purchase amounts
 _ROW = _SPEND + 1
 _HORIZON = {"30d": (DAY_MS, 30), "90d": (WEEK_MS, 13), "365d": (PERIOD_MS, 13)}
@@ -116,10 +117,13 @@ def quiet_vectors(
         pick = {DAY_MS: "days", WEEK_MS: "weeks", PERIOD_MS: "periods"}[grain]
         packed = days if pick == "days" else _buckets(states, pick)
         horizon = packed.from_bound(owner, t // grain - span + 1)
-    views, bought = year[:, _VIEW], year[:, _PURCHASE]
+    views, bought, added = year[:, _VIEW], year[:, _PURCHASE], year[:, _ADD]
     with np.errstate(divide="ignore", invalid="ignore"):
         conversion = np.where(
             views > 0, np.minimum(1.0, bought / views), np.where(bought > 0, 1.0, 0.0)
+        )
+        cart_rate = np.where(
+            views > 0, np.minimum(1.0, added / views), np.where(added > 0, 1.0, 0.0)
         )
     cat_owner: list[int] = []
     cat_seen: list[int] = []
@@ -141,8 +145,10 @@ def quiet_vectors(
         "days_without_purchase": np.round((t - no_order_since) / DAY_MS, 3),
         "days_since_last_event": np.round((t - last) / DAY_MS, 3),
         "conversion_rate_365d": np.round(conversion, 4),
+        "cart_rate_365d": np.round(cart_rate, 4),
         "category_diversity_30d": diversity,
         "tenure_days": np.round((t - first) / DAY_MS, 3),
+        "active_days": np.round((last - first) / DAY_MS, 3),
     }
     return to_vectors(columns, used)
 

@@ -391,7 +391,7 @@ def test_an_automatic_refit_with_the_same_k_is_kept_only_when_it_gains_enough() 
     # Over a 1 % bar, the new centres replace the old ones, every id kept.
     refitted, events = merge(doc, d, same, replace(strict, refit_gain=0.01), 5)
     assert [e["event"] for e in events] == ["refit"]
-    assert events[0]["cause"].startswith("automatic refit on 120 users (inertia 0.064 -> 0.063")
+    assert events[0]["cause"].startswith("automatic refit on 120 users (inertia 0.084 -> 0.083")
     assert tuple(sorted(refitted.ids)) == doc.ids
     assert refitted.epoch == doc.epoch + 1
     assert refitted.version == doc.version + 1  # published at once

@@ -61,8 +61,10 @@ def test_model_features() -> None:
         "days_without_purchase",
         "days_since_last_event",
         "conversion_rate_365d",
+        "cart_rate_365d",
         "category_diversity_30d",
         "tenure_days",
+        "active_days",
     )
     assert tuple(f.name for f in FEATURES if f.model) == MODEL_FEATURES
     assert set(MODEL_FEATURES) <= set(FEATURE_NAMES)
@@ -93,6 +95,7 @@ def test_days_features_are_capped_at_a_year() -> None:
         "days_without_purchase": DAYS_CAP,
         "days_since_last_event": DAYS_CAP,
         "tenure_days": DAYS_CAP,
+        "active_days": DAYS_CAP,
     }
     assert all(FEATURES_BY_NAME[n].unit == "days" for n in capped)
 
@@ -114,10 +117,15 @@ def test_missing_values() -> None:
 
 def test_only_rates_are_left_uncompressed() -> None:
     plain = {f.name for f in FEATURES if not f.log}
-    assert plain == {"conversion_rate_30d", "conversion_rate_365d", "cart_abandonment_30d"}
+    assert plain == {
+        "conversion_rate_30d",
+        "conversion_rate_365d",
+        "cart_rate_365d",
+        "cart_abandonment_30d",
+    }
     assert all(FEATURES_BY_NAME[n].unit == "ratio" for n in plain)
     assert set(MODEL_FEATURES) - LOG_FEATURES == plain & set(MODEL_FEATURES)
-    assert plain & set(MODEL_FEATURES) == {"conversion_rate_365d"}
+    assert plain & set(MODEL_FEATURES) == {"conversion_rate_365d", "cart_rate_365d"}
 
 
 def test_resolutions_are_positive_and_finer_for_rates() -> None:

@@ -267,6 +267,41 @@ def test_conversion_over_the_year_counts_only_the_365_day_window() -> None:
     assert f["conversion_rate_30d"] == 0.5
 
 
+@pytest.mark.parametrize(
+    ("view_days", "add_days", "cart_rate"),
+    [
+        ((300, 200, 100, 40), (10,), 0.25),  # one add-to-cart over four views in the year
+        ((), (100, 3), 1.0),  # added without views
+        ((), (), 0.0),
+        ((2,), (), 0.0),
+        ((5,), (200, 100, 3), 1.0),  # capped at 1
+        ((400, 5), (1,), 1.0),  # the view 400 days old is out of the window
+    ],
+)
+def test_cart_rate_over_the_year(
+    view_days: tuple[int, ...], add_days: tuple[int, ...], cart_rate: float
+) -> None:
+    feed = Feed()
+    # Views first, then adds: the 400-day-old view comes first, so it is not late.
+    evs = [feed("view", NOW - d * DAY_MS) for d in view_days]
+    evs += [feed("add_to_cart", NOW - d * DAY_MS) for d in add_days]
+    evs.append(feed("search", NOW))
+    assert features_of(evs)["cart_rate_365d"] == pytest.approx(cart_rate)
+
+
+def test_active_days_run_from_the_first_event_to_the_last_whatever_the_clock() -> None:
+    feed = Feed()
+    st = apply_events(
+        None, [feed("view", NOW - 20 * DAY_MS), feed("click", NOW - 6 * DAY_MS)]
+    ).state
+    f = compute_features(st)
+    assert f["active_days"] == 14.0 and f["tenure_days"] == 14.0
+    # Quiet for 30 more days on the group's clock: tenure grows, the active span does not.
+    later = compute_features(st, now_ms=NOW + 24 * DAY_MS)
+    assert later["active_days"] == 14.0 and later["tenure_days"] == 44.0
+    assert compute_features(apply_events(None, [feed("view", NOW)]).state)["active_days"] == 0.0
+
+
 def test_category_diversity() -> None:
     feed = Feed()
     evs = [

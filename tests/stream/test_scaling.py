@@ -24,8 +24,10 @@ HUMAN: dict[str, float | None] = {
     "days_without_purchase": 2.5,
     "days_since_last_event": 0.75,
     "conversion_rate_365d": 0.4,
+    "cart_rate_365d": 0.25,
     "category_diversity_30d": 7.0,
     "tenure_days": 33.125,
+    "active_days": 30.5,
 }
 RECENCY = MODEL_FEATURES.index("days_without_purchase")
 QUIET = MODEL_FEATURES.index("days_since_last_event")
@@ -40,10 +42,12 @@ def test_model_features() -> None:
         "days_without_purchase",
         "days_since_last_event",
         "conversion_rate_365d",
+        "cart_rate_365d",
         "category_diversity_30d",
         "tenure_days",
+        "active_days",
     )
-    assert set(MODEL_FEATURES) - LOG_FEATURES == {"conversion_rate_365d"}
+    assert set(MODEL_FEATURES) - LOG_FEATURES == {"conversion_rate_365d", "cart_rate_365d"}
     assert set(MODEL_FEATURES) >= LOG_FEATURES
 
 
@@ -105,8 +109,10 @@ def test_to_vector_values() -> None:
         math.log1p(2.5),
         math.log1p(0.75),
         0.4,
+        0.25,
         math.log1p(7.0),
         math.log1p(33.125),
+        math.log1p(30.5),
     ]
     np.testing.assert_allclose(v, expected, rtol=1e-15)
 
@@ -182,14 +188,15 @@ def test_missing_and_none_features_are_zero() -> None:
 
 
 def test_to_human_clips_impossible_values() -> None:
-    v = np.array([-1.0, -0.5, 0.0, 1.0, 2.0, -0.3, 0.5, 3.0])
+    v = np.array([-1.0, -0.5, 0.0, 1.0, 2.0, -0.3, -0.2, 0.5, 3.0, 2.5])
     h = to_human(v)
     assert h["events_30d"] == 0.0 and h["frequency"] == 0.0 and h["monetary"] == 0.0
-    assert h["conversion_rate_365d"] == 0.0
+    assert h["conversion_rate_365d"] == 0.0 and h["cart_rate_365d"] == 0.0
     assert h["days_without_purchase"] == round(math.e - 1, 3)
     assert h["days_since_last_event"] == round(math.expm1(2.0), 3)
     assert h["category_diversity_30d"] == round(math.expm1(0.5), 3)
     assert h["tenure_days"] == round(math.expm1(3.0), 3)
+    assert h["active_days"] == round(math.expm1(2.5), 3)
     assert v[0] == -1.0  # the input is not modified
     # A rate is clipped at 1 too.
     above = v.copy()
@@ -203,7 +210,7 @@ def test_a_feature_the_model_does_not_use_is_zero_for_everyone() -> None:
     narrow = to_vector({"events_30d": 40.0, "frequency": 3.0, "tenure_days": 30.0}, rfm)
     used = [MODEL_FEATURES.index(n) for n in rfm]
     assert narrow[used].tolist() == full[used].tolist()
-    assert narrow[[i for i in range(len(MODEL_FEATURES)) if i not in used]].tolist() == [0.0] * 5
+    assert narrow[[i for i in range(len(MODEL_FEATURES)) if i not in used]].tolist() == [0.0] * 7
 
 
 @pytest.mark.parametrize(
