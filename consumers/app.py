@@ -31,11 +31,12 @@ from consumers import topics
 from consumers.http import Health, serve
 from consumers.metrics import Metrics
 from consumers.model_sync import ModelSync
+from consumers.rebuild import Rebuild
 from consumers.transaction import BatchTransaction
 from consumers.wiring import Wiring
 from state.redis_store import RedisStore
 from stream.batch import BatchResult, SegmentNames
-from stream.errors import RedisError, SegmenterError
+from stream.errors import RedisError, SegmenterError, StateLostError
 from stream.events import ADVICE, DeadLetter, Event, Limits, decode, dominant_reason
 from stream.model import SegmentModel
 from stream.privacy import user_id_mapper
@@ -121,6 +122,7 @@ class Segmenter:
             sample_size=lambda: self.txn.sample_size,
             activity=lambda: (self.stats.last_batch_at, self.stats.moves, self.stats.users_updated),
         )
+        self.rebuild = Rebuild(settings, self.store, self.metrics, self.health, self.txn, self.sync)
         self._last_watermark_sync = 0.0
         #: The watermark at which the sweep last found nobody due (-1: look again).
         self._nothing_due_at = -1
@@ -174,6 +176,7 @@ class Segmenter:
         for pos in self._backlog_ends:
             self.watermark.behind(pos, now_ms)
         log.info("assigned %s", _fmt_parts(parts))
+        self.rebuild.check(consumer, parts, assigning=True)
         if self._backlog_ends:
             log.info(
                 "%d of them have a backlog: the watermark waits for each", len(self._backlog_ends)
@@ -207,6 +210,7 @@ class Segmenter:
         # Batches are committed before the next poll, so nothing is in flight to drop.
         self.metrics.assigned_partitions.set(0)
         self.txn.forget(parts)
+        self.rebuild.forget(parts)
         for tp in parts:
             self._backlog_ends.pop(f"{tp.topic}:{tp.partition}", None)
             with contextlib.suppress(KeyError):
@@ -274,6 +278,7 @@ class Segmenter:
             err = m.error()
             if err is not None and err.code() == KafkaError._PARTITION_EOF:
                 self._backlog_ends.pop(f"{m.topic()}:{m.partition()}", None)
+                self.rebuild.finish((str(m.topic()), int(m.partition() or 0)))
             else:
                 out.append(m)
         return out
@@ -286,7 +291,25 @@ class Segmenter:
         to the batch's first offsets, and the batch is consumed again after a backoff
         (:mod:`consumers.transaction`). Replaying is safe, so recovery needs no special path.
         """
-        msgs = self._past_ends(msgs)
+        replay, msgs = self.rebuild.split(self._past_ends(msgs))
+        if replay and self._batch(replay, replaying=True) is None:
+            # Not one event past a replay that failed: it is read again first.
+            assert self._consumer is not None
+            firsts: dict[tuple[str, int], int] = {}
+            for m in msgs:
+                if m.error() is None:
+                    firsts.setdefault(
+                        (str(m.topic()), int(m.partition() or 0)), int(m.offset() or 0)
+                    )
+            for (topic, part), off in firsts.items():
+                with contextlib.suppress(KafkaException):
+                    self._consumer.seek(TopicPartition(topic, part, off))
+            return BatchResult()
+        return (self._batch(msgs) if msgs else None) or BatchResult()
+
+    def _batch(self, msgs: list[Message], replaying: bool = False) -> BatchResult | None:
+        """:meth:`handle` of messages of one kind: to process, or to replay (below the
+        committed offset of a partition Redis lost writes of: see :mod:`consumers.rebuild`)."""
         started = time.monotonic()
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = started
@@ -322,16 +345,26 @@ class Segmenter:
         for pos in self._backlog_ends:
             self.watermark.behind(pos, now_ms)
         self.watermark.advance(now_ms)
-        self._say_dead_letters(dead, len(msgs))
+        if not replaying:
+            self._say_dead_letters(dead, len(msgs))
         if self._stored_id is not None:
             # Once per user of the batch (after decode checked the key against the raw
             # id), before anything is read, stored or published.
             by_user = {self._stored_id(u): evs for u, evs in by_user.items()}
         try:
-            result = self.txn.run(by_user, dead, last, now_ms)
+            result = self.txn.run(by_user, dead, last, now_ms, replaying=replaying)
+        except StateLostError as exc:
+            self.txn.recover(exc, first, self._stop)
+            assert self._consumer is not None
+            self.rebuild.check(self._consumer, self._consumer.assignment(), assigning=False)
+            return None
         except (SegmenterError, KafkaException) as exc:
             self.txn.recover(exc, first, self._stop)
-            return BatchResult()
+            return None
+        if replaying:
+            oldest = min((ev.ts_ms for evs in by_user.values() for ev in evs), default=None)
+            self.rebuild.replayed(last, sum(map(len, by_user.values())), oldest)
+            return result
         self._record(msgs, dead, result, started)
         return result
 
@@ -407,6 +440,9 @@ class Segmenter:
         if sync.caught_up(now):
             sync.refit_tried(now)
             sync.sync(caught_up=True)
+        if self.rebuild.active:
+            # Queued users and due timers wait until Redis holds what it lost again.
+            return
         sync.queue_retired()
         if sync.reassess_pending and self.model.ready:
             self.reassess_users()

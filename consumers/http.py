@@ -18,6 +18,8 @@ class Health:
         self.started = False
         self.last_loop = time.monotonic()
         self.reason = "starting"
+        #: Input partitions being rebuilt from Kafka after Redis lost writes.
+        self.rebuilding = 0
 
     def beat(self) -> None:
         self.last_loop = time.monotonic()
@@ -30,6 +32,8 @@ class Health:
         ok, why = self.alive()
         if not ok:
             return ok, why
+        if self.rebuilding:
+            return False, f"rebuilding {self.rebuilding} input partitions from Kafka"
         return (self.started, "ok" if self.started else self.reason)
 
 

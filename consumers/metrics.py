@@ -87,6 +87,28 @@ class Metrics:
             "Batches aborted and replayed (Redis or broker unavailable, delivery refused).",
             registry=registry,
         )
+        self.state_gaps = Counter(
+            "segmenter_state_gaps_total",
+            "Input partitions found with writes Redis no longer holds, by kind (behind: "
+            "last writes lost; replaced: another key space; empty: no key space).",
+            ["kind"],
+            registry=registry,
+        )
+        self.replayed_events = Counter(
+            "segmenter_replayed_events_total",
+            "Input events read again to rebuild what Redis lost (nothing published).",
+            registry=registry,
+        )
+        self.lost_offsets = Counter(
+            "segmenter_lost_offsets_total",
+            "Input offsets Redis lost that Kafka no longer retains.",
+            registry=registry,
+        )
+        self.rebuilding = Gauge(
+            "segmenter_rebuilding_partitions",
+            "Input partitions being rebuilt from Kafka (not ready while above 0).",
+            registry=registry,
+        )
         self.fenced_writes = Counter(
             "segmenter_fenced_writes_total",
             "User writes refused because Redis held newer state (after a rebalance).",

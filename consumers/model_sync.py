@@ -18,12 +18,13 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from consumers.wiring import Wiring
-from stream.checkpoint import Checkpoint, merge, refit_due, retired_ids
+from stream.checkpoint import Checkpoint, empty_checkpoint, merge, refit_due, retired_ids
 from stream.errors import ModelError, RedisError
 from stream.feature_registry import DAY_MS
 from stream.naming import profiles
@@ -83,6 +84,37 @@ class ModelSync:
         self.last_catalogue = 0.0
         self._last_refit_wall = 0.0
         self._moves_at_refresh = (0, 0)
+        #: The next segment id and model version a model started afresh begins at: the
+        #: highest the group's committed offsets carry (stream.state_gaps), so that a
+        #: model lost with Redis's key space never gives an id or version out twice.
+        self.id_floor = (0, 0)
+
+    def raise_id_floor(self, next_id: int, version: int) -> None:
+        """Raise :attr:`id_floor` to ``(next_id, version)`` where they are higher."""
+        self.id_floor = (max(self.id_floor[0], next_id), max(self.id_floor[1], version))
+
+    def _start_from(self) -> Checkpoint | None:
+        """What to merge into when Redis has no model: the version this process adopted,
+        published again (Redis lost it), or an empty model whose ids and versions begin
+        past every one downstream readers have seen; ``None`` if neither applies."""
+        own = self.model.checkpoint
+        if own.version > 0:
+            log.warning(
+                "Redis has no model: publishing this process's version %d again", own.version
+            )
+            return own
+        next_id, version = self.id_floor
+        if next_id or version:
+            log.info(
+                "Redis has no model: a new one starts at segment id %d and version %d, past "
+                "every one published before",
+                next_id,
+                version + 1,
+            )
+            return replace(
+                empty_checkpoint(self.model.params.features), next_id=next_id, version=version
+            )
+        return None
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -168,6 +200,8 @@ class ModelSync:
             def build(
                 current: Checkpoint | None,
             ) -> tuple[Checkpoint, list[dict[str, Any]]]:
+                if current is None:
+                    current = self._start_from()
                 seeding = (current is None or not current.ready) and (
                     self._sample_size() >= params.warmup_users
                 )

@@ -28,6 +28,16 @@ events they applied (the per-user offset fence), and changes those events trigge
 republished as stored. A crash after 7 and before 8 leaves queue entries and timers as
 they were: a change made without an event is published once more, with the same id.
 
+Step 6 ends by raising each input partition's applied offset in Redis (``seg:applied``)
+past the batch, so Redis records how far it holds every write; each committed offset
+carries the key space's epoch and the model's id floor (:mod:`stream.state_gaps`). Before
+step 3 a batch reads them back: a Redis holding less than this process last had it write
+(restarted without persistence, failed over to a lagging replica) stops the batch with
+:class:`~stream.errors.StateLostError`, and the consumer rebuilds from Kafka what Redis lost
+(:meth:`consumers.app.Segmenter.check_state`). A *replaying* batch, one below the group's
+committed offset, writes Redis alone: its changes and dead letters were published, and
+its offsets committed, before Redis lost them.
+
 Without transactions (``SEGMENTER_TRANSACTIONAL=false``, for brokers without them), step
 7 becomes a producer flush before 6 and a consumer commit after it: flush, write, commit.
 """
@@ -46,10 +56,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumers.wiring import Wiring
 from stream.batch import BatchResult, Clock, partition_of, process_batch
-from stream.errors import BrokerError, RedisError
+from stream.errors import BrokerError, RedisError, StateLostError
 from stream.events import DeadLetter, Event
 from stream.reassessment import QueueEntry
 from stream.settings import Settings
+from stream.state_gaps import Published, adopt_published, commit_metadata
 
 __all__ = ["BatchTransaction", "producer_config", "transactional_id"]
 
@@ -104,6 +115,12 @@ class BatchTransaction:
         #: committed their batches; stored changes triggered below it are delivered. Mark
         #: positions too, read from the group when first needed.
         self.committed: dict[str, int] = {}
+        #: The key space's epoch, and per input position the offset below which this
+        #: process knows Redis holds every write (set by Segmenter.check_state).
+        self.epoch: str | None = None
+        self.held: dict[str, int] = {}
+        #: While a rebuild replays: each user's last published segment (segments.current).
+        self.published: dict[str, Published] | None = None
         #: Users in the model's sample, as of the last batch that added some.
         self.sample_size = 0
         self._sample_rng = random.Random(settings.seed)
@@ -162,11 +179,14 @@ class BatchTransaction:
         now_ms: int,
         reassess: dict[str, QueueEntry] | None = None,
         sweep: dict[str, int] | None = None,
+        replaying: bool = False,
     ) -> BatchResult:
         """One batch in one transaction (the steps in the module docstring).
 
         ``last`` is the last offset read of each input partition (``(topic, partition)``);
         ``reassess`` the queued users to decide, ``sweep`` the users whose timer is due.
+        ``replaying``: the events are below the group's committed offset (a rebuild):
+        Redis is written, nothing is published or committed.
         Raises :class:`~stream.errors.SegmenterError` or ``KafkaException`` when a step
         fails; then nothing was committed, and :meth:`recover` is the way on.
         """
@@ -176,9 +196,15 @@ class BatchTransaction:
             self._producer = self._new_producer()
             log.info("brokers were all down: started a fresh producer")
         s = self.settings
-        txn = s.transactional
+        txn = s.transactional and not replaying
         if txn:
             self._producer.begin_transaction()
+        inputs = {
+            f"{t}:{p}": off + 1
+            for (t, p), off in last.items()
+            if t in (s.clicks_topic, s.purchases_topic)
+        }
+        self._check_held(inputs)
         states = self.store.load_states([*by_user, *(reassess or {}), *(sweep or {})])
         self._load_marks({partition_of(st) for st in states.values() if st and st.offsets})
         marks: dict[str, tuple[str, int]] = {}
@@ -209,11 +235,16 @@ class BatchTransaction:
             mark_topic=s.marks_topic,
             learn_budget=s.learn_budget,
         )
-        self._publish(dead, result)
+        if not replaying:
+            self._publish(dead, result)
+        elif self.published is not None:
+            # Rebuilt users keep the segment downstream readers last heard of; those who
+            # never heard of one are decided once the rebuild is over.
+            self.model.unassigned += adopt_published(result.updates, self.published)
         if self.model.unassigned:
             self.store.queue(self.model.unassigned, self.model.version)
             self.model.unassigned = []
-        if not txn:
+        if not txn and not replaying:
             self._flush()
         written = self.store.write_updates(
             result.updates, self.model.version, now_ms, clock.watermark_ms
@@ -221,7 +252,17 @@ class BatchTransaction:
         if written.fenced:
             self.metrics.fenced_writes.inc(written.fenced)
             log.warning("%d user writes fenced off: newer state exists", written.fenced)
-        offsets = [TopicPartition(t, p, off + 1) for (t, p), off in last.items()]
+        self.store.raise_applied(inputs)
+        for pos, off in inputs.items():
+            self.held[pos] = max(self.held.get(pos, off), off)
+        meta = commit_metadata(
+            self.epoch or "", self.model.checkpoint.next_id, self.model.checkpoint.version
+        )
+        offsets = (
+            []
+            if replaying
+            else [TopicPartition(t, p, off + 1, metadata=meta) for (t, p), off in last.items()]
+        )
         if txn:
             if offsets:
                 self._producer.send_offsets_to_transaction(
@@ -230,7 +271,7 @@ class BatchTransaction:
             self._producer.commit_transaction(60)
             if self._delivery_errors:
                 raise BrokerError(f"delivery failed: {'; '.join(self._delivery_errors[:3])}")
-        elif offsets:
+        elif offsets and not replaying:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         for tp in offsets:
             self.committed[f"{tp.topic}:{tp.partition}"] = tp.offset
@@ -274,6 +315,26 @@ class BatchTransaction:
         log.warning("batch not committed (%s); replaying it in %.1fs", exc, delay)
         stop.wait(delay)
 
+    def _check_held(self, inputs: Mapping[str, int]) -> None:
+        """Raise :class:`StateLostError` if Redis holds less than this process had it write:
+        another key space, or an applied offset below the one it last raised."""
+        known = {pos: self.held[pos] for pos in inputs if pos in self.held}
+        if self.epoch is None:
+            return  # not checked yet (Segmenter.check_state sets it)
+        epoch, held = self.store.read_applied(known)
+        if epoch != self.epoch:
+            raise StateLostError(
+                f"Redis's key space changed (epoch {self.epoch} -> {epoch or 'none'}): "
+                "it lost its data; rebuilding from Kafka"
+            )
+        behind = {p: (held.get(p), off) for p, off in known.items() if held.get(p, -1) < off}
+        if behind:
+            raise StateLostError(
+                "Redis holds less than was written ("
+                + ", ".join(f"{p}: {h} < {o}" for p, (h, o) in sorted(behind.items()))
+                + "); rebuilding from Kafka"
+            )
+
     # -- positions ------------------------------------------------------------------------
 
     def forget(self, parts: list[TopicPartition]) -> None:
@@ -282,6 +343,7 @@ class BatchTransaction:
         for tp in parts:
             self.committed.pop(f"{tp.topic}:{tp.partition}", None)
             self.committed.pop(self._mark(tp.partition), None)
+            self.held.pop(f"{tp.topic}:{tp.partition}", None)
 
     def positions(self, positions: set[str]) -> dict[tuple[str, int], int]:
         """The last consumed offset of each input position (``topic:partition``) that has

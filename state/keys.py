@@ -90,6 +90,17 @@ class Keys:
         return f"{self.prefix}timers:{{{partition}}}:{bucket}"
 
     @property
+    def applied(self) -> str:
+        """Each input partition's offset below which Redis holds every write:
+        ``topic:partition`` -> offset (:mod:`state.applied_offsets`)."""
+        return f"{self.prefix}applied"
+
+    @property
+    def epoch(self) -> str:
+        """The key space's identity, a random string written once."""
+        return f"{self.prefix}epoch"
+
+    @property
     def watermark(self) -> str:
         """Each input partition's highest event time: ``topic:partition`` -> clock."""
         return f"{self.prefix}watermark"

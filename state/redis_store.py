@@ -9,6 +9,7 @@ stored, so callers reach all of it as ``store.<method>(...)``. Key names are in
 - :mod:`state.timers`: event-time timers, per input partition
 - :mod:`state.shared_watermark`: every input partition's clock, shared by the group
 - :mod:`state.reassess_queue`: users queued for a decision without an event of theirs
+- :mod:`state.applied_offsets`: how far Redis holds every write, and its identity
 - :mod:`state.erasure`: removing one user from all of the above
 
 This module keeps the connection (settings, ping, close) and the advice on the server's
@@ -22,6 +23,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from state.applied_offsets import AppliedOffsets
 from state.client import safe_url
 from state.erasure import Erasing
 from state.keys import Keys
@@ -47,6 +49,7 @@ class RedisStore(
     Timers,
     SharedWatermark,
     ReassessQueue,
+    AppliedOffsets,
     Erasing,
 ):
     """The segmenter's Redis: user states, membership, catalogue, model checkpoint."""

@@ -31,6 +31,10 @@ class RedisError(SegmenterError):
     """Redis cannot be reached or refused a command."""
 
 
+class StateLostError(RedisError):
+    """Redis holds less than the consumer group committed: writes were lost."""
+
+
 class ModelError(SegmenterError):
     """A model checkpoint cannot be read or does not fit the configured features."""
 

@@ -121,6 +121,9 @@ class Settings:
     # (the default: on a backlog, centres learning fast made it re-decide everyone often).
     resweep_drift: float = 0.0
     checkpoint_interval_s: float = 300.0
+    # When Redis lost writes that Kafka no longer retains: "stop" (exit, naming the
+    # partitions and offsets) or "continue" (rebuild what Kafka has, and say what is not).
+    on_lost_history: str = "stop"
     catalogue_interval_s: float = 5.0
     # Metrics and health: loopback unless asked for, as a process may run where its port
     # is reachable from outside (docker-compose.yml asks for 0.0.0.0).
@@ -182,6 +185,10 @@ class Settings:
             _ = self.model_feature_names
         except ValueError as exc:
             raise ConfigError("model_features", str(exc)) from None
+        if self.on_lost_history not in ("stop", "continue"):
+            raise ConfigError(
+                "on_lost_history", f"must be stop or continue, got {self.on_lost_history!r}"
+            )
         if self.rfm_horizon not in RFM_HORIZONS:
             raise ConfigError(
                 "rfm_horizon", f"must be one of {', '.join(RFM_HORIZONS)}, got {self.rfm_horizon!r}"

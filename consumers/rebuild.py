@@ -1,0 +1,224 @@
+"""Rebuilding what Redis lost from what Kafka retains.
+
+:meth:`Rebuild.check` compares, for the input partitions this process owns, the consumer
+group's committed offsets with how far Redis holds every write (``seg:applied``) and the
+identity of its key space (``seg:epoch``), through :func:`stream.state_gaps.find_gaps`. It
+runs on every assignment, and again whenever a batch finds Redis holding less than it
+wrote (:class:`~stream.errors.StateLostError`, raised in
+:class:`~consumers.transaction.BatchTransaction`): a restart without persistence, or a
+failover to a replica that lacked the last writes.
+
+For each gap the consumer seeks back to where Redis's writes stop (or to the earliest
+offset Kafka retains) and *replays* up to the committed offset: those batches write Redis
+and publish and commit nothing, since their changes, dead letters and offsets were
+published and committed before. The per-user offset fence makes the replay idempotent
+for users whose state survived. While a partition replays, ``/readyz`` is false, sweeps
+and queued users wait, and ``segmenter_rebuilding_partitions`` counts it.
+
+Where Kafka no longer retains what Redis lost, ``SEGMENTER_ON_LOST_HISTORY`` decides:
+``stop`` (the default) exits with :class:`HistoryLostError`, naming the partitions and
+offsets; ``continue`` rebuilds what there is and says what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from consumers.http import Health
+from consumers.metrics import Metrics
+from consumers.model_sync import ModelSync
+from consumers.published import read_published
+from consumers.transaction import BatchTransaction
+from state.redis_store import RedisStore
+from stream.errors import BrokerError, SegmenterError
+from stream.messages import iso_ms
+from stream.settings import Settings
+from stream.state_gaps import describe, find_gaps, id_floor
+
+log = logging.getLogger("segmenter")
+
+__all__ = ["HistoryLostError", "Rebuild"]
+
+
+class HistoryLostError(SegmenterError):
+    """Redis lost writes that Kafka no longer retains, and the settings say stop."""
+
+
+class Rebuild:
+    """The partitions being replayed, each up to the offset the group had committed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: RedisStore,
+        metrics: Metrics,
+        health: Health,
+        txn: BatchTransaction,
+        sync: ModelSync,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.health = health
+        self.txn = txn
+        self.sync = sync
+        #: (topic, partition) -> the committed offset the replay ends at.
+        self.ends: dict[tuple[str, int], int] = {}
+        self._started = 0.0
+        self._replayed = 0
+        self._oldest_ms: int | None = None
+        #: Partitions whose end of replay the last split reached.
+        self._reached: set[tuple[str, int]] = set()
+
+    @property
+    def active(self) -> bool:
+        """Whether any owned partition is being replayed."""
+        return bool(self.ends)
+
+    def check(self, consumer: Consumer, parts: list[TopicPartition], assigning: bool) -> None:
+        """Compare Redis with the committed offsets of ``parts`` and replay what it lost.
+
+        ``assigning``: called from the assignment callback, where the new positions are
+        given by assigning again; otherwise the consumer seeks. Failures to reach Redis or
+        the broker are logged and leave the check to the next batch, which will not run
+        before it succeeds.
+        """
+        s = self.settings
+        inputs = [tp for tp in parts if tp.topic in (s.clicks_topic, s.purchases_topic)]
+        if not inputs:
+            return
+        try:
+            committed = consumer.committed(inputs, timeout=10)
+            earliest = {
+                f"{tp.topic}:{tp.partition}": consumer.get_watermark_offsets(tp, timeout=10)[0]
+                for tp in inputs
+            }
+        except KafkaException as exc:
+            self.txn.epoch = None  # the next batch asks again
+            log.warning("committed offsets not read (%s); Redis is checked again later", exc)
+            return
+        by_pos = {f"{tp.topic}:{tp.partition}": (tp.offset, tp.metadata) for tp in committed}
+        try:
+            epoch, held = self.store.read_applied(by_pos)
+            gaps = find_gaps(by_pos, epoch, held, earliest)
+            self.txn.epoch = self.store.ensure_epoch()
+        except SegmenterError as exc:
+            self.txn.epoch = None
+            self.metrics.redis_errors.inc()
+            log.warning("Redis not checked against the committed offsets (%s); again later", exc)
+            return
+        self.sync.raise_id_floor(*id_floor(meta for _, meta in by_pos.values()))
+        for pos in by_pos:
+            if pos in held:
+                self.txn.held[pos] = held[pos]
+            else:
+                self.txn.held.pop(pos, None)
+        if not gaps:
+            return
+        lost = [g for g in gaps if g.lost is not None]
+        for g in gaps:
+            self.metrics.state_gaps.labels(g.kind).inc()
+        for g in lost:
+            assert g.lost is not None
+            self.metrics.lost_offsets.inc(g.lost[1] - g.lost[0])
+        log.warning("Redis holds less than the consumer group committed: %s", describe(gaps))
+        if lost and s.on_lost_history == "stop":
+            raise HistoryLostError(
+                "Redis lost writes that Kafka no longer retains: "
+                + describe(lost)
+                + ". The users of those partitions would be rebuilt without part of their "
+                "history. Set SEGMENTER_ON_LOST_HISTORY=continue to rebuild what Kafka has "
+                "and carry on, or restore Redis from a backup."
+            )
+        if not self.ends:
+            self._started = time.monotonic()
+            self._replayed = 0
+            self._oldest_ms = None
+        if self.txn.published is None:
+            self.txn.published = read_published(s)
+        resume: dict[tuple[str, int], int] = {}
+        for g in gaps:
+            topic, _, num = g.position.rpartition(":")
+            self.ends[(topic, int(num))] = g.committed
+            resume[(topic, int(num))] = g.resume
+        try:
+            if assigning:
+                for tp in parts:
+                    tp.offset = resume.get((tp.topic, tp.partition), tp.offset)
+                consumer.assign(parts)
+            else:
+                for (name, number), off in resume.items():
+                    consumer.seek(TopicPartition(name, number, off))
+        except KafkaException as exc:
+            raise BrokerError(f"could not rewind to rebuild Redis ({exc})") from None
+        self._gauge()
+
+    def split(self, msgs: list[Message]) -> tuple[list[Message], list[Message]]:
+        """``msgs`` as (to replay, to process as usual): those below their partition's end
+        of replay, and the rest. A partition whose messages reach its end stops replaying."""
+        if not self.ends:
+            return [], msgs
+        replay: list[Message] = []
+        live: list[Message] = []
+        reached: set[tuple[str, int]] = set()
+        for m in msgs:
+            key = (str(m.topic()), int(m.partition() or 0))
+            end = self.ends.get(key)
+            if end is not None and m.error() is None and int(m.offset() or 0) < end:
+                replay.append(m)
+            else:
+                if end is not None and m.error() is None:
+                    reached.add(key)
+                live.append(m)
+        # Partitions whose messages reach their end stop replaying once the replayed
+        # messages before them are written (``replayed``), not before.
+        self._reached = reached
+        if not replay:
+            for key in reached:
+                self.finish(key)
+        return replay, live
+
+    def replayed(
+        self, last: dict[tuple[str, int], int], events: int, oldest_ms: int | None
+    ) -> None:
+        """Count a replayed batch; partitions whose replay it ended stop replaying."""
+        self._replayed += events
+        self.metrics.replayed_events.inc(events)
+        if oldest_ms is not None and (self._oldest_ms is None or oldest_ms < self._oldest_ms):
+            self._oldest_ms = oldest_ms
+        done = {key for key, off in last.items() if off + 1 >= self.ends.get(key, off + 2)}
+        for key in done | self._reached:
+            self.finish(key)
+        self._reached = set()
+
+    def finish(self, key: tuple[str, int]) -> None:
+        """Partition ``key`` replayed up to its end (or reached its end of log)."""
+        if self.ends.pop(key, None) is None:
+            return
+        self._gauge()
+        if self.ends:
+            return
+        self.txn.published = None
+        took = time.monotonic() - self._started
+        oldest = ""
+        if self._oldest_ms is not None:
+            oldest = (
+                f"; the oldest event replayed is from {iso_ms(self._oldest_ms)} (features "
+                f"reach back 365 days, RFM over {self.settings.rfm_horizon})"
+            )
+        log.info(
+            "rebuilt Redis from Kafka: %d events replayed in %.1fs%s", self._replayed, took, oldest
+        )
+
+    def forget(self, parts: list[TopicPartition]) -> None:
+        """Revoked partitions: their next owner finds the same gap and replays it."""
+        for tp in parts:
+            self.ends.pop((tp.topic, tp.partition), None)
+        self._gauge()
+
+    def _gauge(self) -> None:
+        self.health.rebuilding = len(self.ends)
+        self.metrics.rebuilding.set(len(self.ends))

@@ -1,0 +1,77 @@
+"""How far Redis holds every write: ``seg:applied`` and ``seg:epoch``.
+
+``seg:applied`` maps each input partition (``topic:partition``) to the offset below which
+every batch's writes are in Redis. It is raised after a batch's user writes and before its
+offsets are committed, so in a Redis that kept what it acknowledged it is never below the
+consumer group's committed offset. A Redis that restarted without persistence, or a
+replica promoted before it received the last writes, holds less: its ``seg:applied`` is
+lower than the committed offset, or gone. Redis replicates and persists commands in the
+order it ran them, so a server that has an offset in ``seg:applied`` also has every write
+made before it.
+
+``seg:epoch`` is a random identity written once when a key space is first used. The
+consumer group's committed offsets carry the epoch they were committed against (see
+:func:`stream.state_gaps.commit_metadata`), so a key space replaced by another (emptied,
+or a different server) is told from one that merely lost its last writes.
+
+On a Redis Cluster, shards fail over one by one: a shard that lost its last writes while
+the one holding ``seg:applied`` did not goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping
+
+from state.client import StoreBase, call, run
+
+#: For each (position, offset) in ARGV, raise field position of hash KEYS[1] to offset
+#: (never lower it: a batch replayed after a failure writes an offset already there).
+RAISE_APPLIED = """
+for i = 1, #ARGV, 2 do
+  local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
+  if not cur or cur < tonumber(ARGV[i + 1]) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
+
+class AppliedOffsets(StoreBase):
+    """The offsets Redis holds every write below, and the identity of the key space."""
+
+    def ensure_epoch(self) -> str:
+        """The key space's epoch, written now (at random) if it has none."""
+        fresh = secrets.token_hex(8)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.set(self.keys.epoch, fresh, nx=True)
+        pipe.get(self.keys.epoch)
+        _, got = run(pipe, "read the key space's epoch")
+        return got.decode() if isinstance(got, bytes) else str(got)
+
+    def read_applied(self, positions: Iterable[str]) -> tuple[str | None, dict[str, int]]:
+        """The epoch (``None``: the key space has none) and, of ``positions``, those with an
+        applied offset, in one round trip."""
+        wanted = list(positions)
+        pipe = self._r.pipeline(transaction=False)
+        pipe.get(self.keys.epoch)
+        if wanted:
+            pipe.hmget(self.keys.applied, wanted)
+        replies = run(pipe, "read the applied offsets")
+        epoch = replies[0].decode() if replies[0] is not None else None
+        values = replies[1] if wanted else []
+        held = {pos: int(v) for pos, v in zip(wanted, values, strict=True) if v is not None}
+        return epoch, held
+
+    def raise_applied(self, offsets: Mapping[str, int]) -> None:
+        """Record that Redis holds every write below ``offsets`` (position -> offset)."""
+        if not offsets:
+            return
+        args: list[str | int] = []
+        for pos, off in offsets.items():
+            args += [pos, off]
+        call(
+            lambda: self._r.eval(RAISE_APPLIED, 1, self.keys.applied, *args),
+            "record the applied offsets",
+        )
