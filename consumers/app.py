@@ -262,6 +262,8 @@ class Segmenter:
         # so do stragglers the catalogue finds in retired segments (moved there by a
         # process on an older version, after the members were listed).
         self.sync.refresh_catalogue()
+        if self.txn.retry_until or self.rebuild.active:
+            return self.stats  # a failed batch or a rebuild unfinished: decide no one more
         self.sync.queue_retired()
         self.sync.reassess_pending = self.model.ready
         deadline = time.monotonic() + _DRAIN_S
@@ -291,7 +293,7 @@ class Segmenter:
         to the batch's first offsets, and the batch is consumed again after a backoff
         (:mod:`consumers.transaction`). Replaying is safe, so recovery needs no special path.
         """
-        replay, msgs = self.rebuild.split(self._past_ends(msgs))
+        replay, msgs = self.rebuild.split(self._hold_back(self._past_ends(msgs)))
         if replay and self._batch(replay, replaying=True) is None:
             # Not one event past a replay that failed: it is read again first.
             assert self._consumer is not None
@@ -306,6 +308,29 @@ class Segmenter:
                     self._consumer.seek(TopicPartition(topic, part, off))
             return BatchResult()
         return (self._batch(msgs) if msgs else None) or BatchResult()
+
+    def _hold_back(self, msgs: list[Message]) -> list[Message]:
+        """``msgs`` within the range of a failed batch not yet committed
+        (:meth:`BatchTransaction.recover`): its partitions, up to its last offsets. The
+        consumer is rewound to the rest, other partitions included, as a user's events
+        in another partition could decide a change over theirs still in doubt."""
+        until = self.txn.retry_until
+        if not until:
+            return msgs
+        keep: list[Message] = []
+        rewind: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            key = (str(m.topic()), int(m.partition() or 0))
+            off = int(m.offset() or 0)
+            if m.error() is None and off > until.get(key, -1) and key not in rewind:
+                rewind[key] = off
+            if m.error() is not None or key not in rewind:
+                keep.append(m)
+        assert self._consumer is not None
+        for (topic, part), off in rewind.items():
+            with contextlib.suppress(KafkaException):
+                self._consumer.seek(TopicPartition(topic, part, off))
+        return keep
 
     def _batch(self, msgs: list[Message], replaying: bool = False) -> BatchResult | None:
         """:meth:`handle` of messages of one kind: to process, or to replay (below the
@@ -354,12 +379,12 @@ class Segmenter:
         try:
             result = self.txn.run(by_user, dead, last, now_ms, replaying=replaying)
         except StateLostError as exc:
-            self.txn.recover(exc, first, self._stop)
+            self.txn.recover(exc, first, self._stop, last)
             assert self._consumer is not None
             self.rebuild.check(self._consumer, self._consumer.assignment(), assigning=False)
             return None
         except (SegmenterError, KafkaException) as exc:
-            self.txn.recover(exc, first, self._stop)
+            self.txn.recover(exc, first, self._stop, last)
             return None
         if replaying:
             oldest = min((ev.ts_ms for evs in by_user.values() for ev in evs), default=None)
@@ -440,8 +465,10 @@ class Segmenter:
         if sync.caught_up(now):
             sync.refit_tried(now)
             sync.sync(caught_up=True)
-        if self.rebuild.active:
-            # Queued users and due timers wait until Redis holds what it lost again.
+        if self.rebuild.active or self.txn.retry_until:
+            # Queued users and due timers wait until Redis holds what it lost again, and
+            # until a failed batch is committed: deciding a user whose change from it is
+            # still in doubt would store a new change over that one.
             return
         sync.queue_retired()
         if sync.reassess_pending and self.model.ready:
@@ -520,7 +547,7 @@ class Segmenter:
             result = self.txn.run({}, [], positions, int(time.time() * 1000), sweep=mine)
             self.metrics.timers_due.set(self.store.timers_due_count(parts, wm))
         except (SegmenterError, KafkaException) as exc:
-            self.txn.recover(exc, {}, self._stop)
+            self._failed(exc)
             return
         changes, moves = result.changes, result.moves
         self.metrics.swept_users.inc(len(mine))
@@ -564,7 +591,7 @@ class Segmenter:
             positions = self.txn.positions(set().union(*(inputs[u] for u in due)))
             result = self.txn.run({}, [], positions, int(time.time() * 1000), reassess=due)
         except (SegmenterError, KafkaException) as exc:
-            self.txn.recover(exc, {}, self._stop)
+            self._failed(exc)
             return
         changes, moves = result.changes, result.moves
         self.metrics.segment_changes.inc(changes)
@@ -572,6 +599,13 @@ class Segmenter:
         self.stats.changes += changes
         self.stats.moves += moves
         log.info("assessed %d queued users: %d segment changes", len(due), changes)
+
+    def _failed(self, exc: Exception) -> None:
+        """A sweep or a queue run failed: abort it, and if Redis lost writes, rebuild."""
+        self.txn.recover(exc, {}, self._stop)
+        if isinstance(exc, StateLostError):
+            assert self._consumer is not None
+            self.rebuild.check(self._consumer, self._consumer.assignment(), assigning=False)
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -34,7 +34,7 @@ carries the key space's epoch and the model's id floor (:mod:`stream.state_gaps`
 step 3 a batch reads them back: a Redis holding less than this process last had it write
 (restarted without persistence, failed over to a lagging replica) stops the batch with
 :class:`~stream.errors.StateLostError`, and the consumer rebuilds from Kafka what Redis lost
-(:meth:`consumers.app.Segmenter.check_state`). A *replaying* batch, one below the group's
+(:meth:`consumers.rebuild.Rebuild.check`). A *replaying* batch, one below the group's
 committed offset, writes Redis alone: its changes and dead letters were published, and
 its offsets committed, before Redis lost them.
 
@@ -116,11 +116,13 @@ class BatchTransaction:
         #: positions too, read from the group when first needed.
         self.committed: dict[str, int] = {}
         #: The key space's epoch, and per input position the offset below which this
-        #: process knows Redis holds every write (set by Segmenter.check_state).
+        #: process knows Redis holds every write (set by Rebuild.check).
         self.epoch: str | None = None
         self.held: dict[str, int] = {}
         #: While a rebuild replays: each user's last published segment (segments.current).
         self.published: dict[str, Published] | None = None
+        #: After a failed batch, its last offsets: the retry reads no further (``recover``).
+        self.retry_until: dict[tuple[str, int], int] = {}
         #: Users in the model's sample, as of the last batch that added some.
         self.sample_size = 0
         self._sample_rng = random.Random(settings.seed)
@@ -252,7 +254,8 @@ class BatchTransaction:
         if written.fenced:
             self.metrics.fenced_writes.inc(written.fenced)
             log.warning("%d user writes fenced off: newer state exists", written.fenced)
-        self.store.raise_applied(inputs)
+        wait = (0, 0) if replaying else (s.redis_wait_replicas, s.redis_wait_timeout_ms)
+        self.store.raise_applied(inputs, wait)
         for pos, off in inputs.items():
             self.held[pos] = max(self.held.get(pos, off), off)
         meta = commit_metadata(
@@ -275,6 +278,9 @@ class BatchTransaction:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         for tp in offsets:
             self.committed[f"{tp.topic}:{tp.partition}"] = tp.offset
+        for key, off in last.items():
+            if self.retry_until.get(key, off + 1) <= off:
+                del self.retry_until[key]  # the failed batch's range is done
         self._failures = 0
         # Step 8: what the commit decided. Users whose write was fenced off belong to a
         # newer owner, which settles them itself.
@@ -289,12 +295,25 @@ class BatchTransaction:
         self.metrics.republished_changes.inc(result.republished)
         return result
 
-    def recover(self, exc: Exception, first: Mapping[tuple[str, int], int], stop: StopFlag) -> None:
+    def recover(
+        self,
+        exc: Exception,
+        first: Mapping[tuple[str, int], int],
+        stop: StopFlag,
+        last: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
         """Abort what a failed :meth:`run` started, rewind the consumer to ``first`` (the
         batch's first offsets), and back off (longer after each failure in a row) before
         the batch is consumed again. Raises :class:`~stream.errors.BrokerError` when the
-        producer was fenced: another process took over this transactional id."""
+        producer was fenced: another process took over this transactional id.
+
+        ``last``: the batch's last offsets. Until they are committed, no batch reads past
+        them (:attr:`retry_until`): a user holds one change in doubt at a time, so a retry
+        that also took their next events would store the next change over the one never
+        committed, and a second failure would lose it."""
         assert self._producer is not None and self.consumer is not None
+        for key, off in (last or {}).items():
+            self.retry_until[key] = max(self.retry_until.get(key, off), off)
         self._failures += 1
         self.metrics.batch_failures.inc()
         if isinstance(exc, RedisError):
@@ -318,9 +337,11 @@ class BatchTransaction:
     def _check_held(self, inputs: Mapping[str, int]) -> None:
         """Raise :class:`StateLostError` if Redis holds less than this process had it write:
         another key space, or an applied offset below the one it last raised."""
-        known = {pos: self.held[pos] for pos in inputs if pos in self.held}
         if self.epoch is None:
-            return  # not checked yet (Segmenter.check_state sets it)
+            # The last comparison with the committed offsets failed (Redis or the broker
+            # away): nothing is written before one succeeds.
+            raise StateLostError("Redis not yet compared with the committed offsets")
+        known = {pos: self.held[pos] for pos in inputs if pos in self.held}
         epoch, held = self.store.read_applied(known)
         if epoch != self.epoch:
             raise StateLostError(
@@ -344,6 +365,7 @@ class BatchTransaction:
             self.committed.pop(f"{tp.topic}:{tp.partition}", None)
             self.committed.pop(self._mark(tp.partition), None)
             self.held.pop(f"{tp.topic}:{tp.partition}", None)
+            self.retry_until.pop((tp.topic, tp.partition), None)
 
     def positions(self, positions: set[str]) -> dict[tuple[str, int], int]:
         """The last consumed offset of each input position (``topic:partition``) that has

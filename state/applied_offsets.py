@@ -23,7 +23,8 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 
-from state.client import StoreBase, call, run
+from state.client import StoreBase, run
+from stream.errors import RedisError
 
 #: For each (position, offset) in ARGV, raise field position of hash KEYS[1] to offset
 #: (never lower it: a batch replayed after a failure writes an offset already there).
@@ -64,14 +65,28 @@ class AppliedOffsets(StoreBase):
         held = {pos: int(v) for pos, v in zip(wanted, values, strict=True) if v is not None}
         return epoch, held
 
-    def raise_applied(self, offsets: Mapping[str, int]) -> None:
-        """Record that Redis holds every write below ``offsets`` (position -> offset)."""
-        if not offsets:
+    def raise_applied(self, offsets: Mapping[str, int], wait: tuple[int, int] = (0, 0)) -> None:
+        """Record that Redis holds every write below ``offsets`` (position -> offset).
+
+        ``wait``: ``(replicas, timeout_ms)``: then also wait until that many replicas
+        acknowledged every write so far (Redis ``WAIT``, on the connection that made this
+        last write: replication is one ordered stream, so the batch's earlier writes are
+        acknowledged with it), and raise :class:`RedisError` if fewer did in time.
+        """
+        replicas, timeout_ms = wait
+        if not offsets and not replicas:
             return
         args: list[str | int] = []
         for pos, off in offsets.items():
             args += [pos, off]
-        call(
-            lambda: self._r.eval(RAISE_APPLIED, 1, self.keys.applied, *args),
-            "record the applied offsets",
-        )
+        pipe = self._r.pipeline(transaction=False)
+        pipe.eval(RAISE_APPLIED, 1, self.keys.applied, *args)
+        if replicas:
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+        replies = run(pipe, "record the applied offsets")
+        if replicas and int(replies[-1]) < replicas:
+            raise RedisError(
+                f"{replies[-1]} of {replicas} Redis replicas acknowledged the batch's writes "
+                f"within {timeout_ms} ms (SEGMENTER_REDIS_WAIT_REPLICAS); nothing is "
+                "committed until they do"
+            )

@@ -68,6 +68,11 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "seg:"
     redis_cluster: bool = False
+    # Replicas that must acknowledge a batch's Redis writes before its offsets are
+    # committed (Redis WAIT); 0: none asked for. A batch waits at most the timeout, then
+    # is retried, so nothing is committed while too few replicas answer.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 1000
     redis_username: str = ""
     redis_password: str = ""
     redis_tls_ca_file: str = ""
@@ -185,6 +190,20 @@ class Settings:
             _ = self.model_feature_names
         except ValueError as exc:
             raise ConfigError("model_features", str(exc)) from None
+        if self.redis_wait_replicas < 0:
+            raise ConfigError(
+                "redis_wait_replicas", f"must be 0 or more, got {self.redis_wait_replicas}"
+            )
+        if self.redis_wait_timeout_ms < 1:
+            raise ConfigError(
+                "redis_wait_timeout_ms", f"must be 1 or more, got {self.redis_wait_timeout_ms}"
+            )
+        if self.redis_wait_replicas and self.redis_cluster:
+            raise ConfigError(
+                "redis_wait_replicas",
+                "is for a single server with replicas; a Redis Cluster's writes go to many "
+                "primaries",
+            )
         if self.on_lost_history not in ("stop", "continue"):
             raise ConfigError(
                 "on_lost_history", f"must be stop or continue, got {self.on_lost_history!r}"

@@ -137,8 +137,19 @@ def _wait_listening(proc: subprocess.Popen[bytes], port: int, log: Path, timeout
     raise DevstackError(f"server did not listen on port {port} within {timeout:.0f}s; see {log}")
 
 
-def start_redis(workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()) -> Server:
-    """Start ``redis-server`` on loopback with persistence off (state is test/dev only)."""
+def start_redis(
+    workdir: Path,
+    port: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    persistent: bool = False,
+) -> Server:
+    """Start ``redis-server`` on loopback.
+
+    ``persistent``: with an append-only file in ``workdir``, synced every second (what a
+    deployment should run, and the local stack does): a restart keeps everything but at
+    most the last second. Otherwise persistence is off (tests and benchmarks), and a
+    restart comes back empty.
+    """
     binary = install.install_redis()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -154,7 +165,9 @@ def start_redis(workdir: Path, port: int | None = None, extra_args: tuple[str, .
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if persistent else "no",
+        "--appendfsync",
+        "everysec",
         "--dir",
         str(workdir),
         "--protected-mode",

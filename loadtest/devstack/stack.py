@@ -44,7 +44,7 @@ def up(
     try:
         if "redis" not in stack:
             port = redis_port if redis_port and not servers.port_open(redis_port) else None
-            stack["redis"] = servers.start_redis(root / "redis", port)
+            stack["redis"] = servers.start_redis(root / "redis", port, persistent=True)
         if "broker" not in stack:
             port = kafka_port if kafka_port and not servers.port_open(kafka_port) else None
             stack["broker"] = servers.start_broker(root / "broker", port, broker)

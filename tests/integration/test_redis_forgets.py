@@ -8,6 +8,7 @@ a segment id or a model version downstream readers have seen to something else.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ import redis
 from loadtest.devstack import servers
 from stream.settings import Settings
 from tests.integration.conftest import produce, spawn, stop_gracefully
-from tests.integration.kafka_read import read_topic
+from tests.integration.kafka_read import committed, read_topic
 from tests.integration.shoppers import make_events
 from tests.integration.test_faults import check_exact, wait_committed, wait_settled
 
@@ -100,4 +101,139 @@ def test_redis_restarted_empty_mid_load(
         f"-> {after['version']}, ids {before['ids']} (next {before['next_id']}) -> "
         f"{after['ids']}; versions in changes {versions[0]}..{versions[-1]}"
     )
+    assert figures["counted"] == len(messages)
+
+
+def _in_sync(replica: redis.Redis, primary: redis.Redis, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, p = replica.info("replication"), primary.info("replication")
+        if r.get("master_link_status") == "up" and r.get("slave_repl_offset") == p.get(
+            "master_repl_offset"
+        ):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the replica did not catch up with the primary")
+
+
+def _primary_and_replica(tmp_path: Path) -> tuple[servers.Server, servers.Server]:
+    primary = servers.start_redis(tmp_path / "primary")
+    replica = servers.start_redis(
+        tmp_path / "replica", extra_args=("--replicaof", servers.HOST, str(primary.port))
+    )
+    return primary, replica
+
+
+def test_failover_to_a_replica_that_lacks_the_last_writes(
+    txn_settings: Settings, tmp_path: Path
+) -> None:
+    # A primary and its replica. The replica is promoted while the segmenter still writes
+    # to the primary, so it holds what the primary held at that moment and nothing after:
+    # Redis replication is asynchronous, and a failover loses what had not reached it.
+    primary, replica = _primary_and_replica(tmp_path)
+    s = txn_settings.replace(redis_url=f"redis://{primary.address}/0")
+    prim = redis.Redis(host=servers.HOST, port=primary.port, decode_responses=True)
+    repl = redis.Redis(host=servers.HOST, port=replica.port, decode_responses=True)
+    messages, expected = make_events(s, n_users=600, seed=31)
+    third = len(messages) // 3
+    log = tmp_path / "segmenter.log"
+    try:
+        ends = produce(s, messages[:third])
+        proc = spawn(s, str(log))
+        try:
+            wait_committed(s, ends)
+            _in_sync(repl, prim)
+            repl.replicaof("NO", "ONE")  # promoted: the last writes it will ever get
+            held = repl.hgetall(f"{s.redis_prefix}applied")
+            for key, end in produce(s, messages[third : 2 * third]).items():
+                ends[key] = max(ends.get(key, 0), end)
+            wait_committed(s, ends)
+        finally:
+            assert stop_gracefully(s, proc) == 0
+        assert repl.hgetall(f"{s.redis_prefix}applied") == held  # the replica got none of it
+        primary.stop()
+        # The segmenter comes back pointed at the promoted replica, as after a failover.
+        s = s.replace(redis_url=f"redis://{replica.address}/0")
+        proc = spawn(s, str(log))
+        try:
+            for key, end in produce(s, messages[2 * third :]).items():
+                ends[key] = max(ends.get(key, 0), end)
+            wait_committed(s, ends)
+            wait_settled(s, repl)
+        finally:
+            assert stop_gracefully(s, proc) == 0
+        figures = check_exact(s, repl, expected)
+    finally:
+        prim.close()
+        repl.close()
+        primary.stop()
+        replica.stop()
+    text = log.read_text()
+    gap_lines = [line for line in text.splitlines() if "Redis holds less than" in line]
+    assert gap_lines and " behind (replaying " in gap_lines[0], gap_lines
+    print(
+        f"\nfailover to a lagging replica: produced {len(messages)}, counted "
+        f"{figures['counted']}, changes {figures['changes']}, duplicate change ids "
+        f"{figures['duplicates']}; {gap_lines[0].split('committed: ')[1]}"
+    )
+    assert figures["counted"] == len(messages)
+
+
+def test_with_wait_nothing_is_committed_while_the_replica_is_away(
+    txn_settings: Settings, tmp_path: Path
+) -> None:
+    primary, replica = _primary_and_replica(tmp_path)
+    s = txn_settings.replace(
+        redis_url=f"redis://{primary.address}/0",
+        redis_wait_replicas=1,
+        redis_wait_timeout_ms=300,
+    )
+    prim = redis.Redis(host=servers.HOST, port=primary.port, decode_responses=True)
+    repl = redis.Redis(host=servers.HOST, port=replica.port, decode_responses=True)
+    messages, expected = make_events(s, n_users=300, seed=37)
+    half = len(messages) // 2
+    log = tmp_path / "segmenter.log"
+    stopped = False
+    try:
+        ends = produce(s, messages[:half])
+        proc = spawn(s, str(log))
+        try:
+            wait_committed(s, ends)
+            before = {
+                t: committed(s.kafka_bootstrap, s.group_id, t, 4)
+                for t in (s.clicks_topic, s.purchases_topic)
+            }
+            os.kill(replica.pid, signal.SIGSTOP)  # the replica stops answering
+            stopped = True
+            for key, end in produce(s, messages[half:]).items():
+                ends[key] = max(ends.get(key, 0), end)
+            time.sleep(6.0)
+            during = {
+                t: committed(s.kafka_bootstrap, s.group_id, t, 4)
+                for t in (s.clicks_topic, s.purchases_topic)
+            }
+            assert during == before, "offsets were committed without the replica"
+            assert proc.poll() is None
+            os.kill(replica.pid, signal.SIGCONT)
+            stopped = False
+            wait_committed(s, ends)
+            wait_settled(s, prim)
+        finally:
+            if stopped:
+                os.kill(replica.pid, signal.SIGCONT)
+            assert stop_gracefully(s, proc) == 0
+        _in_sync(repl, prim)
+        figures = check_exact(s, repl, expected)  # the replica holds everything
+    finally:
+        prim.close()
+        repl.close()
+        primary.stop()
+        replica.stop()
+    refusals = log.read_text().count("0 of 1 Redis replicas acknowledged")
+    print(
+        f"\nWAIT for 1 replica, replica stopped 6 s: produced {len(messages)}, counted "
+        f"{figures['counted']}, duplicate change ids {figures['duplicates']}, batches "
+        f"refused for want of the replica {refusals}"
+    )
+    assert refusals > 0
     assert figures["counted"] == len(messages)

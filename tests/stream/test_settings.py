@@ -177,6 +177,9 @@ def test_environment_overrides_the_file() -> None:
         ("SEGMENTER_WATERMARK_IDLE_S", "0"),
         ("SEGMENTER_WATERMARK_SYNC_INTERVAL_S", "0"),
         ("SEGMENTER_SWEEP_BATCH", "0"),
+        ("SEGMENTER_ON_LOST_HISTORY", "ignore"),
+        ("SEGMENTER_REDIS_WAIT_REPLICAS", "-1"),
+        ("SEGMENTER_REDIS_WAIT_TIMEOUT_MS", "0"),
     ],
 )
 def test_bad_environment_values_name_the_variable(var: str, value: str) -> None:
@@ -423,3 +426,9 @@ def test_model_features_default_to_all_and_may_be_narrowed_in_any_order() -> Non
 def test_a_bad_model_feature_list_names_the_key(value: str, says: str) -> None:
     with pytest.raises(ConfigError, match=f"SEGMENTER_MODEL_FEATURES: .*{says}"):
         load_settings({"SEGMENTER_MODEL_FEATURES": value})
+
+
+def test_waiting_for_replicas_is_for_a_single_server() -> None:
+    with pytest.raises(ConfigError, match="config redis_wait_replicas: is for a single"):
+        Settings(redis_wait_replicas=1, redis_cluster=True)
+    assert Settings(redis_wait_replicas=2).redis_wait_replicas == 2
