@@ -52,6 +52,7 @@ PARTS: dict[str, str] = {
     "ceiling": "Ceiling: consume, consume + orjson, Redis writes",
     "throughput": "Segmenter, one process, saturation",
     "scaling": "Segmenter, two processes in one group",
+    "redis_wait": "Segmenter, one process, waiting for a Redis replica (WAIT)",
     "peers": "Peers doing the same job",
     "latency": "End-to-end latency at fixed rates",
     "memory": "RSS and Redis memory as users grow",
@@ -84,8 +85,9 @@ class SuiteResults:
         :class:`Machine`.
     config
         The suite's parameters (users, events, rates, ...), as given.
-    ceiling, one, two, latency, memory, hotpath
-        Each part's result; ``None`` when it was not run.
+    ceiling, one, two, redis_wait, latency, memory, hotpath
+        Each part's result; ``None`` when it was not run. ``redis_wait`` is one process
+        with ``SEGMENTER_REDIS_WAIT_REPLICAS=1`` and a replica of the suite's Redis.
     peers
         One outcome per peer that was tried (failed ones included).
     not_run
@@ -99,6 +101,7 @@ class SuiteResults:
     ceiling: CeilingResult | None = None
     one: ThroughputResult | None = None
     two: ThroughputResult | None = None
+    redis_wait: ThroughputResult | None = None
     latency: LatencyResult | None = None
     memory: MemoryResult | None = None
     hotpath: StageTimes | None = None
@@ -561,6 +564,7 @@ def _throughput_section(results: SuiteResults) -> list[str]:
     else:
         out += _table(_THROUGHPUT_HEADER, [_throughput_row("1 process", results.one)])
         out.append("")
+    out += _wait_section(results)
     out += [f"## {PARTS['scaling']}", ""]
     if results.two is None:
         out += _not_run(results, "scaling")
@@ -579,6 +583,27 @@ def _throughput_section(results: SuiteResults) -> list[str]:
         "",
     ]
     return out
+
+
+def _wait_section(results: SuiteResults) -> list[str]:
+    out = [f"## {PARTS['redis_wait']}", ""]
+    if results.redis_wait is None:
+        return out + _not_run(results, "redis_wait")
+    rows = [_throughput_row("1 process, WAIT for 1 replica", results.redis_wait)]
+    if results.one is not None:
+        rows.insert(0, _throughput_row("1 process", results.one))
+    cost = ratio(results.redis_wait.events_per_s, results.one.events_per_s if results.one else None)
+    return [
+        *out,
+        "The same backlog, Redis emptied first, with a replica of the suite's Redis started "
+        "beside it (same machine) and `SEGMENTER_REDIS_WAIT_REPLICAS=1`: every batch waits "
+        "until the replica acknowledged its writes before its offsets are committed.",
+        "",
+        *_table(_THROUGHPUT_HEADER, rows),
+        "",
+        f"With WAIT: {fmt_ratio(cost)} of the rate without it.",
+        "",
+    ]
 
 
 def _peers_section(results: SuiteResults) -> list[str]:

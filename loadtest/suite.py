@@ -12,6 +12,8 @@ Parts, one after another, each on servers it starts and stops by PID:
      as the segmenter's;
    - **throughput**: one ``segmenter run`` process draining it
      (:func:`loadtest.bench_throughput.measure_processes`);
+   - **redis_wait**: one process again, with a replica of the stack's Redis and
+     ``SEGMENTER_REDIS_WAIT_REPLICAS=1``: what waiting for a replica costs;
    - **scaling**: two processes in one group draining it again, Redis emptied, the
      same way;
    - **peers** (:mod:`loadtest.peers`): the same job event by event, in a
@@ -50,12 +52,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis
 
 from loadtest import bench_throughput, ceiling, hotpath, latency, memory, report
+from loadtest.devstack import servers
 from loadtest.peers import bytewax_flow, micro_batch, per_event, quix
 from loadtest.peers import run as peers_run
 from loadtest.peers.run import PeerOutcome
-from loadtest.stack import Stack, local_stack
+from loadtest.stack import Stack, StackError, local_stack
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +96,7 @@ OWN_VENV_PEERS = (
 #: Why a part left out with ``--skip`` was not run.
 SKIPPED = "skipped (--skip)"
 #: Parts the backlog stack serves, in order.
-BACKLOG_PARTS = ("ceiling", "throughput", "scaling", "peers")
+BACKLOG_PARTS = ("ceiling", "throughput", "redis_wait", "scaling", "peers")
 
 
 class SuiteError(RuntimeError):
@@ -313,10 +317,40 @@ def _backlog_parts(runner: Runner, st: Stack, quix_venv: Path) -> None:
     def two() -> None:
         r.two = processes(2)
 
+    def redis_wait() -> None:
+        r.redis_wait = _with_replica(st, lambda: processes_with(s.replace(redis_wait_replicas=1)))
+
+    def processes_with(settings: Settings) -> bench_throughput.ThroughputResult:
+        result = bench_throughput.measure_processes(st, settings, 1, cfg.partitions, n)
+        print(result.describe())
+        return result
+
     runner.part("ceiling", ceiling_part)
     runner.part("throughput", one)
+    runner.part("redis_wait", redis_wait)
     runner.part("scaling", two)
     runner.part("peers", lambda: _peers(runner, st, s, min(n, cfg.peer_events), quix_venv))
+
+
+def _with_replica(
+    st: Stack, measure: Callable[[], bench_throughput.ThroughputResult]
+) -> bench_throughput.ThroughputResult:
+    """``measure()`` with a replica of the stack's Redis running beside it, in sync first."""
+    with tempfile.TemporaryDirectory(prefix="segmenter-replica-") as tmp:
+        replica = servers.start_redis(
+            Path(tmp), extra_args=("--replicaof", servers.HOST, str(st.redis.port))
+        )
+        try:
+            client = redis.Redis(host=servers.HOST, port=replica.port)
+            deadline = time.monotonic() + 60
+            while client.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise StackError("the Redis replica did not connect within 60 s")
+                time.sleep(0.2)
+            client.close()
+            return measure()
+        finally:
+            replica.stop()
 
 
 def _latency_part(runner: Runner, st: Stack) -> None:

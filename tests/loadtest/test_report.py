@@ -129,6 +129,7 @@ def full_results() -> SuiteResults:
         ceiling=ceiling_result(),
         one=throughput(1, 50_000.0),
         two=throughput(2, 95_000.0),
+        redis_wait=throughput(1, 40_000.0),
         latency=latency_result(
             [step(2000.0, [10.0, 20.0, 30.0, 40.0]), step(20000.0, [100.0, 150.0, 200.0])]
         ),
@@ -286,6 +287,7 @@ class TestRender:
             in md
         )
         assert "Speed-up, steady: 1.90x" in md
+        assert "With WAIT: 0.80x of the rate without it." in md
         assert "(18 us with one process, 19 us with two)" in md
         assert "![latency](latency.png)" in md and "![memory](memory.png)" in md
         assert "not run" not in md.lower()
