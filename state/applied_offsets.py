@@ -23,7 +23,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 
-from state.client import StoreBase, run
+from state.client import StoreBase, call, run
 from stream.errors import RedisError
 
 #: For each (position, offset) in ARGV, raise field position of hash KEYS[1] to offset
@@ -79,6 +79,13 @@ class AppliedOffsets(StoreBase):
         args: list[str | int] = []
         for pos, off in offsets.items():
             args += [pos, off]
+        if self.cluster:
+            # A cluster pipeline runs no scripts, and WAIT is not asked of a cluster.
+            call(
+                lambda: self._r.eval(RAISE_APPLIED, 1, self.keys.applied, *args),
+                "record the applied offsets",
+            )
+            return
         pipe = self._r.pipeline(transaction=False)
         pipe.eval(RAISE_APPLIED, 1, self.keys.applied, *args)
         if replicas:

@@ -70,7 +70,6 @@ def test_redis_restarted_empty_mid_load(
             own = servers.start_redis(workdir, own.port)
             rds.close()
             rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
-            assert rds.dbsize() == 0
             if segmenter_too:
                 proc = spawn(s, str(log))
             for key, end in produce(s, messages[half:]).items():
@@ -85,7 +84,10 @@ def test_redis_restarted_empty_mid_load(
         rds.close()
         own.stop()
     text = log.read_text()
-    assert "Redis holds less than the consumer group committed" in text
+    gap_lines = [line for line in text.splitlines() if "Redis holds less than" in line]
+    # It came back with no key space at all: every partition's gap is of that kind.
+    assert gap_lines and " empty (replaying " in gap_lines[0], gap_lines
+    assert " behind (" not in gap_lines[0] and " replaced (" not in gap_lines[0]
     assert "rebuilt Redis from Kafka" in text
     # No segment id or model version given out twice: a segment of the model after the
     # loss is one of the model before it, or has an id that model never gave out.
