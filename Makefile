@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-quick quality clean up status down
+.PHONY: setup demo test lint bench bench-quick quality soak clean up status down
 
 # PYTHONWARNINGS: setuptools announces every editable install with a boxed warning.
 $(BIN)/segmenter: pyproject.toml
@@ -45,6 +45,12 @@ bench-quick: setup $(VENV)/.bench
 quality: setup
 	$(BIN)/pip install -q -e '.[dev,quality]'
 	$(BIN)/python -m loadtest.quality
+
+# 30 minutes of live traffic under kills, rebalances, Redis and broker outages, Redis
+# restarted empty and failed over to a replica; then exact counts and no duplicate change
+# ids. Report in loadtest/results/<UTC date>/soak.md and soak.json (not run by CI).
+soak: setup
+	$(BIN)/python -m loadtest.soak
 
 # The local stack alone (Redis and a broker, tracked by PID in .devstack/).
 up: setup

@@ -2,7 +2,7 @@
 
 :meth:`Rebuild.check` compares, for the input partitions this process owns, the consumer
 group's committed offsets with how far Redis holds every write (``seg:applied``) and the
-identity of its key space (``seg:epoch``), through :func:`stream.state_gaps.find_gaps`. It
+identity of its key space (its field ``_epoch``), through :func:`stream.state_gaps.find_gaps`. It
 runs on every assignment, and again whenever a batch finds Redis holding less than it
 wrote (:class:`~stream.errors.StateLostError`, raised in
 :class:`~consumers.transaction.BatchTransaction`): a restart without persistence, or a

@@ -206,8 +206,10 @@ class BatchTransaction:
             for (t, p), off in last.items()
             if t in (s.clicks_topic, s.purchases_topic)
         }
-        self._check_held(inputs)
+        # States first, then the check: states read before Redis lost them are caught by
+        # the check, and a loss after it by the epoch the applied offsets are raised under.
         states = self.store.load_states([*by_user, *(reassess or {}), *(sweep or {})])
+        epoch = self._check_held(inputs)
         self._load_marks({partition_of(st) for st in states.values() if st and st.offsets})
         marks: dict[str, tuple[str, int]] = {}
         for u in (*(reassess or {}), *(sweep or {})):
@@ -255,7 +257,7 @@ class BatchTransaction:
             self.metrics.fenced_writes.inc(written.fenced)
             log.warning("%d user writes fenced off: newer state exists", written.fenced)
         wait = (0, 0) if replaying else (s.redis_wait_replicas, s.redis_wait_timeout_ms)
-        self.store.raise_applied(inputs, wait)
+        self.store.raise_applied(inputs, epoch, wait)
         for pos, off in inputs.items():
             self.held[pos] = max(self.held.get(pos, off), off)
         meta = commit_metadata(
@@ -334,9 +336,10 @@ class BatchTransaction:
         log.warning("batch not committed (%s); replaying it in %.1fs", exc, delay)
         stop.wait(delay)
 
-    def _check_held(self, inputs: Mapping[str, int]) -> None:
+    def _check_held(self, inputs: Mapping[str, int]) -> str:
         """Raise :class:`StateLostError` if Redis holds less than this process had it write:
-        another key space, or an applied offset below the one it last raised."""
+        another key space, or an applied offset below the one it last raised. Returns the
+        key space's epoch."""
         if self.epoch is None:
             # The last comparison with the committed offsets failed (Redis or the broker
             # away): nothing is written before one succeeds.
@@ -355,6 +358,7 @@ class BatchTransaction:
                 + ", ".join(f"{p}: {h} < {o}" for p, (h, o) in sorted(behind.items()))
                 + "); rebuilding from Kafka"
             )
+        return self.epoch
 
     # -- positions ------------------------------------------------------------------------
 

@@ -92,13 +92,9 @@ class Keys:
     @property
     def applied(self) -> str:
         """Each input partition's offset below which Redis holds every write:
-        ``topic:partition`` -> offset (:mod:`state.applied_offsets`)."""
+        ``topic:partition`` -> offset, and the key space's identity in field ``_epoch``
+        (:mod:`state.applied_offsets`)."""
         return f"{self.prefix}applied"
-
-    @property
-    def epoch(self) -> str:
-        """The key space's identity, a random string written once."""
-        return f"{self.prefix}epoch"
 
     @property
     def watermark(self) -> str:
