@@ -40,20 +40,15 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from loadtest.devstack import servers
 from loadtest.personas import ShopperSimulator
 from loadtest.stack import OffsetWatcher, SegmenterProcess, Stack, StackError, rss_bytes
+from stream.events import TYPE_INDEX
+from stream.feature_registry import TYPE_NAMES
 from stream.features import full_features
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTITIONS = 4
 #: Event type -> the count in the user hash that holds it (30 days hold the whole run).
-TYPE_FIELDS = {
-    "view": "views_30d",
-    "click": "clicks_30d",
-    "add_to_cart": "add_to_cart_30d",
-    "remove_from_cart": "remove_from_cart_30d",
-    "purchase": "purchases_30d",
-    "search": "searches_30d",
-}
+TYPE_FIELDS = {t: f"{TYPE_NAMES[i]}_30d" for t, i in TYPE_INDEX.items()}
 #: Faults repeated through the run, and those done once, by name.
 REPEATED = ("kill", "rebalance", "redis_pause", "broker_stop")
 ONCE = ("redis_restart_empty", "redis_failover")
