@@ -280,7 +280,12 @@ class Segmenter:
             err = m.error()
             if err is not None and err.code() == KafkaError._PARTITION_EOF:
                 self._backlog_ends.pop(f"{m.topic()}:{m.partition()}", None)
-                self.rebuild.finish((str(m.topic()), int(m.partition() or 0)))
+                key = (str(m.topic()), int(m.partition() or 0))
+                if key in self.rebuild.ends and self._consumer is not None:
+                    # Where the consumer is now, not the end's own offset: an end queued
+                    # before the rewind for a rebuild may only be delivered after it.
+                    (pos,) = self._consumer.position([TopicPartition(*key)])
+                    self.rebuild.end_of_partition(key, pos.offset)
             else:
                 out.append(m)
         return out

@@ -194,11 +194,22 @@ class Rebuild:
             self.finish(key)
         self._reached = set()
 
+    def end_of_partition(self, key: tuple[str, int], position: int) -> None:
+        """The consumer reported the end of partition ``key``, and its position there is
+        ``position``: the replay is over if that is at or past where the replay ends. An
+        end reported before the rewind for the replay, and delivered after it, finds the
+        position still below: it ends nothing."""
+        end = self.ends.get(key)
+        if end is not None and position >= end:
+            self.finish(key)
+
     def finish(self, key: tuple[str, int]) -> None:
         """Partition ``key`` replayed up to its end (or reached its end of log)."""
-        if self.ends.pop(key, None) is None:
+        end = self.ends.pop(key, None)
+        if end is None:
             return
         self._gauge()
+        log.info("%s:%d replayed up to offset %d", key[0], key[1], end)
         if self.ends:
             return
         self.txn.published = None

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -305,7 +306,10 @@ def _counts(s: Settings, port: int, expected: Expected) -> dict[str, int]:
     return {"users": len(expected.counts), "counted": counted, "wrong": wrong, "missing": missing}
 
 
-def run(minutes: float, rate: float, users: int, seed: int) -> dict[str, Any]:
+def run(
+    minutes: float, rate: float, users: int, seed: int, keep_logs: Path | None = None
+) -> dict[str, Any]:
+    """One soak run (see the module); ``keep_logs``: where to copy the processes' logs."""
     rng = random.Random(seed)
     duration = minutes * 60
     with tempfile.TemporaryDirectory(prefix="segmenter-soak-") as tmp:
@@ -349,6 +353,10 @@ def run(minutes: float, rate: float, users: int, seed: int) -> dict[str, Any]:
             logs = "".join(
                 (Path(tmp) / f"segmenter-{i}.log").read_text(errors="replace") for i in (0, 1)
             )
+            if keep_logs is not None:
+                keep_logs.mkdir(parents=True, exist_ok=True)
+                for i in (0, 1):
+                    shutil.copy(Path(tmp) / f"segmenter-{i}.log", keep_logs)
         finally:
             soak.stop()
     return {
@@ -427,8 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", help="output directory (default: loadtest/results/<UTC date>)")
+    ap.add_argument("--logs", help="keep the segmenter processes' logs in this directory")
     args = ap.parse_args(argv)
-    doc = run(args.minutes, args.rate, args.users, args.seed)
+    ap_logs = Path(args.logs) if args.logs else None
+    doc = run(args.minutes, args.rate, args.users, args.seed, ap_logs)
     out = Path(args.out or ROOT / "loadtest" / "results" / datetime.now(UTC).date().isoformat())
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
