@@ -30,11 +30,13 @@ they were: a change made without an event is published once more, with the same 
 
 Step 6 ends by raising each input partition's applied offset in Redis (``seg:applied``)
 past the batch, so Redis records how far it holds every write; each committed offset
-carries the key space's epoch and the model's id floor (:mod:`stream.state_gaps`). Before
-step 3 a batch reads them back: a Redis holding less than this process last had it write
+carries the key space's epoch and the model's id floor (:mod:`stream.state_gaps`). After
+step 2 a batch reads them back: a Redis holding less than this process last had it write
 (restarted without persistence, failed over to a lagging replica) stops the batch with
 :class:`~stream.errors.StateLostError`, and the consumer rebuilds from Kafka what Redis lost
-(:meth:`consumers.rebuild.Rebuild.check`). A *replaying* batch, one below the group's
+(:meth:`consumers.rebuild.Rebuild.check`); and the script raising the offsets refuses
+unless the epoch is still the one the batch read, so a Redis emptied during a batch never
+records offsets it does not hold. A *replaying* batch, one below the group's
 committed offset, writes Redis alone: its changes and dead letters were published, and
 its offsets committed, before Redis lost them.
 
