@@ -272,10 +272,12 @@ class Segmenter:
         self.sync.refresh_catalogue()
         return self.stats
 
-    def _past_ends(self, msgs: list[Message]) -> list[Message]:
+    def _past_ends(self, msgs: list[Message]) -> tuple[list[Message], dict[tuple[str, int], int]]:
         """``msgs`` without the ends of partitions, each of which ends that partition's
-        backlog (offsets alone cannot tell: transaction markers take offsets too)."""
+        backlog (offsets alone cannot tell: transaction markers take offsets too), and the
+        consumer's position in each partition whose end is among them."""
         out = []
+        eofs: dict[tuple[str, int], int] = {}
         for m in msgs:
             err = m.error()
             if err is not None and err.code() == KafkaError._PARTITION_EOF:
@@ -285,10 +287,10 @@ class Segmenter:
                     # Where the consumer is now, not the end's own offset: an end queued
                     # before the rewind for a rebuild may only be delivered after it.
                     (pos,) = self._consumer.position([TopicPartition(*key)])
-                    self.rebuild.end_of_partition(key, pos.offset)
+                    eofs[key] = pos.offset
             else:
                 out.append(m)
-        return out
+        return out, eofs
 
     def handle(self, msgs: list[Message]) -> BatchResult:
         """Process one batch of messages end to end, then commit their offsets.
@@ -298,7 +300,8 @@ class Segmenter:
         to the batch's first offsets, and the batch is consumed again after a backoff
         (:mod:`consumers.transaction`). Replaying is safe, so recovery needs no special path.
         """
-        replay, msgs = self.rebuild.split(self._hold_back(self._past_ends(msgs)))
+        msgs, eofs = self._past_ends(msgs)
+        replay, msgs = self.rebuild.split(self._hold_back(msgs), eofs)
         if replay and self._batch(replay, replaying=True) is None:
             # Not one event past a replay that failed: it is read again first.
             assert self._consumer is not None

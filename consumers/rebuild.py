@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
@@ -156,9 +157,22 @@ class Rebuild:
             raise BrokerError(f"could not rewind to rebuild Redis ({exc})") from None
         self._gauge()
 
-    def split(self, msgs: list[Message]) -> tuple[list[Message], list[Message]]:
+    def split(
+        self,
+        msgs: list[Message],
+        eofs: Mapping[tuple[str, int], int] | None = None,
+    ) -> tuple[list[Message], list[Message]]:
         """``msgs`` as (to replay, to process as usual): those below their partition's end
-        of replay, and the rest. A partition whose messages reach its end stops replaying."""
+        of replay, and the rest.
+
+        A partition stops replaying once the replayed messages before its end are written
+        (:meth:`replayed`), not before: when ``msgs`` reach its end, or when the consumer
+        reported the end of the partition (``eofs``: the consumer's position there, taken
+        with the batch) at or past it. One poll can return the rest of a replay *and* the
+        end of the partition after it; the rest is replayed all the same. An end reported
+        before the rewind for the replay, and delivered after it, finds the position still
+        below: it ends nothing.
+        """
         if not self.ends:
             return [], msgs
         replay: list[Message] = []
@@ -173,8 +187,10 @@ class Rebuild:
                 if end is not None and m.error() is None:
                     reached.add(key)
                 live.append(m)
-        # Partitions whose messages reach their end stop replaying once the replayed
-        # messages before them are written (``replayed``), not before.
+        for key, position in (eofs or {}).items():
+            end = self.ends.get(key)
+            if end is not None and position >= end:
+                reached.add(key)
         self._reached = reached
         if not replay:
             for key in reached:
@@ -193,15 +209,6 @@ class Rebuild:
         for key in done | self._reached:
             self.finish(key)
         self._reached = set()
-
-    def end_of_partition(self, key: tuple[str, int], position: int) -> None:
-        """The consumer reported the end of partition ``key``, and its position there is
-        ``position``: the replay is over if that is at or past where the replay ends. An
-        end reported before the rewind for the replay, and delivered after it, finds the
-        position still below: it ends nothing."""
-        end = self.ends.get(key)
-        if end is not None and position >= end:
-            self.finish(key)
 
     def finish(self, key: tuple[str, int]) -> None:
         """Partition ``key`` replayed up to its end (or reached its end of log)."""
