@@ -73,7 +73,7 @@ TARGETS: dict[str, Target] = {
         Target("ari_batch_rfm", "real data: ARI vs batch RFM k-means", 0.8),
         Target(
             "lapse_within_a_day",
-            "lapsed customers moved within a day (the sweep's step) of crossing into an "
+            "lapsed customers moved within a day of crossing into an "
             "at_risk or dormant segment, by the final centres; every run with such moves",
             0.9,
         ),
@@ -410,7 +410,7 @@ class Crossing:
     @property
     def within_a_day(self) -> float | None:
         """Share of ``days`` at most a day (and the hour this measure steps by): moved by
-        the first sweep after the crossing, as the sweep looks a day ahead at a time."""
+        the sweep after the crossing, with a day's slack for centres that moved since."""
         if not self.days:
             return None
         return sum(d <= 1.0 + HOUR_MS / DAY_MS for d in self.days) / len(self.days)

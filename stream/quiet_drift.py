@@ -4,9 +4,9 @@ and the first time the current centres would move them to another segment.
 The fixed thresholds of :func:`stream.timers.next_due` are where windows empty; between
 them a quiet customer drifts all the same (days without an order grow every day) and
 crosses into another segment at a time of their own. :func:`next_moves` finds that time,
-a day at a time, for every user of a batch at once, so that the sweep re-decides a lapsing
-customer within a day of event time of the crossing, with the same hysteresis an event
-would meet, rather than at the next threshold, up to weeks later.
+a day at a time and then to the hour, for every user of a batch at once, so that the sweep
+re-decides a lapsing customer within an hour of event time of the crossing, with the same
+hysteresis an event would meet, rather than at the next threshold, up to weeks later.
 
 Everything here is columnar: one array operation per step for the whole batch, since a
 per-user loop of small array operations would cost more than deciding the user.
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stream.events import TYPE_INDEX
-from stream.feature_registry import DAY_MS, PERIOD_MS, WEEK_MS
+from stream.feature_registry import DAY_MS, HOUR_MS, PERIOD_MS, WEEK_MS
 from stream.features import CATEGORY_RETENTION_MS, UserState
 from stream.scaling import MODEL_FEATURES, to_vectors
 from stream.timers import NEVER_MS
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 #: The most future times :func:`next_moves` looks at per user before their next
 #: threshold: a day apart up to this many days ahead, evenly spread beyond.
 MOVE_STEPS = 64
+
+#: Sub-steps per pass when :func:`next_moves` narrows a move down to the hour.
+REFINE_STEPS = 24
 
 _PURCHASE = TYPE_INDEX["purchase"]
 _VIEW = TYPE_INDEX["view"]
@@ -165,6 +168,10 @@ def next_moves(
     current centres would move them out of their segment if they sent nothing more, or
     ``None``: no current segment, no model yet, or no move before ``until_ms``.
 
+    The time is looked for a day apart (evenly spread when ``until_ms`` is more than
+    :data:`MOVE_STEPS` days away), and the step before the first move is then narrowed
+    down to the hour, :data:`REFINE_STEPS` sub-steps a pass, for the users who move only.
+
     Examples
     --------
     >>> from stream.checkpoint import ModelParams
@@ -196,6 +203,53 @@ def next_moves(
     owner = np.concatenate(owners)
     times = np.concatenate(grids)
     current = np.repeat(np.array(rows), [len(g) for g in grids])
+    first = _first_moves(states, owner, times, current, model, margin, rfm_horizon)
+    if not len(first):
+        return out
+    # Between the grid time before the first move (or ``now``) and it, to the hour: the
+    # sweep then moves a customer within the hour of event time the centres say, not up
+    # to a grid step later.
+    at = np.searchsorted(owner, owner[first])  # each hit owner's first grid index
+    before = np.where(first > at, times[np.maximum(first - 1, 0)], 0)
+    start = np.array([now_ms[u] for u in owner[first].tolist()], dtype=np.int64)
+    lo = np.where(first > at, before, start)
+    hi = times[first]
+    users, rows_hit = owner[first], current[first]
+    while True:
+        wide = (hi - lo) > HOUR_MS
+        if not wide.any():
+            break
+        n = len(users)
+        sub = np.arange(1, REFINE_STEPS + 1, dtype=np.int64)
+        grid = lo[:, None] + ((hi - lo)[:, None] * sub[None, :]) // REFINE_STEPS
+        grid = np.where(wide[:, None], grid, hi[:, None])
+        idx = np.repeat(np.arange(n), REFINE_STEPS)
+        hit = _first_moves(
+            states, users[idx], grid.ravel(), rows_hit[idx], model, margin, rfm_horizon, idx
+        )
+        # The last sub-step is ``hi`` itself, a move: every user has a first hit.
+        k = hit - np.arange(n) * REFINE_STEPS
+        new_hi = grid[np.arange(n), k]
+        lo = np.where(k > 0, grid[np.arange(n), np.maximum(k - 1, 0)], lo)
+        hi = new_hi
+    for u, t in zip(users.tolist(), hi.tolist(), strict=True):
+        out[u] = int(t)
+    return out
+
+
+def _first_moves(
+    states: Sequence[UserState],
+    owner: np.ndarray,
+    times: np.ndarray,
+    current: np.ndarray,
+    model: SegmentModel,
+    margin: float,
+    rfm_horizon: str,
+    group: np.ndarray | None = None,
+) -> np.ndarray:
+    """Indices into ``times`` of the first time of each ``group`` (default: each owner;
+    ascending within a group, groups ascending overall) at which the centres move user
+    ``states[owner[i]]`` out of segment row ``current[i]``."""
     z = model.scale(quiet_vectors(states, owner, times, rfm_horizon, model.params.features))
     d = model.distances(z)
     best = d.argmin(axis=1)
@@ -203,8 +257,6 @@ def next_moves(
     # The hysteresis of stream.decision.decide: another centre must win by the margin.
     moved = (best != current) & (d[at, best] < (1.0 - margin) * d[at, current])
     hits = np.flatnonzero(moved)
-    # The first hit of each owner: times ascend within an owner, owners ascend overall.
-    first_owner, first_at = np.unique(owner[hits], return_index=True)
-    for u, h in zip(first_owner.tolist(), hits[first_at].tolist(), strict=True):
-        out[u] = int(times[h])
-    return out
+    keys = owner if group is None else group
+    _, first_at = np.unique(keys[hits], return_index=True)
+    return hits[first_at]

@@ -7,7 +7,7 @@ import pytest
 
 from stream.checkpoint import ModelDelta, ModelParams, merge
 from stream.events import Event
-from stream.feature_registry import DAY_MS
+from stream.feature_registry import DAY_MS, HOUR_MS
 from stream.features import UserState, apply_events, compute_features
 from stream.model import SegmentModel
 from stream.quiet_drift import MOVE_STEPS, next_moves, quiet_vectors
@@ -88,18 +88,26 @@ def decided(st: UserState, model: SegmentModel, margin: float) -> UserState:
     return st
 
 
-def first_move_by_day(st: UserState, model: SegmentModel, until: int, margin: float) -> int | None:
-    """The brute force: decide the user again each day, as the sweep would."""
-    t = E + DAY_MS
-    while t < until:
-        z = model.scale(to_vector(compute_features(st, t)))
-        if model.decide(st.segment, z, model.distances(z), margin).changed:
-            return t
-        t += DAY_MS
-    return None
+def moves(st: UserState, model: SegmentModel, t: int, margin: float) -> bool:
+    z = model.scale(to_vector(compute_features(st, t)))
+    return model.decide(st.segment, z, model.distances(z), margin).changed
 
 
-def test_a_quiet_buyer_moves_on_the_day_the_centres_say() -> None:
+def first_move_by_hour(st: UserState, model: SegmentModel, until: int, margin: float) -> int | None:
+    """The brute force: decide the user again each day, as a daily sweep would, then each
+    hour of the day before the first move."""
+    day = E + DAY_MS
+    while day < until and not moves(st, model, day, margin):
+        day += DAY_MS
+    if day >= until:
+        return None
+    t = day - DAY_MS + HOUR_MS
+    while not moves(st, model, t, margin):
+        t += HOUR_MS
+    return t
+
+
+def test_a_quiet_buyer_moves_in_the_hour_the_centres_say() -> None:
     model = two_segment_model()
     st = decided(buyer(0.5, 5), model, 0.1)
     assert next_due(st, E) == st.last_event_ms + 7 * DAY_MS
@@ -108,7 +116,7 @@ def test_a_quiet_buyer_moves_on_the_day_the_centres_say() -> None:
     assert in_a_week is None  # the first week moves nobody
     (found,) = next_moves([st], [E], [until], model, 0.1)
     assert found is not None
-    assert found == first_move_by_day(st, model, until, 0.1)
+    assert found == first_move_by_hour(st, model, until, 0.1)
     assert 10 * DAY_MS < found - (st.last_purchase_ms or 0) < 60 * DAY_MS
     # A wider margin moves them later, never earlier.
     (later,) = next_moves([st], [E], [until], model, 0.3)
@@ -128,8 +136,8 @@ def test_a_batch_of_users_gets_what_each_would_alone() -> None:
     assert together == alone
     assert sum(m is not None for m in together) >= 5  # some do move
     short = [i for i, u in enumerate(until) if u - E <= MOVE_STEPS * DAY_MS]
-    for i in short:  # within MOVE_STEPS days, exactly the brute force's day
-        assert together[i] == first_move_by_day(states[i], model, until[i], 0.1)
+    for i in short:  # within MOVE_STEPS days, exactly the brute force's hour
+        assert together[i] == first_move_by_hour(states[i], model, until[i], 0.1)
 
 
 def test_nothing_to_say_without_a_current_segment_or_time() -> None:
