@@ -7,29 +7,89 @@ checked here at start-up; the key is checked per message by the decoder.
 
 from __future__ import annotations
 
+import re
 import time
+from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.errors import BrokerError, TopicLayoutError
 from stream.settings import Settings
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(dict(settings.kafka_client_config()))
+class Admin(AdminClient):
+    """An admin client that keeps what librdkafka reported while it could not connect
+    (wrong credentials, an untrusted certificate), to say why in one error rather than
+    in a stream of librdkafka log lines."""
+
+    def __init__(self, conf: dict[str, str | int | float | bool]) -> None:
+        self.errors: list[KafkaError] = []
+        # librdkafka logs every failed connection attempt at level 3 (errors), many a
+        # second; below that it is quiet, the failures reach ``errors``, and one
+        # BrokerError says what to do about them.
+        full: dict[str, Any] = {**conf, "error_cb": self.errors.append, "log_level": 2}
+        super().__init__(full)
+
+
+def admin_client(settings: Settings) -> Admin:
+    return Admin(dict(settings.kafka_client_config()))
 
 
 def partition_counts(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:
-    """Every topic's partition count; a readable :class:`BrokerError` if there is no broker."""
+    """Every topic's partition count; a readable :class:`BrokerError` if there is no broker,
+    or it refused the credentials or the certificate."""
     try:
         md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise BrokerError(
-            f"cannot reach the Kafka broker at {bootstrap} ({exc.args[0].str()}). Start it "
-            "(locally: make up) or point SEGMENTER_KAFKA_BOOTSTRAP at a running broker."
-        ) from None
+        errors: list[KafkaError] = []
+        if isinstance(admin, Admin):
+            admin.poll(0.5)  # serves the error callbacks of the attempts
+            errors = admin.errors
+        raise BrokerError(why_unreachable(bootstrap, exc.args[0], errors)) from None
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
+
+
+def why_unreachable(bootstrap: str, failure: KafkaError, errors: list[KafkaError]) -> str:
+    """What to tell a user whose client could not talk to the broker at ``bootstrap``:
+    refused credentials and untrusted certificates by name, the rest as unreachable.
+
+    >>> why_unreachable("b:9093", KafkaError(KafkaError._TRANSPORT, "Failed to get metadata"),
+    ...     [KafkaError(KafkaError._AUTHENTICATION, "sasl_ssl://b:9093/bootstrap: SASL "
+    ...      "authentication error: invalid credentials (after 9ms in state AUTH_REQ)")])
+    ... # doctest: +ELLIPSIS
+    'the Kafka broker at b:9093 refused the SASL credentials (SASL authentication error: ...
+    """
+    by_code = {e.code(): _detail(e.str()) for e in errors}
+    if KafkaError._AUTHENTICATION in by_code:
+        return (
+            f"the Kafka broker at {bootstrap} refused the SASL credentials "
+            f"({by_code[KafkaError._AUTHENTICATION]}). Check SEGMENTER_KAFKA__SASL__USERNAME, "
+            "SEGMENTER_KAFKA__SASL__MECHANISMS and the password in SEGMENTER_KAFKA_SASL_PASSWORD "
+            "(or the file SEGMENTER_KAFKA_SASL_PASSWORD_FILE names)."
+        )
+    if KafkaError._SSL in by_code:
+        why = by_code[KafkaError._SSL]
+        if "certificate verify failed" in why:
+            return (
+                f"the Kafka broker at {bootstrap} presented a TLS certificate this process "
+                f"does not trust ({why}). Set SEGMENTER_KAFKA__SSL__CA__LOCATION to the CA "
+                "certificate (PEM) that signed it."
+            )
+        return (
+            f"TLS with the Kafka broker at {bootstrap} failed ({why}). Check "
+            "SEGMENTER_KAFKA__SECURITY__PROTOCOL and the SEGMENTER_KAFKA__SSL__* settings."
+        )
+    return (
+        f"cannot reach the Kafka broker at {bootstrap} ({failure.str()}). Start it "
+        "(locally: make up) or point SEGMENTER_KAFKA_BOOTSTRAP at a running broker."
+    )
+
+
+def _detail(text: str) -> str:
+    """librdkafka's error text without the broker's name before it and the timing after."""
+    text = re.sub(r"^\S+://\S+: ", "", text)
+    return re.sub(r" \(after \d+ms in state \w+\)$", "", text)
 
 
 def check_input_topics(counts: dict[str, int], settings: Settings) -> int:

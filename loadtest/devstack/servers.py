@@ -233,17 +233,32 @@ def cluster_id(draw: Callable[[], uuid.UUID] = uuid.uuid4) -> str:
             return text
 
 
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener for :func:`start_kafka`: TLS with the server certificate in
+    ``keystore_pem`` (an unencrypted PKCS#8 private key, then the certificate chain), and
+    SCRAM-SHA-256 logins for ``users`` (name -> password), created when the storage is
+    formatted."""
+
+    port: int
+    keystore_pem: Path
+    users: tuple[tuple[str, str], ...]
+
+
 def start_kafka(
     workdir: Path,
     port: int | None = None,
     partitions: int = 4,
     heap_mb: int = 512,
     controller_port: int | None = None,
+    sasl_ssl: SaslSsl | None = None,
 ) -> Server:
     """Start a single-node Apache Kafka 4.x broker+controller in KRaft mode.
 
     Restarting on a ``workdir`` it ran in before keeps its data: pass the same ``port`` and
     ``controller_port`` (the controller's address is part of the formatted metadata).
+    ``sasl_ssl`` adds a SASL_SSL listener beside the plaintext one, which the broker and
+    readiness checks keep using.
     """
     java = install.java_bin()
     if java is None:
@@ -257,17 +272,33 @@ def start_kafka(
     data = workdir / "kafka-data"
     props = workdir / "server.properties"
     workdir.mkdir(parents=True, exist_ok=True)
+    listeners = f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}"
+    advertised = f"PLAINTEXT://{HOST}:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    secure: list[str] = []
+    if sasl_ssl is not None:
+        listeners += f",SASL_SSL://{HOST}:{sasl_ssl.port}"
+        advertised += f",SASL_SSL://{HOST}:{sasl_ssl.port}"
+        protocols += ",SASL_SSL:SASL_SSL"
+        secure = [
+            "sasl.enabled.mechanisms=SCRAM-SHA-256",
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.ssl.keystore.type=PEM",
+            f"listener.name.sasl_ssl.ssl.keystore.location={sasl_ssl.keystore_pem.resolve()}",
+        ]
     props.write_text(
         "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers={HOST}:{controller}",
-                f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller}",
-                f"advertised.listeners=PLAINTEXT://{HOST}:{port}",
+                f"listeners={listeners}",
+                f"advertised.listeners={advertised}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"listener.security.protocol.map={protocols}",
                 "inter.broker.listener.name=PLAINTEXT",
+                *secure,
                 f"log.dirs={data}",
                 f"num.partitions={partitions}",
                 "offsets.topic.replication.factor=1",
@@ -307,6 +338,11 @@ def start_kafka(
                 cluster_id(),
                 "-c",
                 str(props),
+                *(
+                    arg
+                    for name, password in (sasl_ssl.users if sasl_ssl else ())
+                    for arg in ("--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]")
+                ),
             ],
             capture_output=True,
             text=True,

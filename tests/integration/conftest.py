@@ -143,7 +143,7 @@ def produce(
         key = (msg.topic(), msg.partition())
         ends[key] = max(ends.get(key, 0), msg.offset() + 1)
 
-    p = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    p = Producer({**settings.kafka_client_config(), "linger.ms": 5})
     for topic, key, value in messages:
         p.produce(topic, value, key, on_delivery=on_delivery)
         p.poll(0)

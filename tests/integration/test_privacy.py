@@ -4,7 +4,6 @@ Redis credentials and TLS."""
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from state.redis_store import RedisStore
 from stream.errors import RedisError
 from stream.privacy import pseudonymise
 from stream.settings import Settings
+from tests.integration.certs import make_server_cert
 from tests.integration.conftest import cli, produce
 from tests.integration.kafka_read import Record, read_topic
 from tests.integration.shoppers import make_events
@@ -287,35 +287,20 @@ def test_forget_refuses_without_confirmation_and_erases_nothing_when_a_server_is
 # -- Redis credentials and TLS on a real server ----------------------------------------------
 
 
-def _openssl(command: str, cwd: Path) -> None:
-    subprocess.run(
-        ["openssl", *command.split()], cwd=cwd, check=True, capture_output=True, timeout=60
-    )
-
-
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, int, Path]]:
     """A Redis with a TLS port (certificate of a test CA, for 127.0.0.1) and an ACL user
     ``segmenter`` / ``tls-user-password`` allowed only :data:`SEGMENTER_ACL`; the plain port
     serves readiness checks only."""
     d = tmp_path_factory.mktemp("redis-tls")
-    _openssl(
-        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=test-ca -keyout ca.key -out ca.crt", d
-    )
-    _openssl("req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout srv.key -out srv.csr", d)
-    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl(
-        "x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 "
-        "-extfile san.cnf -out srv.crt",
-        d,
-    )
+    cert = make_server_cert(d)
     tls_port = servers.free_port()
-    tls = f"--tls-port {tls_port} --tls-cert-file {d}/srv.crt --tls-key-file {d}/srv.key "
-    tls += f"--tls-ca-cert-file {d}/ca.crt --tls-auth-clients no"
+    tls = f"--tls-port {tls_port} --tls-cert-file {cert.cert} --tls-key-file {cert.key} "
+    tls += f"--tls-ca-cert-file {cert.ca} --tls-auth-clients no"
     # The least privileges docs/security.md documents; one option's values as words.
     acl = f"--user segmenter on >tls-user-password ~* resetchannels -@all {SEGMENTER_ACL}"
     server = servers.start_redis(d, extra_args=(*tls.split(), *acl.split()))
-    yield server, tls_port, d / "ca.crt"
+    yield server, tls_port, cert.ca
     server.stop()
 
 
