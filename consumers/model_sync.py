@@ -116,6 +116,26 @@ class ModelSync:
             )
         return None
 
+    def _past_floor(self, current: Checkpoint) -> Checkpoint:
+        """``current`` with its next segment id and version past :attr:`id_floor`: a model
+        older than what the committed offsets record (a replica promoted before it got the
+        last one) must not give out again an id or a version readers have seen."""
+        next_id, version = self.id_floor
+        if current.next_id >= next_id and current.version >= version:
+            return current
+        log.warning(
+            "Redis's model (version %d, next segment id %d) is older than the one the "
+            "committed offsets record (version %d, next id %d): new segments and versions "
+            "start past those",
+            current.version,
+            current.next_id,
+            version,
+            next_id,
+        )
+        return replace(
+            current, next_id=max(current.next_id, next_id), version=max(current.version, version)
+        )
+
     # -- start-up -------------------------------------------------------------------------
 
     def restore(self) -> None:
@@ -202,6 +222,8 @@ class ModelSync:
             ) -> tuple[Checkpoint, list[dict[str, Any]]]:
                 if current is None:
                     current = self._start_from()
+                else:
+                    current = self._past_floor(current)
                 seeding = (current is None or not current.ready) and (
                     self._sample_size() >= params.warmup_users
                 )
