@@ -161,6 +161,7 @@ class Segmenter:
             }
         )
         self.txn.consumer = self._consumer
+        self.rebuild.consumer = self._consumer
         self._consumer.subscribe(
             [s.clicks_topic, s.purchases_topic],
             on_assign=self._on_assign,
@@ -301,19 +302,19 @@ class Segmenter:
         (:mod:`consumers.transaction`). Replaying is safe, so recovery needs no special path.
         """
         msgs, eofs = self._past_ends(msgs)
-        replay, msgs = self.rebuild.split(self._hold_back(msgs), eofs)
+        replay, msgs, held = self.rebuild.split(msgs, eofs)
+        self.rebuild.hold(held)
+        # A failed batch holds back live messages only: a replay decides nothing in doubt.
+        msgs = self._hold_back(msgs)
         if replay and self._batch(replay, replaying=True) is None:
             # Not one event past a replay that failed: it is read again first.
-            assert self._consumer is not None
             firsts: dict[tuple[str, int], int] = {}
             for m in msgs:
                 if m.error() is None:
                     firsts.setdefault(
                         (str(m.topic()), int(m.partition() or 0)), int(m.offset() or 0)
                     )
-            for (topic, part), off in firsts.items():
-                with contextlib.suppress(KafkaException):
-                    self._consumer.seek(TopicPartition(topic, part, off))
+            self._rewind(firsts)
             return BatchResult()
         return (self._batch(msgs) if msgs else None) or BatchResult()
 
@@ -334,11 +335,17 @@ class Segmenter:
                 rewind[key] = off
             if m.error() is not None or key not in rewind:
                 keep.append(m)
+        self._rewind(rewind)
+        return keep
+
+    def _rewind(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Seek the consumer back to read ``{(topic, partition): offset}`` again."""
+        if not offsets:
+            return
         assert self._consumer is not None
-        for (topic, part), off in rewind.items():
+        for (topic, part), off in offsets.items():
             with contextlib.suppress(KafkaException):
                 self._consumer.seek(TopicPartition(topic, part, off))
-        return keep
 
     def _batch(self, msgs: list[Message], replaying: bool = False) -> BatchResult | None:
         """:meth:`handle` of messages of one kind: to process, or to replay (below the

@@ -104,6 +104,12 @@ class Metrics:
             "Input offsets Redis lost that Kafka no longer retains.",
             registry=registry,
         )
+        self.incomplete_users = Counter(
+            "segmenter_incomplete_users_total",
+            "User states rebuilt without events Redis lost and Kafka no longer retained "
+            "(SEGMENTER_ON_LOST_HISTORY=continue); marked state_incomplete.",
+            registry=registry,
+        )
         self.rebuilding = Gauge(
             "segmenter_rebuilding_partitions",
             "Input partitions being rebuilt from Kafka (not ready while above 0).",

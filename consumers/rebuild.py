@@ -22,6 +22,7 @@ offsets; ``continue`` rebuilds what there is and says what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -34,14 +35,19 @@ from consumers.model_sync import ModelSync
 from consumers.published import read_published
 from consumers.transaction import BatchTransaction
 from state.redis_store import RedisStore
+from stream.batch import UserUpdate
 from stream.errors import BrokerError, SegmenterError
+from stream.features import compute_features
 from stream.messages import iso_ms
 from stream.settings import Settings
-from stream.state_gaps import describe, find_gaps, id_floor
+from stream.state_gaps import Gap, describe, find_gaps, heard_of, id_floor
 
 log = logging.getLogger("segmenter")
 
 __all__ = ["HistoryLostError", "Rebuild"]
+
+#: Users read from Redis at a time when bringing states in line with segments.current.
+_CHUNK = 2_000
 
 
 class HistoryLostError(SegmenterError):
@@ -73,6 +79,10 @@ class Rebuild:
         self._oldest_ms: int | None = None
         #: Partitions whose end of replay the last split reached.
         self._reached: set[tuple[str, int]] = set()
+        #: The process's consumer, once it exists: held partitions are paused on it.
+        self.consumer: Consumer | None = None
+        #: Partitions paused until every topic of their number is replayed.
+        self._paused: set[tuple[str, int]] = set()
 
     @property
     def active(self) -> bool:
@@ -138,8 +148,17 @@ class Rebuild:
             self._started = time.monotonic()
             self._replayed = 0
             self._oldest_ms = None
+        if lost:
+            # ``continue``: what Kafka still has is rebuilt, and its users are marked.
+            self.txn.incomplete |= {int(g.position.rpartition(":")[2]) for g in lost}
         if self.txn.published is None:
             self.txn.published = read_published(s)
+        try:
+            self._heard_of(gaps, by_pos)
+        except SegmenterError as exc:
+            self.txn.epoch = None  # the next batch checks again
+            log.warning("Redis not brought in line with %s (%s); again later", s.current_topic, exc)
+            return
         resume: dict[tuple[str, int], int] = {}
         for g in gaps:
             topic, _, num = g.position.rpartition(":")
@@ -157,13 +176,54 @@ class Rebuild:
             raise BrokerError(f"could not rewind to rebuild Redis ({exc})") from None
         self._gauge()
 
+    def _heard_of(self, gaps: list[Gap], by_pos: dict[str, tuple[int, str | None]]) -> None:
+        """Give users of the gaps' partitions whose stored segment is not the one readers
+        last heard of that one (:func:`~stream.state_gaps.heard_of`): changes made without
+        an event in what Redis lost are not in Kafka's input to replay. Reads every user
+        of ``segments.current``, in chunks, once per rebuild."""
+        published = self.txn.published or {}
+        numbers = {int(g.position.rpartition(":")[2]) for g in gaps}
+        committed = self.txn.committed_with_marks(numbers)
+        committed.update({pos: off for pos, (off, _) in by_pos.items()})
+        wm, horizon = self.sync.watermark.value, self.settings.rfm_horizon
+        users = list(published)
+        fixed = 0
+        for i in range(0, len(users), _CHUNK):
+            found = heard_of(
+                self.store.load_states(users[i : i + _CHUNK]), published, numbers, committed
+            )
+            if not found:
+                continue
+            self.store.write_updates(
+                [
+                    UserUpdate(u, st, compute_features(st, wm, horizon), was, None, None)
+                    for u, st, was in found
+                ],
+                self.sync.model.version,
+                int(time.time() * 1000),
+                wm,
+            )
+            fixed += len(found)
+        if fixed:
+            log.info(
+                "%d users given back the segment of their last published change (made "
+                "without an event of theirs, in what Redis lost)",
+                fixed,
+            )
+
     def split(
         self,
         msgs: list[Message],
         eofs: Mapping[tuple[str, int], int] | None = None,
-    ) -> tuple[list[Message], list[Message]]:
-        """``msgs`` as (to replay, to process as usual): those below their partition's end
-        of replay, and the rest.
+    ) -> tuple[list[Message], list[Message], dict[tuple[str, int], int]]:
+        """``msgs`` as (to replay, to process as usual, held back): those below their
+        partition's end of replay, the rest, and where to read again the messages held.
+
+        A user's events are in the input partition of one number in every input topic, so
+        no message of a number is processed as usual while one of its topics still replays:
+        the user's state is not whole yet, and a replayed user takes the segment readers
+        heard of last, which a change made meanwhile would contradict. Those messages are
+        held back (``{(topic, partition): first offset}``) for the consumer to read again.
 
         A partition stops replaying once the replayed messages before its end are written
         (:meth:`replayed`), not before: when ``msgs`` reach its end, or when the consumer
@@ -174,9 +234,9 @@ class Rebuild:
         below: it ends nothing.
         """
         if not self.ends:
-            return [], msgs
+            return [], msgs, {}
         replay: list[Message] = []
-        live: list[Message] = []
+        rest: list[Message] = []
         reached: set[tuple[str, int]] = set()
         for m in msgs:
             key = (str(m.topic()), int(m.partition() or 0))
@@ -186,16 +246,51 @@ class Rebuild:
             else:
                 if end is not None and m.error() is None:
                     reached.add(key)
-                live.append(m)
+                rest.append(m)
         for key, position in (eofs or {}).items():
             end = self.ends.get(key)
             if end is not None and position >= end:
                 reached.add(key)
         self._reached = reached
+        # Numbers with a topic whose replay this poll does not end.
+        pending = {key[1] for key in self.ends if key not in reached}
+        live: list[Message] = []
+        held: dict[tuple[str, int], int] = {}
+        for m in rest:
+            key = (str(m.topic()), int(m.partition() or 0))
+            if m.error() is None and key[1] in pending:
+                held.setdefault(key, int(m.offset() or 0))
+            else:
+                live.append(m)
         if not replay:
             for key in reached:
                 self.finish(key)
-        return replay, live
+        return replay, live, held
+
+    def hold(self, held: Mapping[tuple[str, int], int]) -> None:
+        """Rewind the partitions :meth:`split` held back to their first message held, and
+        pause them until every topic of their number is replayed (:meth:`finish`), so the
+        consumer does not fetch them again and again meanwhile."""
+        if not held or self.consumer is None:
+            return
+        try:
+            for (topic, part), off in held.items():
+                self.consumer.seek(TopicPartition(topic, part, off))
+            # Every time: an assignment since may have resumed it.
+            self.consumer.pause([TopicPartition(*key) for key in held])
+            self._paused.update(held)
+        except KafkaException as exc:
+            raise BrokerError(f"could not hold back partitions during a rebuild ({exc})") from None
+
+    def _release(self, number: int | None = None) -> None:
+        """Resume the held partitions of input partition ``number`` (``None``: all)."""
+        keys = [k for k in self._paused if number is None or k[1] == number]
+        if not keys:
+            return
+        self._paused.difference_update(keys)
+        if self.consumer is not None:
+            with contextlib.suppress(KafkaException):
+                self.consumer.resume([TopicPartition(*key) for key in keys])
 
     def replayed(
         self, last: dict[tuple[str, int], int], events: int, oldest_ms: int | None
@@ -217,9 +312,12 @@ class Rebuild:
             return
         self._gauge()
         log.info("%s:%d replayed up to offset %d", key[0], key[1], end)
+        if not any(k[1] == key[1] for k in self.ends):
+            self._release(key[1])
         if self.ends:
             return
         self.txn.published = None
+        self.txn.incomplete = set()
         took = time.monotonic() - self._started
         oldest = ""
         if self._oldest_ms is not None:
@@ -235,6 +333,7 @@ class Rebuild:
         """Revoked partitions: their next owner finds the same gap and replays it."""
         for tp in parts:
             self.ends.pop((tp.topic, tp.partition), None)
+            self._paused.discard((tp.topic, tp.partition))
         self._gauge()
 
     def _gauge(self) -> None:

@@ -62,7 +62,7 @@ from stream.errors import BrokerError, RedisError, StateLostError
 from stream.events import DeadLetter, Event
 from stream.reassessment import QueueEntry
 from stream.settings import Settings
-from stream.state_gaps import Published, adopt_published, commit_metadata
+from stream.state_gaps import Published, adopt_published, commit_metadata, mark_incomplete
 
 __all__ = ["BatchTransaction", "producer_config", "transactional_id"]
 
@@ -123,6 +123,9 @@ class BatchTransaction:
         self.held: dict[str, int] = {}
         #: While a rebuild replays: each user's last published segment (segments.current).
         self.published: dict[str, Published] | None = None
+        #: While a rebuild replays: input partitions whose history Kafka no longer wholly
+        #: retains (SEGMENTER_ON_LOST_HISTORY=continue); users it rebuilds there are marked.
+        self.incomplete: set[int] = set()
         #: After a failed batch, its last offsets: the retry reads no further (``recover``).
         self.retry_until: dict[tuple[str, int], int] = {}
         #: Users in the model's sample, as of the last batch that added some.
@@ -247,6 +250,8 @@ class BatchTransaction:
             # Rebuilt users keep the segment downstream readers last heard of; those who
             # never heard of one are decided once the rebuild is over.
             self.model.unassigned += adopt_published(result.updates, self.published)
+            if self.incomplete:
+                self.metrics.incomplete_users.inc(mark_incomplete(result.updates, self.incomplete))
         if self.model.unassigned:
             self.store.queue(self.model.unassigned, self.model.version)
             self.model.unassigned = []
@@ -391,6 +396,12 @@ class BatchTransaction:
     def _mark(self, partition: int) -> str:
         """The mark position of an input partition (see :func:`stream.batch.process_batch`)."""
         return f"{self.settings.marks_topic}:{partition}"
+
+    def committed_with_marks(self, partitions: set[int]) -> dict[str, int]:
+        """The committed offsets this process knows, with the group's marks of
+        ``partitions`` read where it knows none: what a stored change is checked against."""
+        self._load_marks(partitions)
+        return dict(self.committed)
 
     def _load_marks(self, partitions: set[int]) -> None:
         """Read the group's committed marks of ``partitions`` this process does not know."""

@@ -45,6 +45,8 @@ def user_hash(
     }
     if update.rfm is not None:
         fields["rfm"] = update.rfm.code
+    if s.incomplete:
+        fields["state_incomplete"] = "true"
     if s.segment is not None:
         fields["segment"] = str(s.segment)
         fields["segment_name"] = s.segment_name or ""

@@ -452,6 +452,7 @@ def _decide(
                 watermark_ms=watermark_ms,
                 reason=p.reason,
                 rfm=None if scores is None else (scores.r, scores.f, scores.m),
+                state_incomplete=state.incomplete,
             )
             state.last_change = StoredChange.of(p.trigger_pos, p.trigger_offset, change)
         else:

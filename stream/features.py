@@ -95,6 +95,9 @@ class UserState:
     #: event that triggered it. A replay of that very event means the change may not have
     #: been committed, so it is published again, byte for byte.
     last_change: StoredChange | None = None
+    #: The state was rebuilt after Redis lost writes that Kafka no longer retained
+    #: (``SEGMENTER_ON_LOST_HISTORY=continue``): it may lack some of the user's events.
+    incomplete: bool = False
 
     def buckets(self) -> tuple[dict[int, list[float]], ...]:
         """The bucket maps, in :data:`GRAINS` order."""
@@ -125,6 +128,7 @@ class UserState:
                 "offset": self.last_change.offset,
                 "value": self.last_change.value().decode(),
             },
+            **({"x": 1} if self.incomplete else {}),
         }
 
     @classmethod
@@ -151,6 +155,7 @@ class UserState:
             segment_name=d.get("sn"),
             segment_since_ms=d.get("ss"),
             last_change=_stored_change(d.get("lc")),
+            incomplete=bool(d.get("x", 0)),
         )
 
     def copy(self) -> UserState:
@@ -172,6 +177,7 @@ class UserState:
             segment_name=self.segment_name,
             segment_since_ms=self.segment_since_ms,
             last_change=self.last_change,  # frozen: shared, not copied
+            incomplete=self.incomplete,
         )
 
 

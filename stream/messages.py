@@ -70,6 +70,9 @@ class SegmentChange:
     reason: str | None = None
     #: The user's RFM quintile scores (recency, frequency, monetary; 1-5, 5 best).
     rfm: tuple[int, int, int] | None = None
+    #: The user's state was rebuilt without events Redis lost and Kafka no longer
+    #: retained (``SEGMENTER_ON_LOST_HISTORY=continue``); the field is left out otherwise.
+    state_incomplete: bool = False
 
     def to_json(self) -> bytes:
         """The message value for ``segments.changes`` and ``segments.current``."""
@@ -101,5 +104,6 @@ class SegmentChange:
                     "code": "%d%d%d" % self.rfm,  # noqa: UP031
                 },
                 "features": self.features,
+                **({"state_incomplete": True} if self.state_incomplete else {}),
             }
         )

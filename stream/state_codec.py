@@ -70,6 +70,7 @@ _LC = struct.Struct("<qI")
 _KEY_BYTES = 6
 _HAS_LAST_CHANGE = 1
 _HAS_SEGMENT_NAME = 2
+_INCOMPLETE = 4
 _GRAINS = GRAINS
 
 
@@ -104,8 +105,10 @@ def encode_state(s: UserState) -> bytes:
     """The state as a compact blob (the inverse of :func:`decode_state`)."""
     if len(s.minutes) > 255 or len(s.recent_events) > 255 or len(s.offsets) > 255:
         raise ValueError("state holds more rows, keys or offsets than the format's 255")
-    flags = (_HAS_LAST_CHANGE if s.last_change is not None else 0) | (
-        _HAS_SEGMENT_NAME if s.segment_name is not None else 0
+    flags = (
+        (_HAS_LAST_CHANGE if s.last_change is not None else 0)
+        | (_HAS_SEGMENT_NAME if s.segment_name is not None else 0)
+        | (_INCOMPLETE if s.incomplete else 0)
     )
     out = [
         _HEADER.pack(
@@ -251,6 +254,7 @@ def decode_state(blob: bytes) -> UserState:
         last_purchase_ms=None if last_purchase == _NO_TIME else last_purchase,
         segment=None if segment < 0 else segment,
         segment_since_ms=None if since == _NO_TIME else since,
+        incomplete=bool(flags & _INCOMPLETE),
     )
     for _ in range(n_cat):
         name = r.text()

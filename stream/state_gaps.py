@@ -28,12 +28,15 @@ CommitMark(epoch='3f9a', next_id=12, version=40)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from stream.batch import partition_of
+
 if TYPE_CHECKING:
     from stream.batch import UserUpdate
+    from stream.features import UserState
 
 __all__ = [
     "GAP_KINDS",
@@ -44,7 +47,9 @@ __all__ = [
     "commit_metadata",
     "describe",
     "find_gaps",
+    "heard_of",
     "id_floor",
+    "mark_incomplete",
     "parse_metadata",
 ]
 
@@ -240,3 +245,60 @@ def adopt_published(updates: Iterable[UserUpdate], published: Mapping[str, Publi
             u.state.segment, u.state.segment_name = pub.segment, pub.name
             u.state.segment_since_ms = pub.since_ms
     return unheard
+
+
+def mark_incomplete(updates: Iterable[UserUpdate], partitions: Collection[int]) -> int:
+    """Mark the users a replay rebuilt on input ``partitions`` whose history Kafka no
+    longer wholly retains: their state may lack events Redis lost. Returns how many.
+
+    >>> from stream.batch import UserUpdate
+    >>> from stream.features import UserState
+    >>> ups = [UserUpdate(u, UserState(offsets={f"c:{p}": 9}), {}, None, None, None)
+    ...        for u, p in (("a", 0), ("b", 1))]
+    >>> mark_incomplete(ups, {1}), [u.state.incomplete for u in ups]
+    (1, [False, True])
+    """
+    marked = 0
+    for u in updates:
+        if u.write and u.state.offsets and partition_of(u.state) in partitions:
+            u.state.incomplete = True
+            marked += 1
+    return marked
+
+
+def heard_of(
+    states: Mapping[str, UserState | None],
+    published: Mapping[str, Published],
+    partitions: Collection[int],
+    committed: Mapping[str, int],
+) -> list[tuple[str, UserState, int | None]]:
+    """Users on input ``partitions`` whose stored segment is not the one downstream readers
+    last heard of, each as ``(user, state with the published segment, stored segment)``.
+
+    A replay restores what input events decided; a change made without an event (a sweep,
+    a retired segment's members moved) in what Redis lost is restored here, from
+    ``segments.current``. A user whose stored last change is not known committed
+    (``committed``: offsets by position) is left alone: that change is published again,
+    with the state that holds it, when its batch is read again.
+
+    >>> from stream.features import UserState
+    >>> states = {u: UserState(offsets={f"c:{p}": 5}, segment=1) for u, p in (("a", 0), ("b", 1))}
+    >>> [(u, st.segment, was) for u, st, was in heard_of(
+    ...     states, {"a": Published(4, "loyal", 9), "b": Published(4, "loyal", 9)}, {0}, {})]
+    [('a', 4, 1)]
+    """
+    out: list[tuple[str, UserState, int | None]] = []
+    for user, st in states.items():
+        pub = published.get(user)
+        if st is None or pub is None or not st.offsets or partition_of(st) not in partitions:
+            continue
+        if st.segment == pub.segment and st.segment_name == pub.name:
+            continue
+        lc = st.last_change
+        if lc is not None and lc.offset >= committed.get(lc.pos, 0):
+            continue
+        was = st.segment
+        st = st.copy()
+        st.segment, st.segment_name, st.segment_since_ms = pub.segment, pub.name, pub.since_ms
+        out.append((user, st, was))
+    return out

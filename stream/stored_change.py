@@ -112,6 +112,9 @@ def _text(value: str, out: list[bytes]) -> None:
 
 
 def _pack(c: SegmentChange) -> bytes:
+    if c.state_incomplete:
+        # Rare (a rebuild without part of the history): kept as JSON, not in the layout.
+        raise ValueError("the packed layout has no state_incomplete")
     change_id = bytes.fromhex(c.change_id)
     if len(change_id) != 16 or change_id.hex() != c.change_id:
         raise ValueError("change id is not 32 lower-case hex digits")
@@ -249,6 +252,7 @@ def _parse(raw: bytes) -> SegmentChange | None:
             rfm=None
             if m.get("rfm") is None
             else (m["rfm"]["recency"], m["rfm"]["frequency"], m["rfm"]["monetary"]),
+            state_incomplete=bool(m.get("state_incomplete", False)),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -157,3 +157,10 @@ def test_fenced_write_args_follow_the_scripts_layout() -> None:
     rest = dict(zip(args[6::2], args[7::2], strict=True))
     assert {k: v for k, v in rest.items() if k != "_on"} == user_hash(u, 4, T)
     assert args[-2:] == ["_on", "2"]
+
+
+def test_an_incomplete_state_is_marked_in_the_hash() -> None:
+    u = make_update(2, "high_value", T - HOUR_MS)
+    assert "state_incomplete" not in user_hash(u, 1, T)
+    u.state.incomplete = True
+    assert user_hash(u, 1, T)["state_incomplete"] == "true"

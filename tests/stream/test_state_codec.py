@@ -175,3 +175,12 @@ def test_a_stored_change_round_trips_packed(previous: int | None, days_since: fl
     s.last_change = None
     # Packed as fields, the change takes well under half its JSON.
     assert len(blob) - len(encode_state(s)) < len(change.to_json()) // 2
+
+
+def test_an_incomplete_state_stays_marked() -> None:
+    s = _rich()
+    s.incomplete = True
+    back = decode_state(encode_state(s))
+    assert back.incomplete and back == s
+    assert UserState.from_dict(s.to_dict()).incomplete
+    assert not decode_state(encode_state(_rich())).incomplete

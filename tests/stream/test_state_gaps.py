@@ -58,3 +58,18 @@ def test_what_kafka_no_longer_retains_is_named() -> None:
     # Retention has moved past the committed offset: nothing left to replay.
     (gap,) = find_gaps({"c:0": (100, META)}, None, {}, {"c:0": 150})
     assert (gap.resume, gap.lost, gap.replay) == (150, (0, 150), 0)
+
+
+def test_only_users_rebuilt_on_partitions_with_lost_history_are_marked() -> None:
+    from stream.batch import UserUpdate
+    from stream.features import UserState
+    from stream.state_gaps import mark_incomplete
+
+    ups = [
+        UserUpdate("a", UserState(offsets={"shop.clicks:0": 4}), {}, None, None, None),
+        UserUpdate("b", UserState(offsets={"shop.purchases:2": 9}), {}, None, None, None),
+        # Only publishing a change again: nothing of the state is written.
+        UserUpdate("c", UserState(offsets={"shop.clicks:2": 1}), {}, None, None, None, write=False),
+    ]
+    assert mark_incomplete(ups, {2}) == 1
+    assert [u.state.incomplete for u in ups] == [False, True, False]

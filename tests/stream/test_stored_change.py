@@ -132,3 +132,12 @@ def test_fields_the_packing_does_not_know_fall_back_to_json() -> None:
         s = StoredChange.of("shop.clicks:0", 1, c)
         assert s.packed[0] == 0
         assert s.value() == c.to_json()
+
+
+def test_a_change_of_an_incomplete_state_says_so_and_is_kept_exactly() -> None:
+    c = change(state_incomplete=True)
+    assert orjson.loads(c.to_json())["state_incomplete"] is True
+    assert "state_incomplete" not in orjson.loads(change().to_json())  # left out otherwise
+    s = StoredChange.of("shop.clicks:3", 17, c)
+    assert s.value() == c.to_json()
+    assert StoredChange.from_json("shop.clicks:3", 17, c.to_json()).value() == c.to_json()
