@@ -48,9 +48,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from threading import Event as StopFlag
 
 import orjson
@@ -91,6 +93,50 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "queue.buffering.max.messages": 1_000_000,
         **settings.kafka_client_config(),
     }
+
+
+#: Longest a Kafka transaction's commit may block before the process exits. The calls
+#: have timeouts of their own (30 s and 60 s), but after a broker outage librdkafka can
+#: block in send_offsets_to_transaction past them, for good (issues 5456 and 5511).
+STUCK_S = 120.0
+
+
+def _exit_stuck(what: str, seconds: float) -> None:
+    log.error(
+        "%s blocked for %.0f s (librdkafka can hang there after a broker outage): exiting "
+        "with code 1 for the supervisor to restart this process. Nothing is lost: the batch "
+        "was not committed and is read again.",
+        what,
+        seconds,
+    )
+    logging.shutdown()
+    os._exit(1)
+
+
+@contextlib.contextmanager
+def watchdog(
+    what: str, seconds: float, on_stuck: Callable[[str, float], None] = _exit_stuck
+) -> Iterator[None]:
+    """Call ``on_stuck(what, seconds)`` from another thread if the block takes longer than
+    ``seconds``; by default that exits the process, as no Python code can interrupt a
+    blocked librdkafka call.
+
+    >>> stuck = []
+    >>> with watchdog("waiting", 0.01, lambda what, s: stuck.append(what)):
+    ...     threading.Event().wait(0.2)
+    False
+    >>> with watchdog("done in time", 5.0, lambda what, s: stuck.append(what)):
+    ...     pass
+    >>> stuck
+    ['waiting']
+    """
+    timer = threading.Timer(seconds, on_stuck, args=(what, seconds))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class BatchTransaction:
@@ -173,7 +219,11 @@ class BatchTransaction:
 
     def close(self) -> None:
         if self._producer is not None:
-            self._producer.flush(10)
+            try:
+                self._producer.flush(10)
+            except KafkaException as exc:
+                # A fenced or failed producer: nothing of it is committed; say so, once.
+                log.warning("the producer was not flushed on the way out: %s", exc.args[0].str())
             self._producer = None
 
     # -- one transaction ------------------------------------------------------------------
@@ -276,11 +326,12 @@ class BatchTransaction:
             else [TopicPartition(t, p, off + 1, metadata=meta) for (t, p), off in last.items()]
         )
         if txn:
-            if offsets:
-                self._producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata(), 30
-                )
-            self._producer.commit_transaction(60)
+            with watchdog("committing a Kafka transaction", STUCK_S):
+                if offsets:
+                    self._producer.send_offsets_to_transaction(
+                        offsets, self.consumer.consumer_group_metadata(), 30
+                    )
+                self._producer.commit_transaction(60)
             if self._delivery_errors:
                 raise BrokerError(f"delivery failed: {'; '.join(self._delivery_errors[:3])}")
         elif offsets and not replaying:
