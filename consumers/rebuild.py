@@ -15,9 +15,16 @@ published and committed before. The per-user offset fence makes the replay idemp
 for users whose state survived. While a partition replays, ``/readyz`` is false, sweeps
 and queued users wait, and ``segmenter_rebuilding_partitions`` counts it.
 
+What readers were told is the reference: replayed users keep the segment of their last
+change on ``segments.current``, and before the replay, users of the gap's partitions whose
+stored segment is not that one get it back (their change was made without an event, so
+no input replays it). Until every input topic of a partition number is replayed, new
+messages of that number wait (paused), so no change is decided on half a user's history.
+
 Where Kafka no longer retains what Redis lost, ``SEGMENTER_ON_LOST_HISTORY`` decides:
 ``stop`` (the default) exits with :class:`HistoryLostError`, naming the partitions and
-offsets; ``continue`` rebuilds what there is and says what is missing.
+offsets; ``continue`` rebuilds what there is, says what is missing, and marks the users
+it rebuilt there ``state_incomplete``.
 """
 
 from __future__ import annotations
@@ -273,18 +280,17 @@ class Rebuild:
         consumer does not fetch them again and again meanwhile."""
         if not held or self.consumer is None:
             return
-        try:
+        # A partition that cannot be sought or paused was revoked: its next owner rebuilds.
+        with contextlib.suppress(KafkaException):
             for (topic, part), off in held.items():
                 self.consumer.seek(TopicPartition(topic, part, off))
             # Every time: an assignment since may have resumed it.
             self.consumer.pause([TopicPartition(*key) for key in held])
-            self._paused.update(held)
-        except KafkaException as exc:
-            raise BrokerError(f"could not hold back partitions during a rebuild ({exc})") from None
+        self._paused.update(held)
 
-    def _release(self, number: int | None = None) -> None:
-        """Resume the held partitions of input partition ``number`` (``None``: all)."""
-        keys = [k for k in self._paused if number is None or k[1] == number]
+    def _release(self, number: int) -> None:
+        """Resume the held partitions of input partition ``number``."""
+        keys = [k for k in self._paused if k[1] == number]
         if not keys:
             return
         self._paused.difference_update(keys)
