@@ -325,6 +325,13 @@ class BatchTransaction:
             if replaying
             else [TopicPartition(t, p, off + 1, metadata=meta) for (t, p), off in last.items()]
         )
+        if txn and self._renew_producer:
+            # The brokers went away while this batch ran: a producer that lived through it
+            # can hang in send_offsets_to_transaction. Abort, and retry with a fresh one.
+            raise BrokerError(
+                "every Kafka broker was down during the batch; it is read again with a fresh "
+                "producer"
+            )
         if txn:
             with watchdog("committing a Kafka transaction", STUCK_S):
                 if offsets:
@@ -380,7 +387,8 @@ class BatchTransaction:
             self.metrics.redis_errors.inc()
         if self.settings.transactional:
             try:
-                self._producer.abort_transaction(30)
+                with watchdog("aborting a Kafka transaction", STUCK_S):
+                    self._producer.abort_transaction(30)
             except KafkaException as abort_exc:
                 if abort_exc.args[0].fatal():
                     raise BrokerError(
