@@ -384,6 +384,20 @@ def _mib(b: float) -> str:
     return f"{b / 2**20:.1f}"
 
 
+def _cell(text: str) -> str:
+    """A detail fit for one table cell: what it says first (up to a colon) and the last
+    line of the log excerpt after it, pipes escaped.
+
+    >>> _cell("process 1 exited with code 1: ...(after 0ms)\\n2026 ERROR it | stopped\\n")
+    'process 1 exited with code 1: 2026 ERROR it \\\\| stopped'
+    """
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    cell = lines[0] if len(lines) == 1 else f"{lines[0].split(': ', 1)[0]}: {lines[-1]}"
+    return cell.replace("|", "\\|")
+
+
 def render(doc: dict[str, Any]) -> str:
     c = doc["counts"]
     exact = c["wrong"] == 0 and c["missing"] == 0 and c["counted"] == doc["acknowledged"]
@@ -412,7 +426,7 @@ def render(doc: dict[str, Any]) -> str:
         "",
         "| at (UTC) | fault | detail |",
         "|---|---|---|",
-        *(f"| {f['at']} | {f['fault']} | {f.get('detail', '')} |" for f in doc["faults"]),
+        *(f"| {f['at']} | {f['fault']} | {_cell(f.get('detail', ''))} |" for f in doc["faults"]),
         "",
         "## Memory, sampled every minute",
         "",
