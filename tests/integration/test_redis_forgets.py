@@ -254,72 +254,77 @@ def test_redis_lost_what_kafka_no_longer_retains(
     txn_settings: Settings, tmp_path: Path, choice: str
 ) -> None:
     own = servers.start_redis(tmp_path / "redis")
-    s = txn_settings.replace(redis_url=f"redis://{own.address}/0", on_lost_history=choice)
-    p = s.redis_prefix
-    rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
-    messages, expected = make_events(s, n_users=300, seed=31)
-    half = len(messages) // 2
-    log = tmp_path / "segmenter.log"
-    ends = produce(s, messages[:half])
-    proc = spawn(s, str(log))
-    try:  # the older half, committed; then the segmenter stops
-        wait_committed(s, ends)
-        wait_settled(s, rds)
-    finally:
-        assert stop_gracefully(s, proc) == 0
-    # Kafka drops the older half of every input partition, as retention would, and Redis
-    # comes back empty: what it held of those records is gone for good.
-    cut = {key: end // 2 for key, end in ends.items()}
-    admin = topics.admin_client(s)  # kept: its futures resolve while it lives
-    deleted = admin.delete_records(
-        [TopicPartition(topic, part, off) for (topic, part), off in cut.items()]
-    )
-    for future in deleted.values():
-        future.result(30)
-    retained = {
-        (r.key or b"").decode()
-        for topic in (s.clicks_topic, s.purchases_topic)
-        for r in read_topic(s.kafka_bootstrap, topic)
-    }
-    own, rds = _restart_empty(own, rds)
-    try:
-        restarted = iso_ms(int(time.time() * 1000))
+    try:  # whichever Redis runs last is stopped, whatever fails
+        s = txn_settings.replace(redis_url=f"redis://{own.address}/0", on_lost_history=choice)
+        p = s.redis_prefix
+        rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
+        messages, expected = make_events(s, n_users=300, seed=31)
+        half = len(messages) // 2
+        log = tmp_path / "segmenter.log"
+        ends = produce(s, messages[:half])
         proc = spawn(s, str(log))
-        if choice == "stop":
-            assert proc.wait(120) == 1
-            lines = [ln for ln in log.read_text().splitlines() if "no longer retains" in ln]
-            assert len(lines) == 1, lines
-            for (topic, part), off in cut.items():
-                gap = f"{topic}:{part} empty (replaying {off}..{ends[(topic, part)] - 1}"
-                assert f"{gap}; offsets 0..{off - 1} no longer in Kafka)" in lines[0]
-            assert "SEGMENTER_ON_LOST_HISTORY=continue" in lines[0]
-            assert rds.dbsize() == 0 or not rds.keys(f"{p}user:*")  # nothing rebuilt
-            return
-        try:
-            for key, end in produce(s, messages[half:]).items():
-                ends[key] = max(ends.get(key, 0), end)
+        try:  # the older half, committed; then the segmenter stops
             wait_committed(s, ends)
             wait_settled(s, rds)
         finally:
             assert stop_gracefully(s, proc) == 0
-        marked = {u for u in expected if rds.hget(f"{p}user:{{{u}}}", "state_incomplete") == "true"}
+        # Kafka drops the older half of every input partition, as retention would, and Redis
+        # comes back empty: what it held of those records is gone for good.
+        cut = {key: end // 2 for key, end in ends.items()}
+        admin = topics.admin_client(s)  # kept: its futures resolve while it lives
+        deleted = admin.delete_records(
+            [TopicPartition(topic, part, off) for (topic, part), off in cut.items()]
+        )
+        for future in deleted.values():
+            future.result(30)
+        retained = {
+            (r.key or b"").decode()
+            for topic in (s.clicks_topic, s.purchases_topic)
+            for r in read_topic(s.kafka_bootstrap, topic)
+        }
+        own, rds = _restart_empty(own, rds)
+        try:
+            restarted = iso_ms(int(time.time() * 1000))
+            proc = spawn(s, str(log))
+            if choice == "stop":
+                assert proc.wait(120) == 1
+                lines = [ln for ln in log.read_text().splitlines() if "no longer retains" in ln]
+                assert len(lines) == 1, lines
+                for (topic, part), off in cut.items():
+                    gap = f"{topic}:{part} empty (replaying {off}..{ends[(topic, part)] - 1}"
+                    assert f"{gap}; offsets 0..{off - 1} no longer in Kafka)" in lines[0]
+                assert "SEGMENTER_ON_LOST_HISTORY=continue" in lines[0]
+                assert rds.dbsize() == 0 or not rds.keys(f"{p}user:*")  # nothing rebuilt
+                return
+            try:
+                for key, end in produce(s, messages[half:]).items():
+                    ends[key] = max(ends.get(key, 0), end)
+                wait_committed(s, ends)
+                wait_settled(s, rds)
+            finally:
+                assert stop_gracefully(s, proc) == 0
+            marked = {
+                u for u in expected if rds.hget(f"{p}user:{{{u}}}", "state_incomplete") == "true"
+            }
+        finally:
+            rds.close()
+            own.stop()
+        # Every user the replay rebuilt from what Kafka retained, and no one else (a user all of
+        # whose older events went comes back as a new one).
+        assert marked == retained
+        later = [
+            m
+            for r in read_topic(s.kafka_bootstrap, s.changes_topic)
+            if (m := orjson.loads(r.value or b"{}"))["emitted_at"] > restarted
+        ]
+        theirs = [m for m in later if m["user_id"] in marked]
+        assert theirs and all(m.get("state_incomplete") is True for m in theirs)
+        assert not any("state_incomplete" in m for m in later if m["user_id"] not in marked)
+        text = log.read_text()
+        assert "no longer in Kafka" in text and "rebuilt Redis from Kafka" in text
+        print(
+            f"\nRedis lost what Kafka no longer retains ({choice}): {len(marked)} users marked "
+            f"state_incomplete of {len(expected)}; {len(theirs)} changes of theirs after the loss"
+        )
     finally:
-        rds.close()
         own.stop()
-    # Every user the replay rebuilt from what Kafka retained, and no one else (a user all of
-    # whose older events went comes back as a new one).
-    assert marked == retained
-    later = [
-        m
-        for r in read_topic(s.kafka_bootstrap, s.changes_topic)
-        if (m := orjson.loads(r.value or b"{}"))["emitted_at"] > restarted
-    ]
-    theirs = [m for m in later if m["user_id"] in marked]
-    assert theirs and all(m.get("state_incomplete") is True for m in theirs)
-    assert not any("state_incomplete" in m for m in later if m["user_id"] not in marked)
-    text = log.read_text()
-    assert "no longer in Kafka" in text and "rebuilt Redis from Kafka" in text
-    print(
-        f"\nRedis lost what Kafka no longer retains ({choice}): {len(marked)} users marked "
-        f"state_incomplete of {len(expected)}; {len(theirs)} changes of theirs after the loss"
-    )
