@@ -227,8 +227,10 @@ def next_moves(
         hit = _first_moves(
             states, users[idx], grid.ravel(), rows_hit[idx], model, margin, rfm_horizon, idx
         )
-        # The last sub-step is ``hi`` itself, a move: every user has a first hit.
-        k = hit - np.arange(n) * REFINE_STEPS
+        # The last sub-step is ``hi`` itself, a move: it stands for a user with no
+        # earlier hit (every user has one, but a hot path does not bet on it).
+        k = np.full(n, REFINE_STEPS - 1, dtype=np.int64)
+        k[idx[hit]] = hit - idx[hit] * REFINE_STEPS
         new_hi = grid[np.arange(n), k]
         lo = np.where(k > 0, grid[np.arange(n), np.maximum(k - 1, 0)], lo)
         hi = new_hi
