@@ -27,6 +27,7 @@ from consumers import topics
 from consumers.app import RunStats, Segmenter
 from loadtest.devstack import install, servers
 from loadtest.devstack.servers import Server
+from state.redis_store import RedisStore
 from stream.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -113,6 +114,15 @@ def txn_settings(settings: Settings, broker: Server) -> Settings:
         pytest.skip(NEEDS_TRANSACTIONS)
     # Small batches: many commits, so kills land at every step of a batch.
     return settings.replace(batch_max_events=300, checkpoint_interval_s=2.0)
+
+
+@pytest.fixture
+def store(redis_server: Server, request: pytest.FixtureRequest) -> Iterator[RedisStore]:
+    """A RedisStore on the session's Redis under a key prefix of this test's own."""
+    module = request.module.__name__.rpartition(".")[2]
+    st = RedisStore(f"redis://{redis_server.address}/0", prefix=f"{module}-{request.node.name}:")
+    yield st
+    st.close()
 
 
 @pytest.fixture

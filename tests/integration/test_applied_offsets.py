@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -12,13 +10,6 @@ from state.redis_store import RedisStore
 from stream.errors import StateLostError
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def store(redis_server: Server, request: pytest.FixtureRequest) -> Iterator[RedisStore]:
-    st = RedisStore(f"redis://{redis_server.address}/0", prefix=f"ao-{request.node.name}:")
-    yield st
-    st.close()
 
 
 def test_the_epoch_is_written_once(store: RedisStore) -> None:

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from loadtest.devstack.servers import Server
 from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
 from stream.checkpoint import Checkpoint, ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError
@@ -30,13 +29,6 @@ def delta(n: int, seed: int) -> ModelDelta:
     for x in pts:
         s.learn(x)
     return ModelDelta(0, 0, None, None, None, 0, s, len(pts), pts[:0])
-
-
-@pytest.fixture
-def store(redis_server: Server, request: pytest.FixtureRequest):
-    st = RedisStore(f"redis://{redis_server.address}/0", prefix=f"ms-{request.node.name}:")
-    yield st
-    st.close()
 
 
 def test_a_concurrent_commit_is_merged_not_lost(store: RedisStore) -> None:

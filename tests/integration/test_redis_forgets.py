@@ -46,6 +46,16 @@ def _wait_model(rds: redis.Redis, prefix: str, timeout: float = 90) -> dict:
     raise AssertionError("no seeded model in Redis in time")
 
 
+def _own_redis(
+    settings: Settings, tmp_path: Path, **changes: object
+) -> tuple[servers.Server, Settings, redis.Redis]:
+    """A Redis of the test's own, without persistence (a restart comes back empty), the
+    settings pointed at it (with ``changes``) and a client."""
+    own = servers.start_redis(tmp_path / "redis")
+    s = settings.replace(redis_url=f"redis://{own.address}/0", **changes)
+    return own, s, redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
+
+
 def _restart_empty(own: servers.Server, rds: redis.Redis) -> tuple[servers.Server, redis.Redis]:
     """Restart Redis ``own`` (no persistence: it comes back empty) on its port and dir."""
     assert own.stop()
@@ -58,11 +68,8 @@ def _restart_empty(own: servers.Server, rds: redis.Redis) -> tuple[servers.Serve
 def test_redis_restarted_empty_mid_load(
     txn_settings: Settings, tmp_path: Path, segmenter_too: bool
 ) -> None:
-    workdir = tmp_path / "redis"
-    own = servers.start_redis(workdir)  # no persistence: a restart comes back empty
-    s = txn_settings.replace(redis_url=f"redis://{own.address}/0")
+    own, s, rds = _own_redis(txn_settings, tmp_path)
     p = s.redis_prefix
-    rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
     messages, expected = make_events(s, n_users=800, seed=29)
     half = len(messages) // 2
     log = tmp_path / "segmenter.log"
@@ -253,11 +260,9 @@ def test_with_wait_nothing_is_committed_while_the_replica_is_away(
 def test_redis_lost_what_kafka_no_longer_retains(
     txn_settings: Settings, tmp_path: Path, choice: str
 ) -> None:
-    own = servers.start_redis(tmp_path / "redis")
+    own, s, rds = _own_redis(txn_settings, tmp_path, on_lost_history=choice)
     try:  # whichever Redis runs last is stopped, whatever fails
-        s = txn_settings.replace(redis_url=f"redis://{own.address}/0", on_lost_history=choice)
         p = s.redis_prefix
-        rds = redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
         messages, expected = make_events(s, n_users=300, seed=31)
         half = len(messages) // 2
         log = tmp_path / "segmenter.log"

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
-from loadtest.devstack.servers import Server
 from state.keys import TIMER_BUCKETS, timer_bucket_index
 from state.redis_store import RedisStore
 
 pytestmark = pytest.mark.integration
 T = 1_700_000_000_000
-
-
-@pytest.fixture
-def store(redis_server: Server, request: pytest.FixtureRequest) -> Iterator[RedisStore]:
-    st = RedisStore(f"redis://{redis_server.address}/0", prefix=f"ts-{request.node.name}:")
-    yield st
-    st.close()
 
 
 def test_timers_are_set_read_moved_and_removed(store: RedisStore) -> None:
