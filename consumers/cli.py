@@ -121,8 +121,18 @@ def print_segments(settings: Settings) -> int:
         "days_without_purchase",
         "days_since_last_event",
         "conversion_rate_365d",
+        "price_level",
     )
-    short = ("events_30d", "orders", "spend", "basket", "days_no_order", "days_quiet", "conv_365d")
+    short = (
+        "events_30d",
+        "orders",
+        "spend",
+        "basket",
+        "days_no_order",
+        "days_quiet",
+        "conv_365d",
+        "price",
+    )
     width = max(16, *(len(e["name"]) for e in catalogue))
     print(f"{'id':>2}  {'name':{width}} {'users':>6}  " + "  ".join(f"{c:>14}" for c in short))
     for e in catalogue:

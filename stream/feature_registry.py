@@ -57,6 +57,8 @@ RFM_HORIZONS: tuple[str, ...] = ("30d", "90d", "365d", "lifetime")
 LONGEST_WINDOW_MS = 13 * PERIOD_MS
 #: The cap of every "days" feature the model sees: the longest window, a year.
 DAYS_CAP = 365.0
+#: The age at which an event's price weighs half as much in ``price_level``.
+PRICE_HALF_LIFE_MS = 30 * DAY_MS
 
 #: Event type names as the count features spell them, in :data:`stream.events.EVENT_TYPES`
 #: order.
@@ -210,6 +212,17 @@ FEATURES: tuple[Feature, ...] = (
         log=False,
         resolution=0.05,
         model=True,
+    ),
+    # What a customer is willing to pay: a bargain hunter looks at cheap things whatever
+    # they buy, a big spender at dear ones even in a quiet month. The mean is of logs
+    # (a geometric mean), so one luxury item among many cheap ones moves it little.
+    Feature(
+        "price_level",
+        "currency",
+        "typical price of the products looked at: geometric mean of the prices events "
+        "carry, an event weighing half as much for every 30 days of age (0: no price seen)",
+        model=True,
+        message=True,
     ),
     Feature(
         "cart_abandonment_30d",

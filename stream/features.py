@@ -15,6 +15,7 @@ yields what the live run did.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from stream.feature_registry import (
     LONGEST_WINDOW_MS,
     MINUTE_MS,
     PERIOD_MS,
+    PRICE_HALF_LIFE_MS,
     RFM_HORIZONS,
     TYPE_NAMES,
     WEEK_MS,
@@ -98,6 +100,11 @@ class UserState:
     #: The state was rebuilt after Redis lost writes that Kafka no longer retained
     #: (``SEGMENTER_ON_LOST_HISTORY=continue``): it may lack some of the user's events.
     incomplete: bool = False
+    #: ``price_level``: the sum of ``log1p(price)`` over the events that carry a price, and
+    #: the sum of their weights, each weight relative to the half-life in which the user's
+    #: latest event falls (see :func:`_price_weight`).
+    price_sum: float = 0.0
+    price_weight: float = 0.0
 
     def buckets(self) -> tuple[dict[int, list[float]], ...]:
         """The bucket maps, in :data:`GRAINS` order."""
@@ -129,6 +136,7 @@ class UserState:
                 "value": self.last_change.value().decode(),
             },
             **({"x": 1} if self.incomplete else {}),
+            **({"pr": [self.price_sum, self.price_weight]} if self.price_weight else {}),
         }
 
     @classmethod
@@ -156,6 +164,8 @@ class UserState:
             segment_since_ms=d.get("ss"),
             last_change=_stored_change(d.get("lc")),
             incomplete=bool(d.get("x", 0)),
+            price_sum=float(d.get("pr", (0.0, 0.0))[0]),
+            price_weight=float(d.get("pr", (0.0, 0.0))[1]),
         )
 
     def copy(self) -> UserState:
@@ -178,6 +188,8 @@ class UserState:
             segment_since_ms=self.segment_since_ms,
             last_change=self.last_change,  # frozen: shared, not copied
             incomplete=self.incomplete,
+            price_sum=self.price_sum,
+            price_weight=self.price_weight,
         )
 
 
@@ -267,12 +279,16 @@ def apply_events(
         if ts > last:
             last = ts
         applied.append(ev)
+    previous_last = s.last_event_ms
     s.first_seen_ms, s.last_event_ms = first, last
     # Buckets only for what the windows keep as of the latest event: a backlog user's
     # older events need no minute or hour rows, which pruning would drop at once.
     minute_from = last // MINUTE_MS - 59
     hour_from = last // HOUR_MS - 23
     lifetime, cats = s.lifetime, s.categories
+    half_life = last // PRICE_HALF_LIFE_MS
+    if s.price_weight and half_life != previous_last // PRICE_HALF_LIFE_MS:
+        _rebase_prices(s, half_life - previous_last // PRICE_HALF_LIFE_MS)
     for ev in applied:
         ts = ev.ts_ms
         t = TYPE_INDEX[ev.type]
@@ -288,6 +304,10 @@ def apply_events(
         lifetime[_SPEND] += spend
         if t == _PURCHASE and (s.last_purchase_ms is None or ts > s.last_purchase_ms):
             s.last_purchase_ms = ts
+        if ev.price is not None:
+            w = _price_weight(ts, half_life)
+            s.price_sum += w * math.log1p(ev.price)
+            s.price_weight += w
         category = ev.category
         if category:
             if ts > cats.get(category, -1):
@@ -299,6 +319,29 @@ def apply_events(
     if applied:
         _prune(s)
     return ApplyResult(s, tuple(applied), replayed, duplicates, late)
+
+
+def _price_weight(ts_ms: int, half_life: int) -> float:
+    """The weight of a price seen at ``ts_ms``, relative to half-life number ``half_life``.
+
+    An event weighs ``2 ** (ts_ms / PRICE_HALF_LIFE_MS)``, relative to the start of the
+    half-life in which the user's latest event falls. The weight is split into a power of
+    two, exact under ``ldexp``, and a fraction that depends on ``ts_ms`` alone, so a state
+    is bit for bit the same whichever batches its events came in: moving the reference
+    (:func:`_rebase_prices`) only multiplies by powers of two.
+    """
+    n, r = divmod(ts_ms, PRICE_HALF_LIFE_MS)
+    return math.ldexp(2.0 ** (r / PRICE_HALF_LIFE_MS), n - half_life)
+
+
+def _rebase_prices(s: UserState, half_lives: int) -> None:
+    # Prices older than 60 half-lives (five years) weigh under 1e-18 of a new one: dropped,
+    # rather than carried as denormal floats that lose their precision.
+    if half_lives > 60:
+        s.price_sum = s.price_weight = 0.0
+    else:
+        s.price_sum = math.ldexp(s.price_sum, -half_lives)
+        s.price_weight = math.ldexp(s.price_weight, -half_lives)
 
 
 def _window_sum(buckets: dict[int, list[float]], now_index: int, span: int) -> list[float]:
@@ -370,6 +413,21 @@ def full_features(stored: dict[str, Any]) -> dict[str, float | None]:
     for kind, values in (stored.get(COUNTS_KEY) or {}).items():
         out.update(zip(_BY_TYPE[kind], values, strict=True))
     return out
+
+
+def price_level(state: UserState) -> float:
+    """The ``price_level`` feature: the weighted geometric mean of the prices the user's
+    events carried, in currency (0.0 when none carried one). The mean is of
+    ``log1p(price)``, so that a free item counts: the geometric mean of price + 1, less 1.
+
+    >>> from stream.events import Event
+    >>> evs = [Event(str(i), "u", "view", i, "c", 0, i, price=p) for i, p in enumerate((3.0, 48.0))]
+    >>> price_level(apply_events(None, evs).state)
+    13.0
+    """
+    if not state.price_weight:
+        return 0.0
+    return round(math.expm1(state.price_sum / state.price_weight), 2)
 
 
 def compute_features(
@@ -447,6 +505,7 @@ def compute_features(
         out["cart_rate_365d"] = round(min(1.0, year[_ADD] / year[_VIEW]), 4)
     else:
         out["cart_rate_365d"] = 1.0 if year[_ADD] else 0.0
+    out["price_level"] = price_level(state)
     out["cart_abandonment_30d"] = round(max(0.0, 1.0 - purchases / adds), 4) if adds else 0.0
     cutoff = now - CATEGORY_RETENTION_MS
     out["category_diversity_30d"] = float(sum(1 for t in state.categories.values() if t > cutoff))

@@ -51,6 +51,7 @@ FEATURE_WORDS: dict[str, str] = {
     "days_since_last_event": "quiet",
     "conversion_rate_365d": "conversion",
     "cart_rate_365d": "carting",
+    "price_level": "pricey",
     "category_diversity_30d": "variety",
     "tenure_days": "tenure",
     "active_days": "active span",

@@ -32,7 +32,7 @@ import numpy as np
 
 from stream.events import TYPE_INDEX
 from stream.feature_registry import DAY_MS, HOUR_MS, PERIOD_MS, WEEK_MS
-from stream.features import CATEGORY_RETENTION_MS, UserState
+from stream.features import CATEGORY_RETENTION_MS, UserState, price_level
 from stream.scaling import MODEL_FEATURES, to_vectors
 from stream.timers import NEVER_MS
 
@@ -149,6 +149,7 @@ def quiet_vectors(
         "days_since_last_event": np.round((t - last) / DAY_MS, 3),
         "conversion_rate_365d": np.round(conversion, 4),
         "cart_rate_365d": np.round(cart_rate, 4),
+        "price_level": np.array([price_level(st) for st in states], dtype=float)[owner],
         "category_diversity_30d": diversity,
         "tenure_days": np.round((t - first) / DAY_MS, 3),
         "active_days": np.round((last - first) / DAY_MS, 3),

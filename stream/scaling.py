@@ -202,7 +202,7 @@ def to_vectors(
 
     >>> m = to_vectors({n: np.zeros(3) for n in MODEL_FEATURES})
     >>> m.shape, float(m.max())
-    ((3, 10), 0.0)
+    ((3, 11), 0.0)
     """
     raw = np.stack([np.asarray(columns[n], dtype=float) for n in MODEL_FEATURES], axis=1)
     np.minimum(raw, _CAPS, out=raw)

@@ -71,6 +71,8 @@ _KEY_BYTES = 6
 _HAS_LAST_CHANGE = 1
 _HAS_SEGMENT_NAME = 2
 _INCOMPLETE = 4
+_HAS_PRICES = 8
+_PRICES = struct.Struct("<dd")
 _GRAINS = GRAINS
 
 
@@ -109,6 +111,7 @@ def encode_state(s: UserState) -> bytes:
         (_HAS_LAST_CHANGE if s.last_change is not None else 0)
         | (_HAS_SEGMENT_NAME if s.segment_name is not None else 0)
         | (_INCOMPLETE if s.incomplete else 0)
+        | (_HAS_PRICES if s.price_weight else 0)
     )
     out = [
         _HEADER.pack(
@@ -130,6 +133,8 @@ def encode_state(s: UserState) -> bytes:
         ),
         _LIFETIME.pack(*(int(c) for c in s.lifetime[:6]), s.lifetime[6]),
     ]
+    if s.price_weight:
+        out.append(_PRICES.pack(s.price_sum, s.price_weight))
     now = s.last_event_ms
     for buckets, grain in zip(s.buckets(), _GRAINS, strict=True):
         _rows(buckets, now // grain, out)
@@ -242,6 +247,7 @@ def decode_state(blob: bytes) -> UserState:
         flags,
     ) = r.take(_HEADER)
     *counts, spend = r.take(_LIFETIME)
+    price_sum, price_weight = r.take(_PRICES) if flags & _HAS_PRICES else (0.0, 0.0)
     s = UserState(
         first_seen_ms=first,
         last_event_ms=last,
@@ -255,6 +261,8 @@ def decode_state(blob: bytes) -> UserState:
         segment=None if segment < 0 else segment,
         segment_since_ms=None if since == _NO_TIME else since,
         incomplete=bool(flags & _INCOMPLETE),
+        price_sum=price_sum,
+        price_weight=price_weight,
     )
     for _ in range(n_cat):
         name = r.text()

@@ -376,7 +376,7 @@ def test_an_automatic_refit_with_the_same_k_is_kept_only_when_it_gains_enough() 
     m.adopt(doc)
     same = points(40, seed=12)  # a new sample of the same three blobs
     d = delta_from(m, same[:60])
-    # Fitting afresh lowers the inertia on this sample by about 2.2 %: under a 5 % bar,
+    # Fitting afresh lowers the inertia on this sample by between 1 and 5 %: under a 5 % bar,
     # the centres are left alone ...
     merged, events = merge(doc, d, same, strict, 5)
     assert events == [] and merged.ids == doc.ids and merged.epoch == doc.epoch
@@ -391,7 +391,7 @@ def test_an_automatic_refit_with_the_same_k_is_kept_only_when_it_gains_enough() 
     # Over a 1 % bar, the new centres replace the old ones, every id kept.
     refitted, events = merge(doc, d, same, replace(strict, refit_gain=0.01), 5)
     assert [e["event"] for e in events] == ["refit"]
-    assert events[0]["cause"].startswith("automatic refit on 120 users (inertia 0.084 -> 0.083")
+    assert events[0]["cause"].startswith("automatic refit on 120 users (inertia 0.091 -> 0.090")
     assert tuple(sorted(refitted.ids)) == doc.ids
     assert refitted.epoch == doc.epoch + 1
     assert refitted.version == doc.version + 1  # published at once

@@ -62,6 +62,7 @@ def test_model_features() -> None:
         "days_since_last_event",
         "conversion_rate_365d",
         "cart_rate_365d",
+        "price_level",
         "category_diversity_30d",
         "tenure_days",
         "active_days",

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from stream.events import Event
+from stream.feature_registry import PRICE_HALF_LIFE_MS
 from stream.features import (
     DAY_MS,
     FEATURE_NAMES,
@@ -23,6 +24,7 @@ from stream.features import (
     apply_events,
     compute_features,
     event_key,
+    price_level,
 )
 from stream.stored_change import StoredChange
 
@@ -384,6 +386,8 @@ def _random_events(rng: random.Random, n: int) -> list[dict[str, Any]]:
             spec["amount"] = round(rng.uniform(1, 300), 2)
         if rng.random() < 0.5:
             spec["category"] = f"cat{rng.randrange(40)}"
+        if spec["etype"] in ("view", "click") and rng.random() < 0.7:
+            spec["price"] = round(rng.uniform(0, 900), 2)
         specs.append(spec)
     return specs
 
@@ -745,3 +749,46 @@ def test_long_buckets_are_pruned_to_what_the_windows_keep() -> None:
     assert len(s.days) == 5  # days 0, 7, 14, 21 and 28
     assert len(s.hours) == 1 and len(s.minutes) == 1
     assert s.lifetime[0] == 52.0  # every view counts in the lifetime total
+
+
+def test_price_level_is_the_geometric_mean_with_older_prices_weighing_less() -> None:
+    feed = Feed()
+    assert features_of([feed("view", NOW)])["price_level"] == 0.0  # no price seen
+    feed = Feed()
+    evs = [feed("view", NOW - PRICE_HALF_LIFE_MS, price=99.0), feed("click", NOW, price=9.0)]
+    # The older price weighs half: log1p-mean (0.5 ln 100 + ln 10) / 1.5 = ln 10 ** (4 / 3).
+    assert features_of(evs)["price_level"] == pytest.approx(10 ** (4 / 3) - 1, abs=0.005)
+    # Any event with a price counts, a purchase's too; the watermark does not move it.
+    more = [*evs, feed("purchase", NOW, price=9.0, amount=9.0)]
+    state = apply_events(None, more).state
+    level = compute_features(state)["price_level"]
+    assert 9.0 < level < features_of(evs)["price_level"]
+    assert compute_features(state, NOW + 400 * DAY_MS)["price_level"] == level == price_level(state)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_price_state_is_the_same_bit_for_bit_whatever_the_batches(seed: int) -> None:
+    rng = random.Random(seed)
+    feed = Feed()
+    # Events over most of a year, in order: many half-lives, so the reference moves.
+    times = sorted(NOW - rng.randrange(RETENTION_MS - DAY_MS) for _ in range(60))
+    events = [feed("view", t, price=round(rng.uniform(0, 900), 2)) for t in times]
+    whole = apply_events(None, events).state
+    for size in (1, 7, 23):
+        state: UserState | None = None
+        for lo in range(0, len(events), size):
+            state = apply_events(state, events[lo : lo + size]).state
+        assert state is not None
+        assert (state.price_sum, state.price_weight) == (whole.price_sum, whole.price_weight)
+
+
+def test_prices_older_than_sixty_half_lives_are_forgotten() -> None:
+    feed = Feed()
+    old = apply_events(None, [feed("view", NOW, price=1000.0)]).state
+    later = NOW + 61 * PRICE_HALF_LIFE_MS
+    assert price_level(apply_events(old, [feed("view", later, price=10.0)]).state) == 10.0
+    # Within sixty, the old price still weighs: here a 32nd of the new one.
+    feed = Feed()
+    old = apply_events(None, [feed("view", NOW, price=1000.0)]).state
+    near = NOW + 5 * PRICE_HALF_LIFE_MS
+    assert price_level(apply_events(old, [feed("view", near, price=10.0)]).state) > 10.0

@@ -26,7 +26,20 @@ def random_state(rng: np.random.Generator, end: int) -> UserState:
     for i, t in enumerate(ts):
         kind = str(rng.choice(types))
         amount = float(rng.integers(1, 200)) if kind == "purchase" else None
-        evs.append(Event(f"e{i}", "u", kind, int(t), f"c{rng.integers(0, 6)}", 0, i, amount=amount))
+        price = float(rng.integers(1, 400)) if kind == "view" else None
+        evs.append(
+            Event(
+                f"e{i}",
+                "u",
+                kind,
+                int(t),
+                f"c{rng.integers(0, 6)}",
+                0,
+                i,
+                amount=amount,
+                price=price,
+            )
+        )
     return apply_events(None, evs).state
 
 

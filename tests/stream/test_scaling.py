@@ -25,6 +25,7 @@ HUMAN: dict[str, float | None] = {
     "days_since_last_event": 0.75,
     "conversion_rate_365d": 0.4,
     "cart_rate_365d": 0.25,
+    "price_level": 64.5,
     "category_diversity_30d": 7.0,
     "tenure_days": 33.125,
     "active_days": 30.5,
@@ -43,6 +44,7 @@ def test_model_features() -> None:
         "days_since_last_event",
         "conversion_rate_365d",
         "cart_rate_365d",
+        "price_level",
         "category_diversity_30d",
         "tenure_days",
         "active_days",
@@ -110,6 +112,7 @@ def test_to_vector_values() -> None:
         math.log1p(0.75),
         0.4,
         0.25,
+        math.log1p(64.5),
         math.log1p(7.0),
         math.log1p(33.125),
         math.log1p(30.5),
@@ -188,10 +191,11 @@ def test_missing_and_none_features_are_zero() -> None:
 
 
 def test_to_human_clips_impossible_values() -> None:
-    v = np.array([-1.0, -0.5, 0.0, 1.0, 2.0, -0.3, -0.2, 0.5, 3.0, 2.5])
+    v = np.array([-1.0, -0.5, 0.0, 1.0, 2.0, -0.3, -0.2, -0.1, 0.5, 3.0, 2.5])
     h = to_human(v)
     assert h["events_30d"] == 0.0 and h["frequency"] == 0.0 and h["monetary"] == 0.0
     assert h["conversion_rate_365d"] == 0.0 and h["cart_rate_365d"] == 0.0
+    assert h["price_level"] == 0.0
     assert h["days_without_purchase"] == round(math.e - 1, 3)
     assert h["days_since_last_event"] == round(math.expm1(2.0), 3)
     assert h["category_diversity_30d"] == round(math.expm1(0.5), 3)
@@ -210,7 +214,7 @@ def test_a_feature_the_model_does_not_use_is_zero_for_everyone() -> None:
     narrow = to_vector({"events_30d": 40.0, "frequency": 3.0, "tenure_days": 30.0}, rfm)
     used = [MODEL_FEATURES.index(n) for n in rfm]
     assert narrow[used].tolist() == full[used].tolist()
-    assert narrow[[i for i in range(len(MODEL_FEATURES)) if i not in used]].tolist() == [0.0] * 7
+    assert narrow[[i for i in range(len(MODEL_FEATURES)) if i not in used]].tolist() == [0.0] * 8
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ def _events(rng: random.Random, n: int, user: str = "u") -> list[Event]:
                 i,
                 category=rng.choice((None, "books", "toys", "garden & patio", "épicerie")),
                 amount=round(rng.uniform(1, 300), 2) if etype == "purchase" else None,
+                price=round(rng.uniform(0, 500), 2) if etype in ("view", "click") else None,
             )
         )
     out.sort(key=lambda e: e.ts_ms)
@@ -175,6 +176,25 @@ def test_a_stored_change_round_trips_packed(previous: int | None, days_since: fl
     s.last_change = None
     # Packed as fields, the change takes well under half its JSON.
     assert len(blob) - len(encode_state(s)) < len(change.to_json()) // 2
+
+
+def test_prices_round_trip_exactly_and_only_when_seen() -> None:
+    s = _rich()
+    assert s.price_weight > 0  # its views carried prices
+    back = decode_state(encode_state(s))
+    assert (back.price_sum, back.price_weight) == (s.price_sum, s.price_weight)
+    assert UserState.from_dict(orjson.loads(orjson.dumps(s.to_dict()))) == s
+    # A state with no price stores none: the 16 bytes are written only when there is one.
+    plain = UserState(NOW - DAY_MS, NOW)
+    priced = UserState(NOW - DAY_MS, NOW, price_sum=3.5, price_weight=0.75)
+
+    def plain_length(state: UserState) -> int:
+        blob = encode_state(state)
+        return len(zlib.decompress(blob[1:], wbits=-15) if blob[0] == DEFLATED else blob)
+
+    assert plain_length(priced) - plain_length(plain) == 16
+    assert decode_state(encode_state(priced)) == priced
+    assert "pr" not in plain.to_dict()
 
 
 def test_an_incomplete_state_stays_marked() -> None:
