@@ -11,7 +11,8 @@ produced and skips what was already applied. Membership sets
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,8 @@ end
 return out
 """
 FENCED_WRITE_MANY_SHA = hashlib.sha1(FENCED_WRITE_MANY.encode()).hexdigest()
+#: Keys per ``MGET`` when reading users' states from a single server.
+READ_CHUNK = 1000
 #: Users per :data:`FENCED_WRITE_MANY` call: long enough to save the per-call work,
 #: short enough that one call never holds Redis for more than about a millisecond.
 WRITE_CHUNK = 64
@@ -152,6 +155,44 @@ class WriteResult:
     moves: int
     #: The users whose writes were fenced off.
     fenced_users: frozenset[str] = frozenset()
+
+
+def membership_moves(
+    updates: Sequence[UserUpdate], fenced: Collection[str] = ()
+) -> tuple[int, dict[int, list[str]], dict[int, list[str]]]:
+    """The segment membership changes of a batch's updates (pure): how many moves, the
+    users to add to each segment's set, and the users to remove from each.
+
+    A user can have two updates in one batch (a change in doubt published again, then a
+    new decision); only where they end up is added, and every segment they passed
+    through is removed, so the removals and additions can go in any order.
+
+    >>> from stream.features import UserState
+    >>> a = UserUpdate("a", UserState(segment=2), {}, 1, None, None)
+    >>> b = UserUpdate("b", UserState(segment=2), {}, None, None, None)
+    >>> membership_moves([a, b])
+    (2, {2: ['a', 'b']}, {1: ['a']})
+    """
+    final: dict[str, int] = {}
+    left: dict[str, set[int]] = defaultdict(set)
+    moves = 0
+    for u in updates:
+        if u.user_id in fenced:
+            continue
+        seg = u.republish_segment if not u.write else u.state.segment
+        if seg is None or seg == u.previous_segment:
+            continue
+        if u.previous_segment is not None:
+            left[u.user_id].add(u.previous_segment)
+        final[u.user_id] = seg
+        moves += 1
+    added: dict[int, list[str]] = defaultdict(list)
+    removed: dict[int, list[str]] = defaultdict(list)
+    for uid, seg in final.items():
+        added[seg].append(uid)
+        for prev in sorted(left[uid] - {seg}):
+            removed[prev].append(uid)
+    return moves, dict(added), dict(removed)
 
 
 def pack_commands(commands: Iterable[Sequence[str | bytes]]) -> bytes:
@@ -197,11 +238,22 @@ class UserStates(StoreBase):
     """Users' state and public hash: read in one round trip, written fenced by offset."""
 
     def load_states(self, user_ids: Sequence[str]) -> dict[str, UserState | None]:
-        """Every listed user's stored state (``None`` for users never seen): one round trip."""
+        """Every listed user's stored state (``None`` for users never seen): one round trip.
+
+        On a single server, :data:`READ_CHUNK` keys an ``MGET``: one command and one reply
+        for many users, where a ``GET`` each costs the client more than decoding the state.
+        A Cluster spreads users' keys over slots, so it reads them a ``GET`` each.
+        """
         pipe = self._r.pipeline(transaction=False)
-        for uid in user_ids:
-            pipe.get(self.keys.state(uid))
-        raw = run(pipe, "read user states")
+        keys = [self.keys.state(uid) for uid in user_ids]
+        if self.cluster:
+            for key in keys:
+                pipe.get(key)
+            raw = run(pipe, "read user states")
+        else:
+            for lo in range(0, len(keys), READ_CHUNK):
+                pipe.mget(keys[lo : lo + READ_CHUNK])
+            raw = [blob for chunk in run(pipe, "read user states") for blob in chunk]
         return {
             uid: None if blob is None else decode_state(blob)
             for uid, blob in zip(user_ids, raw, strict=True)
@@ -232,19 +284,14 @@ class UserStates(StoreBase):
         accepted = self._fenced_writes(calls) if calls else []
         fenced = {u.user_id for u, ok in zip(written, accepted, strict=True) if not ok}
 
-        pipe = self._r.pipeline(transaction=False)
-        moves = 0
-        for u in updates:
-            if u.user_id in fenced:
-                continue
-            seg = u.republish_segment if not u.write else u.state.segment
-            if seg is None or seg == u.previous_segment:
-                continue
-            if u.previous_segment is not None:
-                pipe.srem(self.keys.members(u.previous_segment), u.user_id)
-            pipe.sadd(self.keys.members(seg), u.user_id)
-            moves += 1
+        moves, added, removed = membership_moves(updates, fenced)
         if moves:
+            pipe = self._r.pipeline(transaction=False)
+            # One command per segment: a set is one key, so this holds on a Cluster too.
+            for seg, users in removed.items():
+                pipe.srem(self.keys.members(seg), *users)
+            for seg, users in added.items():
+                pipe.sadd(self.keys.members(seg), *users)
             run(pipe, "update segment membership")
         return WriteResult(
             written=len(written) - len(fenced),

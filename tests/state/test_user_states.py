@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import orjson
 
-from state.user_states import fenced_write_args, user_hash
+from state.user_states import fenced_write_args, membership_moves, user_hash
 from stream.batch import UserUpdate
 from stream.events import Event
-from stream.features import DAY_MS, HOUR_MS, apply_events, compute_features, full_features
+from stream.features import (
+    DAY_MS,
+    HOUR_MS,
+    UserState,
+    apply_events,
+    compute_features,
+    full_features,
+)
 from stream.rfm import RFMScores
 from stream.state_codec import decode_state, encode_state
 from stream.stored_change import StoredChange
@@ -164,3 +171,31 @@ def test_an_incomplete_state_is_marked_in_the_hash() -> None:
     assert "state_incomplete" not in user_hash(u, 1, T)
     u.state.incomplete = True
     assert user_hash(u, 1, T)["state_incomplete"] == "true"
+
+
+def _moved(user: str, previous: int | None, seg: int | None) -> UserUpdate:
+    return UserUpdate(user, UserState(segment=seg), {}, previous, None, None)
+
+
+def test_membership_moves_group_users_by_segment() -> None:
+    updates = [
+        _moved("a", 1, 2),
+        _moved("b", None, 2),  # a first segment: added only
+        _moved("c", 2, 1),
+        _moved("d", 3, 3),  # stayed: no move
+        _moved("e", 1, None),  # no segment yet: no move
+    ]
+    assert membership_moves(updates) == (3, {2: ["a", "b"], 1: ["c"]}, {1: ["a"], 2: ["c"]})
+    # Fenced-off writes move no one.
+    assert membership_moves(updates, {"a", "c"}) == (1, {2: ["b"]}, {})
+
+
+def test_a_user_with_two_updates_ends_in_the_last_segment_only() -> None:
+    # A change in doubt published again (1 -> 2), then a new decision (2 -> 3): whatever
+    # order Redis applies the grouped commands in, the user is in 3 alone.
+    again = UserUpdate("u", UserState(segment=1), {}, 1, None, None, b"{}", 2, write=False)
+    moves, added, removed = membership_moves([again, _moved("u", 2, 3)])
+    assert (moves, added, removed) == (2, {3: ["u"]}, {1: ["u"], 2: ["u"]})
+    # Back where they started (1 -> 2 -> 1): removed from 2, added to 1, never removed from 1.
+    again = UserUpdate("u", UserState(segment=1), {}, 1, None, None, b"{}", 2, write=False)
+    assert membership_moves([again, _moved("u", 2, 1)]) == (2, {1: ["u"]}, {2: ["u"]})
