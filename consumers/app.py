@@ -559,7 +559,9 @@ class Segmenter:
             if not mine:
                 return
             positions = self.txn.positions(set().union(*(inputs[u] for u in mine)))
-            result = self.txn.run({}, [], positions, int(time.time() * 1000), sweep=mine)
+            result = self.txn.run(
+                {}, [], positions, int(time.time() * 1000), sweep=mine, known=states
+            )
             self.metrics.timers_due.set(self.store.timers_due_count(parts, wm))
         except (SegmenterError, KafkaException) as exc:
             self._failed(exc)
@@ -604,7 +606,9 @@ class Segmenter:
                 self.sync.reassess_pending = False
                 return
             positions = self.txn.positions(set().union(*(inputs[u] for u in due)))
-            result = self.txn.run({}, [], positions, int(time.time() * 1000), reassess=due)
+            result = self.txn.run(
+                {}, [], positions, int(time.time() * 1000), reassess=due, known=states
+            )
         except (SegmenterError, KafkaException) as exc:
             self._failed(exc)
             return

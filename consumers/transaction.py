@@ -62,6 +62,7 @@ from consumers.wiring import Wiring
 from stream.batch import BatchResult, Clock, partition_of, process_batch
 from stream.errors import BrokerError, RedisError, StateLostError
 from stream.events import DeadLetter, Event
+from stream.features import UserState
 from stream.reassessment import QueueEntry
 from stream.settings import Settings
 from stream.state_gaps import Published, adopt_published, commit_metadata, mark_incomplete
@@ -237,6 +238,7 @@ class BatchTransaction:
         reassess: dict[str, QueueEntry] | None = None,
         sweep: dict[str, int] | None = None,
         replaying: bool = False,
+        known: Mapping[str, UserState | None] | None = None,
     ) -> BatchResult:
         """One batch in one transaction (the steps in the module docstring).
 
@@ -244,6 +246,8 @@ class BatchTransaction:
         ``reassess`` the queued users to decide, ``sweep`` the users whose timer is due.
         ``replaying``: the events are below the group's committed offset (a rebuild):
         Redis is written, nothing is published or committed.
+        ``known``: states the caller has just read from Redis (the sweep and the queue
+        read them to see which partitions the users are on), not read again.
         Raises :class:`~stream.errors.SegmenterError` or ``KafkaException`` when a step
         fails; then nothing was committed, and :meth:`recover` is the way on.
         """
@@ -263,7 +267,10 @@ class BatchTransaction:
         }
         # States first, then the check: states read before Redis lost them are caught by
         # the check, and a loss after it by the epoch the applied offsets are raised under.
-        states = self.store.load_states([*by_user, *(reassess or {}), *(sweep or {})])
+        known = known or {}
+        wanted = [*by_user, *(reassess or {}), *(sweep or {})]
+        states = {u: known[u] for u in wanted if u in known}
+        states.update(self.store.load_states([u for u in wanted if u not in known]))
         epoch = self._check_held(inputs)
         self._load_marks({partition_of(st) for st in states.values() if st and st.offsets})
         marks: dict[str, tuple[str, int]] = {}
