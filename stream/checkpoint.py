@@ -454,7 +454,9 @@ def _k_choice(choice: KChoice) -> KChoiceRecord:
     )
 
 
-def _choose(points: np.ndarray, params: ModelParams, epoch: int) -> KChoice:
+def _choose(
+    points: np.ndarray, params: ModelParams, epoch: int, current_k: int | None = None
+) -> KChoice:
     return choose_k(
         points,
         params.k_min,
@@ -462,6 +464,7 @@ def _choose(points: np.ndarray, params: ModelParams, epoch: int) -> KChoice:
         np.random.default_rng(params.seed + epoch),
         n_init=params.refit_starts,
         criterion=params.k_criterion,
+        current_k=current_k,
     )
 
 
@@ -589,7 +592,7 @@ def _refit(
     ckpt, scaler = _fitted(ckpt, snapshot, watermark_ms)
     points = scaler.transform(_canonical(snapshot))
     old = _reexpress(np.array(ckpt.centres, float), old_scaler, scaler)
-    choice = _choose(points, params, ckpt.epoch)
+    choice = _choose(points, params, ckpt.epoch, current_k=len(old))
     centres = choice.centres
     if choice.k == len(old):
         # The old centres are one more start: Lloyd from them keeps ids where the groups

@@ -536,3 +536,47 @@ def test_prediction_strength_validation_names_the_argument(
 ) -> None:
     with pytest.raises(ValueError, match=f"^{name} "):
         selection.prediction_strength(points, k, np.random.default_rng(0), **kwargs)
+
+
+def _three_blobs() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    truth = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    return np.concatenate([c + rng.normal(size=(40, 2)) for c in truth])
+
+
+@pytest.mark.parametrize(
+    ("strengths", "current", "chosen", "says"),
+    [
+        ({2: 0.99, 3: 0.95, 4: 0.82}, None, 4, "largest k"),  # a first fit: no current k
+        ({2: 0.99, 3: 0.95, 4: 0.82}, 3, 3, "k=3 is kept"),  # 0.82 does not clear 0.85
+        ({2: 0.99, 3: 0.95, 4: 0.86}, 3, 4, "largest k"),  # 0.86 does
+        ({2: 0.99, 3: 0.95, 4: 0.82}, 4, 4, "largest k"),  # the current k is the largest
+        ({2: 0.99, 3: 0.70, 4: 0.82}, 3, 4, "largest k"),  # the current k no longer holds
+        # From 2, 3 clears the margin and 4 does not: 3.
+        ({2: 0.99, 3: 0.95, 4: 0.82}, 2, 3, "clears 0.80 by the 0.05 a change from k=2"),
+        ({2: 0.99, 3: 0.83, 4: 0.82}, 2, 2, "k=2 is kept"),
+    ],
+)
+def test_a_larger_k_must_clear_the_bar_by_a_margin_to_replace_the_current_one(
+    monkeypatch: pytest.MonkeyPatch,
+    strengths: dict[int, float],
+    current: int | None,
+    chosen: int,
+    says: str,
+) -> None:
+    monkeypatch.setattr(selection, "prediction_strength", lambda points, k, rng, **kw: strengths[k])
+    choice = choose_k(
+        _three_blobs(),
+        2,
+        4,
+        np.random.default_rng(1),
+        criterion="prediction_strength",
+        current_k=current,
+    )
+    assert choice.k == chosen and says in choice.reason
+    assert choice.centres.shape == (chosen, 2)
+
+
+def test_the_switch_margin_is_checked() -> None:
+    with pytest.raises(ValueError, match="switch_margin"):
+        choose_k(_three_blobs(), 2, 4, np.random.default_rng(1), switch_margin=1.0)
