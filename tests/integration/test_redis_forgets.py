@@ -64,6 +64,20 @@ def _restart_empty(own: servers.Server, rds: redis.Redis) -> tuple[servers.Serve
     return own, redis.Redis(host=servers.HOST, port=own.port, decode_responses=True)
 
 
+def _produce_and_settle(
+    s: Settings,
+    rds: redis.Redis,
+    messages: list[tuple[str, bytes | None, bytes]],
+    ends: dict[tuple[str, int], int],
+) -> None:
+    """Produce ``messages``, add their partitions' ends to ``ends``, and wait until the
+    group committed them all and nobody waits to be moved."""
+    for key, end in produce(s, messages).items():
+        ends[key] = max(ends.get(key, 0), end)
+    wait_committed(s, ends)
+    wait_settled(s, rds)
+
+
 @pytest.mark.parametrize("segmenter_too", [False, True], ids=["redis", "redis-and-segmenter"])
 def test_redis_restarted_empty_mid_load(
     txn_settings: Settings, tmp_path: Path, segmenter_too: bool
@@ -87,10 +101,7 @@ def test_redis_restarted_empty_mid_load(
             own, rds = _restart_empty(own, rds)
             if segmenter_too:
                 proc = spawn(s, str(log))
-            for key, end in produce(s, messages[half:]).items():
-                ends[key] = max(ends.get(key, 0), end)
-            wait_committed(s, ends)
-            wait_settled(s, rds)
+            _produce_and_settle(s, rds, messages[half:], ends)
         finally:
             assert stop_gracefully(s, proc) == 0
         after = _model(rds, p)
@@ -302,10 +313,7 @@ def test_redis_lost_what_kafka_no_longer_retains(
                 assert rds.dbsize() == 0 or not rds.keys(f"{p}user:*")  # nothing rebuilt
                 return
             try:
-                for key, end in produce(s, messages[half:]).items():
-                    ends[key] = max(ends.get(key, 0), end)
-                wait_committed(s, ends)
-                wait_settled(s, rds)
+                _produce_and_settle(s, rds, messages[half:], ends)
             finally:
                 assert stop_gracefully(s, proc) == 0
             marked = {
