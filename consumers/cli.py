@@ -324,7 +324,7 @@ def cmd_model(settings: Settings, args: argparse.Namespace) -> int:
                     raise ModelError("there is no model yet; there is nothing to refit")
                 return ckpt.refit(cur, snapshot, params, now_ms, wm)
 
-        new, events = store.commit_model(build, every_ms, now_ms)
+        new, events = store.commit_model(build, every_ms, now_ms, keep=settings.model_versions_kept)
         queued = store.queue_members(ckpt.retired_ids(events), new.version)
         what = (
             f"version {args.version} is current again"

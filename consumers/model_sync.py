@@ -252,7 +252,7 @@ class ModelSync:
                 )
 
             ckpt, events = self.store.commit_model(
-                build, int(s.checkpoint_interval_s * 1000), now_ms
+                build, int(s.checkpoint_interval_s * 1000), now_ms, keep=s.model_versions_kept
             )
         except (RedisError, ModelError) as exc:
             self.metrics.model_syncs.labels("failed").inc()

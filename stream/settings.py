@@ -126,6 +126,8 @@ class Settings:
     # (the default: on a backlog, centres learning fast made it re-decide everyone often).
     resweep_drift: float = 0.0
     checkpoint_interval_s: float = 300.0
+    # Kept versions (``segmenter model versions``, rollback), oldest dropped first.
+    model_versions_kept: int = 50
     # When Redis lost writes that Kafka no longer retains: "stop" (exit, naming the
     # partitions and offsets) or "continue" (rebuild what Kafka has, and say what is not).
     on_lost_history: str = "stop"
@@ -144,7 +146,7 @@ class Settings:
         _check_positive(
             self, "catalogue_interval_s", "model_sync_interval_s", "model_publish_interval_s"
         )
-        _check_positive(self, "model_sync_updates", "model_publish_updates")
+        _check_positive(self, "model_sync_updates", "model_publish_updates", "model_versions_kept")
         if not self.max_future_skew_s >= 0:
             raise ConfigError(
                 "max_future_skew_s", f"must be 0 or more, got {self.max_future_skew_s}"
