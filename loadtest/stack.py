@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
@@ -284,6 +284,11 @@ def wait_assigned(procs: list[SegmenterProcess], total: int, timeout: float = 12
     raise StackError(f"the segmenter processes did not hold {total} partitions in {timeout:.0f}s")
 
 
+_COORDINATOR_NOT_READY = frozenset(
+    {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+)
+
+
 class OffsetWatcher:
     """Committed offsets of a consumer group against the ends of its input topics.
 
@@ -305,9 +310,21 @@ class OffsetWatcher:
             for tp in self._tps
         }
 
-    def committed(self) -> dict[tuple[str, int], int]:
-        """The group's committed offset of every input partition (0 where none yet)."""
-        done = self._consumer.committed(self._tps, timeout=10)
+    def committed(self, attempts: int = 10) -> dict[tuple[str, int], int]:
+        """The group's committed offset of every input partition (0 where none yet).
+
+        A broker that has just started may not yet have a coordinator for the group
+        (``NOT_COORDINATOR``, ``COORDINATOR_LOAD_IN_PROGRESS``): asked again, a second
+        apart, up to ``attempts`` times."""
+        for attempt in range(attempts):
+            try:
+                done = self._consumer.committed(self._tps, timeout=10)
+                break
+            except KafkaException as exc:
+                retriable = exc.args[0].code() in _COORDINATOR_NOT_READY
+                if not retriable or attempt == attempts - 1:
+                    raise
+                time.sleep(1.0)
         return {
             (tp.topic, tp.partition): 0 if tp.offset == _NO_OFFSET else tp.offset for tp in done
         }
