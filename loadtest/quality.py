@@ -54,6 +54,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from loadtest.quality_metrics import (
     Crossing,
+    InForce,
     Lapse,
     ari,
     days_after_crossing,
@@ -64,7 +65,7 @@ from loadtest.quality_metrics import (
     render_report,
     scenario_targets,
     segment_summaries,
-    segments_opened,
+    versions_in_force,
     zscore,
 )
 from loadtest.scenarios import SCENARIOS, Scenario
@@ -142,10 +143,11 @@ def produce_scenario(s: Settings, scenario: Scenario, seed: int, rate: float | N
 
 
 def run_settings(stack: Stack, tag: str, **overrides: Any) -> Settings:
-    """Settings of one run: its own topics, group and Redis prefix; k chosen; then
-    ``overrides`` (settings fields)."""
+    """Settings of one run: its own topics, group and Redis prefix; k chosen; every
+    published model version kept (for :func:`lapse_crossing`); then ``overrides``
+    (settings fields)."""
     return stack.settings(
-        **overrides,
+        **{"checkpoint_interval_s": 0.001, "model_versions_kept": 1_000_000, **overrides},
         group_id=f"quality-{tag}",
         clicks_topic=f"q.{tag}.clicks",
         purchases_topic=f"q.{tag}.purchases",
@@ -331,25 +333,45 @@ def read_final(stack: Stack, s: Settings, users: list[str], metrics: dict[str, f
     return Final(labels, names, checkpoint, watermark_ms)
 
 
-def lapse_crossing(s: Settings, lapse: Lapse, final: Final, opened: dict[int, int]) -> Crossing:
-    """:func:`days_after_crossing` of the lapsed customers moved, by the final model, from
-    their states in Redis; ``opened``: :func:`segments_opened`."""
+def read_in_force(s: Settings, changes: list[dict[str, Any]]) -> list[InForce]:
+    """The model versions kept in Redis (every one, by :func:`run_settings`) with their
+    segment names, each from when it decided (:func:`versions_in_force`), in that order."""
     from state.redis_store import RedisStore
+    from stream.batch import SegmentNames
     from stream.model import SegmentModel
 
-    if final.checkpoint is None or not lapse.entries:
+    since = versions_in_force(changes)
+    store = RedisStore.from_settings(s)
+    try:
+        kept = {v["version"] for v in store.model_versions()}
+        out = []
+        for version, since_ms in sorted(since.items(), key=lambda kv: kv[1]):
+            if version not in kept:
+                continue
+            model = SegmentModel(s.model_params())
+            model.adopt(store.model_version(version))
+            names = SegmentNames()
+            names.refresh(model)
+            out.append(InForce(since_ms, version, model, names.names))
+    finally:
+        store.close()
+    return out
+
+
+def lapse_crossing(s: Settings, lapse: Lapse, in_force: list[InForce]) -> Crossing:
+    """:func:`days_after_crossing` of the lapsed customers, by the versions ``in_force``
+    and their states in Redis."""
+    from state.redis_store import RedisStore
+
+    if not lapse.entries:
         return Crossing((), 0)
-    model = SegmentModel(s.model_params())
-    model.adopt(final.checkpoint)
     store = RedisStore.from_settings(s)
     try:
         states = store.load_states([u for u, *_ in lapse.entries])
     finally:
         store.close()
     known = {u: st for u, st in states.items() if st is not None}
-    return days_after_crossing(
-        lapse.entries, known, model, final.names, s.hysteresis_margin, s.rfm_horizon, opened
-    )
+    return days_after_crossing(lapse.entries, known, in_force, s.hysteresis_margin, s.rfm_horizon)
 
 
 def batch_labels(s: Settings, users: list[str], watermark_ms: int, k: int, seed: int) -> np.ndarray:
@@ -434,8 +456,9 @@ def run_scenario(
     changes = read_topic_values(s.kafka_bootstrap, s.changes_topic)
     moves = moves_and_reversals(changes)
     truth_seen = {u: produced.personas[u] for u in users}
-    lapse = hours_to_lapse(changes, truth_seen, produced.last_purchase_ms)
-    crossing = lapse_crossing(s, lapse, final, segments_opened(changes))
+    in_force = read_in_force(s, changes)
+    lapse = hours_to_lapse(changes, truth_seen, produced.last_purchase_ms, in_force=in_force)
+    crossing = lapse_crossing(s, lapse, in_force)
     summaries = segment_summaries({u: final.labels[u] for u in segmented}, truth_seen, final.names)
     row: dict[str, Any] = {
         "name": scenario.name,
@@ -465,6 +488,9 @@ def run_scenario(
         "hours_to_lapse_p90": lapse.p90_h,
         "lapse_crossed": len(crossing.days),
         "lapse_not_crossed": crossing.not_crossed,
+        "lapse_no_version": crossing.no_version,
+        "lapse_active_after": crossing.active_after,
+        "lapse_renamed": lapse.renamed,
         "lapse_within_a_day": crossing.within_a_day,
         "lapse_days_after_crossing_median": crossing.median_days,
         "watermark": _iso(final.watermark_ms),

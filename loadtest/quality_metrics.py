@@ -74,7 +74,7 @@ TARGETS: dict[str, Target] = {
         Target(
             "lapse_within_a_day",
             "lapsed customers moved within a day of crossing into an "
-            "at_risk or dormant segment, by the final centres; every run with such moves",
+            "at_risk or dormant segment, by the versions in force; every run with such moves",
             0.9,
         ),
     )
@@ -291,6 +291,16 @@ def moves_and_reversals(changes: Iterable[Mapping[str, Any]], window_ms: int = D
 
 
 @dataclass(frozen=True, slots=True)
+class InForce:
+    """A model version, its segment names, and the event time from which it decided."""
+
+    since_ms: int
+    version: int
+    model: SegmentModel
+    names: Mapping[int, str]
+
+
+@dataclass(frozen=True, slots=True)
 class Lapse:
     """How long lapsing customers took to be named at risk or dormant.
 
@@ -306,15 +316,20 @@ class Lapse:
     already
         Those in such a segment at their last purchase who never left it.
     entries
-        Per customer counted in ``hours``: the user, the event time of the change, the
-        segment they left and the one they entered (for :func:`days_after_crossing`).
+        Per customer counted in ``hours``: the user, the event time they got there, the
+        segment they left, the one they entered and the model version that put them there
+        (for :func:`days_after_crossing`); for one whose segment was renamed, the segment
+        left and entered are the same and the version is the renaming one.
+    renamed
+        Of ``entries``, those whose segment was renamed.
     """
 
     customers: int
     with_purchase: int
     hours: tuple[float, ...] = field(default=())
     already: int = 0
-    entries: tuple[tuple[str, int, int | None, int], ...] = field(default=())
+    entries: tuple[tuple[str, int, int | None, int, int], ...] = field(default=())
+    renamed: int = 0
 
     @property
     def reached(self) -> int:
@@ -334,9 +349,12 @@ def hours_to_lapse(
     personas: Mapping[str, str],
     last_purchase_ms: Mapping[str, int],
     lapsing: Iterable[str] = LAPSING_PERSONAS,
+    in_force: Sequence[InForce] = (),
 ) -> Lapse:
-    """Event-time hours from each lapsing customer's last purchase to their change into a
-    segment whose name (as the change message gives it) is at_risk or dormant.
+    """Event-time hours from each lapsing customer's last purchase to the first time they
+    are in a segment named at_risk or dormant: moved into one (the name the change message
+    gives), or, with ``in_force`` (sorted by :attr:`InForce.since_ms`), left in a segment
+    that a newly begun version names so.
 
     >>> H = HOUR_MS
     >>> c = [
@@ -356,7 +374,8 @@ def hours_to_lapse(
     histories = user_histories(changes)
     customers = with_purchase = already = 0
     hours: list[float] = []
-    entries: list[tuple[str, int, int | None, int]] = []
+    entries: list[tuple[str, int, int | None, int, int]] = []
+    renamed = 0
     for user, persona in personas.items():
         if persona not in wanted:
             continue
@@ -365,52 +384,80 @@ def hours_to_lapse(
         if lp is None:
             continue
         with_purchase += 1
-        held: str | None = None
-        entered: int | None = None
-        left: int | None = None
-        into = -1
-        for c in histories.get(user, ()):
-            t = event_time_ms(c["event_time"])
-            lapsed = base_name(str(c.get("segment_name", ""))) in LAPSE_NAMES
-            if t < lp:
-                held = str(c.get("segment_name", ""))
-                continue
-            if lapsed:
-                entered = t
-                prev = c.get("previous_segment")
-                left = None if prev is None else int(prev)
-                into = int(c["segment"])
-                break
-            held = None
-        if entered is not None:
-            hours.append((entered - lp) / HOUR_MS)
-            entries.append((user, entered, left, into))
-        elif held is not None and base_name(held) in LAPSE_NAMES:
+        reached, was_lapsed = _first_lapse(histories.get(user, ()), lp, in_force)
+        if reached is not None:
+            hours.append((reached[0] - lp) / HOUR_MS)
+            entries.append((user, *reached))
+            renamed += reached[1] == reached[2]
+        elif was_lapsed:
             already += 1
-    return Lapse(customers, with_purchase, tuple(sorted(hours)), already, tuple(entries))
+    return Lapse(customers, with_purchase, tuple(sorted(hours)), already, tuple(entries), renamed)
+
+
+def _first_lapse(
+    history: Sequence[Mapping[str, Any]], lp: int, in_force: Sequence[InForce]
+) -> tuple[tuple[int, int | None, int, int] | None, bool]:
+    """The first time from ``lp`` on that a user goes from a segment not named at_risk or
+    dormant into one so named, by a change or by a version that renames their segment,
+    as ``(time, left, into, version)``; and whether they were in such a segment at ``lp``
+    (and so never went into one)."""
+    steps: list[tuple[int, int, Mapping[str, Any] | InForce]] = [
+        (event_time_ms(c["event_time"]), 1, c) for c in history
+    ]
+    steps += [(f.since_ms, 0, f) for f in in_force]  # a version first at a tie
+    steps.sort(key=lambda x: (x[0], x[1]))
+    held: int | None = None
+    lapsed = False
+    names: Mapping[int, str] | None = None
+    at_lp: bool | None = None
+    for t, _, step in steps:
+        if t >= lp and at_lp is None:
+            at_lp = lapsed
+        if isinstance(step, InForce):
+            names = step.names
+            now = held is not None and base_name(names.get(held, "")) in LAPSE_NAMES
+            if t >= lp and now and not lapsed and held is not None:
+                return (t, held, held, step.version), False
+            lapsed = now
+            continue
+        prev = step.get("previous_segment")
+        held = int(step["segment"])
+        now = base_name(str(step.get("segment_name", ""))) in LAPSE_NAMES
+        if t >= lp and now and not lapsed:
+            left = None if prev is None else int(prev)
+            return (t, left, held, int(step.get("model_version", -1))), False
+        lapsed = now
+    # Not reached: in such a segment at ``lp`` and never out of one since, or never in one.
+    return None, (lapsed if at_lp is None else at_lp) and lapsed
 
 
 @dataclass(frozen=True, slots=True)
 class Crossing:
-    """When lapsing customers crossed into an at_risk or dormant segment, by the final
-    model, against when the segmenter moved them.
+    """When lapsing customers crossed into an at_risk or dormant segment, by the model
+    versions in force at the time, against when the segmenter moved them.
 
     Attributes
     ----------
     days
-        Per customer, event-time days from the crossing to the move (negative: moved
-        before the final centres say they crossed); sorted.
+        Per customer, event-time days from the crossing to the move; sorted.
     not_crossed
-        Customers moved whom the final centres do not put in such a segment by the move.
+        Customers moved whom no version in force put in such a segment by the move.
+    no_version
+        Customers moved by a version that is not among the versions given (not kept).
+    active_after
+        Customers with an event after the move: not quiet, so their state of the end
+        does not say when they crossed.
     """
 
     days: tuple[float, ...]
     not_crossed: int
+    no_version: int = 0
+    active_after: int = 0
 
     @property
     def within_a_day(self) -> float | None:
         """Share of ``days`` at most a day (and the hour this measure steps by): moved by
-        the sweep after the crossing, with a day's slack for centres that moved since."""
+        the sweep after the crossing, with a day's slack for the sweep's own step."""
         if not self.days:
             return None
         return sum(d <= 1.0 + HOUR_MS / DAY_MS for d in self.days) / len(self.days)
@@ -420,73 +467,123 @@ class Crossing:
         return float(np.median(self.days)) if self.days else None
 
 
-def segments_opened(changes: Iterable[Mapping[str, Any]]) -> dict[int, int]:
-    """Per segment, the earliest event time of a change into it: when it took its first
-    member, as far as the change messages show.
+def versions_in_force(changes: Iterable[Mapping[str, Any]]) -> dict[int, int]:
+    """Per model version, the lowest group watermark of a change message it decided:
+    from about when (in event time) that version decided segments. A version that
+    decided no change is missing; the one before it counts as in force meanwhile.
 
-    >>> segments_opened([{"segment": 2, "event_time": 50}, {"segment": 2, "event_time": 20},
-    ...                  {"segment": 1, "event_time": 30}])
-    {2: 20, 1: 30}
+    >>> versions_in_force([
+    ...     {"model_version": 3, "watermark": 500}, {"model_version": 3, "watermark": 200},
+    ...     {"model_version": 4, "watermark": 900}, {"model_version": 5, "watermark": None},
+    ... ])
+    {3: 200, 4: 900}
     """
     out: dict[int, int] = {}
     for c in changes:
-        seg, t = int(c["segment"]), event_time_ms(c["event_time"])
-        if seg not in out or t < out[seg]:
-            out[seg] = t
+        wm, version = c.get("watermark"), c.get("model_version")
+        if wm is None or version is None:
+            continue
+        v, t = int(version), event_time_ms(wm)
+        if v not in out or t < out[v]:
+            out[v] = t
     return out
 
 
 def days_after_crossing(
-    entries: Iterable[tuple[str, int, int | None, int]],
+    entries: Iterable[tuple[str, int, int | None, int, int]],
     states: Mapping[str, UserState],
-    model: SegmentModel,
-    names: Mapping[int, str],
+    in_force: Sequence[InForce],
     margin: float,
     rfm_horizon: str = "365d",
-    opened: Mapping[int, int] | None = None,
 ) -> Crossing:
-    """For each ``(user, moved_at, left, into)`` of :attr:`Lapse.entries`: the first hour,
-    from the user's last event on, at which ``model``'s centres put the quiet user (with
-    the hysteresis ``margin``, from segment ``left`` when it is still current) in a
-    segment ``names`` calls at_risk or dormant, and the days from then to ``moved_at``.
+    """For each ``(user, moved_at, left, into, version)`` of :attr:`Lapse.entries`: the
+    first hour, from the user's last event on, at which the model version in force puts
+    the quiet user (with the hysteresis ``margin``, from segment ``left`` when that
+    version has it) in a segment its names call at_risk or dormant, and the days from
+    then to ``moved_at``.
 
-    No one can move into a segment before it exists: when ``opened`` gives the event time
-    segment ``into`` took its first member (:func:`segments_opened`), the crossing counts
-    from then at the earliest. The centres are the final ones, not those of the day: a
-    crossing they date after the move, or not at all, is a customer the centres moved
-    away from later, and centres that drifted count against the measure.
+    ``in_force`` is sorted by :attr:`InForce.since_ms`. The version in force at an hour is
+    the latest begun by then, up to ``version`` (the one the move was made with: a
+    process may lag the newest by a model sync), and ``version`` itself from the move on.
+    Judged so, a move is late only against the centres the segmenter had, not against
+    centres a later refit moved.
     """
-    opened = opened or {}
-    lapse_rows = np.array(
-        [base_name(names.get(seg, "")) in LAPSE_NAMES for seg in model.ids], dtype=bool
-    )
+    starts = np.array([f.since_ms for f in in_force], dtype=np.int64)
+    slot = {f.version: i for i, f in enumerate(in_force)}
+    lapse_rows = [
+        np.array([base_name(f.names.get(seg, "")) in LAPSE_NAMES for seg in f.model.ids])
+        for f in in_force
+    ]
     days: list[float] = []
-    not_crossed = 0
-    for user, moved_at, left, into in entries:
+    not_crossed = no_version = active_after = 0
+    for user, moved_at, left, _into, version in entries:
         st = states.get(user)
         if st is None:
             continue
+        if st.last_event_ms >= moved_at:
+            active_after += 1
+            continue
+        mover = slot.get(version)
+        if mover is None:
+            no_version += 1
+            continue
         # An hour at a time: finer than the sweep's day, so its own step hardly counts.
         times = np.arange(st.last_event_ms + HOUR_MS, moved_at + 2 * DAY_MS, HOUR_MS)
-        if not len(times):
+        which = np.minimum(np.searchsorted(starts, times, side="right") - 1, mover)
+        which[times >= moved_at] = mover
+        lapsed = np.zeros(len(times), dtype=bool)
+        for i in np.unique(which[which >= 0]):
+            at = np.flatnonzero(which == i)
+            lapsed[at] = _lapsed(
+                st, times[at], in_force[i].model, lapse_rows[i], left, margin, rfm_horizon
+            )
+        crossed = _last_crossing(times, lapsed, moved_at)
+        if crossed is None:
             not_crossed += 1
             continue
-        owner = np.zeros(len(times), dtype=np.int64)
-        z = model.scale(quiet_vectors([st], owner, times, rfm_horizon, model.params.features))
-        d = model.distances(z)
-        chosen = d.argmin(axis=1)
-        row = model.slot(left)
-        if row is not None:
-            at = np.arange(len(times))
-            keep = ~(d[at, chosen] < (1.0 - margin) * d[:, row])
-            chosen = np.where(keep, row, chosen)
-        hits = np.flatnonzero(lapse_rows[chosen])
-        if not hits.size:
-            not_crossed += 1
-            continue
-        crossed = max(int(times[hits[0]]), opened.get(into, 0))
         days.append((moved_at - crossed) / DAY_MS)
-    return Crossing(tuple(sorted(days)), not_crossed)
+    return Crossing(tuple(sorted(days)), not_crossed, no_version, active_after)
+
+
+def _last_crossing(times: np.ndarray, lapsed: np.ndarray, moved_at: int) -> int | None:
+    """The start of the last stretch of ``lapsed`` hours that reaches the hour of the move
+    (``moved_at``); else the first lapsed hour after it; ``None`` if there is neither.
+
+    >>> t = np.arange(10)
+    >>> _last_crossing(t, np.array([0, 1, 1, 0, 1, 1, 1, 0, 0, 0], bool), 6)
+    4
+    >>> _last_crossing(t, np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], bool), 6)
+    8
+    """
+    upto = int(np.searchsorted(times, moved_at, side="right"))
+    if upto and lapsed[upto - 1]:
+        quiet = np.flatnonzero(~lapsed[:upto])
+        return int(times[quiet[-1] + 1]) if quiet.size else int(times[0])
+    later = np.flatnonzero(lapsed[upto:])
+    return int(times[upto + later[0]]) if later.size else None
+
+
+def _lapsed(
+    st: UserState,
+    times: np.ndarray,
+    model: SegmentModel,
+    lapse_rows: np.ndarray,
+    held: int | None,
+    margin: float,
+    rfm_horizon: str,
+) -> np.ndarray:
+    """Whether ``model`` puts quiet user ``st`` at each of ``times`` in a lapse segment,
+    from segment ``held`` with the hysteresis ``margin`` when ``model`` has it."""
+    owner = np.zeros(len(times), dtype=np.int64)
+    z = model.scale(quiet_vectors([st], owner, times, rfm_horizon, model.params.features))
+    d = model.distances(z)
+    chosen = d.argmin(axis=1)
+    row = model.slot(held)
+    if row is not None:
+        at = np.arange(len(times))
+        keep = ~(d[at, chosen] < (1.0 - margin) * d[:, row])
+        chosen = np.where(keep, row, chosen)
+    return lapse_rows[chosen]
 
 
 # -- targets and the report -----------------------------------------------------------
@@ -614,7 +711,7 @@ def scenario_table(rows: Sequence[Mapping[str, Any]]) -> str:
     hours to lapse: median / p90 (reached of) | moved within a day of crossing | run s |
     |---|---|---:|---:|---:|---:|---|---|---|---:|---:|---|---|---:|
     | three | live | 10 | 100 | 3 | 3 met | 0.900 met | 0.950 met | 1.00 met | 0.250 | 1 / 4 |
-    10.0 / 20.0 (2 of 3) | - | 12 |
+    10.0 / 20.0 (2 of 3, 0 renamed) | - | 12 |
     """
     head = (
         f"| scenario | mode | users | events | k true | k chosen "
@@ -630,7 +727,8 @@ def scenario_table(rows: Sequence[Mapping[str, Any]]) -> str:
         lapse = (
             f"{_fmt(r.get('hours_to_lapse_median'), '.1f')} / "
             f"{_fmt(r.get('hours_to_lapse_p90'), '.1f')} "
-            f"({r.get('lapse_reached', 0)} of {r.get('lapse_customers', 0)})"
+            f"({r.get('lapse_reached', 0)} of {r.get('lapse_customers', 0)}, "
+            f"{r.get('lapse_renamed', 0)} renamed)"
             if r.get("lapse_customers")
             else "-"
         )
@@ -653,7 +751,9 @@ def _crossing(row: Mapping[str, Any]) -> str:
         return "-"
     met = _at_least(share, TARGETS["lapse_within_a_day"].threshold)
     return (
-        f"{_fmt(share, '.2f')} {_mark(met)} (of {row.get('lapse_crossed', 0)}; median "
+        f"{_fmt(share, '.2f')} {_mark(met)} (of {row.get('lapse_crossed', 0)}; "
+        f"{row.get('lapse_not_crossed', 0)} not crossed, "
+        f"{row.get('lapse_active_after', 0)} active after; median "
         f"{_fmt(row.get('lapse_days_after_crossing_median'), '.2f')} d)"
     )
 
@@ -737,14 +837,19 @@ def render_report(
         "- moves / user: segment changes after each user's first, per user with a segment; "
         "reversals: moves back to the segment left at most 24 h of event time earlier.",
         "- hours to lapse: lapsing and dormant customers, event-time hours from their last "
-        "purchase to their change into a segment named at_risk or dormant; reached of those "
-        "with a purchase in the span.",
-        "- moved within a day of crossing: of those lapsed customers, the share moved at "
-        "most a day (and the hour this measure steps by) after the final model's centres "
-        "put them, quiet, in a segment named at_risk or dormant (with the segmenter's "
-        "hysteresis from the segment they left), or after the segment they entered took "
-        "its first member when that was later; the median of those days. Centres that "
-        "moved after the change count against it.",
+        "purchase to the first time they are in a segment named at_risk or dormant: moved "
+        "into one (the name in the change message), or left in one that a newly begun model "
+        "version names so (renamed); reached of those with a purchase in the span.",
+        "- moved within a day of crossing: of those lapsed customers, the share there at "
+        "most a day (and the hour this measure steps by) after the model versions in force "
+        "put them, quiet, in a segment their names call at_risk or dormant (with the "
+        "segmenter's hysteresis from the segment they held), counted from the start of the "
+        "last such stretch before they got there; the median of those days. The version in "
+        "force at an event time is the latest whose first change message had a watermark at "
+        "or before it (every published version is kept for this), up to the version that "
+        "moved them. Not crossed: there though no version in force put them there by then; "
+        "active after: customers with an event after it, whose quiet trajectory their final "
+        "state does not give.",
         "",
         "Names accepted per persona:",
         "",

@@ -16,6 +16,7 @@ from loadtest.quality_metrics import (
     HOUR_MS,
     RULE_NAMES,
     Crossing,
+    InForce,
     ari,
     base_name,
     days_after_crossing,
@@ -233,12 +234,36 @@ def test_hours_to_lapse_counts_a_change_at_the_purchase_instant() -> None:
 
 def test_hours_to_lapse_records_who_moved_when_and_from_where() -> None:
     changes = [change("a", 1, T0 - 5 * H, "loyal"), change("a", 3, T0 + 40 * H, "at_risk")]
-    changes[1]["previous_segment"] = 1
+    changes[1].update(previous_segment=1, model_version=4)
     lapse = hours_to_lapse(changes, {"a": "lapsing_customer"}, {"a": T0})
-    assert lapse.entries == (("a", T0 + 40 * H, 1, 3),)
+    assert lapse.entries == (("a", T0 + 40 * H, 1, 3, 4),)
 
 
-def test_days_after_crossing_by_the_final_centres() -> None:
+def test_a_segment_renamed_at_risk_is_reached_when_the_renaming_version_begins() -> None:
+    model = two_segment_model()
+    v1 = InForce(T0 - DAY_MS, 1, model, {1: "loyal", 2: "dormant", 3: "at_risk"})
+    v2 = InForce(T0 + 50 * H, 2, model, {1: "at_risk", 2: "dormant", 3: "at_risk"})
+    personas = {"a": "lapsing_customer", "b": "lapsing_customer", "c": "lapsing_customer"}
+    changes = [
+        change("a", 1, T0 - 5 * H, "loyal"),  # held until version 2 renames it
+        change("b", 1, T0 - 5 * H, "loyal"),
+        change("b", 2, T0 + 20 * H, "dormant"),  # moved before the rename
+        change("c", 2, T0 - 5 * H, "dormant"),  # there already at the last purchase
+        change("c", 3, T0 + 70 * H, "at_risk"),  # and moved between two such segments
+    ]
+    for c, v in zip(changes, (1, 1, 1, 1, 2), strict=True):
+        c["model_version"] = v
+    changes[2]["previous_segment"] = 1
+    lp = {"a": T0, "b": T0, "c": T0}
+    lapse = hours_to_lapse(changes, personas, lp, in_force=[v1, v2])
+    assert sorted(lapse.entries) == [("a", T0 + 50 * H, 1, 1, 2), ("b", T0 + 20 * H, 1, 2, 1)]
+    assert (lapse.hours, lapse.renamed, lapse.already) == ((20.0, 50.0), 1, 1)
+    # Without the versions, only the change messages' names count.
+    plain = hours_to_lapse(changes, personas, lp)
+    assert sorted(e[0] for e in plain.entries) == ["b"] and plain.already == 1
+
+
+def test_days_after_crossing_by_the_versions_in_force() -> None:
     model = two_segment_model()
     st = decided(buyer(0.5, 5), model, 0.15)
     active = st.segment
@@ -254,26 +279,47 @@ def test_days_after_crossing_by_the_final_centres() -> None:
             break
     crossed = t
     assert E < crossed < E + 90 * DAY_MS
+    one = [InForce(0, 7, model, names)]
     entries = [
-        ("prompt", crossed + 12 * H, active, quiet),
-        ("late", crossed + 5 * DAY_MS, active, quiet),
-        ("early", crossed - 10 * DAY_MS, active, quiet),  # the final centres say not yet
-        ("gone", crossed, active, quiet),  # no state
+        ("prompt", crossed + 12 * H, active, quiet, 7),
+        ("late", crossed + 5 * DAY_MS, active, quiet, 7),
+        ("early", crossed - 10 * DAY_MS, active, quiet, 7),  # the centres say not yet
+        ("gone", crossed, active, quiet, 7),  # no state
+        ("unkept", crossed, active, quiet, 6),  # a version not given
     ]
-    states = {"prompt": st, "late": st, "early": st}
-    got = days_after_crossing(entries, states, model, names, 0.15)
+    states = {u: st for u in ("prompt", "late", "early", "unkept")}
+    got = days_after_crossing(entries, states, one, 0.15)
     assert got.days == pytest.approx((0.5, 5.0))
-    assert got.not_crossed == 1
+    assert (got.not_crossed, got.no_version) == (1, 1)
     assert got.within_a_day == 0.5
     assert got.median_days == pytest.approx(2.75)
     # Without hysteresis the nearest centre changes no later: the same move looks no sooner.
-    loose = days_after_crossing(entries[:1], states, model, names, 0.0)
+    loose = days_after_crossing(entries[:1], states, one, 0.0)
     assert loose.days[0] >= 0.5
     assert Crossing((), 0).within_a_day is None
-    # A segment that took its first member after the crossing: the clock starts then.
-    opened = {quiet: crossed + 2 * DAY_MS}
-    got = days_after_crossing(entries[:2], states, model, names, 0.15, opened=opened)
-    assert got.days == pytest.approx((-1.5, 3.0))
+    # Version 7 called no segment at_risk; version 8, in force from two days after the
+    # crossing, does: the clock starts when version 8 began deciding.
+    renamed = {active: "loyal", quiet: "potential"}
+    two = [InForce(0, 7, model, renamed), InForce(crossed + 2 * DAY_MS, 8, model, names)]
+    moved = [("prompt", crossed + 3 * DAY_MS, active, quiet, 8)]
+    got = days_after_crossing(moved, states, two, 0.15)
+    assert got.days == pytest.approx((1.0,))
+    # A move made with version 7 is judged by version 7 until it, whatever began since.
+    lagging = [("prompt", crossed + 3 * DAY_MS, active, quiet, 7)]
+    assert days_after_crossing(lagging, states, two, 0.15).not_crossed == 1
+    # Out of such a segment for a while (version 8 renames it back) and into it again: the
+    # clock starts at the last crossing.
+    back = [*two, InForce(crossed + 4 * DAY_MS, 9, model, renamed)]
+    back.append(InForce(crossed + 6 * DAY_MS, 10, model, names))
+    again = [("prompt", crossed + 6 * DAY_MS + 5 * H, active, quiet, 10)]
+    got = days_after_crossing(again, states, back, 0.15)
+    assert got.days[0] == pytest.approx(5 / 24, abs=1 / 24)
+    # A customer with an event after the move was not quiet: not judged.
+    assert days_after_crossing(entries[:1], {"prompt": st}, one, 0.15).active_after == 0
+    early = days_after_crossing(
+        [("prompt", st.last_event_ms, active, quiet, 7)], {"prompt": st}, one, 0.15
+    )
+    assert (early.days, early.active_after) == ((), 1)
 
 
 def test_hours_to_lapse_without_any() -> None:
