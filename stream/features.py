@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -378,7 +378,7 @@ def stored_features(features: dict[str, float | None]) -> dict[str, Any]:
     who never bought has no days since their last purchase) stays, as it is not a zero.
     Most users are quiet in most windows and never bought, and the hash is kept per user:
     this keeps a light user's features at about a fifth of the flat JSON.
-    :func:`full_features` gives back the flat features.
+    :func:`feature_fields` writes them as hash fields.
 
     >>> stored_features({"views_1h": 0.0, "views_30d": 3.0, "spend_30d": 0.0,
     ...                  "days_since_last_purchase": None})
@@ -394,24 +394,74 @@ def stored_features(features: dict[str, float | None]) -> dict[str, Any]:
     return out
 
 
-#: Every feature at zero, as :func:`full_features` puts back what the hash leaves out.
+#: Every feature at zero, as :func:`features_from_hash` puts back what the hash leaves out.
 _ZEROS: dict[str, float | None] = {name: (0 if name in _COUNTS else 0.0) for name in FEATURE_NAMES}
 
+#: Prefix of a user-hash field holding one event type's window counts.
+COUNTS_FIELD_PREFIX = f"{COUNTS_KEY}:"
 
-def full_features(stored: dict[str, Any]) -> dict[str, float | None]:
-    """The flat features (``views_1h`` ... ``tenure_days``) of a user hash's ``features``
-    (:func:`stored_features`), with the zeros it leaves out put back.
+#: How the user hash writes a feature with no value (a customer who never bought has no
+#: days since their last purchase).
+NULL_TEXT = "null"
 
-    >>> f = full_features({"counts": {"views": [0, 0, 1, 3, 3, 9]},
-    ...                    "days_since_last_purchase": None})
-    >>> f["views_30d"], f["views_365d"], f["events_30d"], f["spend_30d"]
-    (3, 9, 0, 0.0)
+
+def feature_fields(features: dict[str, float | None]) -> dict[str, str]:
+    """The features as fields of the user hash, one field each and every value text:
+    ``counts:<type>`` the window counts of one event type in window order, then every
+    other feature by name; zeros left out (:func:`stored_features`).
+
+    One field per feature keeps every value short, so Redis keeps the hash in its compact
+    encoding (a value over 64 bytes turns the whole hash into a hash table, about a third
+    larger); and a reader gets one feature with one ``HGET``.
+
+    >>> feature_fields({"views_30d": 3.0, "views_365d": 9.0, "monetary": 212.5,
+    ...                 "frequency": 4.0, "spend_30d": 0.0, "days_since_last_purchase": None})
+    {'counts:views': '0,0,0,3,0,9', 'monetary': '212.5', 'frequency': '4', \
+'days_since_last_purchase': 'null'}
+    """
+    stored = stored_features(features)
+    out = {
+        COUNTS_FIELD_PREFIX + kind: ",".join(map(str, counts))
+        for kind, counts in stored.pop(COUNTS_KEY, {}).items()
+    }
+    out.update((k, NULL_TEXT if v is None else _text(v)) for k, v in stored.items())
+    return out
+
+
+def _text(value: float) -> str:
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def is_feature_field(name: str) -> bool:
+    """Whether a user-hash field holds features (:func:`feature_fields`).
+
+    >>> is_feature_field("counts:views"), is_feature_field("monetary"), is_feature_field("rfm")
+    (True, True, False)
+    """
+    return name.startswith(COUNTS_FIELD_PREFIX) or (name in _ZEROS and name not in _COUNTS)
+
+
+def features_from_hash(fields: Mapping[Any, Any]) -> dict[str, float | None]:
+    """The flat features (``views_1h`` ... ``tenure_days``) of a user hash (text or
+    bytes, as ``HGETALL`` gives it), with the zeros it leaves out put back.
+
+    >>> f = features_from_hash({b"counts:views": b"0,0,1,3,3,9", "monetary": "212.5",
+    ...                         "days_since_last_purchase": "null", "segment": "4"})
+    >>> f["views_30d"], f["views_365d"], f["events_30d"], f["monetary"], f["spend_30d"]
+    (3, 9, 0, 212.5, 0.0)
     >>> f["days_since_last_purchase"] is None
     True
     """
-    out = {**_ZEROS, **{k: v for k, v in stored.items() if k != COUNTS_KEY}}
-    for kind, values in (stored.get(COUNTS_KEY) or {}).items():
-        out.update(zip(_BY_TYPE[kind], values, strict=True))
+    out = dict(_ZEROS)
+    for key, value in fields.items():
+        k = key.decode() if isinstance(key, bytes) else str(key)
+        v = value.decode() if isinstance(value, bytes) else str(value)
+        if k.startswith(COUNTS_FIELD_PREFIX):
+            kind = k[len(COUNTS_FIELD_PREFIX) :]
+            out.update(zip(_BY_TYPE[kind], map(int, v.split(",")), strict=True))
+        elif is_feature_field(k):
+            out[k] = None if v == NULL_TEXT else float(v)
     return out
 
 

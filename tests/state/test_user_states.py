@@ -13,7 +13,8 @@ from stream.features import (
     UserState,
     apply_events,
     compute_features,
-    full_features,
+    features_from_hash,
+    is_feature_field,
 )
 from stream.rfm import RFMScores
 from stream.state_codec import decode_state, encode_state
@@ -36,7 +37,7 @@ def make_update(segment: int | None, name: str | None, since: int | None) -> Use
 def test_fields_of_a_segmented_user() -> None:
     u = make_update(2, "high_value", T - HOUR_MS)
     h = user_hash(u, model_version=4, updated_at_ms=T + 1234)
-    assert set(h) == {
+    assert {k for k in h if not is_feature_field(str(k))} == {
         "last_event_time",
         "features_as_of",
         "updated_at",
@@ -44,7 +45,6 @@ def test_fields_of_a_segmented_user() -> None:
         "segment",
         "segment_name",
         "segment_since",
-        "features",
     }
     assert h["segment"] == "2"
     assert h["segment_name"] == "high_value"
@@ -59,13 +59,16 @@ def test_fields_of_a_segmented_user() -> None:
 
 def test_features_in_human_units() -> None:
     u = make_update(2, "high_value", T)
-    stored = orjson.loads(user_hash(u, 1, T)["features"])
-    # Counts by type in window order (1h ... 365d), zeros of other kinds left out; the
-    # flat features come back with full_features.
-    assert stored["counts"]["views"] == [0, 0, 1, 1, 1, 1]
-    assert "views_7d" not in stored and "searches" not in stored["counts"]
-    assert "cart_abandonment_30d" not in stored
-    features = full_features(stored)
+    h = user_hash(u, 1, T)
+    # One field per feature: counts by type in window order (1h ... 365d), zeros of other
+    # kinds left out; the flat features come back with features_from_hash.
+    assert h["counts:views"] == "0,0,1,1,1,1"
+    assert "views_7d" not in h and "counts:searches" not in h
+    assert "cart_abandonment_30d" not in h
+    assert h["spend_30d"] == "42.5" and "days_since_last_purchase" not in h  # 0: bought at T
+    # Every value short: Redis keeps such a hash in its compact encoding.
+    assert max(len(str(v)) for v in h.values()) <= 64
+    features = features_from_hash(h)
     assert features == u.features
     assert features["purchases_30d"] == 1.0
     assert features["spend_30d"] == 42.5
@@ -80,10 +83,9 @@ def test_features_in_human_units() -> None:
 def test_never_bought_is_null_in_the_features() -> None:
     state = apply_events(None, [Event("v", "u1", "view", T, "shop.clicks", 0, 1)]).state
     u = UserUpdate("u1", state, compute_features(state), None, None, None)
-    text = user_hash(u, 1, T)["features"]
-    assert isinstance(text, str)
-    assert '"days_since_last_purchase":null' in text
-    assert orjson.loads(text)["days_since_last_purchase"] is None
+    h = user_hash(u, 1, T)
+    assert h["days_since_last_purchase"] == "null"
+    assert features_from_hash(h)["days_since_last_purchase"] is None
 
 
 def test_missing_segment_name_is_written_empty() -> None:
@@ -99,12 +101,11 @@ def test_missing_segment_since_falls_back_to_the_last_event() -> None:
 
 def test_no_segment_fields_without_a_segment() -> None:
     h = user_hash(make_update(None, None, None), 0, T)
-    assert set(h) == {
+    assert {k for k in h if not is_feature_field(str(k))} == {
         "last_event_time",
         "features_as_of",
         "updated_at",
         "model_version",
-        "features",
     }
     assert h["model_version"] == "0"
 

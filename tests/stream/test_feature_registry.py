@@ -27,7 +27,13 @@ from stream.feature_registry import (
     WINDOW_NAMES,
     WINDOWS,
 )
-from stream.features import apply_events, compute_features, full_features, stored_features
+from stream.features import (
+    apply_events,
+    compute_features,
+    feature_fields,
+    features_from_hash,
+    stored_features,
+)
 from stream.scaling import LOG_FEATURES, to_vector
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "segment_change.schema.json"
@@ -172,7 +178,7 @@ def test_count_features() -> None:
     assert any(f[n] == 0 and n not in COUNT_FEATURES for n in FEATURE_NAMES)  # some left out
     counted = {f"{t}_{w}" for t, v in stored["counts"].items() for w in WINDOW_NAMES}
     assert {n for n in COUNT_FEATURES if f[n]} <= counted <= set(COUNT_FEATURES)
-    assert full_features(stored) == f  # type: ignore[arg-type]
+    assert features_from_hash(feature_fields(f)) == f  # type: ignore[arg-type]
     # Only the 30-day activity count is a dimension of the model.
     assert set(COUNT_FEATURES) & set(MODEL_FEATURES) == {"events_30d"}
 
