@@ -360,45 +360,24 @@ _WINDOW_NAMES = tuple(
 _GRAIN_INDEX = {g: i for i, g in enumerate(GRAINS)}
 
 
-#: The key of the per-type window counts in the stored features.
-COUNTS_KEY = "counts"
 # Count names by type (and "events", all types), each in window order.
 _BY_TYPE: dict[str, tuple[str, ...]] = {
     t: tuple(f"{t}_{w}" for w in WINDOW_NAMES) for t in (*TYPE_NAMES, "events")
 }
 
 
-def stored_features(features: dict[str, float | None]) -> dict[str, Any]:
-    """The features as the user hash keeps them: small, every value still in human units.
-
-    Window counts go under ``"counts"``, one list per event type (and ``"events"``, all
-    types), in window order (``1h``, ``24h``, ``7d``, ``30d``, ``90d``, ``365d``:
-    :data:`~stream.feature_registry.WINDOW_NAMES`), as integers, and only for types with
-    a count in some window. Every other feature of zero is left out; a null (a customer
-    who never bought has no days since their last purchase) stays, as it is not a zero.
-    Most users are quiet in most windows and never bought, and the hash is kept per user:
-    this keeps a light user's features at about a fifth of the flat JSON.
-    :func:`feature_fields` writes them as hash fields.
-
-    >>> stored_features({"views_1h": 0.0, "views_30d": 3.0, "spend_30d": 0.0,
-    ...                  "days_since_last_purchase": None})
-    {'counts': {'views': [0, 0, 0, 3, 0, 0]}, 'days_since_last_purchase': None}
-    """
-    counts = {
-        kind: [int(features.get(n) or 0) for n in names]
-        for kind, names in _BY_TYPE.items()
-        if any(features.get(n) for n in names)
-    }
-    out: dict[str, Any] = {COUNTS_KEY: counts} if counts else {}
-    out.update((k, v) for k, v in features.items() if k not in _COUNTS and (v or v is None))
-    return out
-
-
 #: Every feature at zero, as :func:`features_from_hash` puts back what the hash leaves out.
 _ZEROS: dict[str, float | None] = {name: (0 if name in _COUNTS else 0.0) for name in FEATURE_NAMES}
 
 #: Prefix of a user-hash field holding one event type's window counts.
-COUNTS_FIELD_PREFIX = f"{COUNTS_KEY}:"
+COUNTS_FIELD_PREFIX = "counts:"
+
+#: The user-hash field of each event type's window counts, and those counts' features.
+_COUNT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (COUNTS_FIELD_PREFIX + kind, names) for kind, names in _BY_TYPE.items()
+)
+#: Every feature that is not a window count, in registry order.
+_SCALARS: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in _COUNTS)
 
 #: How the user hash writes a feature with no value (a customer who never bought has no
 #: days since their last purchase).
@@ -408,7 +387,9 @@ NULL_TEXT = "null"
 def feature_fields(features: dict[str, float | None]) -> dict[str, str]:
     """The features as fields of the user hash, one field each and every value text:
     ``counts:<type>`` the window counts of one event type in window order, then every
-    other feature by name; zeros left out (:func:`stored_features`).
+    other feature by name. Most users are quiet in most windows and never bought, and
+    the hash is kept per user: a type with no count in any window, and every other
+    feature of zero, is left out; a null stays, as it is not a zero.
 
     One field per feature keeps every value short, so Redis keeps the hash in its compact
     encoding (a value over 64 bytes turns the whole hash into a hash table, about a third
@@ -416,21 +397,25 @@ def feature_fields(features: dict[str, float | None]) -> dict[str, str]:
 
     >>> feature_fields({"views_30d": 3.0, "views_365d": 9.0, "monetary": 212.5,
     ...                 "frequency": 4.0, "spend_30d": 0.0, "days_since_last_purchase": None})
-    {'counts:views': '0,0,0,3,0,9', 'monetary': '212.5', 'frequency': '4', \
+    {'counts:views': '0,0,0,3,0,9', 'frequency': '4', 'monetary': '212.5', \
 'days_since_last_purchase': 'null'}
     """
-    stored = stored_features(features)
-    out = {
-        COUNTS_FIELD_PREFIX + kind: ",".join(map(str, counts))
-        for kind, counts in stored.pop(COUNTS_KEY, {}).items()
-    }
-    out.update((k, NULL_TEXT if v is None else _text(v)) for k, v in stored.items())
+    # One pass over precomputed names: this runs for every write.
+    out: dict[str, str] = {}
+    get = features.get
+    for key, names in _COUNT_FIELDS:
+        counts = [int(get(n) or 0) for n in names]
+        if any(counts):
+            out[key] = ",".join(map(str, counts))
+    for name in _SCALARS:
+        if name not in features:
+            continue
+        v = features[name]
+        if v is None:
+            out[name] = NULL_TEXT
+        elif v:
+            out[name] = str(int(v)) if float(v).is_integer() else repr(float(v))
     return out
-
-
-def _text(value: float) -> str:
-    text = repr(float(value))
-    return text[:-2] if text.endswith(".0") else text
 
 
 def is_feature_field(name: str) -> bool:

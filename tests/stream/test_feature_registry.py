@@ -32,7 +32,6 @@ from stream.features import (
     compute_features,
     feature_fields,
     features_from_hash,
-    stored_features,
 )
 from stream.scaling import LOG_FEATURES, to_vector
 
@@ -172,11 +171,12 @@ def test_count_features() -> None:
     assert all(float(f[n]).is_integer() for n in COUNT_FEATURES)  # type: ignore[arg-type]
     # In the hash, counts go by type in window order; other zeros are left out, nulls and
     # other values never; reading puts them back.
-    stored = stored_features(f)
+    fields = feature_fields(f)
     others = {n for n in FEATURE_NAMES if n not in COUNT_FEATURES and (f[n] or f[n] is None)}
-    assert set(stored) == {"counts", *others}
+    kinds = {k.removeprefix("counts:") for k in fields if k.startswith("counts:")}
+    assert set(fields) == {f"counts:{t}" for t in kinds} | others
     assert any(f[n] == 0 and n not in COUNT_FEATURES for n in FEATURE_NAMES)  # some left out
-    counted = {f"{t}_{w}" for t, v in stored["counts"].items() for w in WINDOW_NAMES}
+    counted = {f"{t}_{w}" for t in kinds for w in WINDOW_NAMES}
     assert {n for n in COUNT_FEATURES if f[n]} <= counted <= set(COUNT_FEATURES)
     assert features_from_hash(feature_fields(f)) == f  # type: ignore[arg-type]
     # Only the 30-day activity count is a dimension of the model.
