@@ -425,10 +425,9 @@ def _decide(
     if not names.names:
         names.refresh(model)
     zs = model.scale(np.stack([p.raw for p in pending]))
-    dists = model.distances(zs)
-    for p, z, d in zip(pending, zs, dists, strict=True):
+    decisions = model.decide_many([p.previous for p in pending], zs, model.distances(zs), margin)
+    for p, decision in zip(pending, decisions, strict=True):
         state, prev = p.state, p.previous
-        decision = model.decide(prev, z, d, margin)
         scores = _rfm(p.features, model)
         change = None
         if decision.changed:

@@ -19,6 +19,7 @@ vector per sampled user as of the watermark (:meth:`state.redis_store.RedisStore
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +34,7 @@ from stream.checkpoint import (
     empty_checkpoint,
     merge,
 )
-from stream.decision import Decision, decide
+from stream.decision import Decision, decide, decide_many
 from stream.rfm import RFMSketches
 from stream.scaling import MODEL_FEATURES, OnlineScaler
 
@@ -152,6 +153,33 @@ class SegmentModel:
             previous=current,
             runner_up=self.ids[dec.runner_up],
         )
+
+    def decide_many(
+        self, current: Sequence[int | None], z: np.ndarray, d: np.ndarray, margin: float
+    ) -> list[Decision]:
+        """:meth:`decide` for the users of ``current`` (segment ids), scaled vectors ``z``
+        and distances ``d`` in rows, computed for all of them at once
+        (:func:`~stream.decision.decide_many`)."""
+        rows = np.array([-1 if (r := self.slot(c)) is None else r for c in current], dtype=np.int64)
+        chosen, runner_up, gap, top = decide_many(rows, z, self._centres, d, margin)
+        ids, names = self.ids, self.features
+        return [
+            Decision(
+                ids[c],
+                cur,
+                ids[r],
+                round(float(g), 4),
+                tuple(names[i] for i in t if i >= 0),
+            )
+            for cur, c, r, g, t in zip(
+                current,
+                chosen.tolist(),
+                runner_up.tolist(),
+                gap.tolist(),
+                top.tolist(),
+                strict=True,
+            )
+        ]
 
     # -- local learning -------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.decision import Decision, decide
+from stream.decision import Decision, decide, decide_many
 
 C1 = np.array([[0.0], [1.0]])
 NAMES1 = ("x",)
@@ -135,3 +135,25 @@ def test_decision_changed() -> None:
     assert Decision(1, None, 0, 0.1, ()).changed
     assert Decision(1, 0, 0, 0.1, ()).changed
     assert not Decision(1, 1, 0, 0.1, ()).changed
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.15, 0.5])
+def test_decide_many_decides_every_row_as_decide_does(margin: float) -> None:
+    rng = np.random.default_rng(3)
+    k, f, n = 6, 5, 400
+    centres = rng.normal(size=(k, f))
+    z = rng.normal(size=(n, f))
+    # Some users sit exactly between two centres' coordinates, so some pulls are zero.
+    z[:20, 2] = centres[0, 2]
+    d = np.sqrt(((z[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2))
+    current = rng.integers(-1, k + 1, size=n)  # -1: none; k: out of range (retired)
+    chosen, runner_up, gap, top = decide_many(current, z, centres, d, margin)
+    names = tuple(f"x{i}" for i in range(f))
+    for i in range(n):
+        cur = int(current[i])
+        one = decide(None if cur < 0 else cur, z[i], centres, d[i], margin, names)
+        assert (one.segment, one.runner_up) == (chosen[i], runner_up[i])
+        assert one.margin == round(float(gap[i]), 4)
+        assert one.top_features == tuple(names[j] for j in top[i] if j >= 0)
+    assert (chosen != np.where(current < 0, -2, current)).any()  # some moved
+    assert ((current >= 0) & (current < k) & (chosen == current)).any()  # some kept

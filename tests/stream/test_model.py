@@ -156,6 +156,12 @@ def test_decide_speaks_segment_ids_and_moves_users_of_retired_segments() -> None
     # ... but a retired one (not among the ids) cannot be kept.
     retired = m.decide(3, z, d, 0.99)
     assert retired.segment == dec.segment and retired.previous == 3 and retired.changed
+    # All at once, the same decisions.
+    zs = m.scale(blobs(40, seed=5)[::3])
+    current = [None, 3, *([10, 11, 12] * 13)][:40]
+    many = m.decide_many(current, zs, m.distances(zs), 0.15)
+    one = [m.decide(c, zz, m.distances(zz), 0.15) for c, zz in zip(current, zs, strict=True)]
+    assert many == one
 
 
 def test_two_processes_at_the_same_version_decide_alike() -> None:
