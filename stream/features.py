@@ -378,6 +378,8 @@ _COUNT_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
 )
 #: Every feature that is not a window count, in registry order.
 _SCALARS: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n not in _COUNTS)
+#: Every user-hash field :func:`feature_fields` may write.
+FEATURE_FIELDS: tuple[str, ...] = (*(key for key, _ in _COUNT_FIELDS), *_SCALARS)
 
 #: How the user hash writes a feature with no value (a customer who never bought has no
 #: days since their last purchase).
@@ -404,17 +406,14 @@ def feature_fields(features: dict[str, float | None]) -> dict[str, str]:
     out: dict[str, str] = {}
     get = features.get
     for key, names in _COUNT_FIELDS:
-        counts = [int(get(n) or 0) for n in names]
-        if any(counts):
-            out[key] = ",".join(map(str, counts))
+        if get(names[-1]):  # windows nest: nothing in the longest, nothing in any
+            out[key] = ",".join([str(int(get(n) or 0)) for n in names])
     for name in _SCALARS:
-        if name not in features:
-            continue
-        v = features[name]
-        if v is None:
+        v = get(name)
+        if v:
+            out[name] = repr(v) if v % 1 else str(int(v))
+        elif v is None and name in features:
             out[name] = NULL_TEXT
-        elif v:
-            out[name] = str(int(v)) if float(v).is_integer() else repr(float(v))
     return out
 
 
