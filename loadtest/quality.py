@@ -144,7 +144,7 @@ def produce_scenario(s: Settings, scenario: Scenario, seed: int, rate: float | N
 
 def run_settings(stack: Stack, tag: str, **overrides: Any) -> Settings:
     """Settings of one run: its own topics, group and Redis prefix; k chosen; every
-    published model version kept (for :func:`lapse_crossing`); then ``overrides``
+    published model version kept (for :func:`read_in_force`); then ``overrides``
     (settings fields)."""
     return stack.settings(
         **{"checkpoint_interval_s": 0.001, "model_versions_kept": 1_000_000, **overrides},
@@ -726,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{default.watermark_lateness_s:.0f}s, idle {default.watermark_idle_s:.0f}s, "
             f"refit every {default.model_refit_interval_days:g} days of event time or "
             f"{default.model_refit_updates:,} updates; learning budget "
-            f"{default.learn_budget or 'none'} user updates a batch; other settings default",
+            f"{default.learn_budget or 'none'} user updates a batch; every published model "
+            "version kept (for the lapse timing); other settings default",
         }
         for name in names:
             for mode in modes:

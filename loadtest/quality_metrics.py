@@ -497,10 +497,12 @@ def days_after_crossing(
     rfm_horizon: str = "365d",
 ) -> Crossing:
     """For each ``(user, moved_at, left, into, version)`` of :attr:`Lapse.entries`: the
-    first hour, from the user's last event on, at which the model version in force puts
-    the quiet user (with the hysteresis ``margin``, from segment ``left`` when that
-    version has it) in a segment its names call at_risk or dormant, and the days from
-    then to ``moved_at``.
+    hour, from the user's last event on, at which the model versions in force began to
+    put the quiet user (with the hysteresis ``margin``, from segment ``left`` when a
+    version has it) in a segment their names call at_risk or dormant, for good up to the
+    move (:func:`_last_crossing`), and the days from then to ``moved_at``. A customer
+    with an event at or after ``moved_at`` is counted apart: their state of the end is
+    not the quiet one they crossed in.
 
     ``in_force`` is sorted by :attr:`InForce.since_ms`. The version in force at an hour is
     the latest begun by then, up to ``version`` (the one the move was made with: a
