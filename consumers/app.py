@@ -139,6 +139,9 @@ class Segmenter:
         """Check Redis and the topics, restore the model, and subscribe."""
         s = self.settings
         self.store.ping()
+        advice = self.store.encoding_advice()
+        if advice:
+            log.info(advice)
         admin = topics.admin_client(s)
         counts = topics.partition_counts(admin, s.kafka_bootstrap)
         partitions = topics.check_input_topics(counts, s)

@@ -164,29 +164,29 @@ def _open_user(settings: Settings, user_id: str) -> tuple[Any, dict[str, str] | 
 
 
 def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
     from consumers.forget import stored_user_id
-    from stream.features import is_feature_field
 
     store, user = _open_user(settings, args.user)
     if user is None:
         return EXIT_NOT_FOUND
     print(f"{store.keys.user(stored_user_id(settings, args.user))}")
     for k in sorted(user):
-        if not is_feature_field(k):
+        if k != "features":
             print(f"  {k:28} {user[k]}")
     print("  features:")
-    for k in sorted(user):
-        if is_feature_field(k):
-            v = user[k]
-            print(f"    {k:26} {'never' if v == 'null' else v}")
+    for k, v in orjson.loads(user.get("features", "{}")).items():
+        print(f"    {k:26} {'never' if v is None else v}")
     return EXIT_OK
 
 
 def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     """Why a user is in their segment: distances to every centre and what drove it."""
+    import orjson
 
     from consumers.forget import stored_user_id
-    from stream.features import compute_features, features_from_hash
+    from stream.features import compute_features, full_features
     from stream.messages import iso_ms
     from stream.model import SegmentModel
     from stream.naming import population_profile
@@ -209,7 +209,7 @@ def cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
     wm = group_watermark(store, settings, int(time.time() * 1000))
     state = store.load_states([stored_user_id(settings, args.user)]).popitem()[1]
     features = (
-        features_from_hash(user)
+        full_features(orjson.loads(user["features"]))
         if state is None
         else compute_features(state, wm, settings.rfm_horizon)
     )

@@ -16,12 +16,12 @@ What it reads (default prefix ``seg:``, ``SEGMENTER_REDIS_PREFIX``; see the READ
 
 Two things to know when reading them:
 
-- **The hash's features are kept small,** one field each. Window counts are grouped by
-  event type, one field per type, in window order ``1h, 24h, 7d, 30d, 90d, 365d``
-  (``counts:purchases`` = ``0,0,1,2,2,5``: ``purchases_30d`` is 2; a type with no event
-  is left out), and spend, rates and days of zero are not stored: read a missing feature
-  as 0. :func:`stream.features.features_from_hash` gives the flat features back.
-  ``days_since_last_purchase`` is ``null`` (present, not missing) for a user who never
+- **The hash's** ``features`` **are kept small.** Window counts are grouped by event
+  type under ``counts``, in window order ``1h, 24h, 7d, 30d, 90d, 365d``
+  (``counts["purchases"][3]`` is ``purchases_30d``; a type with no event is left out),
+  and spend, rates and days of zero are not stored: read a missing feature as 0.
+  :func:`stream.features.full_features` gives the flat features back.
+  ``days_since_last_purchase`` is null (present, not missing) for a user who never
   bought.
 - **The user hash is the truth.** The segmenter updates a batch's user hashes, then
   their membership sets, so for a moment a user can be in a set while their hash already
@@ -49,7 +49,7 @@ from typing import Any
 
 import redis
 
-from stream.features import features_from_hash
+from stream.features import full_features
 
 #: Features shown by default, besides those a ``--min``/``--max`` names.
 SHOWN = ("events_30d", "purchases_30d", "spend_30d", "days_since_last_purchase")
@@ -121,7 +121,7 @@ def members(r: Any, segment: int, prefix: str = "seg:", page: int = 500) -> Iter
                 segment,
                 h["segment_name"],
                 h.get("segment_since", ""),
-                features_from_hash(h),
+                full_features(json.loads(h["features"])),
             )
 
 

@@ -43,7 +43,7 @@ from loadtest.personas import ShopperSimulator
 from loadtest.stack import OffsetWatcher, SegmenterProcess, Stack, StackError, rss_bytes
 from stream.events import TYPE_INDEX
 from stream.feature_registry import TYPE_NAMES
-from stream.features import features_from_hash
+from stream.features import full_features
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -294,11 +294,11 @@ def _counts(s: Settings, port: int, expected: Expected) -> dict[str, int]:
     wrong = missing = counted = 0
     with contextlib.closing(redis.Redis(host=servers.HOST, port=port, decode_responses=True)) as c:
         for user, want in expected.counts.items():
-            h = c.hgetall(f"{s.redis_prefix}user:{{{user}}}")
-            if not h:
+            raw = c.hget(f"{s.redis_prefix}user:{{{user}}}", "features")
+            if raw is None:
                 missing += 1
                 continue
-            f = features_from_hash(h)
+            f = full_features(orjson.loads(raw))
             got = {t: int(f[field] or 0) for t, field in TYPE_FIELDS.items()}
             counted += sum(got.values())
             if any(got[t] != want.get(t, 0) for t in TYPE_FIELDS):

@@ -37,6 +37,9 @@ from state.user_states import UserStates
 from stream.errors import RedisError
 from stream.settings import Settings
 
+#: ``hash-max-listpack-value`` at which user hashes stay in Redis's compact encoding.
+RECOMMENDED_LISTPACK_VALUE = 1024
+
 
 class RedisStore(
     UserStates,
@@ -113,6 +116,27 @@ class RedisStore(
             raise RedisError(
                 f"cannot reach Redis at {safe_url(self.url)} ({exc}). {hint}"
             ) from None
+
+    def encoding_advice(self) -> str | None:
+        """A sentence for the operator if user hashes will take more memory than needed.
+
+        User hashes hold values of a few hundred bytes (the state and the features), so
+        with Redis's default ``hash-max-listpack-value`` of 64 they are kept as hash
+        tables, about a third larger than the compact listpack encoding. Servers that do
+        not allow ``CONFIG GET`` (some managed services) give no advice.
+        """
+        try:
+            raw = self._r.config_get("hash-max-listpack-value")
+        except redis.RedisError:
+            return None
+        values = [int(v) for k, v in raw.items() if "listpack-value" in str(k)]
+        if not values or min(values) >= RECOMMENDED_LISTPACK_VALUE:
+            return None
+        return (
+            f"Redis has hash-max-listpack-value {min(values)}: user hashes will be kept as "
+            "hash tables, about a third more memory per user. Set it to "
+            f"{RECOMMENDED_LISTPACK_VALUE} (redis.conf or CONFIG SET) to keep them compact."
+        )
 
     def close(self) -> None:
         self._r.close()

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from loadtest.devstack import install
+from state.redis_store import RECOMMENDED_LISTPACK_VALUE
 from stream.errors import DevstackError
 
 HOST = "127.0.0.1"
@@ -171,6 +172,10 @@ def start_redis(
         str(workdir),
         "--protected-mode",
         "yes",
+        # User hashes hold values of a few hundred bytes; above 64 (the default) Redis
+        # keeps them as hash tables, which takes about a third more memory per user.
+        "--hash-max-listpack-value",
+        str(RECOMMENDED_LISTPACK_VALUE),
         *extra_args,
     ]
     proc, log = _spawn(cmd, workdir, "redis.log")

@@ -19,7 +19,7 @@ from consumers.replay import FIELDS
 from examples import campaign_engine
 from examples.recommendation_service import SegmentFeed, SegmentView
 from loadtest.devstack.servers import Server
-from stream.features import features_from_hash
+from stream.features import full_features
 from stream.settings import Settings
 from tests.integration.conftest import env_of, produce
 from tests.integration.kafka_read import read_topic
@@ -174,7 +174,7 @@ def check_campaign_engine(
     for uid, m in got.items():
         h = rds.hgetall(f"{p}user:{{{uid}}}")
         assert (m.segment, m.segment_name) == (segment, h["segment_name"])
-        assert m.features == features_from_hash(h)
+        assert m.features == full_features(orjson.loads(h["features"]))
         exp = expected[uid]
         assert m.features["events_30d"] == sum(exp.counts.values())
         # A zero count is absent from the stored JSON, yet there, as 0, in the member's.

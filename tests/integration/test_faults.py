@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException
 
 from consumers import topics
 from loadtest.devstack import servers
-from stream.features import features_from_hash
+from stream.features import full_features
 from stream.settings import Settings
 from tests.integration.conftest import produce, segment_ids, spawn, stop_gracefully
 from tests.integration.kafka_read import committed, read_topic
@@ -89,7 +89,7 @@ def check_exact(
     all_ids = segment_ids(rds, p)
     for uid, exp in expected.items():
         h = rds.hgetall(f"{p}user:{{{uid}}}")
-        f = features_from_hash(h)
+        f = full_features(orjson.loads(h["features"]))
         for etype, field in TYPE_FIELDS.items():
             assert f[field] == exp.counts[etype], (uid, field, f[field], exp.counts[etype])
         assert f["spend_30d"] == pytest.approx(exp.spend, abs=0.01), uid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 import redis
 
@@ -10,7 +11,7 @@ from state.redis_store import RedisStore
 from state.user_states import WRITE_CHUNK
 from stream.batch import UserUpdate
 from stream.events import Event
-from stream.features import apply_events, compute_features, features_from_hash
+from stream.features import apply_events, compute_features, full_features
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +34,7 @@ def test_an_older_write_is_refused_and_a_newer_one_accepted(redis_server: Server
         assert (stale.written, stale.fenced, stale.moves) == (0, 1, 0)
         h = rds.hgetall("fence:user:{u1}")
         assert h["_o:clicks:3"] == "9"
-        assert features_from_hash(h)["views_30d"] == 10
+        assert full_features(orjson.loads(h["features"]))["views_30d"] == 10
         assert h["segment"] == "1"
         assert rds.smembers("fence:segment:{1}:members") == {"u1"}
         assert not rds.exists("fence:segment:{2}:members")
@@ -75,7 +76,7 @@ def test_a_write_that_never_saw_a_partition_the_stored_state_has_is_refused(
         )
         assert (late.written, late.fenced) == (0, 1)
         h = rds.hgetall("fence2:user:{u1}")
-        assert features_from_hash(h)["purchases_30d"] == 2 and h["_on"] == "2"
+        assert full_features(orjson.loads(h["features"]))["purchases_30d"] == 2 and h["_on"] == "2"
     finally:
         store.close()
         rds.close()

@@ -7,11 +7,12 @@ import random
 import time
 from collections import Counter
 
+import orjson
 import pytest
 import redis
 
 from stream.events import DeadLetter, decode
-from stream.features import features_from_hash
+from stream.features import full_features
 from stream.settings import Settings
 from tests.integration.conftest import produce
 from tests.integration.kafka_read import read_topic
@@ -53,7 +54,7 @@ def test_fuzz_corpus_end_to_end(settings: Settings, rds: redis.Redis, run_segmen
     assert len(positions) == len(dead)
     p = settings.redis_prefix
     for uid, exp in expected.items():
-        f = features_from_hash(rds.hgetall(f"{p}user:{{{uid}}}"))
+        f = full_features(orjson.loads(rds.hget(f"{p}user:{{{uid}}}", "features")))
         assert f["events_30d"] == sum(exp.counts.values()), uid
     print(
         f"\nfuzz: {len(good)} good events, {len(bad)} malformed -> {len(dead)} dead letters, "

@@ -16,7 +16,7 @@ import redis
 from consumers import topics
 from loadtest.devstack import install, servers
 from loadtest.devstack.servers import SaslSsl, Server
-from stream.features import features_from_hash
+from stream.features import full_features
 from stream.settings import Settings
 from tests.integration.certs import make_server_cert
 from tests.integration.conftest import cli, produce
@@ -81,7 +81,7 @@ def test_the_segmenter_runs_over_sasl_ssl(
     assert stats.messages == len(messages) and stats.dead_letters == 0
     for uid, exp in expected.items():
         h = rds.hgetall(f"{s.redis_prefix}user:{{{uid}}}")
-        f = features_from_hash(h)
+        f = full_features(orjson.loads(h["features"]))
         for etype, field in TYPE_FIELDS.items():
             assert f[field] == exp.counts[etype], (uid, field)
         assert h["segment"] != ""

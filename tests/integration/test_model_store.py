@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from state.redis_store import RedisStore
+from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
 from stream.checkpoint import Checkpoint, ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError
 from stream.events import Event
@@ -143,3 +143,20 @@ def test_reassess_queue_and_members_of_retired_segments(store: RedisStore) -> No
     assert store.queue_members([7], version=6, chunk=1000) == 2500
     queued = store.reassess_batch(5000)
     assert len(queued) == 2502 and queued["m7"].version == 6
+
+
+def test_encoding_advice_names_the_setting_when_hashes_would_not_stay_compact(
+    store: RedisStore,
+) -> None:
+    r = store.client
+    before = r.config_get("hash-max-listpack-value")["hash-max-listpack-value"]
+    try:
+        r.config_set("hash-max-listpack-value", RECOMMENDED_LISTPACK_VALUE)
+        assert store.encoding_advice() is None
+        r.config_set("hash-max-listpack-value", 64)
+        advice = store.encoding_advice()
+        assert advice is not None
+        assert "hash-max-listpack-value 64" in advice
+        assert str(RECOMMENDED_LISTPACK_VALUE) in advice
+    finally:
+        r.config_set("hash-max-listpack-value", before)

@@ -14,7 +14,7 @@ import redis
 
 from consumers.app import Segmenter
 from stream.errors import TopicLayoutError
-from stream.features import features_from_hash
+from stream.features import full_features
 from stream.settings import Settings
 from tests.integration.conftest import segment_ids
 from tests.integration.kafka_read import committed, read_topic
@@ -44,7 +44,7 @@ def test_events_become_exact_redis_state_and_change_messages(
     all_ids = segment_ids(rds, p)
     for uid, exp in expected.items():
         h = rds.hgetall(f"{p}user:{{{uid}}}")
-        f = features_from_hash(h)
+        f = full_features(orjson.loads(h["features"]))
         for etype, field in TYPE_FIELDS.items():
             assert f[field] == exp.counts[etype], (uid, field)
         assert f["events_30d"] == sum(exp.counts.values())
@@ -134,7 +134,7 @@ def test_bad_messages_go_to_dead_letters_and_good_ones_still_count(
         assert int(r.headers["source_offset"]) >= 0
     p = settings.redis_prefix
     for uid, exp in expected.items():
-        features = features_from_hash(rds.hgetall(f"{p}user:{{{uid}}}"))
+        features = full_features(orjson.loads(rds.hget(f"{p}user:{{{uid}}}", "features")))
         assert features["events_30d"] == sum(exp.counts.values())
 
 
@@ -170,7 +170,9 @@ def test_replaying_the_topics_changes_nothing(
     assert stats.changes == 0
     for uid, exp in expected.items():
         after = rds.hgetall(f"{p}user:{{{uid}}}")
-        assert features_from_hash(after)["events_30d"] == sum(exp.counts.values())
+        assert full_features(orjson.loads(after["features"]))["events_30d"] == sum(
+            exp.counts.values()
+        )
         assert raw.get(f"{p}user:{{{uid}}}:state") == before[uid]
     after = read_topic(settings.kafka_bootstrap, settings.changes_topic)
     assert {orjson.loads(r.value)["change_id"] for r in after} == ids_before

@@ -109,7 +109,7 @@ class TestRealisticPayload:
         events = _user_events()
         p = realistic_payload(events, "clicks", "purchases", partition=2, first_offset=500)
         fields = {k if isinstance(k, str) else k.decode(): v for k, v in p.fields}
-        for name in ("counts:views", "segment", "segment_name", "model_version"):
+        for name in ("features", "segment", "segment_name", "model_version"):
             assert name in fields
         assert fields["segment"] == "2"
         state = decode_state(p.state)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import orjson
 
-from loadtest.personas import ShopperSimulator
 from state.user_states import fenced_write_args, membership_moves, user_hash
 from stream.batch import UserUpdate
-from stream.events import Event, decode
+from stream.events import Event
 from stream.features import (
     DAY_MS,
     HOUR_MS,
     UserState,
     apply_events,
     compute_features,
-    features_from_hash,
-    is_feature_field,
+    full_features,
 )
 from stream.rfm import RFMScores
 from stream.state_codec import decode_state, encode_state
@@ -38,7 +36,7 @@ def make_update(segment: int | None, name: str | None, since: int | None) -> Use
 def test_fields_of_a_segmented_user() -> None:
     u = make_update(2, "high_value", T - HOUR_MS)
     h = user_hash(u, model_version=4, updated_at_ms=T + 1234)
-    assert {k for k in h if not is_feature_field(str(k))} == {
+    assert set(h) == {
         "last_event_time",
         "features_as_of",
         "updated_at",
@@ -46,6 +44,7 @@ def test_fields_of_a_segmented_user() -> None:
         "segment",
         "segment_name",
         "segment_since",
+        "features",
     }
     assert h["segment"] == "2"
     assert h["segment_name"] == "high_value"
@@ -60,16 +59,13 @@ def test_fields_of_a_segmented_user() -> None:
 
 def test_features_in_human_units() -> None:
     u = make_update(2, "high_value", T)
-    h = user_hash(u, 1, T)
-    # One field per feature: counts by type in window order (1h ... 365d), zeros of other
-    # kinds left out; the flat features come back with features_from_hash.
-    assert h["counts:views"] == "0,0,1,1,1,1"
-    assert "views_7d" not in h and "counts:searches" not in h
-    assert "cart_abandonment_30d" not in h
-    assert h["spend_30d"] == "42.5" and "days_since_last_purchase" not in h  # 0: bought at T
-    # Every value short: Redis keeps such a hash in its compact encoding.
-    assert max(len(str(v)) for v in h.values()) <= 64
-    features = features_from_hash(h)
+    stored = orjson.loads(user_hash(u, 1, T)["features"])
+    # Counts by type in window order (1h ... 365d), zeros of other kinds left out; the
+    # flat features come back with full_features.
+    assert stored["counts"]["views"] == [0, 0, 1, 1, 1, 1]
+    assert "views_7d" not in stored and "searches" not in stored["counts"]
+    assert "cart_abandonment_30d" not in stored
+    features = full_features(stored)
     assert features == u.features
     assert features["purchases_30d"] == 1.0
     assert features["spend_30d"] == 42.5
@@ -84,9 +80,10 @@ def test_features_in_human_units() -> None:
 def test_never_bought_is_null_in_the_features() -> None:
     state = apply_events(None, [Event("v", "u1", "view", T, "shop.clicks", 0, 1)]).state
     u = UserUpdate("u1", state, compute_features(state), None, None, None)
-    h = user_hash(u, 1, T)
-    assert h["days_since_last_purchase"] == "null"
-    assert features_from_hash(h)["days_since_last_purchase"] is None
+    text = user_hash(u, 1, T)["features"]
+    assert isinstance(text, str)
+    assert '"days_since_last_purchase":null' in text
+    assert orjson.loads(text)["days_since_last_purchase"] is None
 
 
 def test_missing_segment_name_is_written_empty() -> None:
@@ -102,11 +99,12 @@ def test_missing_segment_since_falls_back_to_the_last_event() -> None:
 
 def test_no_segment_fields_without_a_segment() -> None:
     h = user_hash(make_update(None, None, None), 0, T)
-    assert {k for k in h if not is_feature_field(str(k))} == {
+    assert set(h) == {
         "last_event_time",
         "features_as_of",
         "updated_at",
         "model_version",
+        "features",
     }
     assert h["model_version"] == "0"
 
@@ -201,26 +199,3 @@ def test_a_user_with_two_updates_ends_in_the_last_segment_only() -> None:
     # Back where they started (1 -> 2 -> 1): removed from 2, added to 1, never removed from 1.
     again = UserUpdate("u", UserState(segment=1), {}, 1, None, None, b"{}", 2, write=False)
     assert membership_moves([again, _moved("u", 2, 1)]) == (2, {1: ["u"]}, {2: ["u"]})
-
-
-def test_every_simulated_users_features_come_back_from_the_hash_exactly() -> None:
-    """The hash leaves out zeros and event types with nothing in the longest window;
-    reading it back gives every feature, for shoppers of every persona at several ages."""
-    end = 1_790_000_000_000
-    by_user: dict[str, list[dict[str, object]]] = {}
-    for e in ShopperSimulator(150, 7, end - 400 * DAY_MS, end).events(15_000):
-        by_user.setdefault(str(e["user_id"]), []).append(e)
-    checked = 0
-    for uid, raw in by_user.items():
-        events = [
-            ev
-            for i, e in enumerate(raw)
-            if isinstance(ev := decode(orjson.dumps(e), uid.encode(), "c", 0, i, end), Event)
-        ]
-        state = apply_events(None, sorted(events, key=lambda ev: ev.ts_ms)).state
-        for age in (0, 3 * DAY_MS, 40 * DAY_MS, 200 * DAY_MS, 500 * DAY_MS):
-            features = compute_features(state, state.last_event_ms + age)
-            fields = user_hash(UserUpdate(uid, state, features, None, None, None), 1, end)
-            assert features_from_hash(fields) == features
-            checked += 1
-    assert checked >= 500

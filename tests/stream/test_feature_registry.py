@@ -27,12 +27,7 @@ from stream.feature_registry import (
     WINDOW_NAMES,
     WINDOWS,
 )
-from stream.features import (
-    apply_events,
-    compute_features,
-    feature_fields,
-    features_from_hash,
-)
+from stream.features import apply_events, compute_features, full_features, stored_features
 from stream.scaling import LOG_FEATURES, to_vector
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "segment_change.schema.json"
@@ -171,14 +166,13 @@ def test_count_features() -> None:
     assert all(float(f[n]).is_integer() for n in COUNT_FEATURES)  # type: ignore[arg-type]
     # In the hash, counts go by type in window order; other zeros are left out, nulls and
     # other values never; reading puts them back.
-    fields = feature_fields(f)
+    stored = stored_features(f)
     others = {n for n in FEATURE_NAMES if n not in COUNT_FEATURES and (f[n] or f[n] is None)}
-    kinds = {k.removeprefix("counts:") for k in fields if k.startswith("counts:")}
-    assert set(fields) == {f"counts:{t}" for t in kinds} | others
+    assert set(stored) == {"counts", *others}
     assert any(f[n] == 0 and n not in COUNT_FEATURES for n in FEATURE_NAMES)  # some left out
-    counted = {f"{t}_{w}" for t in kinds for w in WINDOW_NAMES}
+    counted = {f"{t}_{w}" for t, v in stored["counts"].items() for w in WINDOW_NAMES}
     assert {n for n in COUNT_FEATURES if f[n]} <= counted <= set(COUNT_FEATURES)
-    assert features_from_hash(feature_fields(f)) == f  # type: ignore[arg-type]
+    assert full_features(stored) == f  # type: ignore[arg-type]
     # Only the 30-day activity count is a dimension of the model.
     assert set(COUNT_FEATURES) & set(MODEL_FEATURES) == {"events_30d"}
 
