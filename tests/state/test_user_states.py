@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import orjson
 
+from loadtest.personas import ShopperSimulator
 from state.user_states import fenced_write_args, membership_moves, user_hash
 from stream.batch import UserUpdate
-from stream.events import Event
+from stream.events import Event, decode
 from stream.features import (
     DAY_MS,
     HOUR_MS,
@@ -199,3 +200,26 @@ def test_a_user_with_two_updates_ends_in_the_last_segment_only() -> None:
     # Back where they started (1 -> 2 -> 1): removed from 2, added to 1, never removed from 1.
     again = UserUpdate("u", UserState(segment=1), {}, 1, None, None, b"{}", 2, write=False)
     assert membership_moves([again, _moved("u", 2, 1)]) == (2, {1: ["u"]}, {2: ["u"]})
+
+
+def test_every_simulated_users_features_come_back_from_the_hash_exactly() -> None:
+    """The hash leaves out zeros and event types with no count; reading it back gives
+    every feature, for shoppers of every persona at several ages."""
+    end = 1_790_000_000_000
+    by_user: dict[str, list[dict[str, object]]] = {}
+    for e in ShopperSimulator(150, 7, end - 400 * DAY_MS, end).events(15_000):
+        by_user.setdefault(str(e["user_id"]), []).append(e)
+    checked = 0
+    for uid, raw in by_user.items():
+        events = [
+            ev
+            for i, e in enumerate(raw)
+            if isinstance(ev := decode(orjson.dumps(e), uid.encode(), "c", 0, i, end), Event)
+        ]
+        state = apply_events(None, sorted(events, key=lambda ev: ev.ts_ms)).state
+        for age in (0, 3 * DAY_MS, 40 * DAY_MS, 200 * DAY_MS, 500 * DAY_MS):
+            features = compute_features(state, state.last_event_ms + age)
+            h = user_hash(UserUpdate(uid, state, features, None, None, None), 1, end)
+            assert full_features(orjson.loads(h["features"])) == features
+            checked += 1
+    assert checked >= 500
