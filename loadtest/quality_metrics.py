@@ -408,14 +408,12 @@ def _first_lapse(
     steps.sort(key=lambda x: (x[0], x[1]))
     held: int | None = None
     lapsed = False
-    names: Mapping[int, str] | None = None
     at_lp: bool | None = None
     for t, _, step in steps:
         if t >= lp and at_lp is None:
             at_lp = lapsed
         if isinstance(step, InForce):
-            names = step.names
-            now = held is not None and base_name(names.get(held, "")) in LAPSE_NAMES
+            now = held is not None and base_name(step.names.get(held, "")) in LAPSE_NAMES
             if t >= lp and now and not lapsed and held is not None:
                 return (t, held, held, step.version), False
             lapsed = now
