@@ -100,12 +100,21 @@ def backlog_messages(n_users: int, n_events: int) -> list[tuple[bytes, bytes, st
 
 
 def run(
-    messages: Sequence[tuple[bytes, bytes, str, int]], batch: int = 5000, sweep: bool = True
+    messages: Sequence[tuple[bytes, bytes, str, int]],
+    batch: int = 5000,
+    sweep: bool = True,
+    stored: dict[str, bytes] | None = None,
+    now_ms: int | None = None,
 ) -> StageTimes:
     """Time every stage over ``messages`` cut into batches of ``batch``; then, with
-    ``sweep``, re-decide every user as a sweep would (:func:`_sweep`)."""
+    ``sweep``, re-decide every user as a sweep would (:func:`_sweep`).
+
+    Users' encoded states are kept in ``stored`` (a new dict if not given), by user id.
+    Batches are processed at the wall-clock time, or at ``now_ms`` when given.
+    """
     times = StageTimes()
-    stored: dict[str, bytes] = {}
+    stored = {} if stored is None else stored
+    fixed_now = now_ms
     keys = Keys()
     params = ModelParams(k_min=6, k_max=6, seed=3)
     model = SegmentModel(params)
@@ -116,7 +125,7 @@ def run(
     offsets: dict[tuple[str, int], int] = defaultdict(int)
     clock = time.process_time
     for lo in range(0, len(messages), batch):
-        now_ms = int(time.time() * 1000)
+        now_ms = int(time.time() * 1000) if fixed_now is None else fixed_now
         t0 = clock()
         by_user: dict[str, list[Event]] = defaultdict(list)
         for value, key, topic, part in messages[lo : lo + batch]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import pytest
 
+import stream
 from stream.events import EVENT_TYPES, Event
 from stream.features import (
     DAY_MS,
@@ -19,7 +22,15 @@ from stream.features import (
     compute_features,
 )
 from stream.messages import SegmentChange, change_id
-from stream.state_codec import DEFLATED, FORMAT, decode_state, encode_state
+from stream.state_codec import (
+    DEFLATED,
+    DEFLATED_WITH_DICTIONARY,
+    DICTIONARY_SIZE,
+    FORMAT,
+    decode_state,
+    encode_state,
+    plain_blob,
+)
 from stream.stored_change import StoredChange
 
 NOW = 1_700_000_000_000
@@ -97,7 +108,7 @@ def test_busy_rows_and_spend_are_written_wide() -> None:
     assert back.days[NOW // DAY_MS - 2][4:] == [1, 0, 5.5]
 
 
-@pytest.mark.parametrize(("make", "first"), [(_rich, FORMAT), (_light, DEFLATED)])
+@pytest.mark.parametrize(("make", "first"), [(_rich, FORMAT), (_light, DEFLATED_WITH_DICTIONARY)])
 def test_much_smaller_than_json(make: Callable[[], UserState], first: int) -> None:
     s = make()
     blob, as_json = encode_state(s), orjson.dumps(s.to_dict())
@@ -109,10 +120,35 @@ def test_much_smaller_than_json(make: Callable[[], UserState], first: int) -> No
 def test_a_deflated_blob_inflates_to_the_plain_layout() -> None:
     s = _light()
     blob = encode_state(s)
-    plain = zlib.decompress(blob[1:], wbits=-15)
+    plain = plain_blob(blob)
     assert plain[0] == FORMAT and len(blob) * 3 < len(plain) * 2
     # Both layouts decode to the same state: a plain blob is still read.
     assert decode_state(plain) == decode_state(blob) == s
+
+
+def test_the_dictionary_saves_a_quarter_over_deflate_alone() -> None:
+    s = _light()
+    blob, plain = encode_state(s), plain_blob(encode_state(s))
+    alone = zlib.compress(plain, 9, wbits=-15)
+    assert len(blob) * 4 < len(alone) * 3, (len(blob), len(alone))
+
+
+def test_blobs_deflated_without_the_dictionary_are_still_read() -> None:
+    s = _light()
+    plain = plain_blob(encode_state(s))
+    old = bytes([DEFLATED]) + zlib.compress(plain, 1, wbits=-15)
+    assert plain_blob(old) == plain
+    assert decode_state(old) == s
+
+
+def test_the_dictionary_is_the_one_blobs_were_written_with() -> None:
+    # Blobs in Redis inflate only with the dictionary they were deflated with: a new
+    # dictionary needs a new format byte (stream/state_codec.py), and this digest with it.
+    zdict = (Path(stream.__file__).parent / "state_dictionary.bin").read_bytes()
+    assert len(zdict) == DICTIONARY_SIZE
+    assert hashlib.sha256(zdict).hexdigest() == (
+        "d28dc32500a20ca08d533e1e36b48e2515dd1f1010ee96a4ada6e33a129684a6"
+    )
 
 
 def test_damaged_deflated_blobs_are_refused() -> None:
@@ -123,6 +159,8 @@ def test_damaged_deflated_blobs_are_refused() -> None:
         decode_state(blob + b"\x00")
     with pytest.raises(ValueError, match="does not inflate"):
         decode_state(bytes([DEFLATED, 0xFF, 0xFF, 0xFF]))
+    with pytest.raises(ValueError, match="does not inflate"):
+        decode_state(bytes([DEFLATED_WITH_DICTIONARY, 0xFF, 0xFF, 0xFF]))
 
 
 def test_unknown_format_and_trailing_bytes_are_refused() -> None:
@@ -189,8 +227,7 @@ def test_prices_round_trip_exactly_and_only_when_seen() -> None:
     priced = UserState(NOW - DAY_MS, NOW, price_sum=3.5, price_weight=0.75)
 
     def plain_length(state: UserState) -> int:
-        blob = encode_state(state)
-        return len(zlib.decompress(blob[1:], wbits=-15) if blob[0] == DEFLATED else blob)
+        return len(plain_blob(encode_state(state)))
 
     assert plain_length(priced) - plain_length(plain) == 16
     assert decode_state(encode_state(priced)) == priced
