@@ -7,6 +7,7 @@ the only thing it changes in place is the learning model it is handed.
 
 from __future__ import annotations
 
+import copy
 import random
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -387,7 +388,9 @@ def _without_event(
     the model's features. A stored change known committed (``delivered``) is dropped from
     the state written, as for a user with events."""
     key, pos, offset = trigger
-    copied = state.copy()
+    # A shallow copy: a decision without an event sets only the segment fields and the
+    # stored change, so the windows, keys and offsets are shared with ``state``, unchanged.
+    copied = copy.copy(state)
     if delivered:
         copied.last_change = None
     return _Pending(

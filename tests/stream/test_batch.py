@@ -645,6 +645,7 @@ def test_a_swept_user_moves_with_the_reason(world) -> None:
     states, _, _ = warm_up(shop, model, names)
     before = states["u5"]
     assert before is not None and before.segment is not None
+    as_read = before.copy()
     updates, centres = observed(model), model.local_centres().copy()
     r = sweep(states, model, names, ["u5"], DUE, WM)
     (u,) = r.updates
@@ -662,7 +663,8 @@ def test_a_swept_user_moves_with_the_reason(world) -> None:
     # Nothing learned from a sweep, and the input state is left as it was.
     assert observed(model) == updates
     np.testing.assert_array_equal(model.local_centres(), centres)
-    assert states["u5"] is before and before.segment == c.previous_segment
+    assert states["u5"] is before and before == as_read
+    assert before.segment == c.previous_segment
     # The timer moves on to the next threshold after the watermark.
     assert r.timers == {"u5": (0, next_due(u.state, WM))}
     assert r.timers["u5"][1] == before.last_purchase_ms + 45 * DAY_MS  # type: ignore[operator]
