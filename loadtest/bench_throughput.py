@@ -81,6 +81,11 @@ class ThroughputResult:
         Largest peak RSS (``VmHWM``) of the segmenter process(es); 0 in process.
     changes
         Segment changes published (in process only; -1 with processes).
+    redis_commands
+        Commands Redis ran over the timed span, those the write scripts run included
+        (``INFO commandstats``); -1 if not counted.
+    redis_script_calls
+        Of those, the script calls (``EVALSHA``) the segmenter sent; -1 if not counted.
     """
 
     processes: int
@@ -95,6 +100,8 @@ class ThroughputResult:
     redis_bytes_per_user: float
     peak_rss_bytes: int = 0
     changes: int = -1
+    redis_commands: int = -1
+    redis_script_calls: int = -1
 
     @property
     def cores(self) -> float:
@@ -104,6 +111,21 @@ class ThroughputResult:
         0.5
         """
         return self.cpu_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def redis_commands_per_event(self) -> float | None:
+        """Commands Redis ran per event of the timed span (``None`` if not counted).
+
+        >>> r = ThroughputResult(1, True, 10, 2.0, 5.0, 1.0, 2.0, 10, 1, 1.0)
+        >>> r.redis_commands_per_event is None
+        True
+        >>> r = ThroughputResult(1, True, 10, 2.0, 5.0, 1.0, 2.0, 10, 1, 1.0, 0, -1, 25, 3)
+        >>> r.redis_commands_per_event
+        2.5
+        """
+        if self.redis_commands < 0 or not self.events:
+            return None
+        return self.redis_commands / self.events
 
     def describe(self) -> str:
         """Two lines for people: the rate, then CPU and Redis figures."""
@@ -122,10 +144,17 @@ class ThroughputResult:
                 "events/s"
             )
         changes = f"segment changes: {self.changes}; " if self.changes >= 0 else ""
+        per_event = self.redis_commands_per_event
+        commands = (
+            ""
+            if per_event is None
+            else f"; Redis commands per event: {per_event:.2f} "
+            f"({self.redis_script_calls / self.events:.3f} script calls)"
+        )
         return (
             f"{head}\n(CPU {self.cpu_s:.1f}s = {self.cores:.2f} cores) {changes}"
             f"users in Redis: {self.users}; Redis memory per user: "
-            f"{self.redis_bytes_per_user:.0f} bytes"
+            f"{self.redis_bytes_per_user:.0f} bytes{commands}"
         )
 
 
@@ -190,6 +219,15 @@ def _redis_after(stack: Stack, s: Settings, before: int) -> tuple[int, float]:
     return users, (used - before) / max(users, 1)
 
 
+def redis_commands(stack: Stack) -> tuple[int, int]:
+    """Commands Redis has run so far (those scripts run included), and of those the
+    script calls (``EVALSHA`` and ``EVAL``), from ``INFO commandstats``."""
+    with contextlib.closing(stack.client()) as c:
+        stats = c.info("commandstats")
+    calls = {str(k).removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+    return sum(calls.values()), calls.get("evalsha", 0) + calls.get("eval", 0)
+
+
 def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> ThroughputResult:
     """Drain the backlog with one :class:`~consumers.app.Segmenter` in this process.
 
@@ -201,6 +239,7 @@ def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> Throug
     seg.start()
     stop = threading.Event()
     t = threading.Thread(target=seg.run, args=(stop,))
+    commands0 = redis_commands(stack)
     cpu0 = time.process_time()
     wall0 = time.monotonic()
     t.start()
@@ -210,6 +249,7 @@ def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> Throug
                 raise StackError("the segmenter's loop ended before the backlog was drained")
             time.sleep(0.05)
         cpu = time.process_time() - cpu0
+        commands1 = redis_commands(stack)
     finally:
         stop.set()
         t.join()
@@ -229,6 +269,8 @@ def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> Throug
         users=users,
         redis_bytes_per_user=per_user,
         changes=seg.stats.changes,
+        redis_commands=commands1[0] - commands0[0],
+        redis_script_calls=commands1[1] - commands0[1],
     )
 
 
@@ -274,6 +316,7 @@ def measure_processes(
         skip = int(backlog_events * skip_share)
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         t0, done0, cpu0 = None, 0, 0.0
+        commands0 = (0, 0)
         while True:
             for p in procs:
                 p.check()
@@ -281,6 +324,7 @@ def measure_processes(
             if t0 is None and sum(committed.values()) >= skip:
                 t0, done0 = time.time(), sum(committed.values())
                 cpu0 = sum(cpu_seconds(p.pid) for p in procs)
+                commands0 = redis_commands(stack)
             if all(committed[tp] >= end for tp, end in ends.items()):
                 break
             if time.monotonic() > deadline:
@@ -292,6 +336,7 @@ def measure_processes(
                 f"nothing left to time after the first {skip} events; produce a larger backlog"
             )
         cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+        commands1 = redis_commands(stack)
         last = [p.metrics().get("segmenter_last_batch_timestamp_seconds", 0.0) for p in procs]
         end = max(last) if max(last) > t0 else seen
         peak = max(peak_rss_bytes(p.pid) for p in procs)
@@ -313,6 +358,8 @@ def measure_processes(
         users=users,
         redis_bytes_per_user=per_user,
         peak_rss_bytes=peak,
+        redis_commands=commands1[0] - commands0[0],
+        redis_script_calls=commands1[1] - commands0[1],
     )
 
 

@@ -529,7 +529,16 @@ def _throughput_row(label: str, r: ThroughputResult) -> list[str]:
         fmt_num(r.backlog_events / r.wall_s) if r.wall_s > 0 else "n/a",
         f"{r.peak_rss_bytes / 2**20:.0f}",
         fmt_num(r.redis_bytes_per_user),
+        _commands(r),
     ]
+
+
+def _commands(r: ThroughputResult) -> str:
+    """Redis commands per event, and script calls per event, as the table shows them."""
+    per_event = r.redis_commands_per_event
+    if per_event is None:
+        return "n/a"
+    return f"{per_event:.2f} ({r.redis_script_calls / r.events:.3f})"
 
 
 _THROUGHPUT_HEADER = [
@@ -541,6 +550,7 @@ _THROUGHPUT_HEADER = [
     "events/s incl. start-up",
     "peak RSS MiB",
     "Redis bytes/user",
+    "Redis commands/event (script calls)",
 ]
 
 
@@ -579,7 +589,9 @@ def _throughput_section(results: SuiteResults) -> list[str]:
         f"Speed-up, steady: {fmt_ratio(speedup)}, on 2 cores shared with the broker and "
         "Redis: two processes cannot double anything here, so the target is on CPU per "
         f"event instead ({fmt_num(cpu_us_per_event(results.one))} us with one process, "
-        f"{fmt_num(cpu_us_per_event(results.two))} us with two).",
+        f"{fmt_num(cpu_us_per_event(results.two))} us with two). Redis commands per event "
+        "count every command Redis ran in the steady span, those the write scripts run "
+        "included; in brackets, the script calls the segmenter sent.",
         "",
     ]
     return out
@@ -792,6 +804,17 @@ def derived(results: SuiteResults) -> dict[str, Any]:
         "targets": [dataclasses.asdict(t) for t in targets(results)],
         "ratios": [dataclasses.asdict(r) for r in ratio_rows(results)],
         "memory_ratios": [dataclasses.asdict(r) for r in memory_ratio_rows(results)],
+        "per_event": {
+            run: {
+                "cpu_us": cpu_us_per_event(r),
+                "redis_commands": r.redis_commands_per_event,
+                "redis_script_calls": r.redis_script_calls / r.events
+                if r.redis_script_calls >= 0 and r.events
+                else None,
+            }
+            for run, r in (("1 process", results.one), ("2 processes", results.two))
+            if r is not None
+        },
     }
     if results.latency is not None:
         doc["latency"] = [

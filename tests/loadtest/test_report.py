@@ -229,6 +229,21 @@ class TestTargets:
         t = report.targets(r)[6]
         assert t.met is False and t.measured.endswith("(+66.7%)")
 
+    def test_redis_commands_per_event(self) -> None:
+        r = full_results()
+        assert r.one is not None
+        # 500,000 events timed: 1,250,000 commands, 25,000 of them script calls.
+        r.one = dataclasses.replace(r.one, redis_commands=1_250_000, redis_script_calls=25_000)
+        md = report.render_markdown(r)
+        assert "Redis commands/event (script calls) |" in md
+        assert "| 1 process | 50,000 |" in md and "| 2.50 (0.050) |" in md
+        per_event = report.derived(r)["per_event"]
+        assert per_event["1 process"]["redis_commands"] == 2.5
+        assert per_event["1 process"]["redis_script_calls"] == 0.05
+        # Not counted: said so, not shown as zero.
+        assert per_event["2 processes"]["redis_commands"] is None
+        assert "| n/a |" in md
+
     def test_p99_over_target_and_lost_samples(self) -> None:
         r = full_results()
         assert r.latency is not None
