@@ -18,9 +18,9 @@ This encoding keeps the same values in about a fifth of the bytes:
   of the header and of the stored change, topic, segment and category names, the high
   bytes of timestamps), and the dictionary holds that: the states of 30,000 users of one
   or two events, 353 bytes plain on average, came to 160 where deflate alone made them
-  222. It costs no more than deflate alone: the compressor is set up with the dictionary
-  once and copied per blob.
-  Larger blobs belong to busy users, who are written most often; they stay plain.
+  222. It costs about what deflate alone did (29 µs an encode against 28, measured once):
+  the compressor is set up with the dictionary once and copied per blob. Larger blobs
+  belong to busy users, who are written most often; they stay plain.
 
 The dictionary (``stream/state_dictionary.bin``, :data:`DICTIONARY_SIZE` bytes) is
 trained on simulated shoppers' states by ``python -m loadtest.state_dictionary``. The
@@ -55,6 +55,7 @@ import zlib
 from importlib import resources
 from typing import Any
 
+from stream.errors import SegmenterError
 from stream.features import GRAINS, UserState
 from stream.stored_change import StoredChange
 
@@ -190,7 +191,7 @@ def encode_state(s: UserState) -> bytes:
 def _dictionary() -> bytes:
     zdict = resources.files("stream").joinpath("state_dictionary.bin").read_bytes()
     if len(zdict) != DICTIONARY_SIZE:
-        raise RuntimeError(
+        raise SegmenterError(
             f"stream/state_dictionary.bin holds {len(zdict)} bytes, not {DICTIONARY_SIZE}: "
             "the installation is damaged; reinstall the segmenter"
         )
