@@ -23,7 +23,7 @@ import argparse
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -176,22 +176,29 @@ def pick_points(samples: Sequence[MemorySample], marks: Sequence[int]) -> list[M
     return out
 
 
-def user_events(users: int, now_ms: int) -> Iterator[dict[str, object]]:
+def user_events(
+    users: int,
+    now_ms: int,
+    seed: int = _SEED,
+    shoppers: int = _TEMPLATES,
+    name: Callable[[int], str] = lambda k: f"m{k + 1:07d}",
+) -> Iterator[dict[str, object]]:
     """One or two events for each of ``users`` distinct users, user by user.
 
-    User *k* (id ``m0000001`` upwards) replays the events at positions *j* and maybe
-    *j + 1* of simulated shopper ``k mod 2000``'s history, with its own id and event ids.
+    User *k* (id ``name(k)``: ``m0000001`` upwards) replays the events at positions *j*
+    and maybe *j + 1* of simulated shopper ``k mod shoppers``'s history (30 days up to
+    ``now_ms``, simulated with ``seed``), with its own id and event ids.
     """
-    sim = ShopperSimulator(_TEMPLATES, _SEED, now_ms - 30 * DAY_MS, now_ms)
+    sim = ShopperSimulator(shoppers, seed, now_ms - 30 * DAY_MS, now_ms)
     histories: dict[object, list[dict[str, object]]] = {}
-    for ev in sim.events(_TEMPLATES * 15):
+    for ev in sim.events(shoppers * 15):
         histories.setdefault(ev["user_id"], []).append(ev)
     templates = list(histories.values())
     for k in range(users):
         history = templates[k % len(templates)]
         n = 1 + k % 2
         start = (k // len(templates)) % len(history)
-        user = f"m{k + 1:07d}"
+        user = name(k)
         for i, ev in enumerate(history[start : start + n]):
             yield {**ev, "user_id": user, "event_id": f"{user}-{i}"}
 

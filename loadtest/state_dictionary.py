@@ -36,6 +36,7 @@ import orjson
 
 from loadtest.generator import DAY_MS
 from loadtest.hotpath import run
+from loadtest.memory import user_events
 from loadtest.personas import ShopperSimulator
 from stream.state_codec import DICTIONARY_SIZE, plain_blob
 
@@ -57,26 +58,12 @@ def _messages(docs: Iterator[dict[str, object]]) -> list[tuple[bytes, bytes, str
     return out
 
 
-def _few_events(users: int, seed: int) -> Iterator[dict[str, object]]:
-    """One or two consecutive events of a simulated shopper for each of ``users`` ids."""
-    sim = ShopperSimulator(1000, seed, END_MS - 30 * DAY_MS, END_MS)
-    histories: dict[object, list[dict[str, object]]] = {}
-    for ev in sim.events(15_000):
-        histories.setdefault(ev["user_id"], []).append(ev)
-    templates = list(histories.values())
-    for k in range(users):
-        history = templates[k % len(templates)]
-        start = (k // len(templates)) % len(history)
-        user = f"t{k:06d}"
-        for i, ev in enumerate(history[start : start + 1 + k % 2]):
-            yield {**ev, "user_id": user, "event_id": f"{user}-{i}"}
-
-
 def samples() -> list[bytes]:
     """Plain blobs of the training users: 2,000 busy ones from a year of history, then
     4,000 of one or two events each, segmented by the model the busy ones made."""
     busy = ShopperSimulator(2000, 223, END_MS - 365 * DAY_MS, END_MS).events(40_000)
-    messages = _messages(busy) + _messages(_few_events(4000, seed=211))
+    few = user_events(4000, END_MS, seed=211, shoppers=1000, name=lambda k: f"t{k:06d}")
+    messages = _messages(busy) + _messages(few)
     stored: dict[str, bytes] = {}
     run(messages, batch=2000, sweep=False, stored=stored, now_ms=END_MS)
     return [plain_blob(b) for b in stored.values()]
