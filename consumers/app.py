@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import gc
 import logging
 import time
 from collections import defaultdict
@@ -48,6 +49,27 @@ log = logging.getLogger("segmenter")
 _E2E_SAMPLES = 100
 #: At shutdown, how long queued users may take to get their segment.
 _DRAIN_S = 20.0
+
+#: The garbage collector's thresholds while a segmenter runs (Python's are 700, 10, 10).
+#: A batch keeps thousands of containers alive until it ends (states, their bucket maps,
+#: feature dicts), and nearly all are freed by reference counting, not by the collector.
+#: At Python's thresholds they set off a young collection every 700 allocations and,
+#: promoted as survivors, full collections of everything the process holds.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_collector() -> None:
+    """Set the garbage collector for a segmenter process: what start-up made (modules, the
+    model, connections) is frozen out of its sight, as it lives as long as the process,
+    and young objects are collected every :data:`GC_THRESHOLDS` allocations.
+
+    Process-wide: call it once, from the process's entry point, after start-up. On the hot
+    path of live traffic (``loadtest.hotpath``, no I/O) it took CPU per event from 159 to
+    122 µs, in pairs of runs alternating with Python's defaults.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass

@@ -64,11 +64,12 @@ def stop_on_signals() -> StopFlag:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.app import Segmenter
+    from consumers.app import Segmenter, tune_collector
 
     stop = stop_on_signals()  # first: a signal during start-up must also end cleanly
     seg = Segmenter(settings)
     seg.start()
+    tune_collector()
     stop_http = seg.serve_http()
     log = logging.getLogger("segmenter")
     log.info(

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumers.app import Segmenter
+from consumers.app import Segmenter, tune_collector
 from loadtest.devstack.servers import free_port
 from loadtest.generator import GenerateReport, produce_backlog
 from loadtest.stack import (
@@ -232,11 +232,13 @@ def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> Throug
     """Drain the backlog with one :class:`~consumers.app.Segmenter` in this process.
 
     Redis database 0 is emptied first. The span timed is the segmenter's first batch to
-    its last, so the group join is left out; CPU is this whole process's.
+    its last, so the group join is left out; CPU is this whole process's. The garbage
+    collector is set as ``segmenter run`` sets it (:func:`~consumers.app.tune_collector`).
     """
     before = _redis_before(stack)
     seg = Segmenter(s)
     seg.start()
+    tune_collector()
     stop = threading.Event()
     t = threading.Thread(target=seg.run, args=(stop,))
     commands0 = redis_commands(stack)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from consumers.app import tune_collector
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=5000)
     args = ap.parse_args(argv)
     messages = backlog_messages(args.users, args.events)
+    tune_collector()  # as ``segmenter run`` does
     print(f"{len(messages)} events from {args.users} users, batches of {args.batch}")
     print(run(messages, args.batch).report())
     return 0

@@ -54,6 +54,7 @@ from typing import Any
 import orjson
 import redis
 
+from consumers.app import tune_collector
 from loadtest import bench_throughput, ceiling, hotpath, latency, memory, report
 from loadtest.devstack import servers
 from loadtest.peers import bytewax_flow, micro_batch, per_event, quix
@@ -289,6 +290,7 @@ def _hotpath_part(runner: Runner) -> None:
     """The batch path's CPU per event, on the same backlog, with no servers."""
     cfg = runner.cfg
     messages = hotpath.backlog_messages(cfg.users, cfg.events)
+    tune_collector()  # the garbage collector as ``segmenter run`` sets it
     runner.results.hotpath = hotpath.run(messages, cfg.batch)
     print(runner.results.hotpath.report(), flush=True)
 

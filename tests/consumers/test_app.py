@@ -33,3 +33,19 @@ def test_a_stop_during_a_batch_skips_housekeeping_and_syncs_once_as_final() -> N
     seg.sync.queue_retired = lambda: None  # type: ignore[method-assign]
     seg.run(stop)
     assert calls == [("sync", {"final": True}), "catalogue", "catalogue"]
+
+
+def test_tune_collector_freezes_start_up_objects_and_sets_the_thresholds() -> None:
+    import gc
+
+    from consumers.app import GC_THRESHOLDS, tune_collector
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    start_up = [[i] for i in range(100)]  # containers alive at start-up, as modules are
+    try:
+        tune_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() >= frozen + len(start_up)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
