@@ -79,27 +79,34 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np
     return np.array(centres)
 
 
-def _sq_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """``(n, k)`` squared Euclidean distances from every point to every centre."""
+def _sq_distances(
+    points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = None
+) -> np.ndarray:
+    """``(n, k)`` squared Euclidean distances from every point to every centre; ``norms``
+    are the points' squared norms, when the caller has them already."""
+    if norms is None:
+        norms = (points**2).sum(axis=1)
     # |x|² + |c|² - 2x·c: one matrix product instead of an (n, k, d) array of differences.
-    d2 = (points**2).sum(axis=1)[:, None] + (centres**2).sum(axis=1)[None, :]
+    d2 = norms[:, None] + (centres**2).sum(axis=1)[None, :]
     d2 -= 2.0 * (points @ centres.T)
     return np.maximum(d2, 0.0)
 
 
-def _assign(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+def _assign(points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
     """Label every point with its nearest centre, then give every empty cluster a point.
 
     An empty cluster is re-seeded (``centres`` is changed in place) at the point farthest
     from its nearest centre, taken from a cluster that keeps at least one other point, so
     re-seeding never empties another cluster. With at least as many points as centres such
     a point always exists; with at least as many distinct points as centres it is never
-    one already sitting on a centre.
+    one already sitting on a centre. ``norms`` are the points' squared norms, if known.
     """
-    d2 = _sq_distances(points, centres)
+    d2 = _sq_distances(points, centres, norms)
     labels = np.argmin(d2, axis=1)
-    nearest = d2[np.arange(len(points)), labels]
     sizes = np.bincount(labels, minlength=len(centres))
+    if sizes.all():
+        return labels  # the common case: no cluster to re-seed
+    nearest = d2[np.arange(len(points)), labels]
     for j in np.flatnonzero(sizes == 0):
         gap = np.where(sizes[labels] > 1, nearest, -1.0)
         i = int(np.argmax(gap))
@@ -170,8 +177,10 @@ def lloyd(
         raise ValueError(f"tol must be non-negative, got {tol}")
     k = len(centres)
     c = np.array(centres, dtype=float)
+    # The same every iteration: computed once.
+    norms = (points**2).sum(axis=1)
     for _ in range(max_iter):
-        labels = _assign(points, c)
+        labels = _assign(points, c, norms)
         # Per-cluster sums as one product with the one-hot labels (np.add.at is far slower).
         sums = np.eye(k)[labels].T @ points
         # Every cluster has a point after _assign, so no count is zero.
@@ -181,7 +190,7 @@ def lloyd(
         if moved <= tol:
             break
     # Label with the final centres, so labels and centres agree.
-    labels = _assign(points, c)
+    labels = _assign(points, c, norms)
     return c, labels
 
 
