@@ -97,6 +97,80 @@ def _buckets(states: Sequence[UserState], pick: str) -> _Packed:
     return _Packed(owners, keys, rows, len(states))
 
 
+class QuietStates:
+    """Users' states packed for :meth:`vectors`: their bucket rows, categories and per-user
+    values as arrays, built once and asked about at many times (the searches of
+    :func:`next_moves` ask several times over the same users)."""
+
+    def __init__(self, states: Sequence[UserState], rfm_horizon: str = "365d") -> None:
+        self.rfm_horizon = rfm_horizon
+        self.days = _buckets(states, "days")
+        self.periods = _buckets(states, "periods")
+        self.horizon: _Packed | np.ndarray
+        if rfm_horizon == "lifetime":
+            self.horizon = np.array([st.lifetime for st in states], dtype=float).reshape(-1, _ROW)
+        else:
+            grain, _ = _HORIZON[rfm_horizon]
+            packed = {DAY_MS: self.days, PERIOD_MS: self.periods}.get(grain)
+            self.horizon = _buckets(states, "weeks") if packed is None else packed
+        cat_owner: list[int] = []
+        cat_seen: list[int] = []
+        for i, st in enumerate(states):
+            cat_owner.extend([i] * len(st.categories))
+            cat_seen.extend(st.categories.values())
+        self.categories = _Packed(cat_owner, cat_seen, [[1.0]] * len(cat_seen), len(states))
+        self.first = np.array([st.first_seen_ms for st in states], dtype=np.int64)
+        self.last = np.array([st.last_event_ms for st in states], dtype=np.int64)
+        self.no_order_since = np.array(
+            [
+                st.first_seen_ms if st.last_purchase_ms is None else st.last_purchase_ms
+                for st in states
+            ],
+            dtype=np.int64,
+        )
+        self.price_level = np.array([price_level(st) for st in states], dtype=float)
+
+    def vectors(
+        self, owner: np.ndarray, times: np.ndarray, used: tuple[str, ...] = MODEL_FEATURES
+    ) -> np.ndarray:
+        """Row ``i``: the model vector of user ``owner[i]`` as of event time ``times[i]``
+        (see :func:`quiet_vectors`)."""
+        owner = np.asarray(owner, dtype=np.int64)
+        t = np.asarray(times, dtype=np.int64)
+        events_30d = self.days.from_bound(owner, t // DAY_MS - 29)[:, :_SPEND].sum(axis=1)
+        year = self.periods.from_bound(owner, t // PERIOD_MS - 12)
+        if isinstance(self.horizon, np.ndarray):
+            horizon = self.horizon[owner]
+        else:
+            grain, span = _HORIZON[self.rfm_horizon]
+            horizon = self.horizon.from_bound(owner, t // grain - span + 1)
+        views, bought, added = year[:, _VIEW], year[:, _PURCHASE], year[:, _ADD]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            conversion = np.where(
+                views > 0, np.minimum(1.0, bought / views), np.where(bought > 0, 1.0, 0.0)
+            )
+            cart_rate = np.where(
+                views > 0, np.minimum(1.0, added / views), np.where(added > 0, 1.0, 0.0)
+            )
+        diversity = self.categories.from_bound(owner, t - CATEGORY_RETENTION_MS, strict=True)[:, 0]
+        first, last = self.first[owner], self.last[owner]
+        no_order_since = self.no_order_since[owner]
+        columns = {
+            "events_30d": events_30d,
+            "frequency": horizon[:, _PURCHASE],
+            "monetary": np.round(horizon[:, _SPEND], 2),
+            "days_without_purchase": np.round((t - no_order_since) / DAY_MS, 3),
+            "days_since_last_event": np.round((t - last) / DAY_MS, 3),
+            "conversion_rate_365d": np.round(conversion, 4),
+            "cart_rate_365d": np.round(cart_rate, 4),
+            "price_level": self.price_level[owner],
+            "category_diversity_30d": diversity,
+            "tenure_days": np.round((t - first) / DAY_MS, 3),
+            "active_days": np.round((last - first) / DAY_MS, 3),
+        }
+        return to_vectors(columns, used)
+
+
 def quiet_vectors(
     states: Sequence[UserState],
     owner: np.ndarray,
@@ -108,53 +182,7 @@ def quiet_vectors(
     ``states[owner[i]]`` as of event time ``times[i]`` (not before their last event), the
     same values as :func:`stream.scaling.to_vector` of
     :func:`stream.features.compute_features` there."""
-    owner = np.asarray(owner, dtype=np.int64)
-    t = np.asarray(times, dtype=np.int64)
-    days = _buckets(states, "days")
-    events_30d = days.from_bound(owner, t // DAY_MS - 29)[:, :_SPEND].sum(axis=1)
-    year = _buckets(states, "periods").from_bound(owner, t // PERIOD_MS - 12)
-    if rfm_horizon == "lifetime":
-        horizon = np.array([st.lifetime for st in states], dtype=float).reshape(-1, _ROW)[owner]
-    else:
-        grain, span = _HORIZON[rfm_horizon]
-        pick = {DAY_MS: "days", WEEK_MS: "weeks", PERIOD_MS: "periods"}[grain]
-        packed = days if pick == "days" else _buckets(states, pick)
-        horizon = packed.from_bound(owner, t // grain - span + 1)
-    views, bought, added = year[:, _VIEW], year[:, _PURCHASE], year[:, _ADD]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        conversion = np.where(
-            views > 0, np.minimum(1.0, bought / views), np.where(bought > 0, 1.0, 0.0)
-        )
-        cart_rate = np.where(
-            views > 0, np.minimum(1.0, added / views), np.where(added > 0, 1.0, 0.0)
-        )
-    cat_owner: list[int] = []
-    cat_seen: list[int] = []
-    for i, st in enumerate(states):
-        cat_owner.extend([i] * len(st.categories))
-        cat_seen.extend(st.categories.values())
-    cats = _Packed(cat_owner, cat_seen, [[1.0]] * len(cat_seen), len(states))
-    diversity = cats.from_bound(owner, t - CATEGORY_RETENTION_MS, strict=True)[:, 0]
-    first = np.array([st.first_seen_ms for st in states], dtype=np.int64)[owner]
-    last = np.array([st.last_event_ms for st in states], dtype=np.int64)[owner]
-    no_order_since = np.array(
-        [st.first_seen_ms if st.last_purchase_ms is None else st.last_purchase_ms for st in states],
-        dtype=np.int64,
-    )[owner]
-    columns = {
-        "events_30d": events_30d,
-        "frequency": horizon[:, _PURCHASE],
-        "monetary": np.round(horizon[:, _SPEND], 2),
-        "days_without_purchase": np.round((t - no_order_since) / DAY_MS, 3),
-        "days_since_last_event": np.round((t - last) / DAY_MS, 3),
-        "conversion_rate_365d": np.round(conversion, 4),
-        "cart_rate_365d": np.round(cart_rate, 4),
-        "price_level": np.array([price_level(st) for st in states], dtype=float)[owner],
-        "category_diversity_30d": diversity,
-        "tenure_days": np.round((t - first) / DAY_MS, 3),
-        "active_days": np.round((last - first) / DAY_MS, 3),
-    }
-    return to_vectors(columns, used)
+    return QuietStates(states, rfm_horizon).vectors(owner, times, used)
 
 
 def next_moves(
@@ -204,7 +232,9 @@ def next_moves(
     owner = np.concatenate(owners)
     times = np.concatenate(grids)
     current = np.repeat(np.array(rows), [len(g) for g in grids])
-    first = _first_moves(states, owner, times, current, model, margin, rfm_horizon)
+    # Packed once: every pass below asks about the same users.
+    quiet = QuietStates(states, rfm_horizon)
+    first = _first_moves(quiet, owner, times, current, model, margin)
     if not len(first):
         return out
     # Between the grid time before the first move (or ``now``) and it, to the hour: the
@@ -225,9 +255,7 @@ def next_moves(
         grid = lo[:, None] + ((hi - lo)[:, None] * sub[None, :]) // REFINE_STEPS
         grid = np.where(wide[:, None], grid, hi[:, None])
         idx = np.repeat(np.arange(n), REFINE_STEPS)
-        hit = _first_moves(
-            states, users[idx], grid.ravel(), rows_hit[idx], model, margin, rfm_horizon, idx
-        )
+        hit = _first_moves(quiet, users[idx], grid.ravel(), rows_hit[idx], model, margin, idx)
         # The last sub-step is ``hi`` itself, a move: it stands for a user with no
         # earlier hit (every user has one, but a hot path does not bet on it).
         k = np.full(n, REFINE_STEPS - 1, dtype=np.int64)
@@ -241,19 +269,18 @@ def next_moves(
 
 
 def _first_moves(
-    states: Sequence[UserState],
+    quiet: QuietStates,
     owner: np.ndarray,
     times: np.ndarray,
     current: np.ndarray,
     model: SegmentModel,
     margin: float,
-    rfm_horizon: str,
     group: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices into ``times`` of the first time of each ``group`` (default: each owner;
     ascending within a group, groups ascending overall) at which the centres move user
-    ``states[owner[i]]`` out of segment row ``current[i]``."""
-    z = model.scale(quiet_vectors(states, owner, times, rfm_horizon, model.params.features))
+    ``owner[i]`` of ``quiet`` out of segment row ``current[i]``."""
+    z = model.scale(quiet.vectors(owner, times, model.params.features))
     d = model.distances(z)
     best = d.argmin(axis=1)
     at = np.arange(len(times))
