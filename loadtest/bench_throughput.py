@@ -127,6 +127,14 @@ class ThroughputResult:
             return None
         return self.redis_commands / self.events
 
+    @property
+    def redis_script_calls_per_event(self) -> float | None:
+        """Script calls the segmenter sent per event of the timed span (``None`` if not
+        counted)."""
+        if self.redis_script_calls < 0 or not self.events:
+            return None
+        return self.redis_script_calls / self.events
+
     def describe(self) -> str:
         """Two lines for people: the rate, then CPU and Redis figures."""
         if self.in_process:
@@ -144,12 +152,11 @@ class ThroughputResult:
                 "events/s"
             )
         changes = f"segment changes: {self.changes}; " if self.changes >= 0 else ""
-        per_event = self.redis_commands_per_event
+        per_event, scripts = self.redis_commands_per_event, self.redis_script_calls_per_event
         commands = (
             ""
-            if per_event is None
-            else f"; Redis commands per event: {per_event:.2f} "
-            f"({self.redis_script_calls / self.events:.3f} script calls)"
+            if per_event is None or scripts is None
+            else f"; Redis commands per event: {per_event:.2f} ({scripts:.3f} script calls)"
         )
         return (
             f"{head}\n(CPU {self.cpu_s:.1f}s = {self.cores:.2f} cores) {changes}"

@@ -535,10 +535,10 @@ def _throughput_row(label: str, r: ThroughputResult) -> list[str]:
 
 def _commands(r: ThroughputResult) -> str:
     """Redis commands per event, and script calls per event, as the table shows them."""
-    per_event = r.redis_commands_per_event
-    if per_event is None:
+    per_event, scripts = r.redis_commands_per_event, r.redis_script_calls_per_event
+    if per_event is None or scripts is None:
         return "n/a"
-    return f"{per_event:.2f} ({r.redis_script_calls / r.events:.3f})"
+    return f"{per_event:.2f} ({scripts:.3f})"
 
 
 _THROUGHPUT_HEADER = [
@@ -808,9 +808,7 @@ def derived(results: SuiteResults) -> dict[str, Any]:
             run: {
                 "cpu_us": cpu_us_per_event(r),
                 "redis_commands": r.redis_commands_per_event,
-                "redis_script_calls": r.redis_script_calls / r.events
-                if r.redis_script_calls >= 0 and r.events
-                else None,
+                "redis_script_calls": r.redis_script_calls_per_event,
             }
             for run, r in (("1 process", results.one), ("2 processes", results.two))
             if r is not None
