@@ -168,13 +168,17 @@ def cmd_inspect(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
     from consumers.forget import stored_user_id
+    from state.user_states import STATE_FIELD
 
     store, user = _open_user(settings, args.user)
     if user is None:
         return EXIT_NOT_FOUND
     print(f"{store.keys.user(stored_user_id(settings, args.user))}")
     for k in sorted(user):
-        if k != "features":
+        if k == STATE_FIELD:
+            where = f"{len(user[k])} characters of base64" if user[k] else "in the state key"
+            print(f"  {k:28} (internal state, {where})")
+        elif k != "features":
             print(f"  {k:28} {user[k]}")
     print("  features:")
     for k, v in orjson.loads(user.get("features", "{}")).items():

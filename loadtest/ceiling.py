@@ -49,7 +49,14 @@ from loadtest.devstack import servers
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS, produce_backlog
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.user_states import FENCED_WRITE_MANY, OFFSET_FIELD_PREFIX, user_hash, write_commands
+from state.user_states import (
+    FENCED_WRITE_MANY,
+    OFFSET_FIELD_PREFIX,
+    STATE_FIELD,
+    stored_state,
+    user_hash,
+    write_commands,
+)
 from stream.batch import MESSAGE_FEATURES, UserUpdate
 from stream.events import DeadLetter, Event, decode
 from stream.features import apply_events, compute_features
@@ -316,8 +323,8 @@ class WritePayload:
     segment
         The user's segment, whose membership set gets the user.
     state
-        The user's encoded state (:func:`stream.state_codec.encode_state`), written to its
-        own key.
+        The user's encoded state as stored (:func:`state.user_states.stored_state`): base64
+        text for the user hash, or bytes for the state key when long.
     """
 
     offsets: tuple[tuple[str, str], ...]
@@ -325,28 +332,38 @@ class WritePayload:
     segment: int
     state: bytes = b""
 
-    def hset_args(self) -> list[str | bytes]:
-        """Field/value pairs of a plain ``HSET``: offset pairs first, then the others.
+    @property
+    def in_key(self) -> bool:
+        """Whether the state goes to the state key rather than the user hash."""
+        return bool(self.state) and self.state[0] < 32
 
-        >>> WritePayload((("_o:c:0", "7"),), (("a", "1"),), 2).hset_args()
-        ['_o:c:0', '7', 'a', '1']
+    def hset_args(self) -> list[str | bytes]:
+        """Field/value pairs of a plain ``HSET``: the state field (empty when the state is
+        in the state key), offset pairs, then the others.
+
+        >>> WritePayload((("_o:c:0", "7"),), (("a", "1"),), 2, b"Bf8=").hset_args()
+        ['_s', b'Bf8=', '_o:c:0', '7', 'a', '1']
         """
+        state = b"" if self.in_key else self.state
+        return [STATE_FIELD, state, *self._pairs()]
+
+    def _pairs(self) -> list[str | bytes]:
         return [x for pair in (*self.offsets, *self.fields) for x in pair]
 
     def fenced_args(self) -> list[str | bytes]:
         """ARGV of :data:`state.user_states.FENCED_WRITE`: the number of offset pairs, the
-        state, then :meth:`hset_args`.
+        state, the offset pairs, then the other fields.
 
         >>> WritePayload((("_o:c:0", "7"),), (("a", "1"),), 2, b"s").fenced_args()
         ['1', b's', '_o:c:0', '7', 'a', '1']
         """
-        return [str(len(self.offsets)), self.state, *self.hset_args()]
+        return [str(len(self.offsets)), self.state, *self._pairs()]
 
     @property
     def nbytes(self) -> int:
         """Bytes of field names and values written per user, the state included."""
         hashed = sum(len(x.encode() if isinstance(x, str) else x) for x in self.hset_args())
-        return hashed + len(self.state)
+        return hashed + (len(self.state) if self.in_key else 0)
 
 
 def realistic_payload(
@@ -423,7 +440,7 @@ def realistic_payload(
     update = UserUpdate(last.user_id, state, features, segment - 1, change, None)
     offsets = tuple((OFFSET_FIELD_PREFIX + pos, str(off)) for pos, off in state.offsets.items())
     fields = tuple(user_hash(update, model_version, _now_ms()).items())
-    return WritePayload(offsets, fields, segment, encode_state(state))
+    return WritePayload(offsets, fields, segment, stored_state(encode_state(state)))
 
 
 def _now_ms() -> int:
@@ -448,7 +465,8 @@ def _redis_rate(
     user_keys = [keys.user(uid) for uid, _ in users]
     state_keys = [keys.state(uid) for uid, _ in users]
     args = payload.fenced_args() if fenced else payload.hset_args()
-    what = "Redis fenced write + SADD" if fenced else "Redis plain HSET + SET + SADD"
+    plain = "Redis plain HSET + SET + SADD" if payload.in_key else "Redis plain HSET + SADD"
+    what = "Redis fenced write + SADD" if fenced else plain
     try:
         if fenced:
             client.script_load(FENCED_WRITE_MANY)
@@ -466,8 +484,9 @@ def _redis_rate(
             else:
                 for key, state_key in pairs:
                     pipe.execute_command("HSET", key, *args)
-                    pipe.execute_command("SET", state_key, payload.state)
-                accepted = pipe.execute()[::2]
+                    if payload.in_key:
+                        pipe.execute_command("SET", state_key, payload.state)
+                accepted = pipe.execute()[:: 2 if payload.in_key else 1]
             # Round trip 2: membership of the users written.
             pipe = client.pipeline(transaction=False)
             for (uid, seg), ok in zip(users[lo:hi], accepted, strict=True):

@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import orjson
@@ -29,7 +30,7 @@ from consumers.app import tune_collector
 from loadtest.generator import BACKLOG_DAYS, BACKLOG_SEED, DAY_MS
 from loadtest.personas import ShopperSimulator
 from state.keys import Keys
-from state.user_states import fenced_write_args, pack_commands, write_commands
+from state.user_states import fenced_write_args, loaded_state, pack_commands, write_commands
 from stream.batch import Clock, SegmentNames, process_batch
 from stream.checkpoint import ModelParams, merge, refit_due
 from stream.events import DeadLetter, Event, Limits, decode
@@ -110,7 +111,8 @@ def run(
     """Time every stage over ``messages`` cut into batches of ``batch``; then, with
     ``sweep``, re-decide every user as a sweep would (:func:`_sweep`).
 
-    Users' encoded states are kept in ``stored`` (a new dict if not given), by user id.
+    Users' states are kept in ``stored`` (a new dict if not given), by user id, as the
+    store keeps them (:func:`state.user_states.stored_state`).
     Batches are processed at the wall-clock time, or at ``now_ms`` when given.
     """
     times = StageTimes()
@@ -137,7 +139,8 @@ def run(
                 by_user[r.user_id].append(r)
         t1 = clock()
         states: dict[str, UserState | None] = {
-            u: (decode_state(b) if (b := stored.get(u)) is not None else None) for u in by_user
+            u: (decode_state(loaded_state(b)) if (b := stored.get(u)) is not None else None)
+            for u in by_user
         }
         t2 = clock()
         result = process_batch(by_user, states, model, names, 0.15, 32, now_ms)
@@ -146,10 +149,9 @@ def run(
         for u in result.updates:
             if not u.write:
                 continue
-            blob = encode_state(u.state)
-            args = fenced_write_args(u, blob, model.version, now_ms)
+            args = fenced_write_args(u, encode_state(u.state), model.version, now_ms)
             calls.append((keys.user(u.user_id), keys.state(u.user_id), args))
-            stored[u.user_id] = blob
+            stored[u.user_id] = cast(bytes, args[1])  # the state as stored
         packed = pack_commands(write_commands(calls))
         t4 = clock()
         # Once a batch, as the shared model's sync merges what was learned (the process
@@ -161,7 +163,10 @@ def run(
         if not ckpt.ready or refit_due(ckpt, params, model.delta().updates, wm):
             sampled = list(stored)[: params.reservoir_size]
             snapshot = np.stack(
-                [to_vector(compute_features(decode_state(stored[u]), wm)) for u in sampled]
+                [
+                    to_vector(compute_features(decode_state(loaded_state(stored[u])), wm))
+                    for u in sampled
+                ]
             )
         ckpt, _ = merge(ckpt, model.delta(), snapshot, params, now_ms, wm)
         model.adopt(ckpt)
@@ -191,14 +196,16 @@ def _sweep(
     plus :data:`SWEEP_AFTER_MS`, and time it."""
     keys = Keys()
     users = list(stored)
-    newest = max(decode_state(stored[u]).last_event_ms for u in users[:SWEEP_CHUNK])
+    newest = max(decode_state(loaded_state(stored[u])).last_event_ms for u in users[:SWEEP_CHUNK])
     wm = newest + SWEEP_AFTER_MS
     mark_topic = "segments.marks"
     clock = time.process_time
     t0 = clock()
     for lo in range(0, len(users), SWEEP_CHUNK):
         chunk = users[lo : lo + SWEEP_CHUNK]
-        states: dict[str, UserState | None] = {u: decode_state(stored[u]) for u in chunk}
+        states: dict[str, UserState | None] = {
+            u: decode_state(loaded_state(stored[u])) for u in chunk
+        }
         result = process_batch(
             {},
             states,
@@ -216,8 +223,7 @@ def _sweep(
         calls = []
         for u in result.updates:
             if u.write:
-                blob = encode_state(u.state)
-                args = fenced_write_args(u, blob, model.version, wm, wm)
+                args = fenced_write_args(u, encode_state(u.state), model.version, wm, wm)
                 calls.append((keys.user(u.user_id), keys.state(u.user_id), args))
         pack_commands(write_commands(calls))
         times.swept_users += len(chunk)

@@ -38,6 +38,7 @@ from loadtest.generator import DAY_MS
 from loadtest.hotpath import run
 from loadtest.memory import user_events
 from loadtest.personas import ShopperSimulator
+from state.user_states import loaded_state
 from stream.state_codec import DICTIONARY_SIZE, plain_blob
 
 #: The time the training histories end at (fixed, so the samples are the same every run).
@@ -66,7 +67,7 @@ def samples() -> list[bytes]:
     messages = _messages(busy) + _messages(few)
     stored: dict[str, bytes] = {}
     run(messages, batch=2000, sweep=False, stored=stored, now_ms=END_MS)
-    return [plain_blob(b) for b in stored.values()]
+    return [plain_blob(loaded_state(stored_blob)) for stored_blob in stored.values()]
 
 
 def train(blobs: Sequence[bytes], size: int = DICTIONARY_SIZE) -> bytes:

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from state.redis_store import RedisStore
+from state.user_states import STATE_FIELD, stored_state
 from stream.checkpoint import ModelDelta, merge
 from stream.events import Event
 from stream.features import apply_events
@@ -42,7 +43,8 @@ def write_users(store: RedisStore, kind: str, n: int) -> list[str]:
             evs = [Event(f"{uid}-0", uid, "purchase", T0, "p", 0, 0, amount=5.0 * x)]
         else:  # browsing only
             evs = [Event(f"{uid}-{j}", uid, "view", T0 - j * HOUR, "c", 0, j) for j in range(40)]
-        store.client.set(store.keys.state(uid), encode_state(apply_events(None, evs).state))
+        state = stored_state(encode_state(apply_events(None, evs).state))
+        store.client.hset(store.keys.user(uid), STATE_FIELD, state)
         users.append(uid)
     store.sample_users(users, 1000, random.Random(0))
     return users

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from state.redis_store import RECOMMENDED_LISTPACK_VALUE, RedisStore
+from state.user_states import STATE_FIELD, stored_state
 from stream.checkpoint import Checkpoint, ModelDelta, ModelParams, merge, rollback
 from stream.errors import ModelError
 from stream.events import Event
@@ -92,7 +93,8 @@ def test_the_snapshot_is_one_vector_per_sampled_user_as_of_the_watermark(
     t0 = 1_700_000_000_000
     for i, uid in enumerate(("a", "b")):
         ev = Event(f"e{i}", uid, "purchase", t0, "shop.purchases", 0, i, amount=50.0)
-        store.client.set(store.keys.state(uid), encode_state(apply_events(None, [ev]).state))
+        state = stored_state(encode_state(apply_events(None, [ev]).state))
+        store.client.hset(store.keys.user(uid), STATE_FIELD, state)
     store.sample_users(["a", "b", "never-written"], 10, random.Random(0))
     snap = store.snapshot(t0 + 40 * day)
     assert snap.shape == (2, D)

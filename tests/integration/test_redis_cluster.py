@@ -18,6 +18,7 @@ from stream.settings import Settings
 from tests.integration.conftest import produce, spawn, stop_gracefully
 from tests.integration.shoppers import make_events
 from tests.integration.test_faults import check_exact, wait_committed, wait_settled
+from tests.integration.test_user_states import check_states_round_trip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -85,3 +86,14 @@ def test_timer_scripts_run_on_a_redis_cluster(cluster: list[Server]) -> None:
         assert len(store.due_users(range(4), t, 1000)) == 200
     finally:
         store.close()
+
+
+def test_user_states_round_trip_on_a_redis_cluster(cluster: list[Server]) -> None:
+    # A user's hash and state key share a hash tag; users spread over the three nodes.
+    store = RedisStore(f"redis://{cluster[0].address}/0", prefix="us:", cluster=True)
+    rc = RedisCluster(host=servers.HOST, port=cluster[0].port, decode_responses=True)
+    try:
+        check_states_round_trip(store, rc, "us:")
+    finally:
+        store.close()
+        rc.close()

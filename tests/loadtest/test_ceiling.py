@@ -17,7 +17,7 @@ from loadtest.ceiling import (
 )
 from loadtest.generator import DAY_MS
 from loadtest.personas import ShopperSimulator
-from state.user_states import FENCED_WRITE, OFFSET_FIELD_PREFIX
+from state.user_states import FENCED_WRITE, OFFSET_FIELD_PREFIX, loaded_state
 from stream.state_codec import decode_state
 
 
@@ -82,14 +82,22 @@ class TestWritePayload:
             segment=1,
             state=b"\x02st",
         )
-        assert p.hset_args() == ["_o:c:0", "17", "_o:p:0", "3", "a", "1", "b", b"\x00"]
-        assert p.fenced_args() == ["2", b"\x02st", *p.hset_args()]
-        names = ["_o:c:0", "17", "_o:p:0", "3", "a", "1", "b"]
+        pairs = ["_o:c:0", "17", "_o:p:0", "3", "a", "1", "b", b"\x00"]
+        # A state of raw bytes goes to the state key; the hash's state field is left empty.
+        assert p.in_key
+        assert p.hset_args() == ["_s", b"", *pairs]
+        assert p.fenced_args() == ["2", b"\x02st", *pairs]
+        names = ["_s", "_o:c:0", "17", "_o:p:0", "3", "a", "1", "b"]
         assert p.nbytes == sum(len(x) for x in names) + 1 + 3
+        # Base64 text goes to the hash.
+        inline = WritePayload(p.offsets, p.fields, 1, state=b"AnN0")
+        assert not inline.in_key and inline.hset_args() == ["_s", b"AnN0", *pairs]
+        assert inline.nbytes == p.nbytes - 3 + 4
         # The script reads the pair count from ARGV[1], the state from ARGV[2], and HSETs
         # from ARGV[3] on.
         assert "tonumber(ARGV[1])" in FENCED_WRITE
-        assert "redis.call('SET', KEYS[2], ARGV[2])" in FENCED_WRITE
+        assert "local state = ARGV[2]" in FENCED_WRITE
+        assert "redis.call('SET', KEYS[2], state)" in FENCED_WRITE
         assert "unpack(ARGV, 3)" in FENCED_WRITE
 
 
@@ -112,7 +120,7 @@ class TestRealisticPayload:
         for name in ("features", "segment", "segment_name", "model_version"):
             assert name in fields
         assert fields["segment"] == "2"
-        state = decode_state(p.state)
+        state = decode_state(loaded_state(p.state))
         assert state.last_change is not None
         assert orjson.loads(state.last_change.value())["segment"] == 2
         # One fence pair per input partition the events came from, holding its last offset.

@@ -5,7 +5,14 @@ from __future__ import annotations
 import orjson
 
 from loadtest.personas import ShopperSimulator
-from state.user_states import fenced_write_args, membership_moves, user_hash
+from state.user_states import (
+    INLINE_STATE_MAX,
+    fenced_write_args,
+    loaded_state,
+    membership_moves,
+    stored_state,
+    user_hash,
+)
 from stream.batch import UserUpdate
 from stream.events import Event, decode
 from stream.features import (
@@ -158,8 +165,9 @@ def test_user_hash_does_not_change_the_update() -> None:
 def test_fenced_write_args_follow_the_scripts_layout() -> None:
     u = make_update(2, "high_value", T)
     args = fenced_write_args(u, b"\x02state", 4, T)
-    # ARGV[1] the offset pair count, ARGV[2] the state, then the offset pairs ...
-    assert args[:2] == ["2", b"\x02state"]
+    # ARGV[1] the offset pair count, ARGV[2] the state as stored, then the offset pairs ...
+    assert args[:2] == ["2", b"AnN0YXRl"]
+    assert loaded_state(args[1]) == b"\x02state"
     assert args[2:6] == ["_o:shop.clicks:0", "8", "_o:shop.purchases:2", "19"]
     # ... then the hash's fields, and last how many partitions the state has input from.
     rest = dict(zip(args[6::2], args[7::2], strict=True))
@@ -223,3 +231,23 @@ def test_every_simulated_users_features_come_back_from_the_hash_exactly() -> Non
             assert full_features(orjson.loads(h["features"])) == features
             checked += 1
     assert checked >= 500
+
+
+def test_short_states_are_stored_as_base64_text_and_long_ones_as_they_are() -> None:
+    light = make_update(1, "new", T).state
+    busy = apply_events(
+        None,
+        [
+            Event(f"e{i}", "u42", "purchase", T - i * DAY_MS, "shop.purchases", 0, i, amount=i)
+            for i in range(300)
+        ],
+    ).state
+    for state in (light, busy):
+        blob = encode_state(state)
+        stored = stored_state(blob)
+        assert decode_state(loaded_state(stored)) == state
+        if len(blob) <= INLINE_STATE_MAX:
+            assert stored.isascii() and stored[0] >= 32  # readable as text in the hash
+        else:
+            assert stored == blob and stored[0] < 32  # bytes, for the state key
+    assert len(encode_state(light)) <= INLINE_STATE_MAX < len(encode_state(busy))
