@@ -207,7 +207,6 @@ class Rebuild:
                     for u, st, was in found
                 ],
                 self.sync.model.version,
-                int(time.time() * 1000),
                 wm,
             )
             fixed += len(found)

@@ -314,9 +314,7 @@ class BatchTransaction:
             self.model.unassigned = []
         if not txn and not replaying:
             self._flush()
-        written = self.store.write_updates(
-            result.updates, self.model.version, now_ms, clock.watermark_ms
-        )
+        written = self.store.write_updates(result.updates, self.model.version, clock.watermark_ms)
         if written.fenced:
             self.metrics.fenced_writes.inc(written.fenced)
             log.warning("%d user writes fenced off: newer state exists", written.fenced)

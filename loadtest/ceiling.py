@@ -439,7 +439,7 @@ def realistic_payload(
     state.last_change = StoredChange.of(pos, last.offset, change)
     update = UserUpdate(last.user_id, state, features, segment - 1, change, None)
     offsets = tuple((OFFSET_FIELD_PREFIX + pos, str(off)) for pos, off in state.offsets.items())
-    fields = tuple(user_hash(update, model_version, _now_ms()).items())
+    fields = tuple(user_hash(update, model_version).items())
     return WritePayload(offsets, fields, segment, stored_state(encode_state(state)))
 
 

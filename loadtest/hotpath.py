@@ -149,7 +149,7 @@ def run(
         for u in result.updates:
             if not u.write:
                 continue
-            args = fenced_write_args(u, encode_state(u.state), model.version, now_ms)
+            args = fenced_write_args(u, encode_state(u.state), model.version)
             calls.append((keys.user(u.user_id), keys.state(u.user_id), args))
             stored[u.user_id] = cast(bytes, args[1])  # the state as stored
         packed = pack_commands(write_commands(calls))
@@ -223,7 +223,7 @@ def _sweep(
         calls = []
         for u in result.updates:
             if u.write:
-                args = fenced_write_args(u, encode_state(u.state), model.version, wm, wm)
+                args = fenced_write_args(u, encode_state(u.state), model.version, watermark_ms=wm)
                 calls.append((keys.user(u.user_id), keys.state(u.user_id), args))
         pack_commands(write_commands(calls))
         times.swept_users += len(chunk)

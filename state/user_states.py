@@ -30,7 +30,7 @@ from stream.state_codec import decode_state, encode_state
 
 
 def user_hash(
-    update: UserUpdate, model_version: int, updated_at_ms: int, watermark_ms: int = 0
+    update: UserUpdate, model_version: int, *, watermark_ms: int = 0
 ) -> dict[str | bytes, str | bytes]:
     """The public fields of ``seg:user:{id}`` for one update, all text (pure).
 
@@ -42,7 +42,6 @@ def user_hash(
         # The event time the features are taken as of: the group's watermark, or the
         # user's own last event when that is later.
         "features_as_of": iso_ms(max(watermark_ms, s.last_event_ms)),
-        "updated_at": iso_ms(updated_at_ms),
         "model_version": str(model_version),
     }
     if update.rfm is not None:
@@ -61,7 +60,7 @@ def user_hash(
 
 
 def fenced_write_args(
-    update: UserUpdate, state: bytes, model_version: int, updated_at_ms: int, watermark_ms: int = 0
+    update: UserUpdate, state: bytes, model_version: int, *, watermark_ms: int = 0
 ) -> list[str | bytes]:
     """ARGV of :data:`FENCED_WRITE` for one user: the offset pair count, the encoded
     ``state`` as stored (:func:`stored_state`), the offset pairs, then the other hash
@@ -70,7 +69,7 @@ def fenced_write_args(
     args: list[str | bytes] = [str(len(offsets)), stored_state(state)]
     for pos, off in offsets.items():
         args += [OFFSET_FIELD_PREFIX + pos, str(off)]
-    for k, v in user_hash(update, model_version, updated_at_ms, watermark_ms).items():
+    for k, v in user_hash(update, model_version, watermark_ms=watermark_ms).items():
         args += [k, v]
     args += [OFFSETS_KNOWN_FIELD, str(len(offsets))]
     return args
@@ -353,8 +352,7 @@ class UserStates(StoreBase):
         self,
         updates: Sequence[UserUpdate],
         model_version: int,
-        now_ms: int,
-        watermark_ms: int = 0,
+        watermark_ms: int,
     ) -> WriteResult:
         """Write the batch's user hashes, then the membership moves of those written.
 
@@ -368,7 +366,8 @@ class UserStates(StoreBase):
         for u in updates:
             if not u.write:
                 continue
-            args = fenced_write_args(u, encode_state(u.state), model_version, now_ms, watermark_ms)
+            state = encode_state(u.state)
+            args = fenced_write_args(u, state, model_version, watermark_ms=watermark_ms)
             calls.append((self.keys.user(u.user_id), self.keys.state(u.user_id), args))
             written.append(u)
         accepted = self._fenced_writes(calls) if calls else []

@@ -43,11 +43,10 @@ def make_update(segment: int | None, name: str | None, since: int | None) -> Use
 
 def test_fields_of_a_segmented_user() -> None:
     u = make_update(2, "high_value", T - HOUR_MS)
-    h = user_hash(u, model_version=4, updated_at_ms=T + 1234)
+    h = user_hash(u, model_version=4)
     assert set(h) == {
         "last_event_time",
         "features_as_of",
-        "updated_at",
         "model_version",
         "segment",
         "segment_name",
@@ -60,14 +59,13 @@ def test_fields_of_a_segmented_user() -> None:
     assert h["last_event_time"] == "2023-11-14T22:13:20.000Z"
     # No watermark given: the features are as of the user's own last event.
     assert h["features_as_of"] == h["last_event_time"]
-    assert h["updated_at"] == "2023-11-14T22:13:21.234Z"
     assert h["model_version"] == "4"
     assert all(isinstance(v, str) for v in h.values())
 
 
 def test_features_in_human_units() -> None:
     u = make_update(2, "high_value", T)
-    stored = orjson.loads(user_hash(u, 1, T)["features"])
+    stored = orjson.loads(user_hash(u, 1)["features"])
     # Counts by type in window order (1h ... 365d), zeros of other kinds left out; the
     # flat features come back with full_features.
     assert stored["counts"]["views"] == [0, 0, 1, 1, 1, 1]
@@ -88,29 +86,28 @@ def test_features_in_human_units() -> None:
 def test_never_bought_is_null_in_the_features() -> None:
     state = apply_events(None, [Event("v", "u1", "view", T, "shop.clicks", 0, 1)]).state
     u = UserUpdate("u1", state, compute_features(state), None, None, None)
-    text = user_hash(u, 1, T)["features"]
+    text = user_hash(u, 1)["features"]
     assert isinstance(text, str)
     assert '"days_since_last_purchase":null' in text
     assert orjson.loads(text)["days_since_last_purchase"] is None
 
 
 def test_missing_segment_name_is_written_empty() -> None:
-    h = user_hash(make_update(0, None, T - HOUR_MS), 1, T)
+    h = user_hash(make_update(0, None, T - HOUR_MS), 1)
     assert h["segment"] == "0"
     assert h["segment_name"] == ""
 
 
 def test_missing_segment_since_falls_back_to_the_last_event() -> None:
-    h = user_hash(make_update(1, "regular", None), 1, T)
+    h = user_hash(make_update(1, "regular", None), 1)
     assert h["segment_since"] == h["last_event_time"] == "2023-11-14T22:13:20.000Z"
 
 
 def test_no_segment_fields_without_a_segment() -> None:
-    h = user_hash(make_update(None, None, None), 0, T)
+    h = user_hash(make_update(None, None, None), 0)
     assert set(h) == {
         "last_event_time",
         "features_as_of",
-        "updated_at",
         "model_version",
         "features",
     }
@@ -119,26 +116,26 @@ def test_no_segment_fields_without_a_segment() -> None:
 
 def test_features_are_as_of_the_watermark_when_it_is_later() -> None:
     u = make_update(2, "high_value", T)
-    later = user_hash(u, 1, T, watermark_ms=T + 2 * DAY_MS)
+    later = user_hash(u, 1, watermark_ms=T + 2 * DAY_MS)
     assert later["features_as_of"] == "2023-11-16T22:13:20.000Z"
     assert later["last_event_time"] == "2023-11-14T22:13:20.000Z"
     # A watermark behind the user's own last event does not take their features back.
-    earlier = user_hash(u, 1, T, watermark_ms=T - DAY_MS)
+    earlier = user_hash(u, 1, watermark_ms=T - DAY_MS)
     assert earlier["features_as_of"] == earlier["last_event_time"]
 
 
 def test_rfm_code_only_when_scores_exist() -> None:
     u = make_update(2, "high_value", T)
-    assert "rfm" not in user_hash(u, 1, T)
+    assert "rfm" not in user_hash(u, 1)
     scored = UserUpdate("u42", u.state, u.features, None, None, None, rfm=RFMScores(5, 3, 4))
-    h = user_hash(scored, 1, T)
+    h = user_hash(scored, 1)
     assert h["rfm"] == "534"
-    assert set(h) - set(user_hash(u, 1, T)) == {"rfm"}
+    assert set(h) - set(user_hash(u, 1)) == {"rfm"}
 
 
 def test_fenced_write_args_carry_the_watermark() -> None:
     u = make_update(2, "high_value", T)
-    args = fenced_write_args(u, b"\x02state", 4, T, watermark_ms=T + DAY_MS)
+    args = fenced_write_args(u, b"\x02state", 4, watermark_ms=T + DAY_MS)
     rest = dict(zip(args[6::2], args[7::2], strict=True))
     assert rest["features_as_of"] == "2023-11-15T22:13:20.000Z"
 
@@ -157,29 +154,29 @@ def test_user_hash_does_not_change_the_update() -> None:
     u = make_update(1, "regular", T)
     before = orjson.dumps(u.state.to_dict())
     features = dict(u.features)
-    user_hash(u, 1, T)
+    user_hash(u, 1)
     assert orjson.dumps(u.state.to_dict()) == before
     assert u.features == features
 
 
 def test_fenced_write_args_follow_the_scripts_layout() -> None:
     u = make_update(2, "high_value", T)
-    args = fenced_write_args(u, b"\x02state", 4, T)
+    args = fenced_write_args(u, b"\x02state", 4)
     # ARGV[1] the offset pair count, ARGV[2] the state as stored, then the offset pairs ...
     assert args[:2] == ["2", b"AnN0YXRl"]
     assert loaded_state(args[1]) == b"\x02state"
     assert args[2:6] == ["_o:shop.clicks:0", "8", "_o:shop.purchases:2", "19"]
     # ... then the hash's fields, and last how many partitions the state has input from.
     rest = dict(zip(args[6::2], args[7::2], strict=True))
-    assert {k: v for k, v in rest.items() if k != "_on"} == user_hash(u, 4, T)
+    assert {k: v for k, v in rest.items() if k != "_on"} == user_hash(u, 4)
     assert args[-2:] == ["_on", "2"]
 
 
 def test_an_incomplete_state_is_marked_in_the_hash() -> None:
     u = make_update(2, "high_value", T - HOUR_MS)
-    assert "state_incomplete" not in user_hash(u, 1, T)
+    assert "state_incomplete" not in user_hash(u, 1)
     u.state.incomplete = True
-    assert user_hash(u, 1, T)["state_incomplete"] == "true"
+    assert user_hash(u, 1)["state_incomplete"] == "true"
 
 
 def _moved(user: str, previous: int | None, seg: int | None) -> UserUpdate:
@@ -227,7 +224,7 @@ def test_every_simulated_users_features_come_back_from_the_hash_exactly() -> Non
         state = apply_events(None, sorted(events, key=lambda ev: ev.ts_ms)).state
         for age in (0, 3 * DAY_MS, 40 * DAY_MS, 200 * DAY_MS, 500 * DAY_MS):
             features = compute_features(state, state.last_event_ms + age)
-            h = user_hash(UserUpdate(uid, state, features, None, None, None), 1, end)
+            h = user_hash(UserUpdate(uid, state, features, None, None, None), 1)
             assert full_features(orjson.loads(h["features"])) == features
             checked += 1
     assert checked >= 500
