@@ -272,8 +272,8 @@ def measure(stack: Stack, users: int, partitions: int = 4, progress: bool = True
         peak = peak_rss_bytes(seg.pid)
         # Users are counted exactly once, at the end (a SCAN of a million keys per sample
         # would load Redis); samples scale the key count by the share of user hashes among
-        # keys then (other keys: each user's state key, the catalogue, the model, the
-        # membership sets).
+        # keys then (other keys: the state keys of users whose states are long, timer
+        # buckets, the catalogue, the model, the membership sets).
         pattern = Keys(s.redis_prefix).user("*")
         user_keys = sum(1 for _ in client.scan_iter(match=pattern, count=10_000))
         share = user_keys / max(1, int(client.dbsize()))
