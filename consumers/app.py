@@ -148,9 +148,6 @@ class Segmenter:
         self._last_watermark_sync = 0.0
         #: The watermark at which the sweep last found nobody due (-1: look again).
         self._nothing_due_at = -1
-        #: The watermark every timer was brought forward to by the last resweep, until no
-        #: timer is due at it any more (``None``: none is).
-        self._resweep_wm: int | None = None
         self._consumer: Consumer | None = None
         #: Dead-letter reasons already reported as covering most of a batch.
         self._reasons_said: set[str] = set()
@@ -555,7 +552,6 @@ class Segmenter:
             return
         self.sync.resweep = False
         self._nothing_due_at = -1
-        self._resweep_wm = wm
         log.info(
             "model version %d: %s; %d users due for a new look",
             self.model.version,
@@ -577,7 +573,6 @@ class Segmenter:
             if not due:
                 self.metrics.timers_due.set(0)
                 self._nothing_due_at = wm
-                self._resweep_ended(parts, nothing_due=True)
                 return
             states = self.store.load_states(list(due))
             owned = {f"{tp.topic}:{tp.partition}" for tp in self._consumer.assignment()}
@@ -590,7 +585,6 @@ class Segmenter:
                 {}, [], positions, int(time.time() * 1000), sweep=mine, known=states
             )
             self.metrics.timers_due.set(self.store.timers_due_count(parts, wm))
-            self._resweep_ended(parts)
         except (SegmenterError, KafkaException) as exc:
             self._failed(exc)
             return
@@ -603,15 +597,6 @@ class Segmenter:
         self.stats.swept += len(mine)
         if changes:
             log.info("swept %d users due by the watermark: %d segment changes", len(mine), changes)
-
-    def _resweep_ended(self, parts: set[int], nothing_due: bool = False) -> None:
-        """Tell the model sync once no timer brought forward by the last resweep is due
-        any more: every user has been re-decided under the current segments."""
-        if self._resweep_wm is None:
-            return
-        if nothing_due or not self.store.timers_due_count(parts, self._resweep_wm):
-            self._resweep_wm = None
-            self.sync.resweep_done()
 
     def reassess_users(self, batch: int = 1000) -> None:
         """Decide queued users: seen during warm-up, or members of a retired segment.

@@ -40,11 +40,6 @@ QUALITY_SAMPLE = 1000
 #: Reading and featurising the sample and the silhouette take about 100 ms of a process's
 #: CPU, measured: at every catalogue refresh (5 s), that was 2% of each process.
 QUALITY_INTERVAL_S = 30.0
-#: Seconds a refit waits at most for the sweep to re-decide every user after the segments
-#: changed: users the sweep cannot take (their input partitions are being moved to
-#: another process) must not hold refits back for ever. Re-deciding a million users takes
-#: a few minutes of one core.
-RESWEEP_WAIT_MAX_S = 600.0
 
 
 class ModelSync:
@@ -94,9 +89,6 @@ class ModelSync:
         #: When the silhouette gauge was last computed, and for which segment ids.
         self._quality_at: tuple[float, tuple[int, ...]] = (-math.inf, ())
         self._last_refit_wall = 0.0
-        #: When the sweep was last asked to re-decide every user, until it has (``None``:
-        #: it has). No refit is tried in between (:meth:`refit_allowed`).
-        self._resweep_since: float | None = None
         self._moves_at_refresh = (0, 0)
         #: The next segment id and model version a model started afresh begins at: the
         #: highest the group's committed offsets carry (stream.state_gaps), so that a
@@ -188,29 +180,9 @@ class ModelSync:
             model.ready
             and last is not None
             and now - last >= 2 * s.model_sync_interval_s
-            and self.refit_allowed(now)
+            and now - self._last_refit_wall >= s.model_refit_min_interval_s
             and self.watermark.value - (model.checkpoint.fitted_at_event_ms or 0) >= DAY_MS
         )
-
-    def refit_allowed(self, now: float) -> bool:
-        """Whether a refit may be tried at ``now``: ``model_refit_min_interval_s`` after the
-        last try, and once the sweep has re-decided every user under the segments as they
-        last changed (or :data:`RESWEEP_WAIT_MAX_S` after it was asked to).
-
-        A refit that changes the segments has every user re-decided, which costs as much
-        per user as an event. In a backlog, where event time runs through a refit interval
-        in seconds, refits could otherwise follow one another faster than their resweeps
-        end: most of the CPU would go to re-deciding users for segments about to change
-        again.
-        """
-        if now - self._last_refit_wall < self.settings.model_refit_min_interval_s:
-            return False
-        since = self._resweep_since
-        return since is None or now - since >= RESWEEP_WAIT_MAX_S
-
-    def resweep_done(self) -> None:
-        """The sweep has re-decided every user brought forward by the last resweep."""
-        self._resweep_since = None
 
     def refit_tried(self, now: float) -> None:
         """Count a refit try at ``now``: one per interval, even if Redis is away."""
@@ -245,7 +217,10 @@ class ModelSync:
             delta = model.delta()
             params = model.params
             wm = self.watermark.value
-            refit_allowed = caught_up or self.refit_allowed(time.monotonic())
+            refit_allowed = (
+                caught_up
+                or time.monotonic() - self._last_refit_wall >= s.model_refit_min_interval_s
+            )
             tried = {"refit": False}  # whether the build that was committed tried a refit
 
             def build(
@@ -339,7 +314,6 @@ class ModelSync:
 
     def _resweep(self, cause: str) -> None:
         self.resweep, self.resweep_cause = True, cause
-        self._resweep_since = time.monotonic()
         self.metrics.resweeps.labels(cause.replace(" ", "_")).inc()
         self._swept_centres = (list(self.model.ids), self.model.centres().copy())
 

@@ -1,17 +1,14 @@
 """When every user is re-decided by the sweep: the segments changed, or their centres moved
-far since everyone last was; and no refit until they have been. Pure: the model is adopted
-from checkpoints built here."""
+far since everyone last was. Pure: the model is adopted from checkpoints built here."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
 from prometheus_client import generate_latest
 
 from consumers.app import Segmenter
-from consumers.model_sync import RESWEEP_WAIT_MAX_S
 from stream.checkpoint import ModelDelta, ModelParams, merge
 from stream.checkpoint_value import Checkpoint
 from stream.scaling import MODEL_FEATURES, OnlineScaler
@@ -118,44 +115,3 @@ def test_the_silhouette_is_computed_when_the_segments_change_and_then_every_inte
     sync._quality_at = (at - QUALITY_INTERVAL_S, ids)  # as if the interval passed
     sync.refresh_catalogue()
     assert store.snapshots == 3
-
-
-class _Timers:
-    """The one store call the end of a resweep is told by: how many timers are due."""
-
-    def __init__(self, due: int) -> None:
-        self.due = due
-        self.asked: list[int] = []
-
-    def timers_due_count(self, partitions: set[int], watermark_ms: int) -> int:
-        self.asked.append(watermark_ms)
-        return self.due
-
-
-def test_no_refit_is_tried_until_the_sweep_has_re_decided_everyone() -> None:
-    seg = Segmenter(Settings(model_refit_min_interval_s=5.0))
-    sync = seg.sync
-    doc = seeded()
-    sync._adopt(doc, [])
-    assert sync.refit_allowed(1e6) and not sync.resweep
-    # A refit elsewhere changed the segments: every user is to be re-decided.
-    sync._adopt(replace(moved(doc, 1.0, doc.version + 1), epoch=doc.epoch + 1), [])
-    assert sync.resweep
-    t = time.monotonic()
-    assert not sync.refit_allowed(t + 10)  # the interval passed, the resweep is not done
-    assert sync.refit_allowed(t + RESWEEP_WAIT_MAX_S + 1)  # but it waits only so long
-
-    # The loop brought every timer forward to 500; the sweep works through them.
-    seg._resweep_wm = 500
-    seg.store = _Timers(due=3)  # type: ignore[assignment]
-    seg._resweep_ended({0, 1})
-    assert seg._resweep_wm == 500 and not sync.refit_allowed(t + 10)
-    seg.store.due = 0  # type: ignore[attr-defined]
-    seg._resweep_ended({0, 1})
-    assert seg.store.asked == [500, 500]  # type: ignore[attr-defined]
-    assert seg._resweep_wm is None and sync.refit_allowed(t + 10)
-    seg._resweep_ended({0, 1})  # nothing open: nothing asked
-    assert seg.store.asked == [500, 500]  # type: ignore[attr-defined]
-
-    sync.refit_tried(t + 10)
-    assert not sync.refit_allowed(t + 12) and sync.refit_allowed(t + 15)
