@@ -53,6 +53,7 @@ from state.user_states import (
     FENCED_WRITE_MANY,
     OFFSET_FIELD_PREFIX,
     STATE_FIELD,
+    for_state_key,
     stored_state,
     user_hash,
     write_commands,
@@ -335,7 +336,7 @@ class WritePayload:
     @property
     def in_key(self) -> bool:
         """Whether the state goes to the state key rather than the user hash."""
-        return bool(self.state) and self.state[0] < 32
+        return for_state_key(self.state)
 
     def hset_args(self) -> list[str | bytes]:
         """Field/value pairs of a plain ``HSET``: the state field (empty when the state is

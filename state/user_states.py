@@ -97,7 +97,13 @@ def stored_state(blob: bytes) -> bytes:
 
 def loaded_state(stored: bytes) -> bytes:
     """The encoded state in a value :func:`stored_state` made (its inverse)."""
-    return stored if stored[0] < 32 else binascii.a2b_base64(stored)
+    return stored if for_state_key(stored) else binascii.a2b_base64(stored)
+
+
+def for_state_key(stored: bytes) -> bool:
+    """Whether a value :func:`stored_state` made goes to the state key (raw bytes, which
+    start with their format byte, below 32) rather than the user hash (pure)."""
+    return bool(stored) and stored[0] < 32
 
 
 #: Encoded states up to this many bytes are kept in the user hash (:data:`STATE_FIELD`),
