@@ -153,6 +153,9 @@ class Segmenter:
         self._reasons_said: set[str] = set()
         #: Assigned input positions with a backlog, and the offset it ends at.
         self._backlog_ends: dict[str, int] = {}
+        #: Partitions were assigned: once their backlog is read, bring forward the timers
+        #: of those not yet re-decided under the model's epoch (:meth:`_make_all_due`).
+        self._check_swept = False
         self._stop = StopFlag()
 
     # -- start-up -------------------------------------------------------------------------
@@ -195,6 +198,7 @@ class Segmenter:
         self.metrics.assigned_partitions.set(len(parts))
         self._nothing_due_at = -1  # new partitions, new timers
         self._backlog_ends = self._backlog(consumer, parts)
+        self._check_swept = True
         now_ms = int(time.time() * 1000)
         for pos in self._backlog_ends:
             self.watermark.behind(pos, now_ms)
@@ -511,7 +515,10 @@ class Segmenter:
         if sync.reassess_pending and self.model.ready:
             self.reassess_users()
         if self.model.ready:
-            if sync.resweep:
+            if (sync.resweep or self._check_swept) and not self._backlog_ends:
+                # Not while the backlog found at assignment is read: its users with
+                # events are decided by them anyway, and each refit in a backlog (one
+                # every few seconds) would have everyone re-decided again.
                 self._make_all_due()
             self.sweep_timers()
         if now - sync.last_catalogue >= s.catalogue_interval_s:
@@ -542,21 +549,39 @@ class Segmenter:
         return by_topic[s.clicks_topic] & by_topic[s.purchases_topic]
 
     def _make_all_due(self) -> None:
+        """Bring forward to the watermark every timer of the owned partitions whose users
+        were not all re-decided under the model's epoch yet (of every owned partition when
+        the centres moved), so the sweep re-decides them under the current segments.
+
+        Each partition records the epoch once its timers are all brought forward
+        (:meth:`~state.timers.Timers.make_due`). So a process that stopped or lost the
+        partition before that leaves the partition to its next owner, which brings it
+        forward once its own backlog is read.
+        """
         assert self._consumer is not None
-        wm = self.watermark.value
+        wm, epoch, sync = self.watermark.value, self.model.epoch, self.sync
+        owned = self._owned_partitions()
         try:
-            n = self.store.make_due(self._owned_partitions(), wm)
+            if sync.resweep_every_partition:
+                parts = owned
+            else:
+                parts = {p for p, e in self.store.swept_epochs(owned).items() if e != epoch}
+            n = self.store.make_due(parts, wm, epoch) if parts else 0
         except RedisError as exc:
             self.metrics.redis_errors.inc()
             log.warning("users not yet brought forward for the new segments: %s", exc)
             return
-        self.sync.resweep = False
+        cause = sync.resweep_cause if sync.resweep else "partitions assigned"
+        sync.resweep = sync.resweep_every_partition = self._check_swept = False
+        if not parts:
+            return
         self._nothing_due_at = -1
         log.info(
-            "model version %d: %s; %d users due for a new look",
+            "model version %d: %s; %d users of %d partitions due for a new look",
             self.model.version,
-            self.sync.resweep_cause,
+            cause,
             n,
+            len(parts),
         )
 
     def sweep_timers(self) -> None:

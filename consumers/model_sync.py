@@ -78,6 +78,9 @@ class ModelSync:
         self.resweep = False
         #: Why, for the log: "segments changed" or "centres moved".
         self.resweep_cause = ""
+        #: The centres moved (not the segments): every partition is to be re-decided, even
+        #: one already re-decided under this model's epoch. The loop clears it.
+        self.resweep_every_partition = False
         #: The centres (and their ids) as of the last re-decision of every user.
         self._swept_centres: tuple[list[int], np.ndarray] | None = None
         #: Queued users may be waiting for this process. The loop clears it.
@@ -331,6 +334,7 @@ class ModelSync:
         moved = float(np.sqrt(((centres - swept[1]) ** 2).sum(axis=1)).max())
         if limit > 0 and moved >= limit:
             self._resweep("centres moved")
+            self.resweep_every_partition = True
 
     def queue_retired(self) -> None:
         """Queue the members of retired segments; what Redis refuses is tried again later."""

@@ -75,6 +75,11 @@ class Keys:
         before the earliest in the bucket."""
         return f"{self.prefix}timers:{{{partition}}}"
 
+    def timers_swept(self, partition: int) -> str:
+        """The model epoch under which every timer of one input partition was last brought
+        forward, so that the sweep re-decided all its users (a number, as text)."""
+        return f"{self.prefix}timers:{{{partition}}}:swept"
+
     def timer_bucket(self, partition: int, user_id: str) -> str:
         """The bucket holding the event-time timer of ``user_id`` (user id -> due time).
 

@@ -170,11 +170,15 @@ class Timers(StoreBase):
             )
         run(pipe, "set user timers")
 
-    def make_due(self, partitions: Iterable[int], due_ms: int, chunk: int = 256) -> int:
+    def make_due(
+        self, partitions: Iterable[int], due_ms: int, epoch: int | None = None, chunk: int = 256
+    ) -> int:
         """Bring every timer of ``partitions`` due later than ``due_ms`` forward to it, so
         the sweep re-decides every user (after the model's segments changed); returns how
         many timers moved. Runs ``chunk`` buckets a script, so Redis is never blocked
-        for long."""
+        for long. With ``epoch``, each partition then records it as the model epoch it was
+        last brought forward under (:meth:`swept_epochs`): only once all its timers are,
+        so a process stopped half-way leaves the partition to be brought forward again."""
         moved = 0
         for part in sorted(partitions):
             for lo in range(0, TIMER_BUCKETS, chunk):
@@ -186,4 +190,17 @@ class Timers(StoreBase):
                         "bring timers forward",
                     )
                 )
+            if epoch is not None:
+                key = self.keys.timers_swept(part)
+                call(lambda key=key: self._r.set(key, epoch), "record the sweep's epoch")
         return moved
+
+    def swept_epochs(self, partitions: Iterable[int]) -> dict[int, int | None]:
+        """The model epoch each of ``partitions`` last had every timer brought forward
+        under (:meth:`make_due`), ``None`` for never."""
+        parts = sorted(partitions)
+        pipe = self._r.pipeline(transaction=False)
+        for part in parts:
+            pipe.get(self.keys.timers_swept(part))
+        raw = run(pipe, "read the sweeps' epochs")
+        return {p: None if v is None else int(v) for p, v in zip(parts, raw, strict=True)}

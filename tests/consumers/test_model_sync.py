@@ -49,7 +49,9 @@ def test_centres_that_moved_far_since_the_last_resweep_bring_everyone_forward() 
     assert not sync.resweep  # 0.15 so far
     sync._adopt(moved(doc, 0.30, doc.version + 2), [])
     assert sync.resweep and sync.resweep_cause == "centres moved"  # 0.30 since the start
-    sync.resweep = False
+    # Same epoch: partitions already re-decided under it are to be re-decided again.
+    assert sync.resweep_every_partition
+    sync.resweep = sync.resweep_every_partition = False
     sync._adopt(moved(doc, 0.40, doc.version + 3), [])
     assert not sync.resweep  # 0.10 since the resweep
     sync._adopt(moved(doc, 0.60, doc.version + 4), [])
@@ -68,6 +70,8 @@ def test_a_new_epoch_is_a_resweep_and_a_zero_limit_is_none_for_drift() -> None:
     assert not sync.resweep  # drift alone never, with 0
     sync._adopt(replace(moved(doc, 5.0, doc.version + 2), epoch=doc.epoch + 1), [])
     assert sync.resweep and sync.resweep_cause == "segments changed"
+    # A new epoch: only partitions not yet re-decided under it are.
+    assert not sync.resweep_every_partition
 
 
 class _Catalogue:

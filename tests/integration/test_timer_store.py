@@ -71,6 +71,20 @@ def test_make_due_brings_every_later_timer_forward(store: RedisStore) -> None:
     assert due["u49"] == T + 5 * 10**6 and due["u2"] == T + 2 * 10**6
 
 
+def test_make_due_records_the_epoch_of_each_partition_it_brought_forward(
+    store: RedisStore,
+) -> None:
+    store.set_timers({"a": (0, T + 10**9), "b": (1, T + 10**9), "c": (2, T + 10**9)})
+    assert store.swept_epochs({0, 1, 2}) == {0: None, 1: None, 2: None}
+    assert store.make_due({0, 1}, T, epoch=3) == 2
+    assert store.swept_epochs({0, 1, 2}) == {0: 3, 1: 3, 2: None}
+    assert store.due_users({0, 1, 2}, T, 10) == {"a": T, "b": T}
+    # Without an epoch nothing is recorded; a later epoch replaces the earlier one.
+    store.make_due({2}, T)
+    store.make_due({1}, T, epoch=4)
+    assert store.swept_epochs({0, 1, 2}) == {0: 3, 1: 4, 2: None}
+
+
 def test_erasing_a_user_removes_their_timer(store: RedisStore) -> None:
     store.set_timers({"gone": (3, T), "kept": (3, T)})
     store.forget("gone")
