@@ -73,7 +73,11 @@ def kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator) -> np
             # Fewer distinct points than k: fall back to uniform picks.
             idx = int(rng.integers(n))
         else:
-            idx = int(rng.choice(n, p=d2 / total))
+            # Inverse-CDF sampling: the draw ``rng.choice(n, p=d2 / total)`` makes, without
+            # its checks of ``p``, which take as long again as the draw.
+            cdf = (d2 / total).cumsum()
+            cdf /= cdf[-1]
+            idx = int(cdf.searchsorted(rng.random(), side="right"))
         centres.append(points[idx])
         d2 = np.minimum(d2, ((points - points[idx]) ** 2).sum(axis=1))
     return np.array(centres)
@@ -92,8 +96,11 @@ def _sq_distances(
     return np.maximum(d2, 0.0)
 
 
-def _assign(points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = None) -> np.ndarray:
-    """Label every point with its nearest centre, then give every empty cluster a point.
+def _assign(
+    points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = None
+) -> tuple[np.ndarray, bool]:
+    """Label every point with its nearest centre, then give every empty cluster a point;
+    return the labels and whether a cluster was re-seeded.
 
     An empty cluster is re-seeded (``centres`` is changed in place) at the point farthest
     from its nearest centre, taken from a cluster that keeps at least one other point, so
@@ -105,7 +112,7 @@ def _assign(points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = 
     labels = np.argmin(d2, axis=1)
     sizes = np.bincount(labels, minlength=len(centres))
     if sizes.all():
-        return labels  # the common case: no cluster to re-seed
+        return labels, False  # the common case: no cluster to re-seed
     nearest = d2[np.arange(len(points)), labels]
     for j in np.flatnonzero(sizes == 0):
         gap = np.where(sizes[labels] > 1, nearest, -1.0)
@@ -117,7 +124,7 @@ def _assign(points: np.ndarray, centres: np.ndarray, norms: np.ndarray | None = 
         nearest[i] = 0.0
         # The next empty cluster is re-seeded with this centre in place.
         nearest = np.minimum(nearest, ((points - points[i]) ** 2).sum(axis=1))
-    return labels
+    return labels, True
 
 
 def lloyd(
@@ -179,18 +186,23 @@ def lloyd(
     c = np.array(centres, dtype=float)
     # The same every iteration: computed once.
     norms = (points**2).sum(axis=1)
+    previous = None
     for _ in range(max_iter):
-        labels = _assign(points, c, norms)
+        labels, reseeded = _assign(points, c, norms)
+        if not reseeded and previous is not None and np.array_equal(labels, previous):
+            # The labels the centres are the means of: the next step would give the same
+            # centres back (moving 0) and label with them again, to these labels.
+            return c, labels
         # Per-cluster sums as one product with the one-hot labels (np.add.at is far slower).
         sums = np.eye(k)[labels].T @ points
         # Every cluster has a point after _assign, so no count is zero.
         new = sums / np.bincount(labels, minlength=k)[:, None]
         moved = float(np.sqrt(((new - c) ** 2).sum(axis=1)).max())
-        c = new
+        c, previous = new, labels
         if moved <= tol:
             break
     # Label with the final centres, so labels and centres agree.
-    labels = _assign(points, c, norms)
+    labels, _ = _assign(points, c, norms)
     return c, labels
 
 

@@ -141,6 +141,49 @@ def test_lloyd_stops_after_max_iter() -> None:
     assert centres[:, 0].tolist() == [0.5, 10.5]
 
 
+def _lloyd_every_step(
+    points: np.ndarray, centres: np.ndarray, max_iter: int = 50, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd's iterations taken to the end (no early return when the labels repeat)."""
+    k, c = len(centres), np.array(centres, dtype=float)
+    norms = (points**2).sum(axis=1)
+    for _ in range(max_iter):
+        labels, _ = selection._assign(points, c, norms)
+        new = (np.eye(k)[labels].T @ points) / np.bincount(labels, minlength=k)[:, None]
+        moved = float(np.sqrt(((new - c) ** 2).sum(axis=1)).max())
+        c = new
+        if moved <= tol:
+            break
+    return c, selection._assign(points, c, norms)[0]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lloyd_returns_what_every_step_to_the_end_returns_bit_for_bit(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    points, _ = blobs(rng, corners(5, dim=4, spread=3.0), 60, 1.5)
+    if seed % 2:
+        points = np.round(points)  # duplicates, so some starts leave clusters empty
+    for k in (2, 4, 7):
+        start = kmeans_plus_plus(points, k, rng)
+        got, want = lloyd(points, start), _lloyd_every_step(points, start)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+
+
+def test_kmeans_plus_plus_draws_what_rng_choice_draws() -> None:
+    points = np.random.default_rng(3).normal(size=(500, 3))
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        got = kmeans_plus_plus(points, 6, np.random.default_rng(seed))
+        # The same picks by rng.choice with D² weights.
+        picked = [points[rng.integers(len(points))]]
+        d2 = ((points - picked[0]) ** 2).sum(axis=1)
+        for _ in range(5):
+            i = int(rng.choice(len(points), p=d2 / d2.sum()))
+            picked.append(points[i])
+            d2 = np.minimum(d2, ((points - points[i]) ** 2).sum(axis=1))
+        assert np.array_equal(got, np.array(picked))
+
+
 @pytest.mark.parametrize(
     ("points", "centres", "kwargs", "name"),
     [
