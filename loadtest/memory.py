@@ -14,7 +14,11 @@ own id and event ids, so the mix of event types and the fields are realistic whi
 every user stays distinct. The segmenter keeps users' state in Redis, not in the process,
 so its RSS must stay bounded as users grow: the report says by how much it grew per user.
 
-    python -m loadtest.memory --users 1000000
+With ``--settle``, the process then keeps running until the sweep after the backlog is
+done, and both are sampled once more: a state keeps its last change until its next write,
+and the sweep's write drops it once delivered.
+
+    python -m loadtest.memory --users 1000000 [--settle]
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ class MemoryResult:
         Every sample, for the plot.
     elapsed_s
         Seconds from the segmenter's start to the backlog drained.
+    settled
+        With ``settle``: the sample once the sweep after the backlog had re-decided its
+        users (no user swept for :data:`_SETTLE_QUIET_S`), else ``None``.
     """
 
     users: int
@@ -114,6 +121,7 @@ class MemoryResult:
     points: list[MemorySample]
     samples: list[MemorySample]
     elapsed_s: float
+    settled: MemorySample | None = None
 
     @property
     def rss_growth_per_user(self) -> float | None:
@@ -142,6 +150,13 @@ class MemoryResult:
         growth = self.rss_growth_per_user
         if growth is not None:
             out.append(f"RSS growth from the first point to the last: {growth:.1f} bytes per user")
+        if self.settled is not None:
+            s = self.settled
+            out.append(
+                f"once the sweep settled, after {s.elapsed_s:.1f}s: RSS "
+                f"{s.rss_bytes / 2**20:.1f} MiB; Redis {s.redis_bytes_per_user or 0:.0f} "
+                "bytes per user"
+            )
         return out
 
 
@@ -225,9 +240,13 @@ def produce_users(bootstrap: str, clicks: str, purchases: str, users: int) -> in
     return sent
 
 
-def measure(stack: Stack, users: int, partitions: int = 4, progress: bool = True) -> MemoryResult:
+def measure(
+    stack: Stack, users: int, partitions: int = 4, progress: bool = True, settle: bool = False
+) -> MemoryResult:
     """Drain a backlog of ``users`` distinct users with one segmenter process, sampling
-    its RSS and Redis's memory (see the module).
+    its RSS and Redis's memory (see the module). With ``settle``, then keep it running
+    until the sweep after the backlog is done (no user swept for :data:`_SETTLE_QUIET_S`)
+    and sample once more: rewriting a state drops its last change once delivered.
 
     Raises
     ------
@@ -270,6 +289,8 @@ def measure(stack: Stack, users: int, partitions: int = 4, progress: bool = True
         elapsed = time.monotonic() - started
         last = (rss_bytes(seg.pid), int(client.info("memory")["used_memory"]) - used0)
         peak = peak_rss_bytes(seg.pid)
+        settled_at = _wait_swept(seg) - started if settle else None
+        settled_mem = (rss_bytes(seg.pid), int(client.info("memory")["used_memory"]) - used0)
         # Users are counted exactly once, at the end (a SCAN of a million keys per sample
         # would load Redis); samples scale the key count by the share of user hashes among
         # keys then (other keys: the state keys of users whose states are long, timer
@@ -287,10 +308,31 @@ def measure(stack: Stack, users: int, partitions: int = 4, progress: bool = True
         points=pick_points(samples, checkpoints(users)),
         samples=samples,
         elapsed_s=elapsed,
+        settled=None if settled_at is None else MemorySample(settled_at, user_keys, *settled_mem),
     )
     if progress:
         print("\n".join(result.lines()), flush=True)
     return result
+
+
+#: The sweep counts as done once no user was swept for this long.
+_SETTLE_QUIET_S = 10.0
+
+
+def _wait_swept(seg: SegmenterProcess) -> float:
+    """Wait until ``seg`` swept no user for :data:`_SETTLE_QUIET_S` (at most
+    :data:`_DRAIN_TIMEOUT_S`); return when it last swept one (monotonic)."""
+    last, moved_at = -1.0, time.monotonic()
+    deadline = moved_at + _DRAIN_TIMEOUT_S
+    while time.monotonic() - moved_at < _SETTLE_QUIET_S:
+        seg.check()
+        swept = seg.metrics().get("segmenter_swept_users_total", last)
+        if swept != last:
+            last, moved_at = swept, time.monotonic()
+        if time.monotonic() > deadline:
+            raise StackError(f"the sweep did not settle in {_DRAIN_TIMEOUT_S:.0f}s")
+        time.sleep(1.0)
+    return moved_at
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,10 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--broker", choices=("auto", "kafka", "tansu"), default="auto")
+    ap.add_argument(
+        "--settle",
+        action="store_true",
+        help="after the backlog, wait until the sweep is done and measure again",
+    )
     args = ap.parse_args(argv)
     with local_stack("segmenter-memory-", args.broker) as stack:
         print(f"broker: {stack.broker.kind}; cores: {os.cpu_count()}; users {args.users}")
-        measure(stack, args.users, args.partitions)
+        measure(stack, args.users, args.partitions, settle=args.settle)
     return 0
 
 
