@@ -289,8 +289,10 @@ def measure(
         elapsed = time.monotonic() - started
         last = (rss_bytes(seg.pid), int(client.info("memory")["used_memory"]) - used0)
         peak = peak_rss_bytes(seg.pid)
-        settled_at = _wait_swept(seg) - started if settle else None
-        settled_mem = (rss_bytes(seg.pid), int(client.info("memory")["used_memory"]) - used0)
+        settled: tuple[float, int, int] | None = None
+        if settle:
+            at = _wait_swept(seg) - started
+            settled = (at, rss_bytes(seg.pid), int(client.info("memory")["used_memory"]) - used0)
         # Users are counted exactly once, at the end (a SCAN of a million keys per sample
         # would load Redis); samples scale the key count by the share of user hashes among
         # keys then (other keys: the state keys of users whose states are long, timer
@@ -308,7 +310,7 @@ def measure(
         points=pick_points(samples, checkpoints(users)),
         samples=samples,
         elapsed_s=elapsed,
-        settled=None if settled_at is None else MemorySample(settled_at, user_keys, *settled_mem),
+        settled=None if settled is None else MemorySample(settled[0], user_keys, *settled[1:]),
     )
     if progress:
         print("\n".join(result.lines()), flush=True)
