@@ -2,7 +2,8 @@
 
 One loop turn is one micro-batch:
 
-1. consume up to ``batch_max_events`` messages (or what arrives within ``batch_timeout_s``);
+1. consume up to ``batch_max_events`` messages: what is ready, at once when that is at
+   least ``batch_min_events``, else what arrives within ``batch_timeout_s`` too;
 2. decode each; bad ones become dead letters (values, never exceptions);
 3. move the group's event-time clock (:class:`stream.watermark.Watermark`);
 4. run the batch in one transaction (:mod:`consumers.transaction`, which writes its
@@ -269,11 +270,10 @@ class Segmenter:
         """Consume until ``stop`` is set (or nothing arrived for ``idle_exit_s``)."""
         assert self._consumer is not None, "call start() first"
         self._stop = stop
-        s = self.settings
         last_data = time.monotonic()
         while not stop.is_set():
             self.health.beat()
-            msgs = self._consumer.consume(s.batch_max_events, s.batch_timeout_s)
+            msgs = self._next_batch()
             if msgs:
                 self.handle(msgs)
                 last_data = time.monotonic()
@@ -298,6 +298,17 @@ class Segmenter:
             self.reassess_users()
         self.sync.refresh_catalogue()
         return self.stats
+
+    def _next_batch(self) -> list[Message]:
+        """The messages ready now, topped up for ``batch_timeout_s`` when they are fewer than
+        ``batch_min_events``. (``consume`` alone waits out its timeout whenever fewer than
+        its maximum are ready: under steady load, the whole wait on every batch.)"""
+        s, consumer = self.settings, self._consumer
+        assert consumer is not None
+        msgs = consumer.consume(s.batch_max_events, 0)
+        if len(msgs) < min(s.batch_min_events, s.batch_max_events):
+            msgs += consumer.consume(s.batch_max_events - len(msgs), s.batch_timeout_s)
+        return msgs
 
     def _past_ends(self, msgs: list[Message]) -> tuple[list[Message], dict[tuple[str, int], int]]:
         """``msgs`` without the ends of partitions, each of which ends that partition's

@@ -23,8 +23,9 @@ here, else Tansu; stopped by PID at the end), creates the input topics, and star
    rate.
 
 The latency therefore covers the producer's linger (5 ms, librdkafka's default), the
-broker, the segmenter's batch (up to ``SEGMENTER_BATCH_TIMEOUT_S``, 0.02 s, to fill), its
-work and its Redis writes, and is up to one poll interval late (the observer sees a write
+broker, the segmenter's batch (which waits up to ``SEGMENTER_BATCH_TIMEOUT_S``, 0.02 s, for
+more events when fewer than ``SEGMENTER_BATCH_MIN_EVENTS`` are ready), its work and its
+Redis writes, and is up to one poll interval late (the observer sees a write
 at its next poll; a few intervals when more than 64 samples are pending, which happens
 only when the segmenter is seconds behind). The load generator and the observer run on
 the same machine as the segmenter, the broker and Redis, and take their share of its

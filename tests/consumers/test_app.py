@@ -49,3 +49,46 @@ def test_tune_collector_freezes_start_up_objects_and_sets_the_thresholds() -> No
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+class _Queue:
+    """Stands in for the consumer's local queue: ``ready`` now, ``later`` within a wait."""
+
+    def __init__(self, ready: int, later: int) -> None:
+        self.ready, self.later = list(range(ready)), list(range(ready, ready + later))
+        self.calls: list[tuple[int, float]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        self.calls.append((num_messages, timeout))
+        if timeout > 0:
+            self.ready += self.later
+            self.later = []
+        out, self.ready = self.ready[:num_messages], self.ready[num_messages:]
+        return out
+
+
+def _next_batch(ready: int, later: int, **settings: Any) -> tuple[list[Any], list[Any]]:
+    seg = Segmenter(Settings(**settings))  # connects to nothing until started
+    queue = _Queue(ready, later)
+    seg._consumer = queue  # type: ignore[assignment]
+    return seg._next_batch(), queue.calls
+
+
+def test_a_batch_starts_at_once_when_enough_events_are_ready() -> None:
+    msgs, calls = _next_batch(600, 300, batch_min_events=500, batch_max_events=5000)
+    assert len(msgs) == 600
+    assert calls == [(5000, 0)]  # no wait: the 300 arriving are the next batch's
+
+
+def test_a_batch_of_few_ready_events_waits_for_more_up_to_the_maximum() -> None:
+    msgs, calls = _next_batch(
+        100, 300, batch_min_events=500, batch_max_events=350, batch_timeout_s=0.05
+    )
+    assert msgs == list(range(350))
+    assert calls == [(350, 0), (250, 0.05)]
+
+
+def test_a_full_batch_never_waits_even_below_the_minimum() -> None:
+    msgs, calls = _next_batch(400, 300, batch_min_events=1000, batch_max_events=400)
+    assert len(msgs) == 400
+    assert calls == [(400, 0)]

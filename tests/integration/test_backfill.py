@@ -47,12 +47,15 @@ def test_last_years_events_give_the_features_and_segments_of_the_live_run(
     for s, messages in ((settings, live), (back, history)):
         produce(s, messages)
         # Room for the end-of-partition event of each of the 8 input partitions too.
-        running = run_segmenter(s.replace(batch_max_events=len(messages) + 8, batch_timeout_s=5.0))
+        whole = len(messages) + 8
+        running = run_segmenter(
+            s.replace(batch_max_events=whole, batch_min_events=whole, batch_timeout_s=5.0)
+        )
         n = len(messages)
         running.wait(lambda st, n=n: st.messages >= n)
         stats = running.finish()
-        # One batch each (a long poll timeout lets it fill), so both runs cut the history
-        # the same way: an online model's learning depends on that cut.
+        # One batch each (it waits, for up to 5 s, until all of it is ready), so both runs
+        # cut the history the same way: an online model's learning depends on that cut.
         assert stats.batches == 1, f"the backlog arrived in {stats.batches} batches"
         assert stats.dead_letters == 0  # old event times are history, not bad input
         results[s.redis_prefix] = {
