@@ -111,7 +111,7 @@ class MemoryResult:
         Seconds from the segmenter's start to the backlog drained.
     settled
         With ``settle``: the sample once the sweep after the backlog had re-decided its
-        users (no user swept for :data:`_SETTLE_QUIET_S`), else ``None``.
+        users (no user swept for :data:`SETTLE_QUIET_S`), else ``None``.
     """
 
     users: int
@@ -245,7 +245,7 @@ def measure(
 ) -> MemoryResult:
     """Drain a backlog of ``users`` distinct users with one segmenter process, sampling
     its RSS and Redis's memory (see the module). With ``settle``, then keep it running
-    until the sweep after the backlog is done (no user swept for :data:`_SETTLE_QUIET_S`)
+    until the sweep after the backlog is done (no user swept for :data:`SETTLE_QUIET_S`)
     and sample once more: rewriting a state drops its last change once delivered.
 
     Raises
@@ -318,15 +318,15 @@ def measure(
 
 
 #: The sweep counts as done once no user was swept for this long.
-_SETTLE_QUIET_S = 10.0
+SETTLE_QUIET_S = 10.0
 
 
 def _wait_swept(seg: SegmenterProcess) -> float:
-    """Wait until ``seg`` swept no user for :data:`_SETTLE_QUIET_S` (at most
+    """Wait until ``seg`` swept no user for :data:`SETTLE_QUIET_S` (at most
     :data:`_DRAIN_TIMEOUT_S`); return when it last swept one (monotonic)."""
     last, moved_at = -1.0, time.monotonic()
     deadline = moved_at + _DRAIN_TIMEOUT_S
-    while time.monotonic() - moved_at < _SETTLE_QUIET_S:
+    while time.monotonic() - moved_at < SETTLE_QUIET_S:
         seg.check()
         swept = seg.metrics().get("segmenter_swept_users_total", last)
         if swept != last:

@@ -25,7 +25,7 @@ Parts, one after another, each on servers it starts and stops by PID:
 2. **latency** (:mod:`loadtest.latency`): end-to-end latency at fixed rates, on a stack
    of its own;
 3. **memory** (:mod:`loadtest.memory`): RSS and Redis memory as users grow to a million,
-   on a stack of its own.
+   on a stack of its own, and again once the sweep after the backlog has settled.
 
 Then it writes ``report.md``, ``report.json`` and the PNG plots to ``loadtest/out/``
 (:mod:`loadtest.report`). A part that fails is reported as not run, with the reason, and
@@ -377,7 +377,10 @@ def _memory_part(runner: Runner, st: Stack) -> None:
     cfg, r = runner.cfg, runner.results
 
     def measure() -> None:
-        r.memory = memory.measure(st, cfg.memory_users, cfg.partitions)
+        # Then on until the sweep after the backlog has settled: a state keeps its last
+        # change until its next write, which that sweep makes, so the figures at drain and
+        # settled differ by what users keep of their delivered changes.
+        r.memory = memory.measure(st, cfg.memory_users, cfg.partitions, settle=True)
 
     runner.part("memory", measure)
 

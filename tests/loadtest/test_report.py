@@ -208,7 +208,7 @@ class TestTargets:
         assert got[2].measured == "20,000/s"
         assert got[3].measured == "2.50x"  # 50,000 / 20,000 events/s
         # Measured at 20,000 users: reported, not judged against a million.
-        assert got[4].measured == "690 bytes at 20,000 users"
+        assert got[4].measured == "690 bytes at 20,000 users when drained"
         # 0.09 s for 6,000 users: 15 us a user, 15 s per million.
         assert got[5].measured == "15.0 s per million (6,000 users swept, no I/O)"
         # 9 s of CPU for 500,000 events, against 18 s for 950,000.
@@ -221,7 +221,21 @@ class TestTargets:
         last = MemorySample(9.0, 1_000_000, 150 * 2**20, 1_000_000 * 1000)
         r.memory = dataclasses.replace(mem, points=[*mem.points, last])
         t = report.targets(r)[4]
-        assert (t.measured, t.met) == ("1,000 bytes at 1,000,000 users", True)
+        assert (t.measured, t.met) == ("1,000 bytes at 1,000,000 users when drained", True)
+
+    def test_memory_judged_when_drained_with_the_settled_figure_beside(self) -> None:
+        r = full_results()
+        mem = memory_result()
+        last = MemorySample(9.0, 1_000_000, 150 * 2**20, 1_000_000 * 1100)
+        settled = MemorySample(99.0, 1_000_000, 150 * 2**20, 1_000_000 * 990)
+        r.memory = dataclasses.replace(mem, points=[*mem.points, last], settled=settled)
+        t = report.targets(r)[4]
+        assert t.measured == (
+            "1,100 bytes at 1,000,000 users when drained (990 once the sweep settled)"
+        )
+        assert t.met is False
+        text = "\n".join(report._memory_section(r))
+        assert "after 99 s, RSS 150.0 MiB and Redis 990 bytes per user" in text
 
     def test_cpu_per_event_of_two_processes(self) -> None:
         r = full_results()
