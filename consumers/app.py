@@ -157,6 +157,8 @@ class Segmenter:
         #: Partitions were assigned: once their backlog is read, bring forward the timers
         #: of those not yet re-decided under the model's epoch (:meth:`_make_all_due`).
         self._check_swept = False
+        #: Assignments and revocations so far (:meth:`_next_batch` reads it).
+        self._rebalances = 0
         self._stop = StopFlag()
 
     # -- start-up -------------------------------------------------------------------------
@@ -196,6 +198,7 @@ class Segmenter:
         self.health.started = True
 
     def _on_assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        self._rebalances += 1
         self.metrics.assigned_partitions.set(len(parts))
         self._nothing_due_at = -1  # new partitions, new timers
         self._backlog_ends = self._backlog(consumer, parts)
@@ -235,7 +238,9 @@ class Segmenter:
         return ends
 
     def _on_revoke(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
-        # Batches are committed before the next poll, so nothing is in flight to drop.
+        # Batches are committed before the next poll, so nothing is in flight to drop (and
+        # :meth:`_next_batch` drops what it read before a revocation).
+        self._rebalances += 1
         self.metrics.assigned_partitions.set(0)
         self.txn.forget(parts)
         self.rebuild.forget(parts)
@@ -307,7 +312,12 @@ class Segmenter:
         assert consumer is not None
         msgs = consumer.consume(s.batch_max_events, 0)
         if len(msgs) < min(s.batch_min_events, s.batch_max_events):
-            msgs += consumer.consume(s.batch_max_events - len(msgs), s.batch_timeout_s)
+            rebalances = self._rebalances
+            more = consumer.consume(s.batch_max_events - len(msgs), s.batch_timeout_s)
+            # A rebalance within the wait revoked the partitions the first messages came
+            # from: they are read again from the committed offsets by their next owner,
+            # this process included, so they are dropped here, never handled twice.
+            msgs = more if self._rebalances != rebalances else msgs + more
         return msgs
 
     def _past_ends(self, msgs: list[Message]) -> tuple[list[Message], dict[tuple[str, int], int]]:

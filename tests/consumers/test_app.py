@@ -52,24 +52,32 @@ def test_tune_collector_freezes_start_up_objects_and_sets_the_thresholds() -> No
 
 
 class _Queue:
-    """Stands in for the consumer's local queue: ``ready`` now, ``later`` within a wait."""
+    """Stands in for the consumer's local queue: ``ready`` now, ``later`` within a wait,
+    which calls ``on_wait`` first (as a rebalance callback runs within ``consume``)."""
 
-    def __init__(self, ready: int, later: int) -> None:
+    def __init__(self, ready: int, later: int, on_wait: Any = None) -> None:
         self.ready, self.later = list(range(ready)), list(range(ready, ready + later))
         self.calls: list[tuple[int, float]] = []
+        self.on_wait = on_wait
 
     def consume(self, num_messages: int, timeout: float) -> list[Any]:
         self.calls.append((num_messages, timeout))
         if timeout > 0:
+            if self.on_wait is not None:
+                self.on_wait()
             self.ready += self.later
             self.later = []
         out, self.ready = self.ready[:num_messages], self.ready[num_messages:]
         return out
 
 
-def _next_batch(ready: int, later: int, **settings: Any) -> tuple[list[Any], list[Any]]:
+def _next_batch(
+    ready: int, later: int, revoke: bool = False, **settings: Any
+) -> tuple[list[Any], list[Any]]:
     seg = Segmenter(Settings(**settings))  # connects to nothing until started
     queue = _Queue(ready, later)
+    if revoke:
+        queue.on_wait = lambda: seg._on_revoke(queue, [])  # type: ignore[arg-type]
     seg._consumer = queue  # type: ignore[assignment]
     return seg._next_batch(), queue.calls
 
@@ -92,3 +100,10 @@ def test_a_full_batch_never_waits_even_below_the_minimum() -> None:
     msgs, calls = _next_batch(400, 300, batch_min_events=1000, batch_max_events=400)
     assert len(msgs) == 400
     assert calls == [(400, 0)]
+
+
+def test_what_was_read_before_a_revocation_within_the_wait_is_dropped() -> None:
+    # The partitions' next owner reads those messages again from the committed offsets.
+    msgs, calls = _next_batch(100, 300, revoke=True, batch_min_events=500)
+    assert msgs == list(range(100, 400))
+    assert calls == [(5000, 0), (4900, 0.02)]
