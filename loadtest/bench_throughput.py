@@ -86,6 +86,10 @@ class ThroughputResult:
         (``INFO commandstats``); -1 if not counted.
     redis_script_calls
         Of those, the script calls (``EVALSHA``) the segmenter sent; -1 if not counted.
+    broker_cpu_s, redis_cpu_s
+        CPU time of the broker and of Redis over the timed span, seconds: on a machine
+        whose cores they share with the segmenter, what each event costs them is
+        CPU the segmenter cannot have. -1 if not measured.
     """
 
     processes: int
@@ -102,6 +106,8 @@ class ThroughputResult:
     changes: int = -1
     redis_commands: int = -1
     redis_script_calls: int = -1
+    broker_cpu_s: float = -1.0
+    redis_cpu_s: float = -1.0
 
     @property
     def cores(self) -> float:
@@ -135,6 +141,24 @@ class ThroughputResult:
             return None
         return self.redis_script_calls / self.events
 
+    def cpu_us_per_event(self) -> dict[str, float]:
+        """CPU microseconds per event of the timed span, by process: ``segmenter``, and
+        ``broker`` and ``redis`` when measured.
+
+        >>> r = ThroughputResult(1, False, 1000, 2.0, 500.0, 0.05, 2.0, 1000, 1, 1.0,
+        ...                      broker_cpu_s=0.02, redis_cpu_s=0.01)
+        >>> {k: round(v, 1) for k, v in r.cpu_us_per_event().items()}
+        {'segmenter': 50.0, 'broker': 20.0, 'redis': 10.0}
+        """
+        if not self.events:
+            return {}
+        out = {"segmenter": self.cpu_s / self.events * 1e6}
+        if self.broker_cpu_s >= 0:
+            out["broker"] = self.broker_cpu_s / self.events * 1e6
+        if self.redis_cpu_s >= 0:
+            out["redis"] = self.redis_cpu_s / self.events * 1e6
+        return out
+
     def describe(self) -> str:
         """Two lines for people: the rate, then CPU and Redis figures."""
         if self.in_process:
@@ -158,10 +182,17 @@ class ThroughputResult:
             if per_event is None or scripts is None
             else f"; Redis commands per event: {per_event:.2f} ({scripts:.3f} script calls)"
         )
+        per = self.cpu_us_per_event()
+        servers = (
+            f"\nCPU per event: segmenter {per['segmenter']:.1f} us, broker "
+            f"{per['broker']:.1f} us, Redis {per['redis']:.1f} us"
+            if "broker" in per and "redis" in per
+            else ""
+        )
         return (
             f"{head}\n(CPU {self.cpu_s:.1f}s = {self.cores:.2f} cores) {changes}"
             f"users in Redis: {self.users}; Redis memory per user: "
-            f"{self.redis_bytes_per_user:.0f} bytes{commands}"
+            f"{self.redis_bytes_per_user:.0f} bytes{commands}{servers}"
         )
 
 
@@ -235,6 +266,11 @@ def redis_commands(stack: Stack) -> tuple[int, int]:
     return sum(calls.values()), calls.get("evalsha", 0) + calls.get("eval", 0)
 
 
+def _server_cpu(stack: Stack) -> tuple[float, float]:
+    """CPU seconds the broker and Redis have used so far."""
+    return cpu_seconds(stack.broker.pid), cpu_seconds(stack.redis.pid)
+
+
 def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> ThroughputResult:
     """Drain the backlog with one :class:`~consumers.app.Segmenter` in this process.
 
@@ -249,6 +285,7 @@ def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> Throug
     stop = threading.Event()
     t = threading.Thread(target=seg.run, args=(stop,))
     commands0 = redis_commands(stack)
+    servers0 = _server_cpu(stack)
     cpu0 = time.process_time()
     wall0 = time.monotonic()
     t.start()
@@ -259,6 +296,7 @@ def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> Throug
             time.sleep(0.05)
         cpu = time.process_time() - cpu0
         commands1 = redis_commands(stack)
+        servers1 = _server_cpu(stack)
     finally:
         stop.set()
         t.join()
@@ -280,6 +318,8 @@ def measure_in_process(stack: Stack, s: Settings, backlog_events: int) -> Throug
         changes=seg.stats.changes,
         redis_commands=commands1[0] - commands0[0],
         redis_script_calls=commands1[1] - commands0[1],
+        broker_cpu_s=servers1[0] - servers0[0],
+        redis_cpu_s=servers1[1] - servers0[1],
     )
 
 
@@ -326,6 +366,7 @@ def measure_processes(
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         t0, done0, cpu0 = None, 0, 0.0
         commands0 = (0, 0)
+        servers0 = (0.0, 0.0)
         while True:
             for p in procs:
                 p.check()
@@ -334,6 +375,7 @@ def measure_processes(
                 t0, done0 = time.time(), sum(committed.values())
                 cpu0 = sum(cpu_seconds(p.pid) for p in procs)
                 commands0 = redis_commands(stack)
+                servers0 = _server_cpu(stack)
             if all(committed[tp] >= end for tp, end in ends.items()):
                 break
             if time.monotonic() > deadline:
@@ -346,6 +388,7 @@ def measure_processes(
             )
         cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
         commands1 = redis_commands(stack)
+        servers1 = _server_cpu(stack)
         last = [p.metrics().get("segmenter_last_batch_timestamp_seconds", 0.0) for p in procs]
         end = max(last) if max(last) > t0 else seen
         peak = max(peak_rss_bytes(p.pid) for p in procs)
@@ -369,6 +412,8 @@ def measure_processes(
         peak_rss_bytes=peak,
         redis_commands=commands1[0] - commands0[0],
         redis_script_calls=commands1[1] - commands0[1],
+        broker_cpu_s=servers1[0] - servers0[0],
+        redis_cpu_s=servers1[1] - servers0[1],
     )
 
 

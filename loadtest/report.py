@@ -580,6 +580,7 @@ def _throughput_section(results: SuiteResults) -> list[str]:
     else:
         out += _table(_THROUGHPUT_HEADER, [_throughput_row("1 process", results.one)])
         out.append("")
+        out += _servers_cpu(results.one, results.machine.cores)
     out += _wait_section(results)
     out += [f"## {PARTS['scaling']}", ""]
     if results.two is None:
@@ -601,6 +602,23 @@ def _throughput_section(results: SuiteResults) -> list[str]:
         "",
     ]
     return out
+
+
+def _servers_cpu(r: ThroughputResult, cores: int) -> list[str]:
+    """Where the machine's CPU went per event of the steady span, servers included."""
+    per = r.cpu_us_per_event()
+    if "broker" not in per or "redis" not in per:
+        return []
+    servers = per["broker"] + per["redis"]
+    return [
+        f"CPU per event over the steady span, by process: the segmenter "
+        f"{per['segmenter']:.1f} µs, the broker {per['broker']:.1f} µs, Redis "
+        f"{per['redis']:.1f} µs. The broker's share is its reads, the transactions and "
+        f"the segment changes they publish. At {fmt_num(TARGET_EVENTS_PER_S)} events/s "
+        f"the broker and Redis alone would keep {servers * TARGET_EVENTS_PER_S / 1e6:.2f} "
+        f"cores busy, of this machine's {cores}.",
+        "",
+    ]
 
 
 def _wait_section(results: SuiteResults) -> list[str]:
@@ -827,6 +845,8 @@ def derived(results: SuiteResults) -> dict[str, Any]:
                 "cpu_us": cpu_us_per_event(r),
                 "redis_commands": r.redis_commands_per_event,
                 "redis_script_calls": r.redis_script_calls_per_event,
+                "broker_cpu_us": r.cpu_us_per_event().get("broker"),
+                "redis_cpu_us": r.cpu_us_per_event().get("redis"),
             }
             for run, r in (("1 process", results.one), ("2 processes", results.two))
             if r is not None

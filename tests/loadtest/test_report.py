@@ -258,6 +258,21 @@ class TestTargets:
         assert per_event["2 processes"]["redis_commands"] is None
         assert "| n/a |" in md
 
+    def test_server_cpu_per_event(self) -> None:
+        r = full_results()
+        assert r.one is not None
+        md = report.render_markdown(r)
+        assert "CPU per event over the steady span" not in md  # not measured: no sentence
+        assert report.derived(r)["per_event"]["1 process"]["broker_cpu_us"] is None
+        # 500,000 events timed: 5 s of broker CPU is 10 us an event, 2 s of Redis's 4 us.
+        r.one = dataclasses.replace(r.one, broker_cpu_s=5.0, redis_cpu_s=2.0)
+        md = report.render_markdown(r)
+        assert "the segmenter 18.0 µs, the broker 10.0 µs, Redis 4.0 µs" in md
+        assert "alone would keep 1.40 cores busy, of this machine's 2" in md
+        per_event = report.derived(r)["per_event"]["1 process"]
+        assert per_event["broker_cpu_us"] == pytest.approx(10.0)
+        assert per_event["redis_cpu_us"] == pytest.approx(4.0)
+
     def test_p99_over_target_and_lost_samples(self) -> None:
         r = full_results()
         assert r.latency is not None
