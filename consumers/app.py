@@ -520,7 +520,6 @@ class Segmenter:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         s, sync = self.settings, self.sync
-        sync.in_backlog = bool(self._backlog_ends)
         if sync.due(now):
             sync.sync()
         if now - self._last_watermark_sync >= s.watermark_sync_interval_s:

@@ -92,9 +92,6 @@ class ModelSync:
         #: When the silhouette gauge was last computed, and for which segment ids.
         self._quality_at: tuple[float, tuple[int, ...]] = (-math.inf, ())
         self._last_refit_wall = 0.0
-        #: This process is reading the backlog it found at assignment (the loop sets it):
-        #: refits are then further apart (:meth:`refit_gap_s`).
-        self.in_backlog = False
         self._moves_at_refresh = (0, 0)
         #: The next segment id and model version a model started afresh begins at: the
         #: highest the group's committed offsets carry (stream.state_gaps), so that a
@@ -186,22 +183,9 @@ class ModelSync:
             model.ready
             and last is not None
             and now - last >= 2 * s.model_sync_interval_s
-            and now - self._last_refit_wall >= self.refit_gap_s()
+            and now - self._last_refit_wall >= s.model_refit_min_interval_s
             and self.watermark.value - (model.checkpoint.fitted_at_event_ms or 0) >= DAY_MS
         )
-
-    def refit_gap_s(self) -> float:
-        """Wall time this process waits after a refit before it tries another.
-
-        ``SEGMENTER_MODEL_REFIT_MIN_INTERVAL_S``; while the backlog found at assignment is
-        read, ``SEGMENTER_MODEL_REFIT_BACKLOG_INTERVAL_S`` if that is longer. A backlog
-        moves through a refit interval of event time in moments, and each refit costs
-        about a second, then the re-decision of the members of every segment it retires.
-        """
-        s = self.settings
-        if self.in_backlog:
-            return max(s.model_refit_min_interval_s, s.model_refit_backlog_interval_s)
-        return s.model_refit_min_interval_s
 
     def refit_tried(self, now: float) -> None:
         """Count a refit try at ``now``: one per interval, even if Redis is away."""
@@ -237,7 +221,8 @@ class ModelSync:
             params = model.params
             wm = self.watermark.value
             refit_allowed = (
-                caught_up or time.monotonic() - self._last_refit_wall >= self.refit_gap_s()
+                caught_up
+                or time.monotonic() - self._last_refit_wall >= s.model_refit_min_interval_s
             )
             tried = {"refit": False}  # whether the build that was committed tried a refit
 

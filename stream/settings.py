@@ -116,11 +116,6 @@ class Settings:
     # A backlog moves through a refit interval of event time in moments, and a refit
     # costs about a second: no process tries one sooner than this after its last.
     model_refit_min_interval_s: float = 5.0
-    # While the backlog found at assignment is read, refits and the re-decision of the
-    # members of the segments they retire took over a quarter of a process's CPU at one
-    # refit every 5 s; at one every 15 s the process drained a 300,000-event backlog at
-    # 19,300 events/s against 13,300.
-    model_refit_backlog_interval_s: float = 15.0
     k_criterion: str = "prediction_strength"
     # Comma-separated model features to cluster on; empty: all of them.
     model_features: str = ""
@@ -236,11 +231,6 @@ class Settings:
             raise ConfigError(
                 "model_refit_min_interval_s",
                 f"must be 0 or more, got {self.model_refit_min_interval_s}",
-            )
-        if not self.model_refit_backlog_interval_s >= 0:
-            raise ConfigError(
-                "model_refit_backlog_interval_s",
-                f"must be 0 or more, got {self.model_refit_backlog_interval_s}",
             )
         if not self.segment_match_threshold > 0:
             raise ConfigError(

@@ -119,15 +119,3 @@ def test_the_silhouette_is_computed_when_the_segments_change_and_then_every_inte
     sync._quality_at = (at - QUALITY_INTERVAL_S, ids)  # as if the interval passed
     sync.refresh_catalogue()
     assert store.snapshots == 3
-
-
-def test_refits_are_further_apart_while_the_backlog_found_at_assignment_is_read() -> None:
-    seg = Segmenter(Settings(model_refit_min_interval_s=5.0, model_refit_backlog_interval_s=15.0))
-    sync = seg.sync
-    assert sync.refit_gap_s() == 5.0
-    sync.in_backlog = True
-    assert sync.refit_gap_s() == 15.0
-    # The backlog's gap never brings refits closer than the minimum.
-    seg = Segmenter(Settings(model_refit_min_interval_s=20.0, model_refit_backlog_interval_s=15.0))
-    seg.sync.in_backlog = True
-    assert seg.sync.refit_gap_s() == 20.0
