@@ -264,9 +264,7 @@ def cpu_us_per_event(r: ThroughputResult | None) -> float | None:
     >>> cpu_us_per_event(None) is None
     True
     """
-    if r is None or not r.events:
-        return None
-    return r.cpu_s / r.events * 1e6
+    return None if r is None else r.cpu_us_per_event().get("segmenter")
 
 
 def cpu_per_event_growth(results: SuiteResults) -> float | None:
@@ -834,6 +832,17 @@ def _hotpath_section(results: SuiteResults) -> list[str]:
     return out
 
 
+def _per_event(r: ThroughputResult) -> dict[str, float | None]:
+    cpu = r.cpu_us_per_event()
+    return {
+        "cpu_us": cpu.get("segmenter"),
+        "redis_commands": r.redis_commands_per_event,
+        "redis_script_calls": r.redis_script_calls_per_event,
+        "broker_cpu_us": cpu.get("broker"),
+        "redis_cpu_us": cpu.get("redis"),
+    }
+
+
 def derived(results: SuiteResults) -> dict[str, Any]:
     """The figures computed from the raw results: targets, ratios, latency percentiles."""
     doc: dict[str, Any] = {
@@ -841,13 +850,7 @@ def derived(results: SuiteResults) -> dict[str, Any]:
         "ratios": [dataclasses.asdict(r) for r in ratio_rows(results)],
         "memory_ratios": [dataclasses.asdict(r) for r in memory_ratio_rows(results)],
         "per_event": {
-            run: {
-                "cpu_us": cpu_us_per_event(r),
-                "redis_commands": r.redis_commands_per_event,
-                "redis_script_calls": r.redis_script_calls_per_event,
-                "broker_cpu_us": r.cpu_us_per_event().get("broker"),
-                "redis_cpu_us": r.cpu_us_per_event().get("redis"),
-            }
+            run: _per_event(r)
             for run, r in (("1 process", results.one), ("2 processes", results.two))
             if r is not None
         },

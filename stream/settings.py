@@ -144,8 +144,9 @@ class Settings:
     extra: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        _check_positive(self, "batch_max_events", "batch_timeout_s", "max_event_bytes")
-        _check_positive(self, "batch_min_events")
+        _check_positive(
+            self, "batch_max_events", "batch_min_events", "batch_timeout_s", "max_event_bytes"
+        )
         _check_positive(self, "dedupe_window", "warmup_users", "checkpoint_interval_s")
         _check_positive(
             self, "catalogue_interval_s", "model_sync_interval_s", "model_publish_interval_s"
